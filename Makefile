@@ -1,0 +1,46 @@
+# flumen — `make demo` runs the reference pipeline, `make test` runs every test.
+# Both install what is missing first (Debian's Wasm toolchain, when no rustup wasm32 target).
+
+CARGO  ?= cargo
+FLUMEN := target/release/flumen
+UDFS   := udfs tests/udfs
+WASM_TARGET := wasm32-unknown-unknown
+
+.PHONY: demo test lint udfs flumen wasm-toolchain clean
+
+## Run the reference pipeline: ORDERS=x.jsonl OUT_DIR=dir make demo ARGS="..."
+demo: udfs
+	$(FLUMEN) run pipelines/orders.toml $(ARGS)
+
+## Every check CI runs: formatting, lints, unit, property and end-to-end tests.
+test: udfs lint
+	$(CARGO) test --release --workspace
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Build every UDF crate to target/flumen/*.wasm (incremental).
+udfs: flumen wasm-toolchain
+	$(FLUMEN) build $(UDFS)
+
+flumen:
+	$(CARGO) build --release -p flumen
+
+## A way to build for wasm32: rustup's target if installed, else Debian's rustc-web with its
+## source (never a download from rustup's servers).
+wasm-toolchain:
+	@if rustup target list --installed 2>/dev/null | grep -qx '$(WASM_TARGET)'; then exit 0; fi; \
+	if [ -x /usr/bin/cargo ] && [ -x /usr/bin/rustc ] && [ -d /usr/lib/rustlib/src/rust/library/std ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's rustc-web cargo-web rust-web-src to build Wasm modules"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rustc-web cargo-web rust-web-src; \
+	else \
+		echo "no way to build $(WASM_TARGET): run 'rustup target add $(WASM_TARGET)'," \
+		     "or as root on Debian 'apt-get install rustc-web cargo-web rust-web-src'" >&2; \
+		exit 1; \
+	fi
+
+clean:
+	$(CARGO) clean
+	rm -rf out

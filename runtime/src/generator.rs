@@ -1,0 +1,206 @@
+//! A seeded generator of order events for demos, tests and benchmarks: the same seed gives the
+//! same lines on every machine. Besides valid orders it produces, at low rates, every kind of
+//! business reject, malformed lines of every kind the spec names, duplicates (an upstream
+//! re-send of an earlier line), out-of-order and far-late event times, extra fields and blank
+//! lines.
+
+use rand::{Rng, SeedableRng};
+use rand_pcg::Pcg64Mcg;
+use std::collections::VecDeque;
+
+/// Event time of the first order: 2023-11-14T22:13:20Z.
+pub const START_TS: i64 = 1_700_000_000_000;
+
+const COUNTRIES: [&str; 8] = ["US", "FR", "DE", "GB", "JP", "BR", "IN", "CA"];
+const USERS: i64 = 400;
+
+/// An endless stream of JSON Lines order events.
+pub struct OrderGenerator {
+    rng: Pcg64Mcg,
+    next_id: i64,
+    clock: i64,
+    recent: VecDeque<String>,
+}
+
+impl OrderGenerator {
+    pub fn new(seed: u64) -> Self {
+        OrderGenerator {
+            rng: Pcg64Mcg::seed_from_u64(seed),
+            next_id: 1,
+            clock: START_TS,
+            recent: VecDeque::with_capacity(64),
+        }
+    }
+
+    fn field_values(&mut self) -> Vec<(&'static str, String)> {
+        let rng = &mut self.rng;
+        let order_id = self.next_id;
+        self.next_id += 1;
+        self.clock += rng.random_range(0..400);
+        let mut ts = self.clock + rng.random_range(-3000..=3000);
+        if rng.random_ratio(3, 1000) {
+            ts -= rng.random_range(600_000..1_800_000);
+        }
+        let sku = if rng.random_ratio(1, 100) {
+            [
+                "SKU-12",
+                "sku-0001",
+                "SKU-00001",
+                "SKU-12a4",
+                "",
+                "SKU_0001",
+            ][rng.random_range(0..6)]
+            .to_string()
+        } else if rng.random_ratio(1, 8) {
+            format!("SKU-{:04}", rng.random_range(1..=3))
+        } else {
+            format!("SKU-{:04}", rng.random_range(4..=120))
+        };
+        let qty: i64 = if rng.random_ratio(2, 100) {
+            [0, -3, 101, 1000, -1][rng.random_range(0..5)]
+        } else if rng.random_ratio(1, 20) {
+            rng.random_range(10..=100)
+        } else {
+            rng.random_range(1..=6)
+        };
+        let price: i64 = if rng.random_ratio(1, 100) {
+            [0, -5, 10_000_001, 99_999_999][rng.random_range(0..4)]
+        } else {
+            rng.random_range(100..=60_000)
+        };
+        let country = if rng.random_ratio(1, 100) {
+            ["fr", "FRA", "F1", "", "É"][rng.random_range(0..5)].to_string()
+        } else {
+            COUNTRIES[rng.random_range(0..COUNTRIES.len())].to_string()
+        };
+        let user = rng.random_range(1..=USERS);
+        vec![
+            ("order_id", order_id.to_string()),
+            ("user_id", user.to_string()),
+            ("sku", json_string(&sku)),
+            ("qty", qty.to_string()),
+            ("price_cents", price.to_string()),
+            ("country", json_string(&country)),
+            ("ts", ts.to_string()),
+        ]
+    }
+
+    fn malformed(&mut self) -> String {
+        let mut fields = self.field_values();
+        let rng = &mut self.rng;
+        match rng.random_range(0..12) {
+            0 => "not json at all".into(),
+            1 => r#"{"order_id": 1, "qty": "#.into(),
+            2 => "[1, 2, 3]".into(),
+            3 => "42".into(),
+            4 => r#""an order""#.into(),
+            5 => "null".into(),
+            6 => {
+                fields.remove(rng.random_range(0..fields.len()));
+                object(&fields)
+            }
+            7 => {
+                fields[3].1 = format!("\"{}\"", rng.random_range(1..=5));
+                object(&fields)
+            }
+            8 => {
+                fields[3].1 = "2.5".into();
+                object(&fields)
+            }
+            9 => {
+                fields[4].1 = "null".into();
+                object(&fields)
+            }
+            10 => {
+                fields[6].1 = format!("\"{}\"", fields[6].1);
+                object(&fields)
+            }
+            _ => {
+                fields[5].1 = "33".into();
+                object(&fields)
+            }
+        }
+    }
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+fn object(fields: &[(&str, String)]) -> String {
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("\"{k}\": {v}"))
+        .collect();
+    format!("{{{}}}", body.join(", "))
+}
+
+impl Iterator for OrderGenerator {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        let roll = self.rng.random_range(0..1000);
+        let line = match roll {
+            0..=11 => self.malformed(),
+            12..=15 => String::new(),
+            16..=45 if !self.recent.is_empty() => {
+                let pick = self.rng.random_range(0..self.recent.len());
+                self.recent[pick].clone()
+            }
+            _ => {
+                let mut fields = self.field_values();
+                if self.rng.random_ratio(2, 100) {
+                    fields.push(("coupon", json_string("WELCOME10")));
+                }
+                if self.rng.random_ratio(1, 10) {
+                    let a = self.rng.random_range(0..fields.len());
+                    let b = self.rng.random_range(0..fields.len());
+                    fields.swap(a, b);
+                }
+                let line = object(&fields);
+                if self.recent.len() == 64 {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(line.clone());
+                line
+            }
+        };
+        Some(line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_gives_the_same_lines() {
+        let a: Vec<_> = OrderGenerator::new(7).take(500).collect();
+        let b: Vec<_> = OrderGenerator::new(7).take(500).collect();
+        let c: Vec<_> = OrderGenerator::new(8).take(500).collect();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn lines_are_mostly_valid_json_objects_with_some_of_everything_else() {
+        let lines: Vec<_> = OrderGenerator::new(1).take(20_000).collect();
+        let objects = lines
+            .iter()
+            .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v.is_object()))
+            .count();
+        let blank = lines.iter().filter(|l| l.is_empty()).count();
+        let mut sorted = lines.clone();
+        sorted.retain(|l| !l.is_empty());
+        let total = sorted.len();
+        sorted.sort();
+        sorted.dedup();
+        assert!(objects > 19_000, "{objects}");
+        assert!(blank > 20, "{blank}");
+        assert!(
+            total - sorted.len() > 300,
+            "duplicates: {}",
+            total - sorted.len()
+        );
+    }
+}

@@ -1,0 +1,130 @@
+//! flumen: a stream runtime whose operators are Rust functions compiled to WebAssembly.
+//!
+//! The control plane is `load → validate → plan → build → run`: [`config`] parses and checks the
+//! pipeline file, [`sandbox`] loads each module and asks it what it is, [`plan`] wires and
+//! type-checks the graph, [`prepare`] initialises every operator, and [`executor`] runs it. See
+//! ARCHITECTURE.md for the whole map.
+
+pub mod config;
+pub mod executor;
+pub mod generator;
+pub mod plan;
+pub mod sandbox;
+pub mod sink;
+pub mod source;
+pub mod stats;
+pub mod toolchain;
+
+use config::{ConfigError, ConfigErrors, PipelineConfig};
+use flumen_sdk::abi::PortSpec;
+use sandbox::{InstanceConfig, Limits, ModuleError, OperatorInstance, Sandbox};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// A pipeline whose every module is loaded, type-checked and initialised: what `flumen validate`
+/// checks and what `flumen run` starts.
+pub struct Prepared {
+    pub config: PipelineConfig,
+    pub plan: plan::Plan,
+    /// One initialised instance per operator, in `plan.operators` order.
+    pub instances: Vec<OperatorInstance>,
+}
+
+/// Loads the pipeline file at `path` and prepares it, reporting every problem at once.
+pub fn prepare(path: &Path, sandbox: &Sandbox) -> Result<Prepared, ConfigErrors> {
+    match config::load(path) {
+        (Some(config), errors) => prepare_config(config, errors, sandbox),
+        (None, errors) => Err(ConfigErrors(errors)),
+    }
+}
+
+/// Prepares a parsed pipeline: loads its modules, plans the graph, initialises every operator.
+/// `errors` are the problems already found in its file, reported with any found here.
+pub fn prepare_config(
+    config: PipelineConfig,
+    mut errors: Vec<ConfigError>,
+    sandbox: &Sandbox,
+) -> Result<Prepared, ConfigErrors> {
+    let mut modules = BTreeMap::new();
+    for op in &config.operators {
+        match sandbox.load(&op.module) {
+            Ok(module) => {
+                modules.insert(op.name.clone(), module);
+            }
+            Err(e) => {
+                let message = match &e {
+                    ModuleError::Read { path, source }
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        format!(
+                            "module {} not found; build the UDFs with `flumen build` (or `make`)",
+                            path.display()
+                        )
+                    }
+                    _ => e.to_string(),
+                };
+                errors.push(config.error(&format!("operators.{}.module", op.name), message));
+            }
+        }
+    }
+    let describes = modules
+        .iter()
+        .map(|(name, m)| (name.clone(), m.describe().clone()))
+        .collect();
+    let plan = match plan::plan(&config, &describes) {
+        Ok(plan) => Some(plan),
+        Err(ConfigErrors(more)) => {
+            errors.extend(more);
+            None
+        }
+    };
+    let mut instances = Vec::new();
+    if let Some(plan) = &plan {
+        for op in &plan.operators {
+            let Some(module) = modules.get(&op.config.name) else {
+                continue;
+            };
+            let instance_config = InstanceConfig {
+                stage: op.config.name.clone(),
+                params: op.config.params.clone(),
+                ports: op
+                    .ports
+                    .iter()
+                    .map(|p| PortSpec {
+                        encoding: p.encoding,
+                        ..PortSpec::default()
+                    })
+                    .collect(),
+                limits: Limits {
+                    memory_bytes: op.config.memory_limit_bytes,
+                    timeout: op.config.timeout,
+                },
+            };
+            match OperatorInstance::new(module.clone(), instance_config) {
+                Ok(instance) => instances.push(instance),
+                Err(e) => {
+                    let key = match e {
+                        ModuleError::Init { .. } => "params",
+                        _ => "module",
+                    };
+                    errors.push(config.error(
+                        &format!("operators.{}.{key}", op.config.name),
+                        e.to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    match plan {
+        Some(plan) if errors.is_empty() => Ok(Prepared {
+            config,
+            plan,
+            instances,
+        }),
+        _ => {
+            errors.sort_by_key(|e| e.location.map(|l| (l.line, l.column)));
+            errors.dedup();
+            Err(ConfigErrors(errors))
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The `flumen` command line: run, validate, build, gen.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use flumen::executor::Pipeline;
+use flumen::generator::OrderGenerator;
+use flumen::sandbox::Sandbox;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+
+#[derive(Parser)]
+#[command(
+    name = "flumen",
+    version,
+    about = "A stream runtime whose operators are Rust functions compiled to WebAssembly"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline until its sources are finished, then print what each stage did.
+    Run {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Partitions of every keyed stage.
+        #[arg(long, env = "FLUMEN_PARALLELISM", default_value_t = 1)]
+        parallelism: usize,
+    },
+    /// Check a pipeline file and its modules without running it; every problem is reported.
+    Validate {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+    },
+    /// Build UDF crates to WebAssembly modules.
+    Build {
+        /// UDF crates, or folders of UDF crates.
+        #[arg(default_value = "udfs")]
+        paths: Vec<PathBuf>,
+        /// Where the modules go.
+        #[arg(long, default_value = "target/flumen")]
+        out_dir: PathBuf,
+    },
+    /// Generate test data.
+    Gen {
+        /// What to generate.
+        what: Dataset,
+        /// How many lines.
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// The seed: the same seed gives the same lines.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Dataset {
+    /// Order events, JSON Lines, with every kind of reject and malformed line.
+    Orders,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLUMEN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run {
+            pipeline,
+            parallelism,
+        } => {
+            if parallelism != 1 {
+                tracing::warn!(
+                    parallelism,
+                    "partitioned stages are not supported yet; running with 1"
+                );
+            }
+            let sandbox = Sandbox::new()?;
+            let prepared = match flumen::prepare(&pipeline, &sandbox) {
+                Ok(prepared) => prepared,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let mut running = Pipeline::build(prepared)?;
+            let stop = AtomicBool::new(false);
+            let summary = running.run(&stop)?;
+            eprint!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { pipeline } => {
+            let sandbox = Sandbox::new()?;
+            match flumen::prepare(&pipeline, &sandbox) {
+                Ok(prepared) => {
+                    let plan = &prepared.plan;
+                    println!(
+                        "{}: ok ({} sources, {} operators, {} sinks)",
+                        pipeline.display(),
+                        plan.sources.len(),
+                        plan.operators.len(),
+                        plan.sinks.len()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Command::Build { paths, out_dir } => {
+            let toolchain = flumen::toolchain::detect()?;
+            let mut crates = Vec::new();
+            for path in &paths {
+                crates.extend(flumen::toolchain::find_crates(path)?);
+            }
+            if crates.is_empty() {
+                anyhow::bail!("no UDF crate (crate-type \"cdylib\") under {paths:?}");
+            }
+            for module in flumen::toolchain::build(&toolchain, &crates, &out_dir)? {
+                println!("{}", module.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gen {
+            what: Dataset::Orders,
+            count,
+            seed,
+            out,
+        } => {
+            let mut writer: Box<dyn Write> = match &out {
+                Some(path) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?,
+                )),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            for line in OrderGenerator::new(seed).take(count) {
+                writeln!(writer, "{line}")?;
+            }
+            writer.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

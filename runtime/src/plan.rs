@@ -1,0 +1,437 @@
+//! From a checked configuration and what each module says of itself to an executable graph:
+//! inputs resolved to ports, types checked along every edge, cycles refused, operators ordered so
+//! that every operator comes after all of its inputs, and each port's encoding chosen (JSON where
+//! a sink reads it, bincode between operators).
+//!
+//! Pure: no file, no engine. Every problem is reported at once, at the `inputs` entry it is about.
+
+use crate::config::{ConfigError, ConfigErrors, PipelineConfig};
+use flumen_sdk::abi::{Describe, Encoding};
+use std::collections::BTreeMap;
+
+/// The type name of what a JSON source produces: raw JSON text, which any operator can decode.
+pub const JSON_TEXT: &str = "json";
+
+/// A stage of the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NodeRef {
+    Source(usize),
+    Operator(usize),
+    Sink(usize),
+}
+
+/// One output of a stage and the stages that read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PortPlan {
+    pub name: String,
+    pub type_name: String,
+    pub encoding: Encoding,
+    pub consumers: Vec<NodeRef>,
+}
+
+/// The executable graph. `operators` is in topological order; [`NodeRef::Operator`] indexes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub sources: Vec<SourcePlan>,
+    pub operators: Vec<OperatorPlan>,
+    pub sinks: Vec<SinkPlan>,
+    /// The sink of every stage's failed records.
+    pub dead_letter: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourcePlan {
+    pub config: crate::config::SourceConfig,
+    pub port: PortPlan,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperatorPlan {
+    pub config: crate::config::OperatorConfig,
+    pub describe: Describe,
+    /// Main first, then the side outputs in [`Describe`] order.
+    pub ports: Vec<PortPlan>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkPlan {
+    pub config: crate::config::SinkConfig,
+}
+
+impl Plan {
+    /// The name of a stage.
+    pub fn name(&self, node: NodeRef) -> &str {
+        match node {
+            NodeRef::Source(i) => &self.sources[i].config.name,
+            NodeRef::Operator(i) => &self.operators[i].config.name,
+            NodeRef::Sink(i) => &self.sinks[i].config.name,
+        }
+    }
+}
+
+/// Plans `config`, given the description of every operator's module (by operator name). An
+/// operator missing from `modules` failed to load: it is left out of type checks, so that its
+/// load error and every other problem are reported together.
+pub fn plan(
+    config: &PipelineConfig,
+    modules: &BTreeMap<String, Describe>,
+) -> Result<Plan, ConfigErrors> {
+    let mut errors: Vec<ConfigError> = Vec::new();
+    let order = topological_order(config, &mut errors);
+
+    let position: BTreeMap<&str, NodeRef> = config
+        .sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), NodeRef::Source(i)))
+        .chain(
+            order
+                .iter()
+                .enumerate()
+                .map(|(i, &op)| (config.operators[op].name.as_str(), NodeRef::Operator(i))),
+        )
+        .chain(
+            config
+                .sinks
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.name.as_str(), NodeRef::Sink(i))),
+        )
+        .collect();
+
+    let mut sources: Vec<SourcePlan> = config
+        .sources
+        .iter()
+        .map(|s| SourcePlan {
+            config: s.clone(),
+            port: PortPlan {
+                name: "main".into(),
+                type_name: JSON_TEXT.into(),
+                encoding: Encoding::Json,
+                consumers: Vec::new(),
+            },
+        })
+        .collect();
+    let placeholder = Describe {
+        abi_version: flumen_sdk::abi::ABI_VERSION,
+        kind: flumen_sdk::abi::OperatorKind::Map,
+        input_type: String::new(),
+        output_type: String::new(),
+        side_outputs: Vec::new(),
+    };
+    let mut operators: Vec<OperatorPlan> = order
+        .iter()
+        .map(|&op| {
+            let config = config.operators[op].clone();
+            let describe = modules
+                .get(&config.name)
+                .cloned()
+                .unwrap_or(placeholder.clone());
+            let port = |name: &str, type_name: &str| PortPlan {
+                name: name.to_string(),
+                type_name: type_name.to_string(),
+                encoding: Encoding::Bincode,
+                consumers: Vec::new(),
+            };
+            let ports = std::iter::once(port("main", &describe.output_type))
+                .chain(
+                    describe
+                        .side_outputs
+                        .iter()
+                        .map(|s| port(&s.name, &s.type_name)),
+                )
+                .collect();
+            OperatorPlan {
+                config,
+                describe,
+                ports,
+            }
+        })
+        .collect();
+
+    let consumers = (0..operators.len())
+        .map(|i| (NodeRef::Operator(i), operators[i].config.inputs.clone()))
+        .chain(
+            config
+                .sinks
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (NodeRef::Sink(i), s.inputs.clone())),
+        )
+        .collect::<Vec<_>>();
+
+    for (consumer, inputs) in consumers {
+        for input in &inputs {
+            let error = |message: String| ConfigError {
+                file: config.file.clone(),
+                location: input.location,
+                key: input.key.clone(),
+                message,
+            };
+            let port = match position.get(input.stage.as_str()) {
+                None => {
+                    errors.push(error(format!(
+                        "input `{input}`: no source or operator is named `{}`",
+                        input.stage
+                    )));
+                    continue;
+                }
+                Some(NodeRef::Sink(_)) => {
+                    errors.push(error(format!(
+                        "input `{input}`: `{}` is a sink, which has no output",
+                        input.stage
+                    )));
+                    continue;
+                }
+                Some(NodeRef::Source(s)) => match &input.port {
+                    None => &mut sources[*s].port,
+                    Some(port) => {
+                        errors.push(error(format!(
+                            "input `{input}`: a source has only its main output, not `{port}`"
+                        )));
+                        continue;
+                    }
+                },
+                Some(NodeRef::Operator(o)) => {
+                    let loaded = modules.contains_key(&operators[*o].config.name);
+                    let wanted = input.port.as_deref().unwrap_or("main");
+                    let ports = &mut operators[*o].ports;
+                    let Some(found) = ports.iter().position(|p| p.name == wanted) else {
+                        if loaded {
+                            let known: Vec<_> = ports.iter().map(|p| p.name.as_str()).collect();
+                            errors.push(error(format!(
+                                "input `{input}`: `{}` has no output `{wanted}`; it has {}",
+                                input.stage,
+                                known.join(", ")
+                            )));
+                        }
+                        continue;
+                    };
+                    &mut ports[found]
+                }
+            };
+            port.consumers.push(consumer);
+            let carried = port.type_name.clone();
+            if let NodeRef::Operator(o) = consumer {
+                let expected = &operators[o].describe.input_type;
+                let consumer_loaded = modules.contains_key(&operators[o].config.name);
+                if consumer_loaded
+                    && carried != JSON_TEXT
+                    && !carried.is_empty()
+                    && &carried != expected
+                {
+                    errors.push(error(format!(
+                        "input `{input}` carries `{carried}`, but `{}` takes `{expected}`",
+                        operators[o].config.name
+                    )));
+                }
+            }
+        }
+    }
+
+    for op in &mut operators {
+        for port in &mut op.ports {
+            if port.consumers.iter().any(|c| matches!(c, NodeRef::Sink(_))) {
+                port.encoding = Encoding::Json;
+            }
+        }
+    }
+
+    let dead_letter = config
+        .dead_letter
+        .as_ref()
+        .and_then(|name| config.sinks.iter().position(|s| &s.name == name));
+
+    if errors.is_empty() {
+        Ok(Plan {
+            sources,
+            operators,
+            sinks: config
+                .sinks
+                .iter()
+                .map(|s| SinkPlan { config: s.clone() })
+                .collect(),
+            dead_letter,
+        })
+    } else {
+        errors.sort_by_key(|e| e.location.map(|l| (l.line, l.column)));
+        errors.dedup();
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Operator indices such that every operator comes after the operators it reads; operators on a
+/// cycle are reported and left out.
+fn topological_order(config: &PipelineConfig, errors: &mut Vec<ConfigError>) -> Vec<usize> {
+    let index: BTreeMap<&str, usize> = config
+        .operators
+        .iter()
+        .enumerate()
+        .map(|(i, o)| (o.name.as_str(), i))
+        .collect();
+    // downstream[u] lists v once per input of v that reads u.
+    let mut downstream: Vec<Vec<usize>> = vec![Vec::new(); config.operators.len()];
+    let mut pending: Vec<usize> = vec![0; config.operators.len()];
+    for (v, op) in config.operators.iter().enumerate() {
+        for input in &op.inputs {
+            if let Some(&u) = index.get(input.stage.as_str()) {
+                downstream[u].push(v);
+                pending[v] += 1;
+            }
+        }
+    }
+    let mut ready: Vec<usize> = (0..pending.len())
+        .rev()
+        .filter(|&op| pending[op] == 0)
+        .collect();
+    let mut order = Vec::new();
+    while let Some(op) = ready.pop() {
+        order.push(op);
+        for &next in &downstream[op] {
+            pending[next] -= 1;
+            if pending[next] == 0 {
+                ready.push(next);
+            }
+        }
+    }
+    let cyclic: Vec<&str> = (0..config.operators.len())
+        .filter(|op| pending[*op] > 0)
+        .map(|op| config.operators[op].name.as_str())
+        .collect();
+    for name in &cyclic {
+        errors.push(config.error(
+            &format!("operators.{name}.inputs"),
+            format!(
+                "operators {} form a cycle; a pipeline is a directed acyclic graph",
+                cyclic.join(", ")
+            ),
+        ));
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use flumen_sdk::abi::{ABI_VERSION, OperatorKind, SideOutput};
+    use std::path::Path;
+
+    fn describe(input: &str, output: &str, sides: &[(&str, &str)]) -> Describe {
+        Describe {
+            abi_version: ABI_VERSION,
+            kind: OperatorKind::Map,
+            input_type: input.into(),
+            output_type: output.into(),
+            side_outputs: sides
+                .iter()
+                .map(|(n, t)| SideOutput {
+                    name: n.to_string(),
+                    type_name: t.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    fn pipeline(body: &str) -> PipelineConfig {
+        let text = format!("[sources.src]\ntype = \"file\"\npath = \"x\"\n{body}");
+        config::parse(Path::new("p.toml"), &text, &|_| None).unwrap()
+    }
+
+    fn modules(entries: &[(&str, Describe)]) -> BTreeMap<String, Describe> {
+        entries
+            .iter()
+            .map(|(n, d)| (n.to_string(), d.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn operators_are_ordered_after_their_inputs_and_ports_pick_encodings() {
+        let config = pipeline(
+            "[operators.b]\nmodule = \"b.wasm\"\ninputs = [\"a\"]\n\
+             [operators.a]\nmodule = \"a.wasm\"\ninputs = [\"src\"]\n\
+             [sinks.out]\ntype = \"stdout\"\ninputs = [\"b\", \"a.bad\"]\n",
+        );
+        let plan = plan(
+            &config,
+            &modules(&[
+                ("a", describe("Order", "Valid", &[("bad", "Reject")])),
+                ("b", describe("Valid", "Score", &[])),
+            ]),
+        )
+        .unwrap();
+        let names: Vec<_> = plan
+            .operators
+            .iter()
+            .map(|o| o.config.name.as_str())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        let a = &plan.operators[0];
+        assert_eq!(a.ports[0].consumers, vec![NodeRef::Operator(1)]);
+        assert_eq!(a.ports[0].encoding, Encoding::Bincode);
+        assert_eq!(a.ports[1].consumers, vec![NodeRef::Sink(0)]);
+        assert_eq!(a.ports[1].encoding, Encoding::Json);
+        assert_eq!(plan.sources[0].port.consumers, vec![NodeRef::Operator(0)]);
+    }
+
+    #[test]
+    fn every_graph_error_is_reported_at_its_input() {
+        let config = pipeline(
+            "[operators.a]\nmodule = \"a.wasm\"\ninputs = [\"src\", \"nope\"]\n\
+             [operators.b]\nmodule = \"b.wasm\"\ninputs = [\"a.missing\"]\n\
+             [operators.c]\nmodule = \"c.wasm\"\ninputs = [\"a\"]\n\
+             [sinks.out]\ntype = \"stdout\"\ninputs = [\"src.side\"]\n\
+             [sinks.out2]\ntype = \"stdout\"\ninputs = [\"out\"]\n",
+        );
+        let errors = plan(
+            &config,
+            &modules(&[
+                ("a", describe("Order", "Valid", &[])),
+                ("b", describe("Valid", "X", &[])),
+                ("c", describe("Other", "X", &[])),
+            ]),
+        )
+        .unwrap_err();
+        let text: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 5, "{text:#?}");
+        assert!(text[0].starts_with("p.toml:6:1: `operators.a.inputs`: input `nope`: no source"));
+        assert!(text[1].contains(
+            "`operators.b.inputs`: input `a.missing`: `a` has no output `missing`; it has main"
+        ));
+        assert!(text[2].contains("input `a` carries `Valid`, but `c` takes `Other`"));
+        assert!(
+            text[3].contains(
+                "`sinks.out.inputs`: input `src.side`: a source has only its main output"
+            )
+        );
+        assert!(text[4].contains("input `out`: `out` is a sink"));
+    }
+
+    #[test]
+    fn cycles_are_refused_naming_their_operators() {
+        let config = pipeline(
+            "[operators.a]\nmodule = \"a.wasm\"\ninputs = [\"src\", \"b\"]\n\
+             [operators.b]\nmodule = \"b.wasm\"\ninputs = [\"a\"]\n",
+        );
+        let d = describe("T", "T", &[]);
+        let errors = plan(&config, &modules(&[("a", d.clone()), ("b", d)])).unwrap_err();
+        assert!(
+            errors
+                .0
+                .iter()
+                .all(|e| e.message.contains("operators a, b form a cycle"))
+        );
+        assert_eq!(errors.0.len(), 2);
+    }
+
+    #[test]
+    fn unloaded_modules_skip_type_checks_only() {
+        let config = pipeline(
+            "[operators.a]\nmodule = \"a.wasm\"\ninputs = [\"src\"]\n\
+             [sinks.out]\ntype = \"stdout\"\ninputs = [\"a.whatever\", \"ghost\"]\n",
+        );
+        let errors = plan(&config, &BTreeMap::new()).unwrap_err();
+        assert_eq!(errors.0.len(), 1);
+        assert!(errors.0[0].message.contains("`ghost`"));
+    }
+}

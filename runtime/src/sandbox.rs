@@ -1,0 +1,531 @@
+//! The sandbox: one wasmtime [`Engine`] with the pooling allocator and epoch interruption, the
+//! loader that refuses a module importing anything but flumen's own functions, and
+//! [`OperatorInstance`], one running instance of a module with its memory cap and call deadline.
+//!
+//! A guest is untrusted: every pointer and length it returns is checked against its memory, and a
+//! trap (a panic, an out-of-memory, a deadline) is reported as a [`GuestFailure`] for the caller
+//! to recover from, never as a crash.
+
+use flumen_sdk::abi::{self, ABI_VERSION, Describe, InitRequest, PortSpec, imports};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use wasmtime::{
+    Caller, Config, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Memory,
+    Module, PoolingAllocationConfig, ResourceLimiter, Store, Trap, TypedFunc,
+};
+
+/// How often the engine's epoch advances; call deadlines are counted in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// Longest panic message kept from a guest.
+const MAX_PANIC_MESSAGE: usize = 4096;
+
+/// Why a module cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    #[error("module {path}: cannot read it: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("module {path}: not a valid WebAssembly module: {message}")]
+    Compile { path: PathBuf, message: String },
+    #[error(
+        "module {path}: imports `{import}`, which flumen does not provide; a flumen module may \
+         import only flumen's own functions ({allowed}): build it with flumen-sdk for \
+         wasm32-unknown-unknown, without WASI"
+    )]
+    ForbiddenImport {
+        path: PathBuf,
+        import: String,
+        allowed: String,
+    },
+    #[error("module {path}: does not export {export}; is it built with flumen-sdk?")]
+    MissingExport { path: PathBuf, export: String },
+    #[error(
+        "module {path}: speaks flumen ABI version {found}, this runtime speaks {expected}; \
+         rebuild it against this flumen-sdk"
+    )]
+    AbiVersion {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+    #[error("module {path}: {message}")]
+    Guest { path: PathBuf, message: String },
+    #[error("module {path}: init failed: {message}")]
+    Init { path: PathBuf, message: String },
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
+}
+
+/// A guest call that did not complete: what to tell the dead letters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFailure(pub String);
+
+impl std::fmt::Display for GuestFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The host state of one store.
+struct GuestState {
+    memory_limit: usize,
+    memory_limit_hit: bool,
+    panic_message: Option<String>,
+}
+
+impl ResourceLimiter for GuestState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.memory_limit;
+        self.memory_limit_hit |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+}
+
+/// The shared engine and linker. Dropping it stops its epoch thread.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Sandbox {
+    /// Sets up the engine: pooling allocator, epoch interruption, a compiled-module cache on disk
+    /// keyed by content hash (wasmtime's own, in the user's cache folder).
+    pub fn new() -> Result<Self, ModuleError> {
+        let engine_error = |e: wasmtime::Error| ModuleError::Engine(format!("{e:#}"));
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_core_instances(256)
+            .total_memories(256)
+            .total_tables(256)
+            .max_memory_size(4 << 30);
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        if std::env::var_os("FLUMEN_NO_CACHE").is_none() {
+            match wasmtime::Cache::new(wasmtime::CacheConfig::new()) {
+                Ok(cache) => {
+                    config.cache(Some(cache));
+                }
+                Err(e) => tracing::warn!("compiled-module cache disabled: {e:#}"),
+            }
+        }
+        let engine = Engine::new(&config).map_err(engine_error)?;
+        let mut linker = Linker::new(&engine);
+        linker
+            .func_wrap(imports::MODULE, imports::PANIC, host_panic)
+            .map_err(engine_error)?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ticker, stopped) = (engine.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("flumen-epoch".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticker.increment_epoch();
+                }
+            })
+            .map_err(|e| ModuleError::Engine(e.to_string()))?;
+        Ok(Sandbox {
+            engine,
+            linker,
+            stop,
+        })
+    }
+
+    /// Loads, checks and describes the module at `path`.
+    pub fn load(&self, path: &Path) -> Result<Arc<LoadedModule>, ModuleError> {
+        let bytes = std::fs::read(path).map_err(|source| ModuleError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.load_bytes(path, &bytes)
+    }
+
+    /// Loads, checks and describes a module from its bytes; `path` names it in messages.
+    pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Arc<LoadedModule>, ModuleError> {
+        let path = path.to_path_buf();
+        let module =
+            Module::from_binary(&self.engine, bytes).map_err(|e| ModuleError::Compile {
+                path: path.clone(),
+                message: format!("{e:#}"),
+            })?;
+        for import in module.imports() {
+            let allowed = import.module() == imports::MODULE
+                && imports::ALL.contains(&import.name())
+                && matches!(import.ty(), ExternType::Func(_));
+            if !allowed {
+                return Err(ModuleError::ForbiddenImport {
+                    path,
+                    import: format!("{}.{}", import.module(), import.name()),
+                    allowed: imports::ALL
+                        .iter()
+                        .map(|name| format!("{}.{name}", imports::MODULE))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| ModuleError::Compile {
+                path: path.clone(),
+                message: format!("{e:#}"),
+            })?;
+        let mut loaded = LoadedModule {
+            path,
+            pre,
+            engine: self.engine.clone(),
+            hash: content_hash(bytes),
+            describe: None,
+        };
+        let describe = loaded.describe_now()?;
+        if describe.abi_version != ABI_VERSION {
+            return Err(ModuleError::AbiVersion {
+                path: loaded.path,
+                found: describe.abi_version,
+                expected: ABI_VERSION,
+            });
+        }
+        loaded.describe = Some(describe);
+        Ok(Arc::new(loaded))
+    }
+}
+
+/// `flumen.panic(ptr, len)`: keeps the guest's panic message for the failure report.
+fn host_panic(mut caller: Caller<'_, GuestState>, ptr: u32, len: u32) {
+    let Some(memory) = caller
+        .get_export(abi::exports::MEMORY)
+        .and_then(|e| e.into_memory())
+    else {
+        return;
+    };
+    let start = ptr as usize;
+    let end = start.saturating_add((len as usize).min(MAX_PANIC_MESSAGE));
+    let message = memory
+        .data(&caller)
+        .get(start..end)
+        .map(|bytes| String::from_utf8_lossy(bytes).into_owned());
+    caller.data_mut().panic_message = message;
+}
+
+/// The SHA-256 of a module's bytes, in hex: tells module versions apart.
+fn content_hash(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A compiled, checked module, ready to instantiate any number of times.
+pub struct LoadedModule {
+    pub path: PathBuf,
+    /// A hash of the module's bytes.
+    pub hash: String,
+    pre: InstancePre<GuestState>,
+    engine: Engine,
+    describe: Option<Describe>,
+}
+
+impl std::fmt::Debug for LoadedModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModule")
+            .field("path", &self.path)
+            .field("hash", &self.hash)
+            .finish()
+    }
+}
+
+impl LoadedModule {
+    /// What the module said of itself.
+    pub fn describe(&self) -> &Describe {
+        // Set by `Sandbox::load_bytes` before the module is handed out.
+        self.describe
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("a loaded module is always described"))
+    }
+
+    fn describe_now(&self) -> Result<Describe, ModuleError> {
+        let limits = Limits {
+            memory_bytes: 64 << 20,
+            timeout: Duration::from_secs(5),
+        };
+        let mut guest = Guest::instantiate(self, limits)?;
+        let reply = guest
+            .call(Call::Describe, &[])
+            .map_err(|GuestFailure(message)| self.guest_error(format!("describe: {message}")))?;
+        let (describe, _) =
+            bincode::serde::decode_from_slice::<Describe, _>(reply, abi::BINCODE)
+                .map_err(|e| self.guest_error(format!("describe returned garbage: {e}")))?;
+        Ok(describe)
+    }
+
+    fn guest_error(&self, message: String) -> ModuleError {
+        ModuleError::Guest {
+            path: self.path.clone(),
+            message,
+        }
+    }
+}
+
+/// Resource limits of one instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Copy)]
+enum Call {
+    Describe,
+    Init,
+    Process,
+    ToJson,
+}
+
+/// One live instance and its typed exports.
+struct Guest {
+    store: Store<GuestState>,
+    memory: Memory,
+    describe: TypedFunc<(), u64>,
+    input: TypedFunc<u32, u32>,
+    init: TypedFunc<u32, u64>,
+    process: TypedFunc<u32, u64>,
+    to_json: TypedFunc<u32, u64>,
+    deadline_ticks: u64,
+    limits: Limits,
+}
+
+impl Guest {
+    fn instantiate(module: &LoadedModule, limits: Limits) -> Result<Self, ModuleError> {
+        let state = GuestState {
+            memory_limit: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+            memory_limit_hit: false,
+            panic_message: None,
+        };
+        let mut store = Store::new(&module.engine, state);
+        store.limiter(|state| state);
+        store.epoch_deadline_trap();
+        let deadline_ticks = (limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(deadline_ticks);
+        let instance = module.pre.instantiate(&mut store).map_err(|e| {
+            module.guest_error(format!(
+                "cannot instantiate it: {}",
+                failure(&store, &e, limits)
+            ))
+        })?;
+        let missing = |export: &str, signature: &str| ModuleError::MissingExport {
+            path: module.path.clone(),
+            export: format!("`{export}` {signature}"),
+        };
+        let memory = instance
+            .get_memory(&mut store, abi::exports::MEMORY)
+            .ok_or_else(|| missing(abi::exports::MEMORY, "(a memory)"))?;
+        macro_rules! typed {
+            ($name:expr, $params:ty, $results:ty, $sig:expr) => {
+                instance
+                    .get_typed_func::<$params, $results>(&mut store, $name)
+                    .map_err(|_| missing($name, $sig))?
+            };
+        }
+        Ok(Guest {
+            describe: typed!(abi::exports::DESCRIBE, (), u64, "as () -> i64"),
+            input: typed!(abi::exports::INPUT, u32, u32, "as (i32) -> i32"),
+            init: typed!(abi::exports::INIT, u32, u64, "as (i32) -> i64"),
+            process: typed!(abi::exports::PROCESS, u32, u64, "as (i32) -> i64"),
+            to_json: typed!(abi::exports::TO_JSON, u32, u64, "as (i32) -> i64"),
+            store,
+            memory,
+            deadline_ticks,
+            limits,
+        })
+    }
+
+    /// Writes `request` into the guest's input buffer, makes `call`, and returns the guest's
+    /// reply, bounds-checked against its memory.
+    fn call(&mut self, call: Call, request: &[u8]) -> Result<&[u8], GuestFailure> {
+        let state = self.store.data_mut();
+        state.panic_message = None;
+        state.memory_limit_hit = false;
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        let packed = match call {
+            Call::Describe => self.describe.call(&mut self.store, ()),
+            _ => {
+                let len = u32::try_from(request.len())
+                    .map_err(|_| GuestFailure("request larger than 4 GiB".into()))?;
+                let ptr = self
+                    .input
+                    .call(&mut self.store, len)
+                    .map_err(|e| GuestFailure(failure(&self.store, &e, self.limits)))?;
+                let start = ptr as usize;
+                let target = self
+                    .memory
+                    .data_mut(&mut self.store)
+                    .get_mut(start..start + request.len())
+                    .ok_or_else(|| {
+                        GuestFailure("guest input buffer is out of its memory".into())
+                    })?;
+                target.copy_from_slice(request);
+                let func = match call {
+                    Call::Init => &self.init,
+                    Call::Process => &self.process,
+                    _ => &self.to_json,
+                };
+                func.call(&mut self.store, len)
+            }
+        };
+        let packed = packed.map_err(|e| GuestFailure(failure(&self.store, &e, self.limits)))?;
+        let (ptr, len) = abi::unpack(packed);
+        let start = ptr as usize;
+        self.memory
+            .data(&self.store)
+            .get(start..start.saturating_add(len as usize))
+            .ok_or_else(|| {
+                GuestFailure(format!(
+                    "guest returned a buffer ({ptr:#x}, {len} bytes) outside its memory"
+                ))
+            })
+    }
+}
+
+/// What a failed call tells the user: the guest's panic message, the limit it hit, or the trap.
+fn failure(store: &Store<GuestState>, error: &wasmtime::Error, limits: Limits) -> String {
+    let state = store.data();
+    if let Some(message) = &state.panic_message {
+        return format!("panicked at {message}");
+    }
+    if state.memory_limit_hit {
+        return format!(
+            "exceeded its memory limit of {} MiB (memory_limit_mib)",
+            limits.memory_bytes >> 20
+        );
+    }
+    if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return format!(
+            "exceeded its time limit of {} ms per batch (timeout_ms)",
+            limits.timeout.as_millis()
+        );
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(trap) => format!("trapped: {trap}"),
+        None => format!("failed: {error}"),
+    }
+}
+
+/// How an operator instance is set up.
+#[derive(Debug, Clone)]
+pub struct InstanceConfig {
+    pub stage: String,
+    pub params: serde_json::Value,
+    pub ports: Vec<PortSpec>,
+    pub limits: Limits,
+}
+
+/// An initialised operator instance. After a failed call it rebuilds itself from its module, so
+/// the next call finds a fresh instance.
+pub struct OperatorInstance {
+    module: Arc<LoadedModule>,
+    config: InstanceConfig,
+    guest: Guest,
+    broken: bool,
+}
+
+impl OperatorInstance {
+    /// Instantiates `module` and initialises it with `config`.
+    pub fn new(module: Arc<LoadedModule>, config: InstanceConfig) -> Result<Self, ModuleError> {
+        let guest = Self::start(&module, &config)?;
+        Ok(OperatorInstance {
+            module,
+            config,
+            guest,
+            broken: false,
+        })
+    }
+
+    fn start(module: &LoadedModule, config: &InstanceConfig) -> Result<Guest, ModuleError> {
+        let mut guest = Guest::instantiate(module, config.limits)?;
+        let request = InitRequest {
+            stage: config.stage.clone(),
+            params_json: config.params.to_string(),
+            ports: config.ports.clone(),
+        };
+        let request = bincode::serde::encode_to_vec(&request, abi::BINCODE)
+            .map_err(|e| module.guest_error(format!("cannot encode init: {e}")))?;
+        let init_error = |message| ModuleError::Init {
+            path: module.path.clone(),
+            message,
+        };
+        let reply = guest
+            .call(Call::Init, &request)
+            .map_err(|GuestFailure(message)| init_error(message))?;
+        let (outcome, _) =
+            bincode::serde::decode_from_slice::<Result<(), String>, _>(reply, abi::BINCODE)
+                .map_err(|e| init_error(format!("init returned garbage: {e}")))?;
+        outcome.map_err(init_error)?;
+        Ok(guest)
+    }
+
+    /// The module this instance runs.
+    pub fn module(&self) -> &Arc<LoadedModule> {
+        &self.module
+    }
+
+    fn ensure_fresh(&mut self) -> Result<(), GuestFailure> {
+        if self.broken {
+            self.guest = Self::start(&self.module, &self.config)
+                .map_err(|e| GuestFailure(format!("cannot restart the instance: {e}")))?;
+            self.broken = false;
+        }
+        Ok(())
+    }
+
+    fn call(&mut self, call: Call, batch: &[u8]) -> Result<&[u8], GuestFailure> {
+        self.ensure_fresh()?;
+        match self.guest.call(call, batch) {
+            Ok(reply) => Ok(reply),
+            Err(failure) => {
+                // A failed call leaves the instance in an unknown state: rebuild it next time.
+                self.broken = true;
+                Err(failure)
+            }
+        }
+    }
+
+    /// Runs the operator over an input batch and returns its output entries.
+    pub fn process(&mut self, batch: &[u8]) -> Result<&[u8], GuestFailure> {
+        self.call(Call::Process, batch)
+    }
+
+    /// Renders an input batch as JSON, without running the operator.
+    pub fn to_json(&mut self, batch: &[u8]) -> Result<&[u8], GuestFailure> {
+        self.call(Call::ToJson, batch)
+    }
+}

@@ -1,0 +1,680 @@
+//! The host ↔ guest ABI, in one place for both sides.
+//!
+//! A flumen module is a core WebAssembly module (no WASI, no component model). The host talks to
+//! it through a handful of exports, always one call per **batch** of records, and offers it the
+//! imports named in [`imports`] and nothing else. Control messages ([`Describe`], [`InitRequest`])
+//! are bincode; record batches use the small fixed-width framing defined here, so that either side
+//! can walk a batch without allocating and the host can bounds-check every length a guest returns.
+//!
+//! Calling convention: the host asks for an input buffer of `len` bytes with
+//! [`exports::INPUT`] (`(len: i32) -> ptr: i32`), writes the request there, then calls
+//! [`exports::INIT`], [`exports::PROCESS`] or [`exports::TO_JSON`] with `len`. Every call that
+//! returns data returns an `i64` packing `ptr << 32 | len` of a buffer owned by the guest, valid
+//! until the next call.
+//!
+//! Input batch framing (little-endian, fixed width):
+//! `encoding: u8, count: u32`, then per record `key_len: u32, key, ts: i64, value_len: u32, value`.
+//!
+//! Output framing: a sequence of entries, each starting with a tag byte:
+//! - [`TAG_RECORD`]: `port: u16, ts: i64, key_count: u8, (len: u32, key)*, value_len: u32, value`
+//! - [`TAG_ERROR`]: `input_index: u32, message_len: u32, message, raw_len: u32, raw`
+//!
+//! where `raw` is the failed input rendered as text (the input itself when it was JSON).
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped on every incompatible change of anything in this module.
+pub const ABI_VERSION: u32 = 1;
+
+/// The names of the functions a flumen module exports.
+pub mod exports {
+    /// `() -> i64`: a bincode [`Describe`](super::Describe).
+    pub const DESCRIBE: &str = "flumen_describe";
+    /// `(len: i32) -> i32`: a buffer of at least `len` bytes for the next request.
+    pub const INPUT: &str = "flumen_input";
+    /// `(len: i32) -> i64`: takes a bincode [`InitRequest`](super::InitRequest), returns a
+    /// bincode `Result<(), String>`.
+    pub const INIT: &str = "flumen_init";
+    /// `(len: i32) -> i64`: takes an input batch, returns output entries.
+    pub const PROCESS: &str = "flumen_process";
+    /// `(len: i32) -> i64`: takes an input batch, returns each record re-encoded as JSON on port 0
+    /// (or an error entry), without running the operator.
+    pub const TO_JSON: &str = "flumen_to_json";
+    /// The module's linear memory.
+    pub const MEMORY: &str = "memory";
+}
+
+/// What the host offers a module: module name [`imports::MODULE`], these functions only.
+pub mod imports {
+    /// The import module name of every host function.
+    pub const MODULE: &str = "flumen";
+    /// `(ptr: i32, len: i32)`: the UTF-8 message of a panic about to trap.
+    pub const PANIC: &str = "panic";
+    /// Every function the host provides, for the loader's import check.
+    pub const ALL: &[&str] = &[PANIC];
+}
+
+/// The bincode configuration of everything that crosses the boundary: fixed-width integers are
+/// several times cheaper to encode and decode than varints.
+pub const BINCODE: bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Fixint,
+> = bincode::config::standard().with_fixed_int_encoding();
+
+/// What kind of operator a module implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OperatorKind {
+    /// One output per input.
+    Map,
+    /// The input, or nothing.
+    Filter,
+    /// One output or none per input.
+    FilterMap,
+    /// Any number of outputs per input.
+    FlatMap,
+}
+
+impl OperatorKind {
+    /// The name used in TOML and the attribute macros.
+    pub fn name(self) -> &'static str {
+        match self {
+            OperatorKind::Map => "map",
+            OperatorKind::Filter => "filter",
+            OperatorKind::FilterMap => "filter_map",
+            OperatorKind::FlatMap => "flat_map",
+        }
+    }
+}
+
+/// A module's self-description, returned by [`exports::DESCRIBE`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Describe {
+    /// Must equal the host's [`ABI_VERSION`].
+    pub abi_version: u32,
+    /// The operator kind.
+    pub kind: OperatorKind,
+    /// The type the operator consumes.
+    pub input_type: String,
+    /// The type on its main output.
+    pub output_type: String,
+    /// Named side outputs; port `i + 1` is `side_outputs[i]`, port 0 is the main output.
+    pub side_outputs: Vec<SideOutput>,
+}
+
+/// A named side output and its type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SideOutput {
+    /// The port name, as in `inputs = ["validate.rejected"]`.
+    pub name: String,
+    /// The type of its records.
+    pub type_name: String,
+}
+
+/// How the values of a batch or an output port are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum Encoding {
+    /// bincode with [`BINCODE`]: between operators.
+    Bincode = 0,
+    /// One JSON document per value: from sources, to sinks.
+    Json = 1,
+}
+
+impl Encoding {
+    fn from_u8(byte: u8) -> Option<Self> {
+        match byte {
+            0 => Some(Encoding::Bincode),
+            1 => Some(Encoding::Json),
+            _ => None,
+        }
+    }
+}
+
+/// How an output port must be written: its encoding, and which fields of each value fill the
+/// record's keys and event time for the stages that consume it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSpec {
+    /// The encoding its consumers need.
+    pub encoding: Encoding,
+    /// Top-level fields to extract as keys, in this order.
+    pub key_fields: Vec<String>,
+    /// A top-level integer field to use as event time; `None` keeps the input's.
+    pub ts_field: Option<String>,
+}
+
+impl Default for PortSpec {
+    fn default() -> Self {
+        PortSpec {
+            encoding: Encoding::Bincode,
+            key_fields: Vec::new(),
+            ts_field: None,
+        }
+    }
+}
+
+/// Sent to [`exports::INIT`] before any batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitRequest {
+    /// The stage's name in the pipeline, for messages.
+    pub stage: String,
+    /// The stage's `params` table, as JSON.
+    pub params_json: String,
+    /// One entry per port: main first, then the side outputs in [`Describe`] order.
+    pub ports: Vec<PortSpec>,
+}
+
+/// The tag of a record entry in an output buffer.
+pub const TAG_RECORD: u8 = 0;
+/// The tag of an error entry in an output buffer.
+pub const TAG_ERROR: u8 = 1;
+
+/// A framing error: a buffer that is shorter than its lengths say, or holds an unknown tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError(pub &'static str);
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "malformed batch: {}", self.0)
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// A bounds-checked reader over a byte slice.
+#[derive(Debug, Clone)]
+struct Cursor<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], FrameError> {
+        if self.buf.len() < n {
+            return Err(FrameError(what));
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], FrameError> {
+        let bytes = self.take(N, what)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(bytes);
+        Ok(out)
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8, FrameError> {
+        Ok(self.array::<1>(what)?[0])
+    }
+
+    fn u16(&mut self, what: &'static str) -> Result<u16, FrameError> {
+        Ok(u16::from_le_bytes(self.array(what)?))
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32, FrameError> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+
+    fn i64(&mut self, what: &'static str) -> Result<i64, FrameError> {
+        Ok(i64::from_le_bytes(self.array(what)?))
+    }
+
+    fn bytes(&mut self, what: &'static str) -> Result<&'a [u8], FrameError> {
+        let len = self.u32(what)? as usize;
+        self.take(len, what)
+    }
+}
+
+/// One record of an input batch, borrowed from the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    /// The record's key for the consuming stage (empty when unkeyed).
+    pub key: &'a [u8],
+    /// Event time, milliseconds since the Unix epoch.
+    pub ts: i64,
+    /// The encoded value.
+    pub value: &'a [u8],
+}
+
+/// Writes an input batch. Reuse one writer with [`BatchWriter::clear`] to avoid allocating.
+#[derive(Debug, Clone)]
+pub struct BatchWriter {
+    buf: Vec<u8>,
+    count: u32,
+}
+
+impl BatchWriter {
+    /// An empty batch of values in `encoding`.
+    pub fn new(encoding: Encoding) -> Self {
+        let mut writer = BatchWriter {
+            buf: Vec::new(),
+            count: 0,
+        };
+        writer.clear(encoding);
+        writer
+    }
+
+    /// Empties the batch, keeping its allocation.
+    pub fn clear(&mut self, encoding: Encoding) {
+        self.buf.clear();
+        self.buf.push(encoding as u8);
+        self.buf.extend_from_slice(&0u32.to_le_bytes());
+        self.count = 0;
+    }
+
+    /// Appends a record.
+    pub fn push(&mut self, key: &[u8], ts: i64, value: &[u8]) {
+        self.push_with(key, ts, |buf| buf.extend_from_slice(value));
+    }
+
+    /// Appends a record whose value `write_value` appends to the buffer it is given.
+    pub fn push_with(&mut self, key: &[u8], ts: i64, write_value: impl FnOnce(&mut Vec<u8>)) {
+        put_bytes(&mut self.buf, key);
+        self.buf.extend_from_slice(&ts.to_le_bytes());
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&0u32.to_le_bytes());
+        write_value(&mut self.buf);
+        patch_len(&mut self.buf, at);
+        self.count += 1;
+        self.buf[1..5].copy_from_slice(&self.count.to_le_bytes());
+    }
+
+    /// How many records the batch holds.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Whether the batch holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The encoded batch.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+fn put_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
+    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&bytes[..len as usize]);
+}
+
+/// Writes the length of everything after the 4-byte slot at `at` into that slot.
+fn patch_len(buf: &mut [u8], at: usize) {
+    let len = u32::try_from(buf.len() - at - 4).unwrap_or(u32::MAX);
+    buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Reads an input batch written by [`BatchWriter`].
+#[derive(Debug, Clone)]
+pub struct BatchReader<'a> {
+    encoding: Encoding,
+    remaining: u32,
+    cursor: Cursor<'a>,
+}
+
+impl<'a> BatchReader<'a> {
+    /// Reads the batch header.
+    pub fn new(buf: &'a [u8]) -> Result<Self, FrameError> {
+        let mut cursor = Cursor { buf };
+        let encoding =
+            Encoding::from_u8(cursor.u8("batch header")?).ok_or(FrameError("unknown encoding"))?;
+        let remaining = cursor.u32("batch header")?;
+        Ok(BatchReader {
+            encoding,
+            remaining,
+            cursor,
+        })
+    }
+
+    /// The encoding of every value in the batch.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// How many records are left to read.
+    pub fn remaining(&self) -> usize {
+        self.remaining as usize
+    }
+}
+
+impl<'a> Iterator for BatchReader<'a> {
+    type Item = Result<RecordRef<'a>, FrameError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        let record = (|| {
+            let key = self.cursor.bytes("record key")?;
+            let ts = self.cursor.i64("record ts")?;
+            let value = self.cursor.bytes("record value")?;
+            Ok(RecordRef { key, ts, value })
+        })();
+        if record.is_err() {
+            self.remaining = 0;
+        }
+        Some(record)
+    }
+}
+
+/// Writes output entries. Reuse one writer with [`OutputWriter::clear`] to avoid allocating.
+#[derive(Debug, Clone, Default)]
+pub struct OutputWriter {
+    buf: Vec<u8>,
+}
+
+/// A position in an [`OutputWriter`] to roll back to.
+#[derive(Debug, Clone, Copy)]
+pub struct Mark(usize);
+
+impl OutputWriter {
+    /// Empties the buffer, keeping its allocation.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+    }
+
+    /// The current position, to [`OutputWriter::rollback`] to if a record fails half-way.
+    pub fn mark(&self) -> Mark {
+        Mark(self.buf.len())
+    }
+
+    /// Drops everything written since `mark`.
+    pub fn rollback(&mut self, mark: Mark) {
+        self.buf.truncate(mark.0);
+    }
+
+    /// Starts a record entry; append keys with [`RecordEntry::key`], then finish it with
+    /// [`RecordEntry::value`].
+    pub fn record(&mut self, port: u16, ts: i64, key_count: u8) -> RecordEntry<'_> {
+        self.buf.push(TAG_RECORD);
+        self.buf.extend_from_slice(&port.to_le_bytes());
+        self.buf.extend_from_slice(&ts.to_le_bytes());
+        self.buf.push(key_count);
+        RecordEntry { buf: &mut self.buf }
+    }
+
+    /// Appends an error entry for input record `input_index`.
+    pub fn error(&mut self, input_index: u32, message: &str, raw: &[u8]) {
+        self.buf.push(TAG_ERROR);
+        self.buf.extend_from_slice(&input_index.to_le_bytes());
+        put_bytes(&mut self.buf, message.as_bytes());
+        put_bytes(&mut self.buf, raw);
+    }
+
+    /// The encoded entries.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+/// A record entry being written.
+#[derive(Debug)]
+pub struct RecordEntry<'a> {
+    buf: &'a mut Vec<u8>,
+}
+
+impl RecordEntry<'_> {
+    /// Appends a key whose bytes `write_key` appends to the buffer it is given.
+    pub fn key(&mut self, write_key: impl FnOnce(&mut Vec<u8>)) {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&0u32.to_le_bytes());
+        write_key(self.buf);
+        patch_len(self.buf, at);
+    }
+
+    /// Writes the value through `write_value` and completes the entry.
+    pub fn value<E>(
+        self,
+        write_value: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&0u32.to_le_bytes());
+        write_value(self.buf)?;
+        patch_len(self.buf, at);
+        Ok(())
+    }
+}
+
+/// One entry of an output buffer, borrowed from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputEntry<'a> {
+    /// A record emitted on `port`.
+    Record {
+        /// Port index: 0 is main, `i + 1` is side output `i`.
+        port: u16,
+        /// Event time.
+        ts: i64,
+        /// The keys asked for by the port's [`PortSpec::key_fields`], in order.
+        keys: Keys<'a>,
+        /// The encoded value.
+        value: &'a [u8],
+    },
+    /// Input record `input_index` failed.
+    Error {
+        /// Index of the failed record in the input batch.
+        input_index: u32,
+        /// What went wrong.
+        message: &'a str,
+        /// The failed input as text.
+        raw: &'a [u8],
+    },
+}
+
+/// The keys of a record entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys<'a> {
+    count: u8,
+    buf: &'a [u8],
+}
+
+impl<'a> Keys<'a> {
+    /// Key number `index`, if the entry has one.
+    pub fn get(&self, index: usize) -> Option<&'a [u8]> {
+        let mut cursor = Cursor { buf: self.buf };
+        for _ in 0..index.min(self.count as usize) {
+            cursor.bytes("key").ok()?;
+        }
+        if index >= self.count as usize {
+            return None;
+        }
+        cursor.bytes("key").ok()
+    }
+
+    /// How many keys the entry has.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Whether the entry has no key.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+/// Reads the entries of an output buffer; every length is checked against the buffer.
+#[derive(Debug, Clone)]
+pub struct OutputReader<'a> {
+    cursor: Cursor<'a>,
+}
+
+impl<'a> OutputReader<'a> {
+    /// Reads `buf` from its start.
+    pub fn new(buf: &'a [u8]) -> Self {
+        OutputReader {
+            cursor: Cursor { buf },
+        }
+    }
+
+    fn entry(&mut self) -> Result<OutputEntry<'a>, FrameError> {
+        match self.cursor.u8("entry tag")? {
+            TAG_RECORD => {
+                let port = self.cursor.u16("record port")?;
+                let ts = self.cursor.i64("record ts")?;
+                let count = self.cursor.u8("record keys")?;
+                let start = self.cursor.buf;
+                for _ in 0..count {
+                    self.cursor.bytes("record key")?;
+                }
+                let keys_len = start.len() - self.cursor.buf.len();
+                let keys = Keys {
+                    count,
+                    buf: &start[..keys_len],
+                };
+                let value = self.cursor.bytes("record value")?;
+                Ok(OutputEntry::Record {
+                    port,
+                    ts,
+                    keys,
+                    value,
+                })
+            }
+            TAG_ERROR => {
+                let input_index = self.cursor.u32("error index")?;
+                let message = std::str::from_utf8(self.cursor.bytes("error message")?)
+                    .map_err(|_| FrameError("error message is not UTF-8"))?;
+                let raw = self.cursor.bytes("error raw")?;
+                Ok(OutputEntry::Error {
+                    input_index,
+                    message,
+                    raw,
+                })
+            }
+            _ => Err(FrameError("unknown entry tag")),
+        }
+    }
+}
+
+impl<'a> Iterator for OutputReader<'a> {
+    type Item = Result<OutputEntry<'a>, FrameError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.cursor.buf.is_empty() {
+            return None;
+        }
+        let entry = self.entry();
+        if entry.is_err() {
+            self.cursor.buf = &[];
+        }
+        Some(entry)
+    }
+}
+
+/// Packs a guest buffer into the `i64` returned by the exports.
+pub fn pack(ptr: u32, len: u32) -> u64 {
+    (u64::from(ptr) << 32) | u64::from(len)
+}
+
+/// Splits what [`pack`] packed.
+pub fn unpack(packed: u64) -> (u32, u32) {
+    ((packed >> 32) as u32, packed as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_round_trips_records_in_order() {
+        let mut writer = BatchWriter::new(Encoding::Json);
+        writer.push(b"k1", -5, b"{\"a\":1}");
+        writer.push(b"", i64::MAX, b"");
+        let reader = BatchReader::new(writer.as_bytes()).unwrap();
+        assert_eq!(reader.encoding(), Encoding::Json);
+        assert_eq!(reader.remaining(), 2);
+        let records: Vec<_> = reader.map(Result::unwrap).collect();
+        assert_eq!(
+            records,
+            vec![
+                RecordRef {
+                    key: b"k1",
+                    ts: -5,
+                    value: b"{\"a\":1}"
+                },
+                RecordRef {
+                    key: b"",
+                    ts: i64::MAX,
+                    value: b""
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn truncated_batch_is_an_error_not_a_panic() {
+        let mut writer = BatchWriter::new(Encoding::Bincode);
+        writer.push(b"key", 1, b"value");
+        let bytes = writer.as_bytes();
+        for cut in 0..bytes.len() {
+            let outcome: Result<Vec<_>, _> =
+                BatchReader::new(&bytes[..cut]).and_then(|reader| reader.collect());
+            assert!(outcome.is_err(), "cut at {cut} was accepted");
+        }
+    }
+
+    #[test]
+    fn output_entries_round_trip_and_roll_back() {
+        let mut writer = OutputWriter::default();
+        let mut entry = writer.record(2, 7, 2);
+        entry.key(|b| b.extend_from_slice(b"a"));
+        entry.key(|b| b.extend_from_slice(b"bc"));
+        entry
+            .value(|b| {
+                b.extend_from_slice(b"v");
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        let mark = writer.mark();
+        writer
+            .record(0, 1, 0)
+            .value(|b| {
+                b.push(1);
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        writer.rollback(mark);
+        writer.error(3, "bad", b"raw");
+        let entries: Vec<_> = OutputReader::new(writer.as_bytes())
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(entries.len(), 2);
+        match &entries[0] {
+            OutputEntry::Record {
+                port,
+                ts,
+                keys,
+                value,
+            } => {
+                assert_eq!((*port, *ts, *value), (2, 7, &b"v"[..]));
+                assert_eq!(keys.get(0), Some(&b"a"[..]));
+                assert_eq!(keys.get(1), Some(&b"bc"[..]));
+                assert_eq!(keys.get(2), None);
+            }
+            other => panic!("expected a record, got {other:?}"),
+        }
+        assert_eq!(
+            entries[1],
+            OutputEntry::Error {
+                input_index: 3,
+                message: "bad",
+                raw: b"raw"
+            }
+        );
+    }
+
+    #[test]
+    fn garbage_output_is_an_error_not_a_panic() {
+        let garbage = [0u8, 1, 0, 0, 0, 0, 0, 0, 0, 0, 3, 255, 255, 255, 255];
+        let entries: Vec<_> = OutputReader::new(&garbage).collect();
+        assert!(entries.last().unwrap().is_err());
+        assert!(OutputReader::new(&[9]).next().unwrap().is_err());
+    }
+
+    #[test]
+    fn pack_round_trips() {
+        assert_eq!(unpack(pack(0xdead_beef, 17)), (0xdead_beef, 17));
+    }
+}

@@ -1,0 +1,91 @@
+//! Everything a flumen UDF author depends on.
+//!
+//! A UDF is a plain Rust function over serde types, marked with one of the attribute macros:
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! pub struct Order { pub order_id: i64, pub qty: i64 }
+//!
+//! #[derive(Serialize, Deserialize)]
+//! pub struct Reject { pub order_id: i64, pub reason: String }
+//!
+//! #[flumen_sdk::filter_map(side(rejected = Reject))]
+//! pub fn check(order: Order, out: &mut flumen_sdk::Outputs) -> Option<Order> {
+//!     if order.qty < 1 {
+//!         out.side("rejected", Reject { order_id: order.order_id, reason: "bad_qty".into() });
+//!         return None;
+//!     }
+//!     Some(order)
+//! }
+//! ```
+//!
+//! Built with `flumen build` (crate type `cdylib`), the crate becomes a WebAssembly module that a
+//! pipeline names in its TOML. Natively (crate type `rlib`) it is ordinary Rust, so its tests are
+//! plain `cargo test`, with [`testing`] to drive the operator as the runtime would.
+//!
+//! The macros: [`map`] (one output per input), [`filter`] (the input or nothing), [`filter_map`]
+//! (one output or none), [`flat_map`] (any number). After the input, a function may take, in any
+//! order, `&mut Outputs` (side outputs) and `&P` for any `P: Deserialize` (its parameters, from the
+//! stage's `params` table). It may return `Result<_, E>` with `E: Display`: an `Err`, a panic, or
+//! an input that does not decode sends that record to the dead letters with the message, and the
+//! pipeline goes on. Side outputs are declared in the attribute: `side(name = Type, ...)`.
+
+pub mod abi;
+mod fields;
+pub mod guest;
+mod operator;
+pub mod testing;
+
+pub use flumen_sdk_macros::{filter, filter_map, flat_map, map};
+pub use operator::{NoParams, Operator, Outputs};
+
+/// The name of `T` as flumen compares types along an edge: the Rust type with every path
+/// shortened to its last segment, so `alloc::vec::Vec<orders::Order>` is `Vec<Order>` and two
+/// crates may each define the same `Order`.
+///
+/// ```
+/// assert_eq!(flumen_sdk::type_name::<Vec<std::string::String>>(), "Vec<String>");
+/// assert_eq!(flumen_sdk::type_name::<(i64, Option<u8>)>(), "(i64, Option<u8>)");
+/// ```
+pub fn type_name<T: ?Sized>() -> String {
+    shorten_paths(std::any::type_name::<T>())
+}
+
+fn shorten_paths(full: &str) -> String {
+    let mut out = String::with_capacity(full.len());
+    let mut segment_start = 0;
+    let mut chars = full.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ':' && chars.peek() == Some(&':') {
+            chars.next();
+            out.truncate(segment_start);
+        } else {
+            out.push(c);
+            if !(c.is_alphanumeric() || c == '_') {
+                segment_start = out.len();
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_names_drop_module_paths() {
+        assert_eq!(shorten_paths("validate::Order"), "Order");
+        assert_eq!(
+            shorten_paths("alloc::vec::Vec<a::b::Order, alloc::alloc::Global>"),
+            "Vec<Order, Global>"
+        );
+        assert_eq!(
+            shorten_paths("&[core::option::Option<i64>]"),
+            "&[Option<i64>]"
+        );
+        assert_eq!(shorten_paths("i64"), "i64");
+    }
+}

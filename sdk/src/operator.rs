@@ -1,0 +1,323 @@
+//! The [`Operator`] trait every attribute macro implements, and [`Outputs`], the handle through
+//! which an operator writes side outputs.
+
+use crate::abi::{Encoding, OperatorKind, OutputWriter, PortSpec, SideOutput};
+use crate::fields::{self, Extracted, FieldRequest};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// An operator as the runtime drives it. The attribute macros ([`map`](crate::map),
+/// [`filter`](crate::filter), [`filter_map`](crate::filter_map), [`flat_map`](crate::flat_map))
+/// implement it for a struct named after the function (`validate` → `ValidateOperator`); writing
+/// it by hand is possible but rarely needed.
+///
+/// ```
+/// use flumen_sdk::{Operator, Outputs, abi::{OperatorKind, SideOutput}};
+///
+/// struct Double;
+///
+/// impl Operator for Double {
+///     type Input = i64;
+///     type Output = i64;
+///     type Params = flumen_sdk::NoParams;
+///     const KIND: OperatorKind = OperatorKind::Map;
+///
+///     fn side_outputs() -> Vec<SideOutput> {
+///         Vec::new()
+///     }
+///     fn new(_: Self::Params) -> Result<Self, String> {
+///         Ok(Double)
+///     }
+///     fn process(&mut self, input: i64, out: &mut Outputs<'_>) -> Result<(), String> {
+///         out.emit_main(&(input * 2));
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait Operator: Sized + 'static {
+    /// What the operator consumes.
+    type Input: DeserializeOwned + Serialize;
+    /// What its main output carries.
+    type Output: Serialize;
+    /// Its parameters, decoded from the stage's TOML `params` table.
+    type Params: DeserializeOwned;
+    /// Its kind, reported to the host.
+    const KIND: OperatorKind;
+
+    /// Its side outputs, in port order.
+    fn side_outputs() -> Vec<SideOutput>;
+
+    /// Builds the operator from its parameters.
+    fn new(params: Self::Params) -> Result<Self, String>;
+
+    /// Processes one record. An `Err` sends the record to the dead letters and drops whatever it
+    /// emitted.
+    fn process(&mut self, input: Self::Input, out: &mut Outputs<'_>) -> Result<(), String>;
+}
+
+/// The parameters of an operator that takes none: any key in its `params` table is an error.
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+/// A port as the guest writes it.
+#[derive(Debug, Clone)]
+pub(crate) struct Port {
+    pub name: String,
+    pub spec: PortSpec,
+}
+
+/// Where an operator's outputs go: the ABI buffer, or a test's collection.
+pub(crate) enum Target<'a> {
+    Abi {
+        writer: &'a mut OutputWriter,
+        ports: &'a [Port],
+        extracted: &'a mut Extracted,
+    },
+    Collect(&'a mut crate::testing::Collected),
+}
+
+/// The outputs of the record being processed: the main output (which the macros fill from the
+/// function's return value) and the named side outputs declared in the attribute.
+///
+/// ```
+/// # use flumen_sdk::{Outputs, testing::Collected};
+/// # let mut collected = Collected::default();
+/// # let mut out: Outputs<'_> = collected.outputs(&["rejected"]);
+/// out.side("rejected", serde_json::json!({"order_id": 7, "reason": "bad_qty"}));
+/// # drop(out);
+/// # assert_eq!(collected.side("rejected").len(), 1);
+/// ```
+pub struct Outputs<'a> {
+    pub(crate) target: Target<'a>,
+    pub(crate) ts: i64,
+    pub(crate) failure: Option<String>,
+}
+
+impl Outputs<'_> {
+    /// The event time of the record being processed (milliseconds since the Unix epoch).
+    pub fn ts(&self) -> i64 {
+        self.ts
+    }
+
+    /// Emits `value` on the side output `name`, which must be declared in the operator's
+    /// attribute (`#[filter_map(side(rejected = Reject))]`). An undeclared name, or a value that
+    /// cannot be encoded, fails the record.
+    pub fn side<T: Serialize>(&mut self, name: &str, value: T) {
+        let port = match &self.target {
+            Target::Abi { ports, .. } => ports.iter().skip(1).position(|p| p.name == name),
+            Target::Collect(collected) => collected.side_names.iter().position(|p| p == name),
+        };
+        match port {
+            Some(index) => self.emit(index + 1, &value),
+            None => self.fail(format!("no side output named `{name}` is declared")),
+        }
+    }
+
+    /// Emits `value` on the main output. The attribute macros call this with the function's
+    /// result; a hand-written [`Operator`] calls it directly.
+    pub fn emit_main<T: Serialize>(&mut self, value: &T) {
+        self.emit(0, value);
+    }
+
+    fn fail(&mut self, message: String) {
+        self.failure.get_or_insert(message);
+    }
+
+    fn emit<T: Serialize + ?Sized>(&mut self, port: usize, value: &T) {
+        let outcome = match &mut self.target {
+            Target::Abi {
+                writer,
+                ports,
+                extracted,
+            } => write_record(writer, &ports[port], port, self.ts, value, extracted),
+            Target::Collect(collected) => collected.push(port, value),
+        };
+        if let Err(message) = outcome {
+            self.fail(message);
+        }
+    }
+}
+
+fn write_record<T: Serialize + ?Sized>(
+    writer: &mut OutputWriter,
+    port: &Port,
+    index: usize,
+    input_ts: i64,
+    value: &T,
+    extracted: &mut Extracted,
+) -> Result<(), String> {
+    let spec = &port.spec;
+    let mut ts = input_ts;
+    let wants_fields = !spec.key_fields.is_empty() || spec.ts_field.is_some();
+    if wants_fields {
+        let request = FieldRequest {
+            key_fields: &spec.key_fields,
+            ts_field: spec.ts_field.as_deref(),
+        };
+        fields::extract(value, &request, extracted)
+            .map_err(|e| format!("output `{}`: {e}", port.name))?;
+        ts = extracted.ts.unwrap_or(input_ts);
+    }
+    let key_count = u8::try_from(spec.key_fields.len()).map_err(|_| "too many key fields")?;
+    let mut entry = writer.record(index as u16, ts, key_count);
+    if wants_fields {
+        for key in &extracted.keys {
+            entry.key(|buf| buf.extend_from_slice(key.as_deref().unwrap_or_default()));
+        }
+    }
+    entry.value(|buf| encode_into(spec.encoding, value, buf))
+}
+
+/// Appends `value` to `buf` in `encoding`.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    encoding: Encoding,
+    value: &T,
+    buf: &mut Vec<u8>,
+) -> Result<(), String> {
+    match encoding {
+        Encoding::Json => serde_json::to_writer(buf, value).map_err(|e| e.to_string()),
+        Encoding::Bincode => bincode::serde::encode_into_std_write(value, buf, crate::abi::BINCODE)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// Decodes a value from `encoding`. With `object_only` (see [`is_struct`]), JSON must be an object
+/// at the top level: serde would otherwise accept an array for a struct's fields in order.
+pub(crate) fn decode<T: DeserializeOwned>(
+    encoding: Encoding,
+    bytes: &[u8],
+    object_only: bool,
+) -> Result<T, String> {
+    match encoding {
+        Encoding::Json => {
+            let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+            if object_only && first == Some(&b'[') {
+                return Err("expected a JSON object, found an array".into());
+            }
+            serde_json::from_slice(bytes).map_err(|e| e.to_string())
+        }
+        Encoding::Bincode => {
+            let (value, used) = bincode::serde::decode_from_slice(bytes, crate::abi::BINCODE)
+                .map_err(|e| e.to_string())?;
+            if used != bytes.len() {
+                return Err(format!("{} trailing bytes", bytes.len() - used));
+            }
+            Ok(value)
+        }
+    }
+}
+
+/// Whether `T` deserializes as a struct, found by asking it to deserialize from a probe that
+/// only records which kind of data `T` asks for.
+pub(crate) fn is_struct<T: DeserializeOwned>() -> bool {
+    use serde::de::{self, Visitor};
+
+    #[derive(Debug)]
+    struct Asked(bool);
+
+    impl std::fmt::Display for Asked {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("probe")
+        }
+    }
+
+    impl std::error::Error for Asked {}
+
+    impl de::Error for Asked {
+        fn custom<M: std::fmt::Display>(_: M) -> Self {
+            Asked(false)
+        }
+    }
+
+    struct Probe;
+
+    impl<'de> de::Deserializer<'de> for Probe {
+        type Error = Asked;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Asked> {
+            Err(Asked(false))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            _: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Asked> {
+            Err(Asked(true))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+
+    matches!(T::deserialize(Probe), Err(Asked(true)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+    struct Pair {
+        a: i64,
+        b: String,
+    }
+
+    #[test]
+    fn structs_are_told_from_other_types() {
+        assert!(is_struct::<Pair>());
+        assert!(!is_struct::<Vec<i64>>());
+        assert!(!is_struct::<i64>());
+        assert!(!is_struct::<std::collections::BTreeMap<String, i64>>());
+    }
+
+    #[test]
+    fn json_struct_input_must_be_an_object() {
+        let ok: Pair = decode(Encoding::Json, br#"{"a":1,"b":"x","extra":[]}"#, true).unwrap();
+        assert_eq!(
+            ok,
+            Pair {
+                a: 1,
+                b: "x".into()
+            }
+        );
+        assert!(decode::<Pair>(Encoding::Json, br#"[1,"x"]"#, true).is_err());
+        assert!(decode::<Pair>(Encoding::Json, br#"{"a":"1","b":"x"}"#, true).is_err());
+        assert!(decode::<Pair>(Encoding::Json, br#"{"a":1.5,"b":"x"}"#, true).is_err());
+        assert!(decode::<Pair>(Encoding::Json, br#"{"a":1}"#, true).is_err());
+        assert_eq!(
+            decode::<Vec<i64>>(Encoding::Json, b"[1,2]", false).unwrap(),
+            vec![1, 2]
+        );
+    }
+
+    #[test]
+    fn bincode_round_trips_and_rejects_trailing_bytes() {
+        let mut buf = Vec::new();
+        encode_into(
+            Encoding::Bincode,
+            &Pair {
+                a: 3,
+                b: "y".into(),
+            },
+            &mut buf,
+        )
+        .unwrap();
+        let back: Pair = decode(Encoding::Bincode, &buf, true).unwrap();
+        assert_eq!(
+            back,
+            Pair {
+                a: 3,
+                b: "y".into()
+            }
+        );
+        buf.push(0);
+        assert!(decode::<Pair>(Encoding::Bincode, &buf, true).is_err());
+    }
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `flumen` binary on real files, one module per capability.
+//! Expected outputs are computed by the tests themselves from the spec, never copied from a run.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cli;
+mod config_errors;
+mod sandbox;
+mod support;
+mod validate_stage;

@@ -1,0 +1,202 @@
+//! The sandbox: bad modules are refused at load with a message naming the module and what is
+//! wrong; a record that makes its UDF fail, panic, loop or hoard memory goes to the dead letters
+//! while every other record comes through.
+
+use crate::support::{Scenario, modules, sorted};
+use flumen_sdk::abi::{ABI_VERSION, BINCODE, Describe, OperatorKind};
+use serde_json::{Value, json};
+
+fn pipeline_with(module: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+dead_letter = "dead"
+[sources.probes]
+type = "file"
+path = "{{dir}}/probes.jsonl"
+[operators.probe]
+module = "{module}"
+inputs = ["probes"]
+timeout_ms = 300
+memory_limit_mib = 16
+params = {{ stamp = "passed" }}
+[sinks.out]
+type = "file"
+path = "{{dir}}/out.jsonl"
+inputs = ["probe"]
+[sinks.dead]
+type = "file"
+path = "{{dir}}/dead.jsonl"
+"#
+    )
+}
+
+/// A module in the WebAssembly text format, written to the scenario's folder.
+fn wat_module(scenario: &Scenario, name: &str, wat: &str) -> String {
+    let bytes = wat::parse_str(wat).unwrap();
+    scenario.write(name, bytes).display().to_string()
+}
+
+/// A module exporting all of flumen's ABI whose `describe` returns `describe`.
+fn fake_module(describe: &Describe, imports: &str) -> String {
+    let bytes = bincode::serde::encode_to_vec(describe, BINCODE).unwrap();
+    let data: String = bytes.iter().map(|b| format!("\\{b:02x}")).collect();
+    format!(
+        r#"(module
+  {imports}
+  (memory (export "memory") 1)
+  (data (i32.const 1024) "{data}")
+  (func (export "flumen_describe") (result i64) (i64.const {packed}))
+  (func (export "flumen_input") (param i32) (result i32) (i32.const 4096))
+  (func (export "flumen_init") (param i32) (result i64) (i64.const 0))
+  (func (export "flumen_process") (param i32) (result i64) (i64.const 0))
+  (func (export "flumen_to_json") (param i32) (result i64) (i64.const 0)))"#,
+        packed = (1024u64 << 32) | bytes.len() as u64,
+    )
+}
+
+fn describe(abi_version: u32) -> Describe {
+    Describe {
+        abi_version,
+        kind: OperatorKind::Map,
+        input_type: "Probe".into(),
+        output_type: "Probe".into(),
+        side_outputs: Vec::new(),
+    }
+}
+
+#[test]
+fn bad_modules_are_refused_at_load_naming_module_and_fault() {
+    modules();
+    let scenario = Scenario::new();
+    let not_wasm = scenario.write("not_wasm.wasm", "hello, I am not WebAssembly");
+    let abi_error =
+        format!("old_abi.wasm: speaks flumen ABI version 999, this runtime speaks {ABI_VERSION}");
+    let cases = [
+        (
+            not_wasm.display().to_string(),
+            vec!["not_wasm.wasm: not a valid WebAssembly module"],
+        ),
+        (
+            wat_module(
+                &scenario,
+                "wasi.wasm",
+                &fake_module(
+                    &describe(ABI_VERSION),
+                    r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#,
+                ),
+            ),
+            vec![
+                "wasi.wasm: imports `wasi_snapshot_preview1.fd_write`, which flumen does not provide",
+            ],
+        ),
+        (
+            wat_module(
+                &scenario,
+                "env.wasm",
+                &fake_module(
+                    &describe(ABI_VERSION),
+                    r#"(import "flumen" "open_socket" (func))"#,
+                ),
+            ),
+            vec!["env.wasm: imports `flumen.open_socket`"],
+        ),
+        (
+            wat_module(&scenario, "old_abi.wasm", &fake_module(&describe(999), "")),
+            vec![abi_error.as_str()],
+        ),
+        (
+            wat_module(
+                &scenario,
+                "bare.wasm",
+                r#"(module (memory (export "memory") 1))"#,
+            ),
+            vec!["bare.wasm: does not export `flumen_describe`"],
+        ),
+        (
+            wat_module(
+                &scenario,
+                "trap.wasm",
+                r#"(module (memory (export "memory") 1)
+                   (func (export "flumen_describe") (result i64) unreachable)
+                   (func (export "flumen_input") (param i32) (result i32) (i32.const 0))
+                   (func (export "flumen_init") (param i32) (result i64) (i64.const 0))
+                   (func (export "flumen_process") (param i32) (result i64) (i64.const 0))
+                   (func (export "flumen_to_json") (param i32) (result i64) (i64.const 0)))"#,
+            ),
+            vec!["trap.wasm: describe: trapped"],
+        ),
+        (
+            wat_module(
+                &scenario,
+                "wild.wasm",
+                r#"(module (memory (export "memory") 1)
+                   (func (export "flumen_describe") (result i64) (i64.const 0x7fff000000000010))
+                   (func (export "flumen_input") (param i32) (result i32) (i32.const 0))
+                   (func (export "flumen_init") (param i32) (result i64) (i64.const 0))
+                   (func (export "flumen_process") (param i32) (result i64) (i64.const 0))
+                   (func (export "flumen_to_json") (param i32) (result i64) (i64.const 0)))"#,
+            ),
+            vec![
+                "wild.wasm: describe: guest returned a buffer",
+                "outside its memory",
+            ],
+        ),
+    ];
+    for (module, expected) in cases {
+        let errors = scenario.validate_errors(&pipeline_with(&module));
+        for fragment in expected {
+            assert!(
+                errors.contains(fragment),
+                "expected {fragment:?} in:\n{errors}"
+            );
+        }
+        assert!(errors.contains("`operators.probe.module`"), "{errors}");
+    }
+}
+
+#[test]
+fn a_poison_record_goes_to_the_dead_letters_and_the_rest_comes_through() {
+    let scenario = Scenario::new();
+    let actions = [
+        "ok", "error", "ok", "panic", "ok", "loop", "ok", "alloc", "ok", "ok",
+    ];
+    let mut lines: Vec<String> = actions
+        .iter()
+        .enumerate()
+        .map(|(id, action)| json!({"id": id, "action": action}).to_string())
+        .collect();
+    lines.push("{\"id\": \"eleven\", \"action\": \"ok\"}".into());
+    lines.push(json!({"id": 12, "action": "ok"}).to_string());
+    scenario.write("probes.jsonl", lines.join("\n"));
+    scenario.run(&pipeline_with(&format!(
+        "{}/misbehave.wasm",
+        modules().display()
+    )));
+
+    let passed: Vec<Value> = actions
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| **a == "ok")
+        .map(|(id, _)| json!({"id": id, "action": "passed"}))
+        .chain([json!({"id": 12, "action": "passed"})])
+        .collect();
+    assert_eq!(sorted(scenario.jsonl("out.jsonl")), sorted(passed));
+
+    let dead = scenario.jsonl("dead.jsonl");
+    let error_of = |id: usize| -> String {
+        let raw = &lines[id];
+        let letter = dead
+            .iter()
+            .find(|d| d["raw"] == *raw)
+            .unwrap_or_else(|| panic!("no dead letter for {raw} in {dead:#?}"));
+        assert_eq!(letter["stage"], "probe");
+        letter["error"].as_str().unwrap().to_string()
+    };
+    assert_eq!(dead.len(), 5, "{dead:#?}");
+    assert!(error_of(1).contains("refused probe 1"));
+    assert!(error_of(3).contains("panicked at") && error_of(3).contains("probe 3 asked to panic"));
+    assert!(error_of(5).contains("exceeded its time limit of 300 ms"));
+    assert!(error_of(7).contains("exceeded its memory limit of 16 MiB"));
+    assert!(error_of(10).contains("cannot decode Probe"));
+}

@@ -1,0 +1,120 @@
+//! The harness: builds the modules once, gives each test a folder, runs `flumen`, reads outputs.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The repository root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A `flumen` command, run from the repository root.
+pub fn flumen() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_flumen"));
+    command.current_dir(workspace()).env("FLUMEN_LOG", "warn");
+    command
+}
+
+/// The folder of built modules; builds every UDF crate (once per test run) with `flumen build`.
+pub fn modules() -> &'static Path {
+    static MODULES: OnceLock<PathBuf> = OnceLock::new();
+    MODULES.get_or_init(|| {
+        let out = workspace().join("target/flumen");
+        let status = flumen()
+            .args(["build", "udfs", "tests/udfs", "--out-dir"])
+            .arg(&out)
+            .status()
+            .expect("cannot run flumen build");
+        assert!(status.success(), "flumen build failed");
+        out
+    })
+}
+
+/// A test's own folder with a pipeline and its files.
+pub struct Scenario {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scenario {
+    pub fn new() -> Self {
+        Scenario {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write(&self, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    /// Writes `pipeline.toml`, with `{modules}` replaced by the module folder and `{dir}` by this
+    /// scenario's folder.
+    pub fn pipeline(&self, toml: &str) -> PathBuf {
+        let text = toml
+            .replace("{modules}", &modules().display().to_string())
+            .replace("{dir}", &self.dir.path().display().to_string());
+        self.write("pipeline.toml", text)
+    }
+
+    /// `flumen ARGS…` with `envs` set.
+    pub fn flumen(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
+        flumen()
+            .args(args)
+            .envs(envs.iter().copied())
+            .output()
+            .unwrap()
+    }
+
+    /// `flumen validate` of this scenario's pipeline, expected to fail: its error lines.
+    pub fn validate_errors(&self, toml: &str) -> String {
+        let pipeline = self.pipeline(toml);
+        let output = flumen().arg("validate").arg(&pipeline).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+        text(&output.stderr)
+    }
+
+    /// `flumen run` of this scenario's pipeline, expected to succeed.
+    pub fn run(&self, toml: &str) -> Output {
+        let pipeline = self.pipeline(toml);
+        let output = flumen().arg("run").arg(&pipeline).output().unwrap();
+        assert!(
+            output.status.success(),
+            "flumen run failed: {}",
+            text(&output.stderr)
+        );
+        output
+    }
+
+    /// The JSON values of a JSON Lines file of this scenario.
+    pub fn jsonl(&self, name: &str) -> Vec<Value> {
+        read_jsonl(&self.path(name))
+    }
+}
+
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+        .collect()
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// JSON values in a canonical order, to compare outputs as sets (with multiplicity).
+pub fn sorted(mut values: Vec<Value>) -> Vec<Value> {
+    values.sort_by_key(|v| v.to_string());
+    values
+}
