@@ -32,6 +32,8 @@
 //! an input that does not decode sends that record to the dead letters with the message, and the
 //! pipeline goes on. Side outputs are declared in the attribute: `side(name = Type, ...)`.
 
+#![warn(missing_docs)]
+
 pub mod abi;
 mod fields;
 pub mod guest;
