@@ -110,6 +110,10 @@ pub struct SourceConfig {
     pub name: String,
     pub kind: SourceKind,
     pub batch_size: usize,
+    /// The top-level integer field that holds each record's event time.
+    pub event_time: Option<String>,
+    /// Bounded out-of-orderness: the watermark trails the largest event time by this much.
+    pub watermark_delay_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -130,6 +134,18 @@ pub struct OperatorConfig {
     pub params: serde_json::Value,
     pub memory_limit_bytes: u64,
     pub timeout: Duration,
+    /// The field whose value keys this stage's records (partitioning, state, windows).
+    pub key_by: Option<String>,
+    /// The field the producing stage takes each record's event time from.
+    pub event_time: Option<String>,
+    /// Partitions of this stage, if it overrides the pipeline's.
+    pub parallelism: Option<usize>,
+    /// Keyed state not written for this long (event time) may be dropped.
+    pub state_ttl_ms: Option<i64>,
+    /// The windows of a window stage (its module is an aggregate).
+    pub window: Option<crate::window::WindowSpec>,
+    /// How long after firing a window still takes records.
+    pub allowed_lateness_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -195,6 +211,8 @@ struct RawSource {
     batch_size: Option<i64>,
     count: Option<i64>,
     seed: Option<i64>,
+    event_time: Option<String>,
+    watermark_delay_ms: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,6 +224,12 @@ struct RawOperator {
     params: toml::Table,
     memory_limit_mib: Option<i64>,
     timeout_ms: Option<i64>,
+    key_by: Option<String>,
+    event_time: Option<String>,
+    parallelism: Option<i64>,
+    state_ttl_ms: Option<i64>,
+    window: Option<crate::window::WindowSpec>,
+    allowed_lateness_ms: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -739,10 +763,31 @@ fn build_source(
             return None;
         }
     };
+    let watermark_delay_ms = match raw.watermark_delay_ms {
+        Some(delay) if delay < 0 => {
+            report.at(
+                doc,
+                &key("watermark_delay_ms"),
+                "a delay cannot be negative",
+            );
+            0
+        }
+        Some(delay) => delay,
+        None => 0,
+    };
+    if raw.watermark_delay_ms.is_some() && raw.event_time.is_none() {
+        report.at(
+            doc,
+            &key("watermark_delay_ms"),
+            "watermarks need `event_time`, the field holding each record's time",
+        );
+    }
     Some(SourceConfig {
         name: name.to_string(),
         kind,
         batch_size,
+        event_time: raw.event_time.clone(),
+        watermark_delay_ms,
     })
 }
 
@@ -810,6 +855,34 @@ fn build_operator(
             serde_json::Value::Null
         }
     };
+    let parallelism = raw
+        .parallelism
+        .map(|_| positive(raw.parallelism, 1, 256, doc, report, &key("parallelism")) as usize);
+    if let Some(ttl) = raw.state_ttl_ms
+        && ttl < 1
+    {
+        report.at(doc, &key("state_ttl_ms"), "a time-to-live is at least 1 ms");
+    }
+    if let Some(window) = &raw.window
+        && let Err(message) = window.check()
+    {
+        report.at(doc, &key("window"), message);
+    }
+    let allowed_lateness_ms = raw.allowed_lateness_ms.unwrap_or(0);
+    if allowed_lateness_ms < 0 {
+        report.at(
+            doc,
+            &key("allowed_lateness_ms"),
+            "lateness cannot be negative",
+        );
+    }
+    if raw.allowed_lateness_ms.is_some() && raw.window.is_none() {
+        report.at(
+            doc,
+            &key("allowed_lateness_ms"),
+            "only a window stage has lateness",
+        );
+    }
     Some(OperatorConfig {
         name: name.to_string(),
         module: base.join(&raw.module),
@@ -817,6 +890,12 @@ fn build_operator(
         params,
         memory_limit_bytes: memory_mib << 20,
         timeout: Duration::from_millis(timeout_ms),
+        key_by: raw.key_by.clone(),
+        event_time: raw.event_time.clone(),
+        parallelism,
+        state_ttl_ms: raw.state_ttl_ms,
+        window: raw.window,
+        allowed_lateness_ms: allowed_lateness_ms.max(0),
     })
 }
 

@@ -1,18 +1,21 @@
-//! Runs a [`Plan`]: sources fill batches, operators (in topological order) process every batch
-//! queued for them, outputs are split by port and queued for their consumers, sinks write.
-//! One round per source batch, so a batch crosses the whole graph before the next is read.
+//! Runs a prepared pipeline: sources fill batches; each batch crosses the whole graph (operators
+//! in topological order, outputs handed to their consumers) before the next is read; then each
+//! source's watermark moves and flows through the stages, every stage taking the minimum of its
+//! inputs and firing what that completes before passing it on.
 //!
-//! Failure never stops the run: a record an operator fails on, or cannot decode, becomes a dead
-//! letter; a batch whose call traps (panic, memory limit, deadline) or returns garbage is retried
-//! record by record on a fresh instance, so only the poison record is lost to the dead letters.
+//! Failure never stops the run: see [`crate::stage`] for how a failed call is retried and how a
+//! record becomes a dead letter.
 
 use crate::Prepared;
-use crate::plan::{NodeRef, Plan};
-use crate::sandbox::{GuestFailure, OperatorInstance};
+use crate::plan::{Consumer, NodeRef, Plan, PortPlan};
 use crate::sink::{self, FLUSH_INTERVAL, Sink};
 use crate::source::{self, Pull, Source};
+use crate::stage::Stage;
 use crate::stats::{StageKind, StageStats, Summary};
-use flumen_sdk::abi::{BatchReader, BatchWriter, Encoding, OutputEntry, OutputReader};
+use crate::window::BoundedOutOfOrderness;
+use flumen_sdk::abi::{
+    BatchReader, BatchWriter, Encoding, OutputEntry, OutputReader, OutputWriter,
+};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,20 +23,6 @@ use std::time::{Duration, Instant};
 
 /// How long to wait before polling sources again when none has anything.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
-
-type Batch = Rc<Vec<u8>>;
-
-struct OperatorRuntime {
-    instance: OperatorInstance,
-    queue: VecDeque<Batch>,
-    outputs: Vec<BatchWriter>,
-}
-
-/// Dead letters waiting to be written: JSON objects `{"stage", "error", "raw"}`.
-#[derive(Default)]
-struct DeadLetters {
-    lines: Vec<Vec<u8>>,
-}
 
 /// A record a stage failed on, as the dead-letter sink writes it.
 #[derive(serde::Serialize)]
@@ -43,8 +32,14 @@ struct DeadLetter<'a> {
     raw: std::borrow::Cow<'a, str>,
 }
 
+/// Dead letters waiting to be written: JSON objects `{"stage", "error", "raw"}`.
+#[derive(Default)]
+pub(crate) struct DeadLetters {
+    lines: Vec<Vec<u8>>,
+}
+
 impl DeadLetters {
-    fn push(&mut self, stage: &str, error: &str, raw: &[u8]) {
+    pub(crate) fn push(&mut self, stage: &str, error: &str, raw: &[u8]) {
         let letter = DeadLetter {
             stage,
             error,
@@ -56,25 +51,34 @@ impl DeadLetters {
     }
 }
 
+/// A batch waiting for a stage: output-entry framing, which key of its entries is the stage's,
+/// and how its values are encoded.
+struct Queued {
+    batch: Rc<Vec<u8>>,
+    key: Option<usize>,
+    encoding: Encoding,
+}
+
+struct SourceRuntime {
+    source: Box<dyn Source>,
+    finished: bool,
+    watermarks: Option<BoundedOutOfOrderness>,
+    watermark: i64,
+    stats: StageStats,
+}
+
 /// A pipeline ready to run.
 pub struct Pipeline {
     plan: Plan,
-    sources: Vec<Box<dyn Source>>,
-    finished: Vec<bool>,
-    operators: Vec<OperatorRuntime>,
+    sources: Vec<SourceRuntime>,
+    stages: Vec<Stage>,
+    queues: Vec<VecDeque<Queued>>,
+    /// The stages each operator reads, for the minimum of their watermarks.
+    upstream: Vec<Vec<NodeRef>>,
     sinks: Vec<Box<dyn Sink>>,
-    stats: Vec<StageStats>,
+    sink_stats: Vec<StageStats>,
     dead: DeadLetters,
     source_batch: BatchWriter,
-}
-
-/// The index of a stage's statistics: sources, then operators, then sinks.
-fn stat_index(plan: &Plan, node: NodeRef) -> usize {
-    match node {
-        NodeRef::Source(i) => i,
-        NodeRef::Operator(i) => plan.sources.len() + i,
-        NodeRef::Sink(i) => plan.sources.len() + plan.operators.len() + i,
-    }
 }
 
 impl Pipeline {
@@ -83,115 +87,183 @@ impl Pipeline {
         let Prepared {
             plan, instances, ..
         } = prepared;
-        let operators: Vec<OperatorRuntime> = instances
+        let stages: Vec<Stage> = instances
             .into_iter()
             .zip(&plan.operators)
-            .map(|(instance, op)| OperatorRuntime {
-                instance,
-                queue: VecDeque::new(),
-                outputs: op
-                    .ports
-                    .iter()
-                    .map(|p| BatchWriter::new(p.encoding))
-                    .collect(),
-            })
+            .map(|(instances, op)| Stage::new(op, instances))
             .collect();
+        let mut upstream = vec![Vec::new(); plan.operators.len()];
+        let ports = plan
+            .sources
+            .iter()
+            .enumerate()
+            .map(|(s, source)| (NodeRef::Source(s), &source.port))
+            .chain(plan.operators.iter().enumerate().flat_map(|(o, op)| {
+                op.ports
+                    .iter()
+                    .map(move |port| (NodeRef::Operator(o), port))
+            }));
+        for (from, port) in ports {
+            for consumer in &port.consumers {
+                if let NodeRef::Operator(o) = consumer.node
+                    && !upstream[o].contains(&from)
+                {
+                    upstream[o].push(from);
+                }
+            }
+        }
         let sources = plan
             .sources
             .iter()
-            .map(|s| source::open(&s.config))
+            .map(|s| {
+                Ok(SourceRuntime {
+                    source: source::open(&s.config)?,
+                    finished: false,
+                    watermarks: s
+                        .config
+                        .event_time
+                        .as_ref()
+                        .map(|_| BoundedOutOfOrderness::new(s.config.watermark_delay_ms)),
+                    watermark: i64::MIN,
+                    stats: StageStats::new(&s.config.name, StageKind::Source, &["main"]),
+                })
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let sinks = plan
             .sinks
             .iter()
             .map(|s| sink::open(&s.config))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let stats = plan
-            .sources
-            .iter()
-            .map(|s| StageStats::new(&s.config.name, StageKind::Source, &["main"]))
-            .chain(plan.operators.iter().map(|o| {
-                let ports: Vec<&str> = o.ports.iter().map(|p| p.name.as_str()).collect();
-                StageStats::new(&o.config.name, StageKind::Operator, &ports)
-            }))
-            .chain(
-                plan.sinks
-                    .iter()
-                    .map(|s| StageStats::new(&s.config.name, StageKind::Sink, &[])),
-            )
-            .collect();
         Ok(Pipeline {
-            finished: vec![false; plan.sources.len()],
+            queues: stages.iter().map(|_| VecDeque::new()).collect(),
+            sink_stats: plan
+                .sinks
+                .iter()
+                .map(|s| StageStats::new(&s.config.name, StageKind::Sink, &[]))
+                .collect(),
             plan,
             sources,
-            operators,
+            stages,
+            upstream,
             sinks,
-            stats,
             dead: DeadLetters::default(),
             source_batch: BatchWriter::new(Encoding::Json),
         })
     }
 
-    /// Runs until every source is finished or `stop` is set, then drains what was read, flushes
-    /// every sink, and returns the per-stage counts.
+    /// Runs until every source is finished — then the watermark becomes +∞ and every window
+    /// fires — or until `stop` is set — then what was read is drained and windows that have not
+    /// fired are not emitted. Flushes every sink and returns the per-stage counts.
     pub fn run(&mut self, stop: &AtomicBool) -> anyhow::Result<Summary> {
         let mut last_flush = Instant::now();
-        while !self.finished.iter().all(|f| *f) && !stop.load(Ordering::Relaxed) {
+        loop {
+            let stopping = stop.load(Ordering::Relaxed);
             let mut progressed = false;
             for s in 0..self.sources.len() {
-                if self.finished[s] {
+                if self.sources[s].finished || stopping {
                     continue;
                 }
                 self.source_batch.clear(Encoding::Json);
-                match self.sources[s].next_batch(&mut self.source_batch)? {
+                match self.sources[s].source.next_batch(&mut self.source_batch)? {
                     Pull::Batch => {
                         progressed = true;
-                        let batch = Rc::new(self.source_batch.as_bytes().to_vec());
-                        let count = self.source_batch.len() as u64;
-                        let stats = &mut self.stats[stat_index(&self.plan, NodeRef::Source(s))];
-                        stats.records_in += count;
-                        stats.outputs[0].1 += count;
-                        let consumers = self.plan.sources[s].port.consumers.clone();
-                        self.deliver(&consumers, &batch)?;
-                        self.run_operators()?;
+                        self.emit_source_batch(s)?;
                     }
                     Pull::Idle => {}
-                    Pull::Finished => self.finished[s] = true,
+                    Pull::Finished => {
+                        self.sources[s].finished = true;
+                        self.sources[s].watermark = i64::MAX;
+                        progressed = true;
+                    }
                 }
+                self.pump()?;
             }
             if last_flush.elapsed() >= FLUSH_INTERVAL {
                 self.flush()?;
                 last_flush = Instant::now();
             }
-            if !progressed && !self.finished.iter().all(|f| *f) {
+            if stopping || self.sources.iter().all(|s| s.finished) {
+                break;
+            }
+            if !progressed {
                 std::thread::sleep(IDLE_WAIT);
             }
         }
-        self.run_operators()?;
+        self.pump()?;
         self.flush()?;
-        Ok(Summary {
-            stages: self.stats.clone(),
-        })
+        let stages = self
+            .sources
+            .iter()
+            .map(|s| s.stats.clone())
+            .chain(self.stages.iter().map(|s| s.stats.clone()))
+            .chain(self.sink_stats.iter().cloned())
+            .collect();
+        Ok(Summary { stages })
     }
 
-    fn flush(&mut self) -> anyhow::Result<()> {
-        for sink in &mut self.sinks {
-            sink.flush()?;
+    /// Hands the source batch just read to the consumers of source `s` and moves its watermark.
+    fn emit_source_batch(&mut self, s: usize) -> anyhow::Result<()> {
+        let port = &self.plan.sources[s].port;
+        let event_time = self.plan.sources[s].config.event_time.as_deref();
+        let runtime = &mut self.sources[s];
+        let mut out = OutputWriter::default();
+        let needs_fields = event_time.is_some() || !port.key_fields.is_empty();
+        let mut count = 0;
+        for record in BatchReader::new(self.source_batch.as_bytes())? {
+            let record = record?;
+            count += 1;
+            let fields = needs_fields
+                .then(|| {
+                    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(
+                        record.value,
+                    )
+                    .ok()
+                })
+                .flatten();
+            let event_ts = event_time.and_then(|f| fields.as_ref()?.get(f)?.as_i64());
+            let ts = event_ts.unwrap_or(record.ts);
+            if let (Some(tracker), Some(ts)) = (runtime.watermarks.as_mut(), event_ts) {
+                tracker.observe(ts);
+            }
+            let mut entry = out.record(0, count as u32, ts, port.key_fields.len() as u8);
+            for field in &port.key_fields {
+                let key = fields
+                    .as_ref()
+                    .and_then(|f| f.get(field))
+                    .map(key_text)
+                    .unwrap_or_default();
+                entry.key(|b| b.extend_from_slice(key.as_bytes()));
+            }
+            let _ = entry.value(|b| {
+                b.extend_from_slice(record.value);
+                Ok::<_, ()>(())
+            });
         }
-        Ok(())
+        runtime.stats.records_in += count;
+        runtime.stats.outputs[0].1 += count;
+        if let Some(tracker) = &runtime.watermarks {
+            runtime.watermark = runtime.watermark.max(tracker.watermark());
+        }
+        let port = port.clone();
+        self.deliver(&port, Rc::new(out.as_bytes().to_vec()))
     }
 
-    fn deliver(&mut self, consumers: &[NodeRef], batch: &Batch) -> anyhow::Result<()> {
-        for &consumer in consumers {
-            match consumer {
-                NodeRef::Operator(o) => self.operators[o].queue.push_back(batch.clone()),
+    /// Hands a port's batch to every consumer of `port`.
+    fn deliver(&mut self, port: &PortPlan, batch: Rc<Vec<u8>>) -> anyhow::Result<()> {
+        for &Consumer { node, key } in &port.consumers {
+            match node {
+                NodeRef::Operator(o) => self.queues[o].push_back(Queued {
+                    batch: batch.clone(),
+                    key,
+                    encoding: port.encoding,
+                }),
                 NodeRef::Sink(k) => {
-                    let mut written = 0;
-                    for record in BatchReader::new(batch)? {
-                        self.sinks[k].write(record?.value)?;
-                        written += 1;
+                    for entry in OutputReader::new(&batch) {
+                        if let OutputEntry::Record { value, .. } = entry? {
+                            self.sinks[k].write(value)?;
+                            self.sink_stats[k].records_in += 1;
+                        }
                     }
-                    self.stats[stat_index(&self.plan, consumer)].records_in += written;
                 }
                 NodeRef::Source(_) => {}
             }
@@ -199,24 +271,44 @@ impl Pipeline {
         Ok(())
     }
 
-    fn run_operators(&mut self) -> anyhow::Result<()> {
-        for o in 0..self.operators.len() {
-            while let Some(batch) = self.operators[o].queue.pop_front() {
-                self.process(o, &batch);
-                self.write_dead_letters()?;
-                for port in 0..self.operators[o].outputs.len() {
-                    let writer = &mut self.operators[o].outputs[port];
-                    if writer.is_empty() {
-                        continue;
-                    }
-                    let out = Rc::new(writer.as_bytes().to_vec());
-                    writer.clear(self.plan.operators[o].ports[port].encoding);
-                    let consumers = self.plan.operators[o].ports[port].consumers.clone();
-                    self.deliver(&consumers, &out)?;
-                }
+    /// Runs every stage, in topological order, over what is queued for it, then moves its
+    /// watermark to the minimum of its inputs', handing downstream what each step emits.
+    fn pump(&mut self) -> anyhow::Result<()> {
+        for o in 0..self.stages.len() {
+            while let Some(queued) = self.queues[o].pop_front() {
+                self.stages[o].accept(&queued.batch, queued.key, queued.encoding, &mut self.dead);
+                self.hand_on(o)?;
+            }
+            let watermark = self.upstream[o]
+                .iter()
+                .map(|node| match *node {
+                    NodeRef::Source(s) => self.sources[s].watermark,
+                    NodeRef::Operator(u) => self.stages[u].watermark,
+                    NodeRef::Sink(_) => i64::MAX,
+                })
+                .min()
+                .unwrap_or(i64::MAX);
+            if watermark > self.stages[o].watermark {
+                self.stages[o].advance(watermark, &mut self.dead);
+                self.hand_on(o)?;
             }
         }
         Ok(())
+    }
+
+    /// Hands what stage `o` emitted to its consumers, and its dead letters to the sink.
+    fn hand_on(&mut self, o: usize) -> anyhow::Result<()> {
+        for port in 0..self.stages[o].outputs.len() {
+            let writer = &mut self.stages[o].outputs[port];
+            if writer.as_bytes().is_empty() {
+                continue;
+            }
+            let batch = Rc::new(writer.as_bytes().to_vec());
+            writer.clear();
+            let port = self.plan.operators[o].ports[port].clone();
+            self.deliver(&port, batch)?;
+        }
+        self.write_dead_letters()
     }
 
     fn write_dead_letters(&mut self) -> anyhow::Result<()> {
@@ -225,8 +317,7 @@ impl Pipeline {
         }
         match self.plan.dead_letter {
             Some(k) => {
-                let index = stat_index(&self.plan, NodeRef::Sink(k));
-                self.stats[index].records_in += self.dead.lines.len() as u64;
+                self.sink_stats[k].records_in += self.dead.lines.len() as u64;
                 for line in self.dead.lines.drain(..) {
                     self.sinks[k].write(&line)?;
                 }
@@ -243,93 +334,19 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Runs operator `o` over `batch`; on a failed call, record by record.
-    fn process(&mut self, o: usize, batch: &[u8]) {
-        let stage = &self.plan.operators[o].config.name;
-        let stats = &mut self.stats[self.plan.sources.len() + o];
-        let op = &mut self.operators[o];
-        let Ok(reader) = BatchReader::new(batch) else {
-            return;
-        };
-        stats.records_in += reader.remaining() as u64;
-        let failure = match op.instance.process(batch) {
-            Ok(output) => match absorb(output, &mut op.outputs, &mut self.dead, stage, stats) {
-                Ok(()) => return,
-                Err(e) => GuestFailure(e),
-            },
-            Err(failure) => failure,
-        };
-        tracing::debug!(stage, %failure, "batch failed; retrying record by record");
-        let encoding = reader.encoding();
-        let mut single = BatchWriter::new(encoding);
-        for record in reader {
-            let Ok(record) = record else { break };
-            single.clear(encoding);
-            single.push(record.key, record.ts, record.value);
-            let failure = match op.instance.process(single.as_bytes()) {
-                Ok(output) => match absorb(output, &mut op.outputs, &mut self.dead, stage, stats) {
-                    Ok(()) => continue,
-                    Err(e) => GuestFailure(e),
-                },
-                Err(failure) => failure,
-            };
-            let raw = match encoding {
-                Encoding::Json => record.value.to_vec(),
-                Encoding::Bincode => render_json(&mut op.instance, single.as_bytes())
-                    .unwrap_or_else(|| format!("<{} bytes>", record.value.len()).into_bytes()),
-            };
-            stats.dead_letters += 1;
-            self.dead.push(stage, &failure.0, &raw);
+    fn flush(&mut self) -> anyhow::Result<()> {
+        for sink in &mut self.sinks {
+            sink.flush()?;
         }
+        Ok(())
     }
 }
 
-/// The JSON rendering of the single record in `batch`, by the module that decodes its type.
-fn render_json(instance: &mut OperatorInstance, batch: &[u8]) -> Option<Vec<u8>> {
-    let output = instance.to_json(batch).ok()?;
-    match OutputReader::new(output).next()? {
-        Ok(OutputEntry::Record { value, .. }) => Some(value.to_vec()),
-        _ => None,
+/// A JSON value as key text: a string as it is, anything else as its JSON text (integers in
+/// decimal) — what the SDK extracts from a typed value.
+fn key_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
-}
-
-/// Checks a guest's whole output, then appends its records to their ports' batches and its
-/// errors to the dead letters. Nothing is taken from an output that does not check.
-fn absorb(
-    output: &[u8],
-    ports: &mut [BatchWriter],
-    dead: &mut DeadLetters,
-    stage: &str,
-    stats: &mut StageStats,
-) -> Result<(), String> {
-    for entry in OutputReader::new(output) {
-        match entry {
-            Err(e) => return Err(format!("module returned a malformed output: {e}")),
-            Ok(OutputEntry::Record { port, .. }) if usize::from(port) >= ports.len() => {
-                return Err(format!(
-                    "module wrote to port {port}, which it does not have"
-                ));
-            }
-            Ok(_) => {}
-        }
-    }
-    for entry in OutputReader::new(output).flatten() {
-        match entry {
-            OutputEntry::Record {
-                port,
-                ts,
-                keys,
-                value,
-            } => {
-                let port = usize::from(port);
-                ports[port].push(keys.get(0).unwrap_or_default(), ts, value);
-                stats.outputs[port].1 += 1;
-            }
-            OutputEntry::Error { message, raw, .. } => {
-                stats.dead_letters += 1;
-                dead.push(stage, message, raw);
-            }
-        }
-    }
-    Ok(())
 }

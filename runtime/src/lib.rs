@@ -12,8 +12,10 @@ pub mod plan;
 pub mod sandbox;
 pub mod sink;
 pub mod source;
+mod stage;
 pub mod stats;
 pub mod toolchain;
+pub mod window;
 
 use config::{ConfigError, ConfigErrors, PipelineConfig};
 use flumen_sdk::abi::PortSpec;
@@ -26,14 +28,27 @@ use std::path::Path;
 pub struct Prepared {
     pub config: PipelineConfig,
     pub plan: plan::Plan,
-    /// One initialised instance per operator, in `plan.operators` order.
-    pub instances: Vec<OperatorInstance>,
+    /// Initialised instances of every operator (one per partition), in `plan.operators` order.
+    pub instances: Vec<Vec<OperatorInstance>>,
+}
+
+/// How to prepare a pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Partitions of every keyed stage that does not set its own.
+    pub parallelism: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { parallelism: 1 }
+    }
 }
 
 /// Loads the pipeline file at `path` and prepares it, reporting every problem at once.
-pub fn prepare(path: &Path, sandbox: &Sandbox) -> Result<Prepared, ConfigErrors> {
+pub fn prepare(path: &Path, sandbox: &Sandbox, options: Options) -> Result<Prepared, ConfigErrors> {
     match config::load(path) {
-        (Some(config), errors) => prepare_config(config, errors, sandbox),
+        (Some(config), errors) => prepare_config(config, errors, sandbox, options),
         (None, errors) => Err(ConfigErrors(errors)),
     }
 }
@@ -44,6 +59,7 @@ pub fn prepare_config(
     config: PipelineConfig,
     mut errors: Vec<ConfigError>,
     sandbox: &Sandbox,
+    options: Options,
 ) -> Result<Prepared, ConfigErrors> {
     let mut modules = BTreeMap::new();
     for op in &config.operators {
@@ -71,7 +87,7 @@ pub fn prepare_config(
         .iter()
         .map(|(name, m)| (name.clone(), m.describe().clone()))
         .collect();
-    let plan = match plan::plan(&config, &describes) {
+    let plan = match plan::plan(&config, &describes, options.parallelism) {
         Ok(plan) => Some(plan),
         Err(ConfigErrors(more)) => {
             errors.extend(more);
@@ -88,11 +104,12 @@ pub fn prepare_config(
                 stage: op.config.name.clone(),
                 params: op.config.params.clone(),
                 ports: op
-                    .ports
+                    .guest_ports()
                     .iter()
                     .map(|p| PortSpec {
                         encoding: p.encoding,
-                        ..PortSpec::default()
+                        key_fields: p.key_fields.clone(),
+                        ts_field: p.ts_field.clone(),
                     })
                     .collect(),
                 limits: Limits {
@@ -100,8 +117,11 @@ pub fn prepare_config(
                     timeout: op.config.timeout,
                 },
             };
-            match OperatorInstance::new(module.clone(), instance_config) {
-                Ok(instance) => instances.push(instance),
+            let started: Result<Vec<_>, _> = (0..op.partitions)
+                .map(|_| OperatorInstance::new(module.clone(), instance_config.clone()))
+                .collect();
+            match started {
+                Ok(partitions) => instances.push(partitions),
                 Err(e) => {
                     let key = match e {
                         ModuleError::Init { .. } => "params",

@@ -91,14 +91,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pipeline,
             parallelism,
         } => {
-            if parallelism != 1 {
-                tracing::warn!(
-                    parallelism,
-                    "partitioned stages are not supported yet; running with 1"
-                );
+            if parallelism == 0 {
+                anyhow::bail!("--parallelism is at least 1");
             }
             let sandbox = Sandbox::new()?;
-            let prepared = match flumen::prepare(&pipeline, &sandbox) {
+            let options = flumen::Options { parallelism };
+            let prepared = match flumen::prepare(&pipeline, &sandbox, options) {
                 Ok(prepared) => prepared,
                 Err(errors) => {
                     eprintln!("{errors}");
@@ -113,7 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Validate { pipeline } => {
             let sandbox = Sandbox::new()?;
-            match flumen::prepare(&pipeline, &sandbox) {
+            match flumen::prepare(&pipeline, &sandbox, flumen::Options::default()) {
                 Ok(prepared) => {
                     let plan = &prepared.plan;
                     println!(

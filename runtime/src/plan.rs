@@ -6,7 +6,7 @@
 //! Pure: no file, no engine. Every problem is reported at once, at the `inputs` entry it is about.
 
 use crate::config::{ConfigError, ConfigErrors, PipelineConfig};
-use flumen_sdk::abi::{Describe, Encoding};
+use flumen_sdk::abi::{Describe, Encoding, OperatorKind};
 use std::collections::BTreeMap;
 
 /// The type name of what a JSON source produces: raw JSON text, which any operator can decode.
@@ -26,8 +26,23 @@ pub struct PortPlan {
     pub name: String,
     pub type_name: String,
     pub encoding: Encoding,
-    pub consumers: Vec<NodeRef>,
+    pub consumers: Vec<Consumer>,
+    /// The fields the producer extracts as keys, one per distinct `key_by` of its consumers.
+    pub key_fields: Vec<String>,
+    /// The field the producer takes event time from, if a consumer asks (`event_time`).
+    pub ts_field: Option<String>,
 }
+
+/// A stage reading a port, and which of the port's keys is its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Consumer {
+    pub node: NodeRef,
+    /// Index into the port's `key_fields`; `None` for an unkeyed stage.
+    pub key: Option<usize>,
+}
+
+/// The name of the port where a window stage sends records too late for every window.
+pub const LATE_PORT: &str = "late";
 
 /// The executable graph. `operators` is in topological order; [`NodeRef::Operator`] indexes it.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,8 +64,18 @@ pub struct SourcePlan {
 pub struct OperatorPlan {
     pub config: crate::config::OperatorConfig,
     pub describe: Describe,
-    /// Main first, then the side outputs in [`Describe`] order.
+    /// Main first, then the side outputs in [`Describe`] order, then (a window stage) `late`.
     pub ports: Vec<PortPlan>,
+    /// How many partitions run this stage, each with its share of the keys.
+    pub partitions: usize,
+}
+
+impl OperatorPlan {
+    /// The ports the module itself writes (all but the host's `late`).
+    pub fn guest_ports(&self) -> &[PortPlan] {
+        let host = usize::from(self.config.window.is_some());
+        &self.ports[..self.ports.len() - host]
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -75,6 +100,7 @@ impl Plan {
 pub fn plan(
     config: &PipelineConfig,
     modules: &BTreeMap<String, Describe>,
+    parallelism: usize,
 ) -> Result<Plan, ConfigErrors> {
     let mut errors: Vec<ConfigError> = Vec::new();
     let order = topological_order(config, &mut errors);
@@ -109,6 +135,8 @@ pub fn plan(
                 type_name: JSON_TEXT.into(),
                 encoding: Encoding::Json,
                 consumers: Vec::new(),
+                key_fields: Vec::new(),
+                ts_field: None,
             },
         })
         .collect();
@@ -118,6 +146,7 @@ pub fn plan(
         input_type: String::new(),
         output_type: String::new(),
         side_outputs: Vec::new(),
+        state_type: None,
     };
     let mut operators: Vec<OperatorPlan> = order
         .iter()
@@ -132,7 +161,13 @@ pub fn plan(
                 type_name: type_name.to_string(),
                 encoding: Encoding::Bincode,
                 consumers: Vec::new(),
+                key_fields: Vec::new(),
+                ts_field: None,
             };
+            let late = config.window.is_some().then(|| PortPlan {
+                encoding: Encoding::Json,
+                ..port(LATE_PORT, JSON_TEXT)
+            });
             let ports = std::iter::once(port("main", &describe.output_type))
                 .chain(
                     describe
@@ -140,11 +175,17 @@ pub fn plan(
                         .iter()
                         .map(|s| port(&s.name, &s.type_name)),
                 )
+                .chain(late)
                 .collect();
+            let partitions = match config.key_by {
+                Some(_) => config.parallelism.unwrap_or(parallelism).max(1),
+                None => 1,
+            };
             OperatorPlan {
                 config,
                 describe,
                 ports,
+                partitions,
             }
         })
         .collect();
@@ -162,6 +203,13 @@ pub fn plan(
 
     for (consumer, inputs) in consumers {
         for input in &inputs {
+            let (key_by, event_time) = match consumer {
+                NodeRef::Operator(o) => (
+                    operators[o].config.key_by.clone(),
+                    operators[o].config.event_time.clone(),
+                ),
+                _ => (None, None),
+            };
             let error = |message: String| ConfigError {
                 file: config.file.clone(),
                 location: input.location,
@@ -210,7 +258,28 @@ pub fn plan(
                     &mut ports[found]
                 }
             };
-            port.consumers.push(consumer);
+            let key = key_by.map(|field| {
+                port.key_fields
+                    .iter()
+                    .position(|f| *f == field)
+                    .unwrap_or_else(|| {
+                        port.key_fields.push(field);
+                        port.key_fields.len() - 1
+                    })
+            });
+            if let Some(field) = event_time {
+                match &port.ts_field {
+                    Some(other) if *other != field => errors.push(error(format!(
+                        "input `{input}`: event time is read from `{other}` by another stage; \
+                         stages reading one output agree on `event_time`"
+                    ))),
+                    _ => port.ts_field = Some(field),
+                }
+            }
+            port.consumers.push(Consumer {
+                node: consumer,
+                key,
+            });
             let carried = port.type_name.clone();
             if let NodeRef::Operator(o) = consumer {
                 let expected = &operators[o].describe.input_type;
@@ -231,9 +300,48 @@ pub fn plan(
 
     for op in &mut operators {
         for port in &mut op.ports {
-            if port.consumers.iter().any(|c| matches!(c, NodeRef::Sink(_))) {
+            if port
+                .consumers
+                .iter()
+                .any(|c| matches!(c.node, NodeRef::Sink(_)))
+            {
                 port.encoding = Encoding::Json;
             }
+        }
+    }
+    for op in &operators {
+        let name = &op.config.name;
+        let key = |k: &str| format!("operators.{name}.{k}");
+        if !modules.contains_key(name) {
+            continue;
+        }
+        let aggregate = op.describe.kind == OperatorKind::Aggregate;
+        if aggregate && op.config.window.is_none() {
+            errors.push(config.error(
+                &key("module"),
+                format!("`{name}` is an aggregate: give the stage a `window`"),
+            ));
+        }
+        if !aggregate && op.config.window.is_some() {
+            errors.push(config.error(
+                &key("window"),
+                format!(
+                    "`{name}` is a {} operator; only an aggregate module runs in windows",
+                    op.describe.kind.name()
+                ),
+            ));
+        }
+        if op.config.parallelism.is_some_and(|p| p > 1) && op.config.key_by.is_none() {
+            errors.push(config.error(
+                &key("parallelism"),
+                "only a keyed stage (`key_by`) runs in partitions",
+            ));
+        }
+        if op.config.state_ttl_ms.is_some() && op.describe.kind != OperatorKind::Process {
+            errors.push(config.error(
+                &key("state_ttl_ms"),
+                "only a process operator keeps keyed state",
+            ));
         }
     }
 
@@ -314,7 +422,7 @@ fn topological_order(config: &PipelineConfig, errors: &mut Vec<ConfigError>) -> 
 mod tests {
     use super::*;
     use crate::config;
-    use flumen_sdk::abi::{ABI_VERSION, OperatorKind, SideOutput};
+    use flumen_sdk::abi::{ABI_VERSION, SideOutput};
     use std::path::Path;
 
     fn describe(input: &str, output: &str, sides: &[(&str, &str)]) -> Describe {
@@ -330,6 +438,7 @@ mod tests {
                     type_name: t.to_string(),
                 })
                 .collect(),
+            state_type: None,
         }
     }
 
@@ -358,6 +467,7 @@ mod tests {
                 ("a", describe("Order", "Valid", &[("bad", "Reject")])),
                 ("b", describe("Valid", "Score", &[])),
             ]),
+            1,
         )
         .unwrap();
         let names: Vec<_> = plan
@@ -367,11 +477,12 @@ mod tests {
             .collect();
         assert_eq!(names, ["a", "b"]);
         let a = &plan.operators[0];
-        assert_eq!(a.ports[0].consumers, vec![NodeRef::Operator(1)]);
+        let nodes = |p: &PortPlan| p.consumers.iter().map(|c| c.node).collect::<Vec<_>>();
+        assert_eq!(nodes(&a.ports[0]), vec![NodeRef::Operator(1)]);
         assert_eq!(a.ports[0].encoding, Encoding::Bincode);
-        assert_eq!(a.ports[1].consumers, vec![NodeRef::Sink(0)]);
+        assert_eq!(nodes(&a.ports[1]), vec![NodeRef::Sink(0)]);
         assert_eq!(a.ports[1].encoding, Encoding::Json);
-        assert_eq!(plan.sources[0].port.consumers, vec![NodeRef::Operator(0)]);
+        assert_eq!(nodes(&plan.sources[0].port), vec![NodeRef::Operator(0)]);
     }
 
     #[test]
@@ -390,6 +501,7 @@ mod tests {
                 ("b", describe("Valid", "X", &[])),
                 ("c", describe("Other", "X", &[])),
             ]),
+            1,
         )
         .unwrap_err();
         let text: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
@@ -414,7 +526,7 @@ mod tests {
              [operators.b]\nmodule = \"b.wasm\"\ninputs = [\"a\"]\n",
         );
         let d = describe("T", "T", &[]);
-        let errors = plan(&config, &modules(&[("a", d.clone()), ("b", d)])).unwrap_err();
+        let errors = plan(&config, &modules(&[("a", d.clone()), ("b", d)]), 1).unwrap_err();
         assert!(
             errors
                 .0
@@ -430,8 +542,75 @@ mod tests {
             "[operators.a]\nmodule = \"a.wasm\"\ninputs = [\"src\"]\n\
              [sinks.out]\ntype = \"stdout\"\ninputs = [\"a.whatever\", \"ghost\"]\n",
         );
-        let errors = plan(&config, &BTreeMap::new()).unwrap_err();
+        let errors = plan(&config, &BTreeMap::new(), 1).unwrap_err();
         assert_eq!(errors.0.len(), 1);
         assert!(errors.0[0].message.contains("`ghost`"));
+    }
+}
+
+#[cfg(test)]
+mod keyed_tests {
+    use super::*;
+    use crate::config;
+    use flumen_sdk::abi::ABI_VERSION;
+    use std::path::Path;
+
+    #[test]
+    fn consumers_get_key_indices_and_window_stages_a_late_port() {
+        let text = "[sources.src]\ntype = \"file\"\npath = \"x\"\n\
+            [operators.a]\nmodule = \"a.wasm\"\ninputs = [\"src\"]\n\
+            [operators.by_user]\nmodule = \"b.wasm\"\ninputs = [\"a\"]\nkey_by = \"user_id\"\n\
+            [operators.by_sku]\nmodule = \"c.wasm\"\ninputs = [\"a\"]\nkey_by = \"sku\"\nparallelism = 3\n\
+            window = { type = \"tumbling\", size_ms = 1000 }\n\
+            [operators.again]\nmodule = \"b.wasm\"\ninputs = [\"a\"]\nkey_by = \"user_id\"\n";
+        let config = config::parse(Path::new("p.toml"), text, &|_| None).unwrap();
+        let d = |kind| Describe {
+            abi_version: ABI_VERSION,
+            kind,
+            input_type: "T".into(),
+            output_type: "T".into(),
+            side_outputs: Vec::new(),
+            state_type: None,
+        };
+        let modules: BTreeMap<String, Describe> = [
+            ("a", d(OperatorKind::Map)),
+            ("by_user", d(OperatorKind::Process)),
+            ("by_sku", d(OperatorKind::Aggregate)),
+            ("again", d(OperatorKind::Process)),
+        ]
+        .into_iter()
+        .map(|(n, d)| (n.to_string(), d))
+        .collect();
+        let plan = plan(&config, &modules, 2).unwrap();
+        let a = plan
+            .operators
+            .iter()
+            .find(|o| o.config.name == "a")
+            .unwrap();
+        let mut fields = a.ports[0].key_fields.clone();
+        fields.sort();
+        assert_eq!(fields, vec!["sku".to_string(), "user_id".to_string()]);
+        for consumer in &a.ports[0].consumers {
+            let NodeRef::Operator(o) = consumer.node else {
+                panic!("not an operator")
+            };
+            let field = &a.ports[0].key_fields[consumer.key.unwrap()];
+            assert_eq!(Some(field), plan.operators[o].config.key_by.as_ref());
+        }
+        let by_sku = plan
+            .operators
+            .iter()
+            .find(|o| o.config.name == "by_sku")
+            .unwrap();
+        assert_eq!(by_sku.partitions, 3);
+        assert_eq!(by_sku.ports.last().unwrap().name, LATE_PORT);
+        assert_eq!(by_sku.guest_ports().len(), 1);
+        let by_user = plan
+            .operators
+            .iter()
+            .find(|o| o.config.name == "by_user")
+            .unwrap();
+        assert_eq!(by_user.partitions, 2);
+        assert_eq!(a.partitions, 1);
     }
 }

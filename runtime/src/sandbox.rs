@@ -214,6 +214,16 @@ impl Sandbox {
                 expected: ABI_VERSION,
             });
         }
+        if describe.kind == abi::OperatorKind::Aggregate {
+            for export in [abi::exports::MERGE, abi::exports::FINISH] {
+                if loaded.pre.module().get_export(export).is_none() {
+                    return Err(ModuleError::MissingExport {
+                        path: loaded.path,
+                        export: format!("`{export}`, which an aggregate needs"),
+                    });
+                }
+            }
+        }
         loaded.describe = Some(describe);
         Ok(Arc::new(loaded))
     }
@@ -308,6 +318,8 @@ enum Call {
     Describe,
     Init,
     Process,
+    Merge,
+    Finish,
     ToJson,
 }
 
@@ -320,6 +332,8 @@ struct Guest {
     init: TypedFunc<u32, u64>,
     process: TypedFunc<u32, u64>,
     to_json: TypedFunc<u32, u64>,
+    merge: Option<TypedFunc<u32, u64>>,
+    finish: Option<TypedFunc<u32, u64>>,
     deadline_ticks: u64,
     limits: Limits,
 }
@@ -362,6 +376,12 @@ impl Guest {
             init: typed!(abi::exports::INIT, u32, u64, "as (i32) -> i64"),
             process: typed!(abi::exports::PROCESS, u32, u64, "as (i32) -> i64"),
             to_json: typed!(abi::exports::TO_JSON, u32, u64, "as (i32) -> i64"),
+            merge: instance
+                .get_typed_func(&mut store, abi::exports::MERGE)
+                .ok(),
+            finish: instance
+                .get_typed_func(&mut store, abi::exports::FINISH)
+                .ok(),
             store,
             memory,
             deadline_ticks,
@@ -369,9 +389,9 @@ impl Guest {
         })
     }
 
-    /// Writes `request` into the guest's input buffer, makes `call`, and returns the guest's
-    /// reply, bounds-checked against its memory.
-    fn call(&mut self, call: Call, request: &[u8]) -> Result<&[u8], GuestFailure> {
+    /// Writes `request` (the concatenation of its parts) into the guest's input buffer, makes
+    /// `call`, and returns the guest's reply, bounds-checked against its memory.
+    fn call(&mut self, call: Call, request: &[&[u8]]) -> Result<&[u8], GuestFailure> {
         let state = self.store.data_mut();
         state.panic_message = None;
         state.memory_limit_hit = false;
@@ -379,7 +399,8 @@ impl Guest {
         let packed = match call {
             Call::Describe => self.describe.call(&mut self.store, ()),
             _ => {
-                let len = u32::try_from(request.len())
+                let total: usize = request.iter().map(|part| part.len()).sum();
+                let len = u32::try_from(total)
                     .map_err(|_| GuestFailure("request larger than 4 GiB".into()))?;
                 let ptr = self
                     .input
@@ -389,15 +410,28 @@ impl Guest {
                 let target = self
                     .memory
                     .data_mut(&mut self.store)
-                    .get_mut(start..start + request.len())
+                    .get_mut(start..start + total)
                     .ok_or_else(|| {
                         GuestFailure("guest input buffer is out of its memory".into())
                     })?;
-                target.copy_from_slice(request);
+                let mut at = 0;
+                for part in request {
+                    target[at..at + part.len()].copy_from_slice(part);
+                    at += part.len();
+                }
+                let missing = |name: &str| GuestFailure(format!("module does not export `{name}`"));
                 let func = match call {
                     Call::Init => &self.init,
                     Call::Process => &self.process,
-                    _ => &self.to_json,
+                    Call::Merge => self
+                        .merge
+                        .as_ref()
+                        .ok_or_else(|| missing(abi::exports::MERGE))?,
+                    Call::Finish => self
+                        .finish
+                        .as_ref()
+                        .ok_or_else(|| missing(abi::exports::FINISH))?,
+                    Call::ToJson | Call::Describe => &self.to_json,
                 };
                 func.call(&mut self.store, len)
             }
@@ -484,7 +518,7 @@ impl OperatorInstance {
             message,
         };
         let reply = guest
-            .call(Call::Init, &request)
+            .call(Call::Init, &[&request])
             .map_err(|GuestFailure(message)| init_error(message))?;
         let (outcome, _) =
             bincode::serde::decode_from_slice::<Result<(), String>, _>(reply, abi::BINCODE)
@@ -507,9 +541,9 @@ impl OperatorInstance {
         Ok(())
     }
 
-    fn call(&mut self, call: Call, batch: &[u8]) -> Result<&[u8], GuestFailure> {
+    fn call(&mut self, call: Call, request: &[&[u8]]) -> Result<&[u8], GuestFailure> {
         self.ensure_fresh()?;
-        match self.guest.call(call, batch) {
+        match self.guest.call(call, request) {
             Ok(reply) => Ok(reply),
             Err(failure) => {
                 // A failed call leaves the instance in an unknown state: rebuild it next time.
@@ -519,13 +553,24 @@ impl OperatorInstance {
         }
     }
 
-    /// Runs the operator over an input batch and returns its output entries.
-    pub fn process(&mut self, batch: &[u8]) -> Result<&[u8], GuestFailure> {
-        self.call(Call::Process, batch)
+    /// Runs the operator over an input batch (its parts: records, then any state slots) and
+    /// returns its output entries. For an aggregate: adds the records to their accumulators.
+    pub fn process(&mut self, request: &[&[u8]]) -> Result<&[u8], GuestFailure> {
+        self.call(Call::Process, request)
+    }
+
+    /// Aggregates only: merges accumulators (see [`abi::exports::MERGE`]).
+    pub fn merge(&mut self, request: &[&[u8]]) -> Result<&[u8], GuestFailure> {
+        self.call(Call::Merge, request)
+    }
+
+    /// Aggregates only: the results of fired windows (see [`abi::exports::FINISH`]).
+    pub fn finish(&mut self, request: &[&[u8]]) -> Result<&[u8], GuestFailure> {
+        self.call(Call::Finish, request)
     }
 
     /// Renders an input batch as JSON, without running the operator.
     pub fn to_json(&mut self, batch: &[u8]) -> Result<&[u8], GuestFailure> {
-        self.call(Call::ToJson, batch)
+        self.call(Call::ToJson, &[batch])
     }
 }

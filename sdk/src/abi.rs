@@ -13,18 +13,28 @@
 //! until the next call.
 //!
 //! Input batch framing (little-endian, fixed width):
-//! `encoding: u8, count: u32`, then per record `key_len: u32, key, ts: i64, value_len: u32, value`.
+//! `encoding: u8, count: u32`, then per record
+//! `key_len: u32, key, ts: i64, slot_count: u16, slot: u32 *, value_len: u32, value`,
+//! then, optionally, the **state slots** the records refer to:
+//! `slot_count: u32`, then per slot `id_len: u32, id, present: u8, value_len: u32, value`.
+//! A slot is host-owned state lent to the guest for one call: the keyed state of a record's key
+//! (a `process` operator: one slot per record), or the accumulators of the windows a record
+//! belongs to (an `aggregate`).
 //!
 //! Output framing: a sequence of entries, each starting with a tag byte:
-//! - [`TAG_RECORD`]: `port: u16, ts: i64, key_count: u8, (len: u32, key)*, value_len: u32, value`
+//! - [`TAG_RECORD`]: `port: u16, input_index: u32, ts: i64, key_count: u8, (len: u32, key)*,
+//!   value_len: u32, value` — `input_index` is the input record it came from, so that the host can
+//!   keep arrival order when it merges the outputs of several partitions
 //! - [`TAG_ERROR`]: `input_index: u32, message_len: u32, message, raw_len: u32, raw`
+//! - [`TAG_STATE`]: `slot: u32, present: u8, value_len: u32, value` — the new content of a slot
+//!   (absent: cleared); the host applies it only if the whole call succeeded.
 //!
 //! where `raw` is the failed input rendered as text (the input itself when it was JSON).
 
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every incompatible change of anything in this module.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// The names of the functions a flumen module exports.
 pub mod exports {
@@ -35,8 +45,15 @@ pub mod exports {
     /// `(len: i32) -> i64`: takes a bincode [`InitRequest`](super::InitRequest), returns a
     /// bincode `Result<(), String>`.
     pub const INIT: &str = "flumen_init";
-    /// `(len: i32) -> i64`: takes an input batch, returns output entries.
+    /// `(len: i32) -> i64`: takes an input batch, returns output entries. For an aggregate:
+    /// adds each record to the accumulator in each slot it names.
     pub const PROCESS: &str = "flumen_process";
+    /// `(len: i32) -> i64`, aggregates only: for each record, merges the accumulators of its
+    /// slots `1..` into its slot 0 (session windows merging).
+    pub const MERGE: &str = "flumen_merge";
+    /// `(len: i32) -> i64`, aggregates only: each record is a fired window (key: the window's
+    /// key; value: `start: i64, end: i64`, then the accumulator); returns the results on port 0.
+    pub const FINISH: &str = "flumen_finish";
     /// `(len: i32) -> i64`: takes an input batch, returns each record re-encoded as JSON on port 0
     /// (or an error entry), without running the operator.
     pub const TO_JSON: &str = "flumen_to_json";
@@ -72,6 +89,10 @@ pub enum OperatorKind {
     FilterMap,
     /// Any number of outputs per input.
     FlatMap,
+    /// Any number of outputs per input, with keyed state.
+    Process,
+    /// A window aggregate: create / add / merge / finish.
+    Aggregate,
 }
 
 impl OperatorKind {
@@ -82,6 +103,8 @@ impl OperatorKind {
             OperatorKind::Filter => "filter",
             OperatorKind::FilterMap => "filter_map",
             OperatorKind::FlatMap => "flat_map",
+            OperatorKind::Process => "process",
+            OperatorKind::Aggregate => "aggregate",
         }
     }
 }
@@ -99,6 +122,8 @@ pub struct Describe {
     pub output_type: String,
     /// Named side outputs; port `i + 1` is `side_outputs[i]`, port 0 is the main output.
     pub side_outputs: Vec<SideOutput>,
+    /// The type of its keyed state (a `process`) or accumulator (an `aggregate`).
+    pub state_type: Option<String>,
 }
 
 /// A named side output and its type.
@@ -167,6 +192,8 @@ pub struct InitRequest {
 pub const TAG_RECORD: u8 = 0;
 /// The tag of an error entry in an output buffer.
 pub const TAG_ERROR: u8 = 1;
+/// The tag of a state entry in an output buffer.
+pub const TAG_STATE: u8 = 2;
 
 /// A framing error: a buffer that is shorter than its lengths say, or holds an unknown tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,8 +259,48 @@ pub struct RecordRef<'a> {
     pub key: &'a [u8],
     /// Event time, milliseconds since the Unix epoch.
     pub ts: i64,
+    /// The state slots the record refers to.
+    pub slots: SlotRefs<'a>,
     /// The encoded value.
     pub value: &'a [u8],
+}
+
+/// The slot numbers of a record, borrowed from its batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SlotRefs<'a> {
+    bytes: &'a [u8],
+}
+
+impl SlotRefs<'_> {
+    /// How many slots.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / 4
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Slot number `i`.
+    pub fn get(&self, i: usize) -> Option<u32> {
+        let bytes = self.bytes.get(i * 4..i * 4 + 4)?;
+        Some(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    /// Every slot number, in order.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+}
+
+/// One state slot of an input batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotRef<'a> {
+    /// What the slot holds the state of (a key, a window), for the guest's information.
+    pub id: &'a [u8],
+    /// The slot's content; `None` when there is no state yet.
+    pub value: Option<&'a [u8]>,
 }
 
 /// Writes an input batch. Reuse one writer with [`BatchWriter::clear`] to avoid allocating.
@@ -264,13 +331,25 @@ impl BatchWriter {
 
     /// Appends a record.
     pub fn push(&mut self, key: &[u8], ts: i64, value: &[u8]) {
-        self.push_with(key, ts, |buf| buf.extend_from_slice(value));
+        self.push_with(key, ts, &[], |buf| buf.extend_from_slice(value));
     }
 
-    /// Appends a record whose value `write_value` appends to the buffer it is given.
-    pub fn push_with(&mut self, key: &[u8], ts: i64, write_value: impl FnOnce(&mut Vec<u8>)) {
+    /// Appends a record referring to `slots`, whose value `write_value` appends to the buffer it
+    /// is given.
+    pub fn push_with(
+        &mut self,
+        key: &[u8],
+        ts: i64,
+        slots: &[u32],
+        write_value: impl FnOnce(&mut Vec<u8>),
+    ) {
         put_bytes(&mut self.buf, key);
         self.buf.extend_from_slice(&ts.to_le_bytes());
+        let slot_count = u16::try_from(slots.len()).unwrap_or(u16::MAX);
+        self.buf.extend_from_slice(&slot_count.to_le_bytes());
+        for slot in &slots[..slot_count as usize] {
+            self.buf.extend_from_slice(&slot.to_le_bytes());
+        }
         let at = self.buf.len();
         self.buf.extend_from_slice(&0u32.to_le_bytes());
         write_value(&mut self.buf);
@@ -290,6 +369,59 @@ impl BatchWriter {
     }
 
     /// The encoded batch.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+/// Writes the state-slot section that follows a batch's records. Reuse one writer with
+/// [`SlotWriter::clear`].
+#[derive(Debug, Clone)]
+pub struct SlotWriter {
+    buf: Vec<u8>,
+    count: u32,
+}
+
+impl Default for SlotWriter {
+    fn default() -> Self {
+        let mut writer = SlotWriter {
+            buf: Vec::new(),
+            count: 0,
+        };
+        writer.clear();
+        writer
+    }
+}
+
+impl SlotWriter {
+    /// Empties the section, keeping its allocation.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.buf.extend_from_slice(&0u32.to_le_bytes());
+        self.count = 0;
+    }
+
+    /// Appends a slot and returns its number.
+    pub fn push(&mut self, id: &[u8], value: Option<&[u8]>) -> u32 {
+        put_bytes(&mut self.buf, id);
+        self.buf.push(u8::from(value.is_some()));
+        put_bytes(&mut self.buf, value.unwrap_or_default());
+        self.count += 1;
+        self.buf[0..4].copy_from_slice(&self.count.to_le_bytes());
+        self.count - 1
+    }
+
+    /// How many slots.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The encoded section, to send right after a batch's bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf
     }
@@ -338,6 +470,30 @@ impl<'a> BatchReader<'a> {
     pub fn remaining(&self) -> usize {
         self.remaining as usize
     }
+
+    /// The state slots that follow the records (none if the batch has no slot section).
+    pub fn slots(&self) -> Result<Vec<SlotRef<'a>>, FrameError> {
+        let mut rest = self.clone();
+        for record in rest.by_ref() {
+            record?;
+        }
+        let mut cursor = rest.cursor;
+        if cursor.buf.is_empty() {
+            return Ok(Vec::new());
+        }
+        let count = cursor.u32("slot count")?;
+        let mut slots = Vec::with_capacity((count as usize).min(cursor.buf.len() / 9));
+        for _ in 0..count {
+            let id = cursor.bytes("slot id")?;
+            let present = cursor.u8("slot presence")? != 0;
+            let value = cursor.bytes("slot value")?;
+            slots.push(SlotRef {
+                id,
+                value: present.then_some(value),
+            });
+        }
+        Ok(slots)
+    }
 }
 
 impl<'a> Iterator for BatchReader<'a> {
@@ -351,8 +507,17 @@ impl<'a> Iterator for BatchReader<'a> {
         let record = (|| {
             let key = self.cursor.bytes("record key")?;
             let ts = self.cursor.i64("record ts")?;
+            let slot_count = self.cursor.u16("record slots")? as usize;
+            let slots = SlotRefs {
+                bytes: self.cursor.take(slot_count * 4, "record slots")?,
+            };
             let value = self.cursor.bytes("record value")?;
-            Ok(RecordRef { key, ts, value })
+            Ok(RecordRef {
+                key,
+                ts,
+                slots,
+                value,
+            })
         })();
         if record.is_err() {
             self.remaining = 0;
@@ -389,12 +554,24 @@ impl OutputWriter {
 
     /// Starts a record entry; append keys with [`RecordEntry::key`], then finish it with
     /// [`RecordEntry::value`].
-    pub fn record(&mut self, port: u16, ts: i64, key_count: u8) -> RecordEntry<'_> {
+    pub fn record(
+        &mut self,
+        port: u16,
+        input_index: u32,
+        ts: i64,
+        key_count: u8,
+    ) -> RecordEntry<'_> {
         self.buf.push(TAG_RECORD);
         self.buf.extend_from_slice(&port.to_le_bytes());
+        self.buf.extend_from_slice(&input_index.to_le_bytes());
         self.buf.extend_from_slice(&ts.to_le_bytes());
         self.buf.push(key_count);
         RecordEntry { buf: &mut self.buf }
+    }
+
+    /// Appends entries already encoded by another writer.
+    pub fn append_encoded(&mut self, entries: &[u8]) {
+        self.buf.extend_from_slice(entries);
     }
 
     /// Appends an error entry for input record `input_index`.
@@ -403,6 +580,24 @@ impl OutputWriter {
         self.buf.extend_from_slice(&input_index.to_le_bytes());
         put_bytes(&mut self.buf, message.as_bytes());
         put_bytes(&mut self.buf, raw);
+    }
+
+    /// Appends a state entry: slot `slot` now holds what `write_value` appends (or nothing).
+    pub fn state<E>(
+        &mut self,
+        slot: u32,
+        write_value: Option<impl FnOnce(&mut Vec<u8>) -> Result<(), E>>,
+    ) -> Result<(), E> {
+        self.buf.push(TAG_STATE);
+        self.buf.extend_from_slice(&slot.to_le_bytes());
+        self.buf.push(u8::from(write_value.is_some()));
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&0u32.to_le_bytes());
+        if let Some(write_value) = write_value {
+            write_value(&mut self.buf)?;
+        }
+        patch_len(&mut self.buf, at);
+        Ok(())
     }
 
     /// The encoded entries.
@@ -446,12 +641,21 @@ pub enum OutputEntry<'a> {
     Record {
         /// Port index: 0 is main, `i + 1` is side output `i`.
         port: u16,
+        /// The input record it came from.
+        input_index: u32,
         /// Event time.
         ts: i64,
         /// The keys asked for by the port's [`PortSpec::key_fields`], in order.
         keys: Keys<'a>,
         /// The encoded value.
         value: &'a [u8],
+    },
+    /// State slot `slot` now holds `value` (`None`: cleared).
+    State {
+        /// The slot number in the input batch.
+        slot: u32,
+        /// Its new content.
+        value: Option<&'a [u8]>,
     },
     /// Input record `input_index` failed.
     Error {
@@ -513,6 +717,7 @@ impl<'a> OutputReader<'a> {
         match self.cursor.u8("entry tag")? {
             TAG_RECORD => {
                 let port = self.cursor.u16("record port")?;
+                let input_index = self.cursor.u32("record index")?;
                 let ts = self.cursor.i64("record ts")?;
                 let count = self.cursor.u8("record keys")?;
                 let start = self.cursor.buf;
@@ -527,6 +732,7 @@ impl<'a> OutputReader<'a> {
                 let value = self.cursor.bytes("record value")?;
                 Ok(OutputEntry::Record {
                     port,
+                    input_index,
                     ts,
                     keys,
                     value,
@@ -541,6 +747,15 @@ impl<'a> OutputReader<'a> {
                     input_index,
                     message,
                     raw,
+                })
+            }
+            TAG_STATE => {
+                let slot = self.cursor.u32("state slot")?;
+                let present = self.cursor.u8("state presence")? != 0;
+                let value = self.cursor.bytes("state value")?;
+                Ok(OutputEntry::State {
+                    slot,
+                    value: present.then_some(value),
                 })
             }
             _ => Err(FrameError("unknown entry tag")),
@@ -586,20 +801,53 @@ mod tests {
         assert_eq!(reader.encoding(), Encoding::Json);
         assert_eq!(reader.remaining(), 2);
         let records: Vec<_> = reader.map(Result::unwrap).collect();
+        assert_eq!(records.len(), 2);
         assert_eq!(
-            records,
+            (records[0].key, records[0].ts, records[0].value),
+            (&b"k1"[..], -5, &b"{\"a\":1}"[..])
+        );
+        assert_eq!(
+            (records[1].key, records[1].ts, records[1].value),
+            (&b""[..], i64::MAX, &b""[..])
+        );
+        assert!(records[0].slots.is_empty());
+    }
+
+    #[test]
+    fn batches_carry_slot_references_and_a_slot_section() {
+        let mut writer = BatchWriter::new(Encoding::Bincode);
+        writer.push_with(b"a", 1, &[1, 0], |b| b.push(7));
+        writer.push(b"b", 2, b"x");
+        let mut slots = SlotWriter::default();
+        assert_eq!(slots.push(b"key-a", Some(b"state")), 0);
+        assert_eq!(slots.push(b"window", None), 1);
+        let mut bytes = writer.as_bytes().to_vec();
+        bytes.extend_from_slice(slots.as_bytes());
+        let reader = BatchReader::new(&bytes).unwrap();
+        let section = reader.slots().unwrap();
+        assert_eq!(
+            section,
             vec![
-                RecordRef {
-                    key: b"k1",
-                    ts: -5,
-                    value: b"{\"a\":1}"
+                SlotRef {
+                    id: b"key-a",
+                    value: Some(b"state")
                 },
-                RecordRef {
-                    key: b"",
-                    ts: i64::MAX,
-                    value: b""
+                SlotRef {
+                    id: b"window",
+                    value: None
                 },
             ]
+        );
+        let records: Vec<_> = reader.map(Result::unwrap).collect();
+        assert_eq!(records[0].slots.iter().collect::<Vec<_>>(), vec![1, 0]);
+        assert_eq!(records[0].value, &[7]);
+        assert_eq!(records[1].value, b"x");
+        assert!(
+            BatchReader::new(writer.as_bytes())
+                .unwrap()
+                .slots()
+                .unwrap()
+                .is_empty()
         );
     }
 
@@ -618,7 +866,7 @@ mod tests {
     #[test]
     fn output_entries_round_trip_and_roll_back() {
         let mut writer = OutputWriter::default();
-        let mut entry = writer.record(2, 7, 2);
+        let mut entry = writer.record(2, 0, 7, 2);
         entry.key(|b| b.extend_from_slice(b"a"));
         entry.key(|b| b.extend_from_slice(b"bc"));
         entry
@@ -629,7 +877,7 @@ mod tests {
             .unwrap();
         let mark = writer.mark();
         writer
-            .record(0, 1, 0)
+            .record(0, 1, 1, 0)
             .value(|b| {
                 b.push(1);
                 Ok::<_, ()>(())
@@ -637,16 +885,43 @@ mod tests {
             .unwrap();
         writer.rollback(mark);
         writer.error(3, "bad", b"raw");
+        writer
+            .state(
+                4,
+                Some(|b: &mut Vec<u8>| {
+                    b.push(9);
+                    Ok::<_, ()>(())
+                }),
+            )
+            .unwrap();
+        writer
+            .state(5, None::<fn(&mut Vec<u8>) -> Result<(), ()>>)
+            .unwrap();
         let entries: Vec<_> = OutputReader::new(writer.as_bytes())
             .map(Result::unwrap)
             .collect();
-        assert_eq!(entries.len(), 2);
+        assert_eq!(entries.len(), 4);
+        assert_eq!(
+            entries[2],
+            OutputEntry::State {
+                slot: 4,
+                value: Some(&[9][..])
+            }
+        );
+        assert_eq!(
+            entries[3],
+            OutputEntry::State {
+                slot: 5,
+                value: None
+            }
+        );
         match &entries[0] {
             OutputEntry::Record {
                 port,
                 ts,
                 keys,
                 value,
+                ..
             } => {
                 assert_eq!((*port, *ts, *value), (2, 7, &b"v"[..]));
                 assert_eq!(keys.get(0), Some(&b"a"[..]));

@@ -2,38 +2,15 @@
 //! [`export!`](crate::export) wires a runner to the module's exports. The runner is plain Rust, so
 //! the same code runs inside Wasm and natively.
 
-use crate::abi::{self, ABI_VERSION, BatchReader, Describe, Encoding, InitRequest, OutputWriter};
+use crate::abi::{
+    self, ABI_VERSION, BatchReader, Describe, Encoding, InitRequest, OperatorKind, OutputWriter,
+    SlotRef,
+};
+use crate::aggregate::{Aggregate, Window};
 use crate::fields::Extracted;
 use crate::operator::{self, Operator, Outputs, Port, Target};
-use std::marker::PhantomData;
-
-/// Drives one operator through the ABI: owns its request and reply buffers, which are reused
-/// from batch to batch.
-pub struct Runner<Op: Operator> {
-    op: Option<Op>,
-    ports: Vec<Port>,
-    input: Vec<u8>,
-    output: OutputWriter,
-    reply: Vec<u8>,
-    extracted: Extracted,
-    input_is_struct: bool,
-    _op: PhantomData<Op>,
-}
-
-impl<Op: Operator> Default for Runner<Op> {
-    fn default() -> Self {
-        Runner {
-            op: None,
-            ports: Vec::new(),
-            input: Vec::new(),
-            output: OutputWriter::default(),
-            reply: Vec::new(),
-            extracted: Extracted::default(),
-            input_is_struct: operator::is_struct::<Op::Input>(),
-            _op: PhantomData,
-        }
-    }
-}
+use crate::state::KeyedState;
+use serde::de::DeserializeOwned;
 
 /// The description of `Op` that [`abi::exports::DESCRIBE`] returns.
 pub fn describe<Op: Operator>() -> Describe {
@@ -43,34 +20,57 @@ pub fn describe<Op: Operator>() -> Describe {
         input_type: crate::type_name::<Op::Input>(),
         output_type: crate::type_name::<Op::Output>(),
         side_outputs: Op::side_outputs(),
+        state_type: (Op::KIND == OperatorKind::Process).then(<Op::State as KeyedState>::type_name),
     }
 }
 
-impl<Op: Operator> Runner<Op> {
-    /// A buffer of `len` bytes for the next request.
-    pub fn input_buffer(&mut self, len: usize) -> &mut [u8] {
+/// The description of aggregate `A`.
+pub fn describe_aggregate<A: Aggregate>() -> Describe {
+    Describe {
+        abi_version: ABI_VERSION,
+        kind: OperatorKind::Aggregate,
+        input_type: crate::type_name::<A::Input>(),
+        output_type: crate::type_name::<A::Output>(),
+        side_outputs: Vec::new(),
+        state_type: Some(crate::type_name::<A::Acc>()),
+    }
+}
+
+/// What every runner keeps: its request and reply buffers, reused from call to call, and the
+/// ports the host wired.
+struct Buffers {
+    ports: Vec<Port>,
+    input: Vec<u8>,
+    output: OutputWriter,
+    reply: Vec<u8>,
+    extracted: Extracted,
+}
+
+impl Buffers {
+    fn new() -> Self {
+        Buffers {
+            ports: Vec::new(),
+            input: Vec::new(),
+            output: OutputWriter::default(),
+            reply: Vec::new(),
+            extracted: Extracted::default(),
+        }
+    }
+
+    fn input_buffer(&mut self, len: usize) -> &mut [u8] {
         self.input.resize(len, 0);
         &mut self.input
     }
 
-    /// Answers [`abi::exports::DESCRIBE`].
-    pub fn describe(&mut self) -> &[u8] {
+    fn encode_reply<T: serde::Serialize>(&mut self, value: T) -> &[u8] {
         self.reply.clear();
-        // Encoding a `Describe` into a `Vec` cannot fail.
-        let _ =
-            bincode::serde::encode_into_std_write(describe::<Op>(), &mut self.reply, abi::BINCODE);
+        // Encoding plain data into a `Vec` cannot fail.
+        let _ = bincode::serde::encode_into_std_write(value, &mut self.reply, abi::BINCODE);
         &self.reply
     }
 
-    /// Answers [`abi::exports::INIT`] for the request in the first `len` input bytes.
-    pub fn init(&mut self, len: usize) -> &[u8] {
-        let outcome = self.try_init(len);
-        self.reply.clear();
-        let _ = bincode::serde::encode_into_std_write(outcome, &mut self.reply, abi::BINCODE);
-        &self.reply
-    }
-
-    fn try_init(&mut self, len: usize) -> Result<(), String> {
+    /// Decodes an init request, wires the ports, and returns the params as JSON.
+    fn init(&mut self, len: usize, side_names: Vec<String>) -> Result<String, String> {
         let request = self
             .input
             .get(..len)
@@ -78,88 +78,45 @@ impl<Op: Operator> Runner<Op> {
         let (request, _): (InitRequest, _) =
             bincode::serde::decode_from_slice(request, abi::BINCODE)
                 .map_err(|e| format!("cannot decode the init request: {e}"))?;
-        let sides = Op::side_outputs();
-        if request.ports.len() != sides.len() + 1 {
+        if request.ports.len() != side_names.len() + 1 {
             return Err(format!(
                 "the host wired {} ports, the operator has {}",
                 request.ports.len(),
-                sides.len() + 1
+                side_names.len() + 1
             ));
         }
-        let names = std::iter::once("main".to_string()).chain(sides.into_iter().map(|s| s.name));
+        let names = std::iter::once("main".to_string()).chain(side_names);
         self.ports = names
             .zip(request.ports)
             .map(|(name, spec)| Port { name, spec })
             .collect();
-        let params: Op::Params = serde_json::from_str(&request.params_json)
-            .map_err(|e| format!("invalid params: {e}"))?;
-        self.op = Some(Op::new(params)?);
-        Ok(())
+        Ok(request.params_json)
     }
 
-    /// Answers [`abi::exports::PROCESS`] for the batch in the first `len` input bytes.
-    pub fn process(&mut self, len: usize) -> &[u8] {
+    /// The batch in the first `len` input bytes, and its slots; a framing error is reported as
+    /// an error entry and gives `None`.
+    fn batch(&mut self, len: usize) -> Option<(BatchReader<'_>, Vec<SlotRef<'_>>)> {
         self.output.clear();
-        let Some(op) = self.op.as_mut() else {
-            self.output
-                .error(u32::MAX, "process called before init", b"");
-            return self.output.as_bytes();
-        };
-        let batch = match self.input.get(..len).map(BatchReader::new) {
-            Some(Ok(batch)) => batch,
-            Some(Err(e)) => {
+        let parsed = self
+            .input
+            .get(..len)
+            .ok_or(abi::FrameError("batch past the input buffer"))
+            .and_then(|bytes| {
+                let batch = BatchReader::new(bytes)?;
+                let slots = batch.slots()?;
+                Ok((batch, slots))
+            });
+        match parsed {
+            Ok(parsed) => Some(parsed),
+            Err(e) => {
                 self.output.error(u32::MAX, &e.to_string(), b"");
-                return self.output.as_bytes();
-            }
-            None => {
-                self.output
-                    .error(u32::MAX, "batch past the input buffer", b"");
-                return self.output.as_bytes();
-            }
-        };
-        let encoding = batch.encoding();
-        for (index, record) in batch.enumerate() {
-            let index = index as u32;
-            let record = match record {
-                Ok(record) => record,
-                Err(e) => {
-                    self.output.error(index, &e.to_string(), b"");
-                    break;
-                }
-            };
-            let input: Op::Input =
-                match operator::decode(encoding, record.value, self.input_is_struct) {
-                    Ok(input) => input,
-                    Err(e) => {
-                        let message =
-                            format!("cannot decode {}: {e}", crate::type_name::<Op::Input>());
-                        let raw = raw_text::<Op>(encoding, record.value, self.input_is_struct);
-                        self.output.error(index, &message, &raw);
-                        continue;
-                    }
-                };
-            let mark = self.output.mark();
-            let mut out = Outputs {
-                target: Target::Abi {
-                    writer: &mut self.output,
-                    ports: &self.ports,
-                    extracted: &mut self.extracted,
-                },
-                ts: record.ts,
-                failure: None,
-            };
-            let result = op.process(input, &mut out);
-            if let Some(message) = result.err().or(out.failure) {
-                self.output.rollback(mark);
-                let raw = raw_text::<Op>(encoding, record.value, self.input_is_struct);
-                self.output.error(index, &message, &raw);
+                None
             }
         }
-        self.output.as_bytes()
     }
 
-    /// Answers [`abi::exports::TO_JSON`]: each input record re-encoded as JSON on port 0.
-    pub fn to_json(&mut self, len: usize) -> &[u8] {
+    fn render_json<T: DeserializeOwned + serde::Serialize>(&mut self, len: usize) -> &[u8] {
+        let is_struct = operator::is_struct::<T>();
         self.output.clear();
         let batch = match self.input.get(..len).map(BatchReader::new) {
             Some(Ok(batch)) => batch,
@@ -171,9 +128,9 @@ impl<Op: Operator> Runner<Op> {
         let encoding = batch.encoding();
         for (index, record) in batch.enumerate() {
             let Ok(record) = record else { break };
-            match operator::decode::<Op::Input>(encoding, record.value, self.input_is_struct) {
+            match operator::decode::<T>(encoding, record.value, is_struct) {
                 Ok(value) => {
-                    let entry = self.output.record(0, record.ts, 0);
+                    let entry = self.output.record(0, index as u32, record.ts, 0);
                     let _ = entry.value(|buf| operator::encode_into(Encoding::Json, &value, buf));
                 }
                 Err(e) => self.output.error(index as u32, &e, record.value),
@@ -183,12 +140,409 @@ impl<Op: Operator> Runner<Op> {
     }
 }
 
+/// Drives one [`Operator`] through the ABI.
+pub struct Runner<Op: Operator> {
+    op: Option<Op>,
+    buffers: Buffers,
+    input_is_struct: bool,
+    states: Vec<Option<Op::State>>,
+}
+
+impl<Op: Operator> Default for Runner<Op> {
+    fn default() -> Self {
+        Runner {
+            op: None,
+            buffers: Buffers::new(),
+            input_is_struct: operator::is_struct::<Op::Input>(),
+            states: Vec::new(),
+        }
+    }
+}
+
+impl<Op: Operator> Runner<Op> {
+    /// A buffer of `len` bytes for the next request.
+    pub fn input_buffer(&mut self, len: usize) -> &mut [u8] {
+        self.buffers.input_buffer(len)
+    }
+
+    /// Answers [`abi::exports::DESCRIBE`].
+    pub fn describe(&mut self) -> &[u8] {
+        self.buffers.encode_reply(describe::<Op>())
+    }
+
+    /// Answers [`abi::exports::INIT`] for the request in the first `len` input bytes.
+    pub fn init(&mut self, len: usize) -> &[u8] {
+        let sides = Op::side_outputs().into_iter().map(|s| s.name).collect();
+        let outcome = self.buffers.init(len, sides).and_then(|params| {
+            let params: Op::Params =
+                serde_json::from_str(&params).map_err(|e| format!("invalid params: {e}"))?;
+            self.op = Some(Op::new(params)?);
+            Ok(())
+        });
+        self.buffers.encode_reply(outcome)
+    }
+
+    /// Answers [`abi::exports::PROCESS`] for the batch in the first `len` input bytes.
+    pub fn process(&mut self, len: usize) -> &[u8] {
+        let Some(op) = self.op.as_mut() else {
+            self.buffers.output.clear();
+            self.buffers
+                .output
+                .error(u32::MAX, "process called before init", b"");
+            return self.buffers.output.as_bytes();
+        };
+        let Buffers {
+            ports,
+            input,
+            output,
+            extracted,
+            ..
+        } = &mut self.buffers;
+        output.clear();
+        let parsed = input
+            .get(..len)
+            .ok_or(abi::FrameError("batch past the input buffer"))
+            .and_then(|bytes| {
+                let batch = BatchReader::new(bytes)?;
+                let slots = batch.slots()?;
+                Ok((batch, slots))
+            });
+        let (batch, slots) = match parsed {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                output.error(u32::MAX, &e.to_string(), b"");
+                return output.as_bytes();
+            }
+        };
+        self.states.clear();
+        self.states.resize_with(slots.len(), || None);
+        let encoding = batch.encoding();
+        for (index, record) in batch.enumerate() {
+            let index = index as u32;
+            let record = match record {
+                Ok(record) => record,
+                Err(e) => {
+                    output.error(index, &e.to_string(), b"");
+                    break;
+                }
+            };
+            let raw = |is_struct| raw_text::<Op::Input>(encoding, record.value, is_struct);
+            let input: Op::Input =
+                match operator::decode(encoding, record.value, self.input_is_struct) {
+                    Ok(input) => input,
+                    Err(e) => {
+                        let message =
+                            format!("cannot decode {}: {e}", crate::type_name::<Op::Input>());
+                        output.error(index, &message, &raw(self.input_is_struct));
+                        continue;
+                    }
+                };
+            let mut no_state = Op::State::default();
+            let state = match record.slots.get(0).map(|s| s as usize) {
+                Some(slot) if slot < slots.len() => {
+                    if self.states[slot].is_none() {
+                        match Op::State::load(slots[slot].value) {
+                            Ok(state) => self.states[slot] = Some(state),
+                            Err(e) => {
+                                output.error(index, &e, &raw(self.input_is_struct));
+                                continue;
+                            }
+                        }
+                    }
+                    self.states[slot].get_or_insert_with(Default::default)
+                }
+                _ => &mut no_state,
+            };
+            let before = state.clone();
+            let mark = output.mark();
+            let mut out = Outputs {
+                target: Target::Abi {
+                    writer: output,
+                    ports,
+                    extracted,
+                },
+                ts: record.ts,
+                key: record.key,
+                index,
+                failure: None,
+            };
+            let result = op.process(input, state, &mut out);
+            if let Some(message) = result.err().or(out.failure) {
+                *state = before;
+                output.rollback(mark);
+                output.error(index, &message, &raw(self.input_is_struct));
+            }
+        }
+        for (slot, state) in self.states.iter().enumerate() {
+            let Some(state) = state.as_ref().filter(|s| s.is_dirty()) else {
+                continue;
+            };
+            let mut bytes = Vec::new();
+            match state.save(&mut bytes) {
+                Ok(present) => {
+                    let _ = output.state(
+                        slot as u32,
+                        present.then_some(|buf: &mut Vec<u8>| {
+                            buf.extend_from_slice(&bytes);
+                            Ok::<_, ()>(())
+                        }),
+                    );
+                }
+                Err(e) => output.error(u32::MAX, &format!("cannot save state: {e}"), b""),
+            }
+        }
+        output.as_bytes()
+    }
+
+    /// Answers [`abi::exports::TO_JSON`]: each input record re-encoded as JSON on port 0.
+    pub fn to_json(&mut self, len: usize) -> &[u8] {
+        self.buffers.render_json::<Op::Input>(len)
+    }
+}
+
+/// Drives one [`Aggregate`] through the ABI.
+pub struct AggregateRunner<A: Aggregate> {
+    aggregate: Option<A>,
+    buffers: Buffers,
+    input_is_struct: bool,
+    accs: Vec<Option<A::Acc>>,
+}
+
+impl<A: Aggregate> Default for AggregateRunner<A> {
+    fn default() -> Self {
+        AggregateRunner {
+            aggregate: None,
+            buffers: Buffers::new(),
+            input_is_struct: operator::is_struct::<A::Input>(),
+            accs: Vec::new(),
+        }
+    }
+}
+
+impl<A: Aggregate> AggregateRunner<A> {
+    /// A buffer of `len` bytes for the next request.
+    pub fn input_buffer(&mut self, len: usize) -> &mut [u8] {
+        self.buffers.input_buffer(len)
+    }
+
+    /// Answers [`abi::exports::DESCRIBE`].
+    pub fn describe(&mut self) -> &[u8] {
+        self.buffers.encode_reply(describe_aggregate::<A>())
+    }
+
+    /// Answers [`abi::exports::INIT`].
+    pub fn init(&mut self, len: usize) -> &[u8] {
+        let outcome = self.buffers.init(len, Vec::new()).and_then(|params| {
+            let params: A::Params =
+                serde_json::from_str(&params).map_err(|e| format!("invalid params: {e}"))?;
+            self.aggregate = Some(A::new(params)?);
+            Ok(())
+        });
+        self.buffers.encode_reply(outcome)
+    }
+
+    fn load(
+        aggregate: &A,
+        accs: &mut [Option<A::Acc>],
+        slots: &[SlotRef<'_>],
+        slot: usize,
+    ) -> Result<(), String> {
+        if accs[slot].is_none() {
+            accs[slot] = Some(match slots[slot].value {
+                Some(bytes) => operator::decode(Encoding::Bincode, bytes, false)
+                    .map_err(|e| format!("cannot decode the stored accumulator: {e}"))?,
+                None => aggregate.create(),
+            });
+        }
+        Ok(())
+    }
+
+    fn save_accs(output: &mut OutputWriter, accs: &[Option<A::Acc>]) {
+        for (slot, acc) in accs.iter().enumerate() {
+            if let Some(acc) = acc {
+                let written = output.state(
+                    slot as u32,
+                    Some(|buf: &mut Vec<u8>| operator::encode_into(Encoding::Bincode, acc, buf)),
+                );
+                if let Err(e) = written {
+                    output.error(u32::MAX, &format!("cannot save an accumulator: {e}"), b"");
+                }
+            }
+        }
+    }
+
+    /// Answers [`abi::exports::PROCESS`]: adds each record to the accumulators of its slots.
+    pub fn add(&mut self, len: usize) -> &[u8] {
+        let Some(aggregate) = self.aggregate.as_ref() else {
+            return self.buffers.output.as_bytes();
+        };
+        let is_struct = self.input_is_struct;
+        let accs = &mut self.accs;
+        let Some((batch, slots)) = self.buffers.batch(len) else {
+            return self.buffers.output.as_bytes();
+        };
+        let mut errors = Vec::new();
+        accs.clear();
+        accs.resize_with(slots.len(), || None);
+        let encoding = batch.encoding();
+        for (index, record) in batch.enumerate() {
+            let Ok(record) = record else { break };
+            let input: A::Input = match operator::decode(encoding, record.value, is_struct) {
+                Ok(input) => input,
+                Err(e) => {
+                    let message = format!("cannot decode {}: {e}", crate::type_name::<A::Input>());
+                    errors.push((
+                        index as u32,
+                        message,
+                        raw_text::<A::Input>(encoding, record.value, is_struct),
+                    ));
+                    continue;
+                }
+            };
+            for slot in record
+                .slots
+                .iter()
+                .map(|s| s as usize)
+                .filter(|s| *s < slots.len())
+            {
+                if let Err(e) = Self::load(aggregate, accs, &slots, slot) {
+                    errors.push((index as u32, e, Vec::new()));
+                    continue;
+                }
+                if let Some(acc) = accs[slot].as_mut() {
+                    aggregate.add(acc, &input);
+                }
+            }
+        }
+        let output = &mut self.buffers.output;
+        for (index, message, raw) in errors {
+            output.error(index, &message, &raw);
+        }
+        Self::save_accs(output, accs);
+        output.as_bytes()
+    }
+
+    /// Answers [`abi::exports::MERGE`]: merges each record's slots `1..` into its slot 0.
+    pub fn merge(&mut self, len: usize) -> &[u8] {
+        let Some(aggregate) = self.aggregate.as_ref() else {
+            return self.buffers.output.as_bytes();
+        };
+        let accs = &mut self.accs;
+        let Some((batch, slots)) = self.buffers.batch(len) else {
+            return self.buffers.output.as_bytes();
+        };
+        accs.clear();
+        accs.resize_with(slots.len(), || None);
+        let mut merged = Vec::new();
+        let mut errors = Vec::new();
+        for (index, record) in batch.enumerate() {
+            let Ok(record) = record else { break };
+            let refs: Vec<usize> = record
+                .slots
+                .iter()
+                .map(|s| s as usize)
+                .filter(|s| *s < slots.len())
+                .collect();
+            let Some((&target, sources)) = refs.split_first() else {
+                continue;
+            };
+            let mut outcome = Self::load(aggregate, accs, &slots, target);
+            for &source in sources {
+                outcome = outcome.and_then(|()| Self::load(aggregate, accs, &slots, source));
+                if let (Ok(()), Some(other)) = (&outcome, accs[source].take())
+                    && let Some(acc) = accs[target].as_mut()
+                {
+                    aggregate.merge(acc, other);
+                }
+            }
+            match outcome {
+                Ok(()) => merged.push(target),
+                Err(e) => errors.push((index as u32, e)),
+            }
+        }
+        let output = &mut self.buffers.output;
+        for (index, message) in errors {
+            output.error(index, &message, b"");
+        }
+        let kept: Vec<Option<A::Acc>> = accs
+            .iter_mut()
+            .enumerate()
+            .map(|(slot, acc)| {
+                if merged.contains(&slot) {
+                    acc.take()
+                } else {
+                    None
+                }
+            })
+            .collect();
+        Self::save_accs(output, &kept);
+        output.as_bytes()
+    }
+
+    /// Answers [`abi::exports::FINISH`]: the result of each fired window.
+    pub fn finish(&mut self, len: usize) -> &[u8] {
+        let Some(aggregate) = self.aggregate.as_ref() else {
+            return self.buffers.output.as_bytes();
+        };
+        let Buffers {
+            ports,
+            input,
+            output,
+            extracted,
+            ..
+        } = &mut self.buffers;
+        output.clear();
+        let Some(Ok(batch)) = input.get(..len).map(BatchReader::new) else {
+            output.error(u32::MAX, "malformed finish request", b"");
+            return output.as_bytes();
+        };
+        for (index, record) in batch.enumerate() {
+            let Ok(record) = record else { break };
+            let window = |value: &[u8]| -> Option<(Window, A::Acc)> {
+                let start = i64::from_le_bytes(value.get(0..8)?.try_into().ok()?);
+                let end = i64::from_le_bytes(value.get(8..16)?.try_into().ok()?);
+                let acc = operator::decode(Encoding::Bincode, value.get(16..)?, false).ok()?;
+                Some((Window { start, end }, acc))
+            };
+            let Some((bounds, acc)) = window(record.value) else {
+                output.error(index as u32, "cannot decode a fired window", b"");
+                continue;
+            };
+            let key = std::str::from_utf8(record.key).unwrap_or_default();
+            if let Some(result) = aggregate.finish(key, bounds, acc) {
+                let Some(port) = ports.first() else { break };
+                if let Err(e) = operator::write_record(
+                    output,
+                    port,
+                    0,
+                    index as u32,
+                    record.ts,
+                    &result,
+                    extracted,
+                ) {
+                    output.error(index as u32, &e, b"");
+                }
+            }
+        }
+        output.as_bytes()
+    }
+
+    /// Answers [`abi::exports::TO_JSON`].
+    pub fn to_json(&mut self, len: usize) -> &[u8] {
+        self.buffers.render_json::<A::Input>(len)
+    }
+}
+
 /// The failed input as text for a dead letter: JSON input as it came, bincode input decoded and
 /// rendered as JSON.
-fn raw_text<Op: Operator>(encoding: Encoding, value: &[u8], is_struct: bool) -> Vec<u8> {
+fn raw_text<T: DeserializeOwned + serde::Serialize>(
+    encoding: Encoding,
+    value: &[u8],
+    is_struct: bool,
+) -> Vec<u8> {
     match encoding {
         Encoding::Json => value.to_vec(),
-        Encoding::Bincode => operator::decode::<Op::Input>(encoding, value, is_struct)
+        Encoding::Bincode => operator::decode::<T>(encoding, value, is_struct)
             .ok()
             .and_then(|v| serde_json::to_vec(&v).ok())
             .unwrap_or_else(|| format!("<{} undecodable bytes>", value.len()).into_bytes()),
@@ -228,10 +582,11 @@ pub use host::install_panic_hook;
 /// # struct Identity;
 /// # impl Operator for Identity {
 /// #     type Input = i64; type Output = i64; type Params = flumen_sdk::NoParams;
+/// #     type State = flumen_sdk::state::NoState;
 /// #     const KIND: OperatorKind = OperatorKind::Map;
 /// #     fn side_outputs() -> Vec<SideOutput> { Vec::new() }
 /// #     fn new(_: Self::Params) -> Result<Self, String> { Ok(Identity) }
-/// #     fn process(&mut self, i: i64, out: &mut Outputs<'_>) -> Result<(), String> {
+/// #     fn process(&mut self, i: i64, _: &mut flumen_sdk::state::NoState, out: &mut Outputs<'_>) -> Result<(), String> {
 /// #         out.emit_main(&i); Ok(())
 /// #     }
 /// # }
@@ -272,6 +627,62 @@ macro_rules! export {
             #[unsafe(no_mangle)]
             pub extern "C" fn flumen_process(len: u32) -> u64 {
                 RUNNER.with_borrow_mut(|r| reply(r.process(len as usize)))
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn flumen_to_json(len: u32) -> u64 {
+                RUNNER.with_borrow_mut(|r| reply(r.to_json(len as usize)))
+            }
+        }
+    };
+}
+
+/// Exports an [`Aggregate`] as a flumen module; [`aggregate`](crate::aggregate) calls it.
+#[macro_export]
+macro_rules! export_aggregate {
+    ($agg:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        mod __flumen_exports {
+            use super::*;
+            use ::std::cell::RefCell;
+
+            ::std::thread_local! {
+                static RUNNER: RefCell<$crate::guest::AggregateRunner<$agg>> = RefCell::default();
+            }
+
+            fn reply(bytes: &[u8]) -> u64 {
+                $crate::abi::pack(bytes.as_ptr() as u32, bytes.len() as u32)
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn flumen_describe() -> u64 {
+                RUNNER.with_borrow_mut(|r| reply(r.describe()))
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn flumen_input(len: u32) -> u32 {
+                RUNNER.with_borrow_mut(|r| r.input_buffer(len as usize).as_mut_ptr() as u32)
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn flumen_init(len: u32) -> u64 {
+                $crate::guest::install_panic_hook();
+                RUNNER.with_borrow_mut(|r| reply(r.init(len as usize)))
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn flumen_process(len: u32) -> u64 {
+                RUNNER.with_borrow_mut(|r| reply(r.add(len as usize)))
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn flumen_merge(len: u32) -> u64 {
+                RUNNER.with_borrow_mut(|r| reply(r.merge(len as usize)))
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn flumen_finish(len: u32) -> u64 {
+                RUNNER.with_borrow_mut(|r| reply(r.finish(len as usize)))
             }
 
             #[unsafe(no_mangle)]

@@ -35,12 +35,14 @@
 #![warn(missing_docs)]
 
 pub mod abi;
+pub mod aggregate;
 mod fields;
 pub mod guest;
 mod operator;
+pub mod state;
 pub mod testing;
 
-pub use flumen_sdk_macros::{filter, filter_map, flat_map, map};
+pub use flumen_sdk_macros::{aggregate, filter, filter_map, flat_map, map, process};
 pub use operator::{NoParams, Operator, Outputs};
 
 /// The name of `T` as flumen compares types along an edge: the Rust type with every path

@@ -3,6 +3,7 @@
 
 use crate::abi::{Encoding, OperatorKind, OutputWriter, PortSpec, SideOutput};
 use crate::fields::{self, Extracted, FieldRequest};
+use crate::state::KeyedState;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -12,7 +13,7 @@ use serde::de::DeserializeOwned;
 /// it by hand is possible but rarely needed.
 ///
 /// ```
-/// use flumen_sdk::{Operator, Outputs, abi::{OperatorKind, SideOutput}};
+/// use flumen_sdk::{Operator, Outputs, abi::{OperatorKind, SideOutput}, state::NoState};
 ///
 /// struct Double;
 ///
@@ -20,6 +21,7 @@ use serde::de::DeserializeOwned;
 ///     type Input = i64;
 ///     type Output = i64;
 ///     type Params = flumen_sdk::NoParams;
+///     type State = NoState;
 ///     const KIND: OperatorKind = OperatorKind::Map;
 ///
 ///     fn side_outputs() -> Vec<SideOutput> {
@@ -28,7 +30,12 @@ use serde::de::DeserializeOwned;
 ///     fn new(_: Self::Params) -> Result<Self, String> {
 ///         Ok(Double)
 ///     }
-///     fn process(&mut self, input: i64, out: &mut Outputs<'_>) -> Result<(), String> {
+///     fn process(
+///         &mut self,
+///         input: i64,
+///         _: &mut NoState,
+///         out: &mut Outputs<'_>,
+///     ) -> Result<(), String> {
 ///         out.emit_main(&(input * 2));
 ///         Ok(())
 ///     }
@@ -41,6 +48,8 @@ pub trait Operator: Sized + 'static {
     type Output: Serialize;
     /// Its parameters, decoded from the stage's TOML `params` table.
     type Params: DeserializeOwned;
+    /// Its keyed state ([`NoState`](crate::state::NoState) for a stateless operator).
+    type State: KeyedState;
     /// Its kind, reported to the host.
     const KIND: OperatorKind;
 
@@ -50,9 +59,14 @@ pub trait Operator: Sized + 'static {
     /// Builds the operator from its parameters.
     fn new(params: Self::Params) -> Result<Self, String>;
 
-    /// Processes one record. An `Err` sends the record to the dead letters and drops whatever it
-    /// emitted.
-    fn process(&mut self, input: Self::Input, out: &mut Outputs<'_>) -> Result<(), String>;
+    /// Processes one record with its key's state. An `Err` sends the record to the dead letters
+    /// and drops whatever it emitted and whatever it changed in the state.
+    fn process(
+        &mut self,
+        input: Self::Input,
+        state: &mut Self::State,
+        out: &mut Outputs<'_>,
+    ) -> Result<(), String>;
 }
 
 /// The parameters of an operator that takes none: any key in its `params` table is an error.
@@ -91,6 +105,8 @@ pub(crate) enum Target<'a> {
 pub struct Outputs<'a> {
     pub(crate) target: Target<'a>,
     pub(crate) ts: i64,
+    pub(crate) key: &'a [u8],
+    pub(crate) index: u32,
     pub(crate) failure: Option<String>,
 }
 
@@ -98,6 +114,11 @@ impl Outputs<'_> {
     /// The event time of the record being processed (milliseconds since the Unix epoch).
     pub fn ts(&self) -> i64 {
         self.ts
+    }
+
+    /// The key of the record being processed, as text (empty for an unkeyed stage).
+    pub fn key(&self) -> &str {
+        std::str::from_utf8(self.key).unwrap_or_default()
     }
 
     /// Emits `value` on the side output `name`, which must be declared in the operator's
@@ -130,7 +151,15 @@ impl Outputs<'_> {
                 writer,
                 ports,
                 extracted,
-            } => write_record(writer, &ports[port], port, self.ts, value, extracted),
+            } => write_record(
+                writer,
+                &ports[port],
+                port,
+                self.index,
+                self.ts,
+                value,
+                extracted,
+            ),
             Target::Collect(collected) => collected.push(port, value),
         };
         if let Err(message) = outcome {
@@ -139,10 +168,11 @@ impl Outputs<'_> {
     }
 }
 
-fn write_record<T: Serialize + ?Sized>(
+pub(crate) fn write_record<T: Serialize + ?Sized>(
     writer: &mut OutputWriter,
     port: &Port,
     index: usize,
+    input_index: u32,
     input_ts: i64,
     value: &T,
     extracted: &mut Extracted,
@@ -160,7 +190,7 @@ fn write_record<T: Serialize + ?Sized>(
         ts = extracted.ts.unwrap_or(input_ts);
     }
     let key_count = u8::try_from(spec.key_fields.len()).map_err(|_| "too many key fields")?;
-    let mut entry = writer.record(index as u16, ts, key_count);
+    let mut entry = writer.record(index as u16, input_index, ts, key_count);
     if wants_fields {
         for key in &extracted.keys {
             entry.key(|buf| buf.extend_from_slice(key.as_deref().unwrap_or_default()));

@@ -48,6 +48,8 @@ impl Collected {
         Outputs {
             target: Target::Collect(self),
             ts: 0,
+            key: b"",
+            index: 0,
             failure: None,
         }
     }
@@ -78,10 +80,12 @@ impl Collected {
     }
 }
 
-/// Runs an operator natively, one record at a time, as the runtime would.
+/// Runs an operator natively, one record at a time, as the runtime would, keeping its keyed
+/// state per key.
 pub struct Harness<Op: Operator> {
     op: Op,
     side_names: Vec<String>,
+    states: std::collections::BTreeMap<String, Op::State>,
 }
 
 impl<Op: Operator> Harness<Op> {
@@ -92,24 +96,35 @@ impl<Op: Operator> Harness<Op> {
         Ok(Harness {
             op: Op::new(params)?,
             side_names: Op::side_outputs().into_iter().map(|s| s.name).collect(),
+            states: Default::default(),
         })
     }
 
-    /// Processes one record; an `Err` is what would go to the dead letters.
+    /// Processes one unkeyed record; an `Err` is what would go to the dead letters.
     pub fn run(&mut self, input: Op::Input) -> Result<Collected, String> {
-        self.run_at(input, 0)
+        self.run_keyed("", input, 0)
     }
 
-    /// Processes one record with event time `ts`.
-    pub fn run_at(&mut self, input: Op::Input, ts: i64) -> Result<Collected, String> {
+    /// Processes one record of key `key` (its key field's text) with event time `ts`. On `Err`
+    /// the key's state is left as it was, as the runtime does.
+    pub fn run_keyed(&mut self, key: &str, input: Op::Input, ts: i64) -> Result<Collected, String> {
         let names: Vec<&str> = self.side_names.iter().map(String::as_str).collect();
         let mut collected = Collected::default();
+        let state = self.states.entry(key.to_string()).or_default();
+        let before = state.clone();
         let mut out = collected.outputs(&names);
         out.ts = ts;
-        let result = self.op.process(input, &mut out);
+        out.key = key.as_bytes();
+        let result = self.op.process(input, state, &mut out);
         if let Some(failure) = result.err().or(out.failure) {
+            *state = before;
             return Err(failure);
         }
         Ok(collected)
+    }
+
+    /// The state of `key`, as the runtime would store it.
+    pub fn state(&self, key: &str) -> Option<&Op::State> {
+        self.states.get(key)
     }
 }

@@ -5,6 +5,7 @@
 
 mod cli;
 mod config_errors;
+mod orders_pipeline;
 mod sandbox;
 mod support;
 mod validate_stage;

@@ -62,6 +62,7 @@ fn describe(abi_version: u32) -> Describe {
         input_type: "Probe".into(),
         output_type: "Probe".into(),
         side_outputs: Vec::new(),
+        state_type: None,
     }
 }
 

@@ -118,3 +118,33 @@ pub fn sorted(mut values: Vec<Value>) -> Vec<Value> {
     values.sort_by_key(|v| v.to_string());
     values
 }
+
+/// Asserts two collections of JSON values are equal as multisets, showing a few differences
+/// rather than both collections.
+pub fn assert_same_set(what: &str, actual: Vec<Value>, expected: Vec<Value>) {
+    let count = |values: Vec<Value>| {
+        let mut counts = std::collections::BTreeMap::<String, i64>::new();
+        for v in values {
+            *counts.entry(v.to_string()).or_default() += 1;
+        }
+        counts
+    };
+    let (actual_n, expected_n) = (actual.len(), expected.len());
+    let (a, e) = (count(actual), count(expected));
+    let extra: Vec<_> = a
+        .iter()
+        .filter(|(k, n)| e.get(*k) < Some(n))
+        .map(|(k, _)| k)
+        .take(5)
+        .collect();
+    let missing: Vec<_> = e
+        .iter()
+        .filter(|(k, n)| a.get(*k) < Some(n))
+        .map(|(k, _)| k)
+        .take(5)
+        .collect();
+    assert!(
+        extra.is_empty() && missing.is_empty(),
+        "{what}: {actual_n} lines, expected {expected_n}\n  unexpected: {extra:#?}\n  missing: {missing:#?}"
+    );
+}

@@ -2,7 +2,9 @@
 //! line for every reject reason and every kind of malformed input. The expected outputs come from
 //! an oracle written here from the spec alone.
 
-use crate::support::{Scenario, flumen, modules, read_jsonl, sorted, text, workspace};
+use crate::support::{
+    Scenario, assert_same_set, flumen, modules, read_jsonl, sorted, text, workspace,
+};
 use serde_json::{Map, Value, json};
 
 /// What the spec says becomes of one input line.
@@ -111,16 +113,12 @@ fn validate_matches_the_spec_on_generated_and_edge_case_orders() {
     input.push_str(EDGE_CASES);
     input.push_str("{\"order_id\": 900023, \"user_id\": 1, \"sku\": \"SKU-0002\", \"qty\": 3, \"price_cents\": 7, \"country\": \"DE\", \"ts\": 2}\r\n");
     input.push_str("{\"order_id\": 900024, \"user_id\": 1, \"sku\": \"SKU-0002\", \"qty\": 3, \"price_cents\": 7, \"country\": \"DE\", \"ts\": 3}");
-    let orders = scenario.write("orders.jsonl", &input);
+    scenario.write("orders.jsonl", &input);
     let out = scenario.path("out");
-
-    let output = flumen()
-        .args(["run", "pipelines/orders.toml"])
-        .env("ORDERS", &orders)
-        .env("OUT_DIR", &out)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", text(&output.stderr));
+    let output = scenario.run(&validate_only(
+        "type = \"file\"\npath = \"{dir}/orders.jsonl\"",
+        "out",
+    ));
 
     let (mut rejected, mut malformed, mut valid) = (Vec::new(), Vec::new(), Vec::new());
     for line in input.lines() {
@@ -144,39 +142,29 @@ fn validate_matches_the_spec_on_generated_and_edge_case_orders() {
         malformed.len()
     );
 
-    let dead = read_jsonl(&out.join("dead_letter.jsonl"));
+    let dead = read_jsonl(&out.join("dead.jsonl"));
     assert!(
         dead.iter()
             .all(|d| d["stage"] == "validate" && d["error"].is_string())
     );
     let dead_raw: Vec<Value> = dead.iter().map(|d| d["raw"].clone()).collect();
-    assert_eq!(sorted(dead_raw), sorted(malformed));
-    assert_eq!(
-        sorted(read_jsonl(&out.join("rejected.jsonl"))),
-        sorted(rejected)
+    assert_same_set("dead letters", dead_raw, malformed);
+    assert_same_set(
+        "rejected",
+        read_jsonl(&out.join("rejected.jsonl")),
+        rejected,
     );
-    assert_eq!(sorted(read_jsonl(&out.join("valid.jsonl"))), sorted(valid));
+    assert_same_set("valid", read_jsonl(&out.join("valid.jsonl")), valid);
 
     let summary = text(&output.stderr);
     let validate_line = summary.lines().find(|l| l.starts_with("validate")).unwrap();
     assert!(validate_line.contains("operator"), "{summary}");
 }
 
-/// A generator source gives the same records as `flumen gen` writes, and results do not depend
-/// on the batch size.
-#[test]
-fn generator_source_and_batch_size_do_not_change_results() {
-    let scenario = Scenario::new();
-    let generated = scenario.path("gen.jsonl");
-    let status = flumen()
-        .args(["gen", "orders", "--count", "3000", "--seed", "5", "--out"])
-        .arg(&generated)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let pipeline = |source: &str, out: &str| {
-        format!(
-            r#"
+/// A pipeline of `validate` alone, reading `source`, writing to `{dir}/out/`.
+fn validate_only(source: &str, out: &str) -> String {
+    format!(
+        r#"
 [pipeline]
 dead_letter = "dead"
 [sources.orders]
@@ -196,16 +184,29 @@ inputs = ["validate.rejected"]
 type = "file"
 path = "{{dir}}/{out}/dead.jsonl"
 "#
-        )
-    };
-    scenario.run(&pipeline(
+    )
+}
+
+/// A generator source gives the same records as `flumen gen` writes, and results do not depend
+/// on the batch size.
+#[test]
+fn generator_source_and_batch_size_do_not_change_results() {
+    let scenario = Scenario::new();
+    let generated = scenario.path("gen.jsonl");
+    let status = flumen()
+        .args(["gen", "orders", "--count", "3000", "--seed", "5", "--out"])
+        .arg(&generated)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    scenario.run(&validate_only(
         &format!(
             "type = \"file\"\npath = \"{}\"\nbatch_size = 7",
             generated.display()
         ),
         "a",
     ));
-    scenario.run(&pipeline(
+    scenario.run(&validate_only(
         "type = \"generator\"\ncount = 3000\nseed = 5",
         "b",
     ));

@@ -17,6 +17,7 @@ enum Kind {
     Filter,
     FilterMap,
     FlatMap,
+    Process,
 }
 
 impl Kind {
@@ -26,6 +27,7 @@ impl Kind {
             Kind::Filter => "Filter",
             Kind::FilterMap => "FilterMap",
             Kind::FlatMap => "FlatMap",
+            Kind::Process => "Process",
         };
         Ident::new(name, Span::call_site())
     }
@@ -55,6 +57,34 @@ pub fn filter_map(attr: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn flat_map(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand(Kind::FlatMap, attr, item)
+}
+
+/// A keyed process: `fn f(input: I, state: &mut ValueState<S>, ...) -> R` where `R` is
+/// `Option<O>` (one output or none), `Vec<O>` or `impl IntoIterator<Item = O>` (any number), or
+/// `O` (exactly one), optionally inside `Result<_, E>`. The state handle is the state of the
+/// record's key (`key_by` of the stage); `MapState<K, V>` works too.
+#[proc_macro_attribute]
+pub fn process(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand(Kind::Process, attr, item)
+}
+
+/// A window aggregate: put on an `impl flumen_sdk::aggregate::Aggregate for T` block; exports `T`
+/// as the module's aggregate.
+#[proc_macro_attribute]
+pub fn aggregate(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        let attr = TokenStream2::from(attr);
+        return syn::Error::new_spanned(attr, "aggregate takes no arguments")
+            .to_compile_error()
+            .into();
+    }
+    let block = syn::parse_macro_input!(item as syn::ItemImpl);
+    let self_ty = &block.self_ty;
+    quote!(
+        #block
+        ::flumen_sdk::export_aggregate!(#self_ty);
+    )
+    .into()
 }
 
 /// `side(name = Type, ...)`
@@ -111,6 +141,7 @@ fn expand(kind: Kind, attr: TokenStream, item: TokenStream) -> TokenStream {
 enum Arg {
     Outputs,
     Params,
+    State,
 }
 
 fn last_segment(ty: &Type) -> Option<&syn::PathSegment> {
@@ -189,6 +220,7 @@ fn generate(kind: Kind, attr: Attr, func: ItemFn) -> syn::Result<TokenStream2> {
 
     let mut args = Vec::new();
     let mut params_ty = None;
+    let mut state_ty: Option<Type> = None;
     for arg in inputs {
         let FnArg::Typed(arg) = arg else {
             return Err(syn::Error::new_spanned(
@@ -199,7 +231,7 @@ fn generate(kind: Kind, attr: Attr, func: ItemFn) -> syn::Result<TokenStream2> {
         let Type::Reference(reference) = &*arg.ty else {
             return Err(syn::Error::new_spanned(
                 &arg.ty,
-                "after the input, an operator takes `&mut Outputs` or `&Params`",
+                "after the input, an operator takes `&mut Outputs`, `&Params` or (a process) `&mut State`",
             ));
         };
         let is_outputs = last_segment(&reference.elem).is_some_and(|s| s.ident == "Outputs");
@@ -211,6 +243,18 @@ fn generate(kind: Kind, attr: Attr, func: ItemFn) -> syn::Result<TokenStream2> {
                 ));
             }
             args.push(Arg::Outputs);
+        } else if reference.mutability.is_some() {
+            if kind != Kind::Process {
+                return Err(syn::Error::new_spanned(
+                    &arg.ty,
+                    "only a `process` operator takes keyed state (`&mut ValueState<T>`)",
+                ));
+            }
+            if state_ty.is_some() {
+                return Err(syn::Error::new_spanned(&arg.ty, "only one state argument"));
+            }
+            state_ty = Some((*reference.elem).clone());
+            args.push(Arg::State);
         } else {
             if params_ty.is_some() {
                 return Err(syn::Error::new_spanned(
@@ -247,7 +291,13 @@ fn generate(kind: Kind, attr: Attr, func: ItemFn) -> syn::Result<TokenStream2> {
                 "a flat_map returns `Vec<T>`, `Option<T>` or `impl IntoIterator<Item = T>`",
             )
         })?,
+        Kind::Process => iterator_item(&value_ty)
+            .cloned()
+            .unwrap_or_else(|| value_ty.clone()),
     };
+    let process_emits_many = kind == Kind::Process && iterator_item(&value_ty).is_some();
+    let process_emits_option =
+        kind == Kind::Process && generic_arg(&value_ty, &["Option"]).is_some();
 
     let call_input = if input_by_ref {
         quote!(&input)
@@ -257,6 +307,7 @@ fn generate(kind: Kind, attr: Attr, func: ItemFn) -> syn::Result<TokenStream2> {
     let call_args = args.iter().map(|a| match a {
         Arg::Outputs => quote!(out),
         Arg::Params => quote!(&self.params),
+        Arg::State => quote!(state),
     });
     let call = quote!(#fn_name(#call_input, #(#call_args),*));
     let call = if fallible {
@@ -278,7 +329,17 @@ fn generate(kind: Kind, attr: Attr, func: ItemFn) -> syn::Result<TokenStream2> {
         Kind::FlatMap => quote!(for v in result {
             out.emit_main(&v);
         }),
+        Kind::Process if process_emits_option => {
+            quote!(if let ::core::option::Option::Some(v) = result {
+                out.emit_main(&v);
+            })
+        }
+        Kind::Process if process_emits_many => quote!(for v in result {
+            out.emit_main(&v);
+        }),
+        Kind::Process => quote!(out.emit_main(&result);),
     };
+    let state_ty = state_ty.unwrap_or_else(|| syn::parse_quote!(::flumen_sdk::state::NoState));
     let params_ty = params_ty.unwrap_or_else(|| syn::parse_quote!(::flumen_sdk::NoParams));
     let variant = kind.variant();
     let side_names = attr.sides.iter().map(|(n, _)| n.to_string());
@@ -298,6 +359,7 @@ fn generate(kind: Kind, attr: Attr, func: ItemFn) -> syn::Result<TokenStream2> {
             type Input = #input_ty;
             type Output = #output_ty;
             type Params = #params_ty;
+            type State = #state_ty;
             const KIND: ::flumen_sdk::abi::OperatorKind = ::flumen_sdk::abi::OperatorKind::#variant;
 
             fn side_outputs() -> ::std::vec::Vec<::flumen_sdk::abi::SideOutput> {
@@ -315,6 +377,7 @@ fn generate(kind: Kind, attr: Attr, func: ItemFn) -> syn::Result<TokenStream2> {
             fn process(
                 &mut self,
                 input: #input_ty,
+                state: &mut #state_ty,
                 out: &mut ::flumen_sdk::Outputs<'_>,
             ) -> ::core::result::Result<(), ::std::string::String> {
                 let result = #call;

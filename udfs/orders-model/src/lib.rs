@@ -35,3 +35,65 @@ pub struct Reject {
     pub order_id: i64,
     pub reason: String,
 }
+
+/// An order `stock` could not serve, written to the `out_of_stock` sink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutOfStock {
+    pub order_id: i64,
+    pub sku: String,
+    pub qty: i64,
+    pub remaining: i64,
+}
+
+/// A sku whose stock fell below the threshold, written to the `alerts` sink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LowStockAlert {
+    pub sku: String,
+    pub remaining: i64,
+    pub ts: i64,
+}
+
+/// The risk score of an accepted order, written to the `scores` sink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Score {
+    pub order_id: i64,
+    pub user_id: i64,
+    pub score: i64,
+    pub flagged: bool,
+}
+
+/// Sales of one sku in one tumbling window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkuSales {
+    pub sku: String,
+    pub window_start: i64,
+    pub window_end: i64,
+    pub orders: i64,
+    pub units: i64,
+    pub revenue_cents: i64,
+}
+
+/// Units of one sku, an entry of a trending list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkuUnits {
+    pub sku: String,
+    pub units: i64,
+}
+
+/// The best-selling skus of one sliding window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trending {
+    pub window_start: i64,
+    pub window_end: i64,
+    pub top: Vec<SkuUnits>,
+}
+
+/// One user session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub user_id: i64,
+    pub window_start: i64,
+    pub window_end: i64,
+    pub orders: i64,
+    pub revenue_cents: i64,
+}

@@ -1,0 +1,924 @@
+//! One operator stage at run time: its partitions (each an instance of the module with its share
+//! of the keys), the host-owned keyed state and window accumulators of each partition, and what
+//! the stage has emitted but not yet handed downstream.
+//!
+//! Per key, records are processed in arrival order: a key always hashes to the same partition,
+//! and a partition processes its records in order. State changes returned by the guest are
+//! applied only when the whole call succeeded; a failed call is retried record by record, so a
+//! poison record changes nothing and loses nothing but itself.
+
+use crate::executor::DeadLetters;
+use crate::plan::OperatorPlan;
+use crate::sandbox::{GuestFailure, OperatorInstance};
+use crate::stats::{StageKind, StageStats};
+use crate::window::{Bounds, SessionSet, WindowSpec};
+use flumen_sdk::abi::{
+    BatchReader, BatchWriter, Encoding, OperatorKind, OutputEntry, OutputReader, OutputWriter,
+    RecordRef, SlotWriter,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+
+/// A fired window: its bounds, its key, its accumulator.
+type Fired = (Bounds, Vec<u8>, Vec<u8>);
+
+/// The state of one key of a `process` stage.
+struct StateEntry {
+    value: Vec<u8>,
+    /// Event time from which the entry may be dropped (time-to-live).
+    expires: Option<i64>,
+}
+
+/// The accumulator of one window; `fired` once its result was emitted (it stays while allowed
+/// lateness lasts).
+#[derive(Clone)]
+struct WindowAcc {
+    acc: Vec<u8>,
+    fired: bool,
+}
+
+/// A session being worked on during one call: the stored accumulators it merges, and the new
+/// records it takes.
+#[derive(Default)]
+struct SessionWork {
+    accs: Vec<Vec<u8>>,
+    records: Vec<usize>,
+    fired: bool,
+}
+
+/// One partition: an instance and the state of its keys.
+struct Partition {
+    instance: OperatorInstance,
+    state: HashMap<Vec<u8>, StateEntry>,
+    /// Tumbling and sliding windows, by (end, key).
+    windows: BTreeMap<(i64, Vec<u8>), WindowAcc>,
+    /// Session windows per key, and their firing order (end, key, start).
+    sessions: HashMap<Vec<u8>, SessionSet<WindowAcc>>,
+    session_ends: BTreeSet<(i64, Vec<u8>, i64)>,
+    input: BatchWriter,
+}
+
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Stateless,
+    Keyed { ttl: Option<i64> },
+    Window { spec: WindowSpec, lateness: i64 },
+}
+
+/// Records emitted by the partitions of one step, with the position that orders them: the input
+/// record they came from (so a key's records leave in the order they arrived, whatever the
+/// partitioning) or a fired window's rank.
+#[derive(Default)]
+struct Pending {
+    scratch: OutputWriter,
+    order: Vec<(u64, u16, usize, usize)>,
+}
+
+/// One operator stage.
+pub(crate) struct Stage {
+    pub name: String,
+    behaviour: Behaviour,
+    partitions: Vec<Partition>,
+    /// What the stage emitted, per port, not yet handed downstream (output-entry framing).
+    pub outputs: Vec<OutputWriter>,
+    /// The stage's current watermark.
+    pub watermark: i64,
+    pub stats: StageStats,
+    guest_ports: usize,
+    last_sweep: i64,
+    pending: Pending,
+}
+
+impl Stage {
+    /// A stage running `instances` (one per partition) as `plan` says.
+    pub fn new(plan: &OperatorPlan, instances: Vec<OperatorInstance>) -> Self {
+        let behaviour = match (plan.describe.kind, plan.config.window) {
+            (OperatorKind::Aggregate, Some(spec)) => Behaviour::Window {
+                spec,
+                lateness: plan.config.allowed_lateness_ms,
+            },
+            (OperatorKind::Process, _) => Behaviour::Keyed {
+                ttl: plan.config.state_ttl_ms,
+            },
+            _ => Behaviour::Stateless,
+        };
+        let ports: Vec<&str> = plan.ports.iter().map(|p| p.name.as_str()).collect();
+        Stage {
+            name: plan.config.name.clone(),
+            behaviour,
+            partitions: instances
+                .into_iter()
+                .map(|instance| Partition {
+                    instance,
+                    state: HashMap::new(),
+                    windows: BTreeMap::new(),
+                    sessions: HashMap::new(),
+                    session_ends: BTreeSet::new(),
+                    input: BatchWriter::new(Encoding::Bincode),
+                })
+                .collect(),
+            outputs: plan.ports.iter().map(|_| OutputWriter::default()).collect(),
+            watermark: i64::MIN,
+            stats: StageStats::new(&plan.config.name, StageKind::Operator, &ports),
+            guest_ports: plan.guest_ports().len(),
+            last_sweep: i64::MIN,
+            pending: Pending::default(),
+        }
+    }
+
+    /// Takes a batch from upstream (output-entry framing, values in `encoding`), keyed by the
+    /// port's key number `key`, and processes it partition by partition.
+    pub fn accept(
+        &mut self,
+        batch: &[u8],
+        key: Option<usize>,
+        encoding: Encoding,
+        dead: &mut DeadLetters,
+    ) {
+        let count = self.partitions.len();
+        let mut globals: Vec<Vec<u64>> = vec![Vec::new(); count];
+        for partition in &mut self.partitions {
+            partition.input.clear(encoding);
+        }
+        for (index, entry) in OutputReader::new(batch).flatten().enumerate() {
+            let OutputEntry::Record {
+                ts, keys, value, ..
+            } = entry
+            else {
+                continue;
+            };
+            let k = key.and_then(|k| keys.get(k)).unwrap_or_default();
+            let p = if count == 1 {
+                0
+            } else {
+                partition_of(k, count)
+            };
+            self.partitions[p].input.push(k, ts, value);
+            globals[p].push(index as u64);
+        }
+        for (p, globals) in globals.iter().enumerate() {
+            if self.partitions[p].input.is_empty() {
+                continue;
+            }
+            let input =
+                std::mem::replace(&mut self.partitions[p].input, BatchWriter::new(encoding));
+            self.stats.records_in += input.len() as u64;
+            self.run(p, input.as_bytes(), globals, dead);
+            self.partitions[p].input = input;
+        }
+        self.release_pending();
+    }
+
+    /// Moves what the partitions emitted to the output ports, in order.
+    fn release_pending(&mut self) {
+        let Pending { scratch, order } = &mut self.pending;
+        order.sort_by_key(|(position, ..)| *position);
+        for &(_, port, start, end) in order.iter() {
+            self.outputs[usize::from(port)].append_encoded(&scratch.as_bytes()[start..end]);
+        }
+        order.clear();
+        scratch.clear();
+    }
+
+    /// Runs partition `p` over `batch`; if the call fails, record by record.
+    fn run(&mut self, p: usize, batch: &[u8], globals: &[u64], dead: &mut DeadLetters) {
+        let Err(failure) = self.try_run(p, batch, globals, dead) else {
+            return;
+        };
+        tracing::debug!(stage = %self.name, %failure, "batch failed; retrying record by record");
+        let Ok(reader) = BatchReader::new(batch) else {
+            return;
+        };
+        let encoding = reader.encoding();
+        let mut single = BatchWriter::new(encoding);
+        for (i, record) in reader.flatten().enumerate() {
+            single.clear(encoding);
+            single.push(record.key, record.ts, record.value);
+            let global = [globals.get(i).copied().unwrap_or(u64::MAX)];
+            if let Err(failure) = self.try_run(p, single.as_bytes(), &global, dead) {
+                let raw = match encoding {
+                    Encoding::Json => record.value.to_vec(),
+                    Encoding::Bincode => {
+                        render_json(&mut self.partitions[p].instance, single.as_bytes())
+                            .unwrap_or_else(|| {
+                                format!("<{} bytes>", record.value.len()).into_bytes()
+                            })
+                    }
+                };
+                self.stats.dead_letters += 1;
+                dead.push(&self.name, &failure.0, &raw);
+            }
+        }
+    }
+
+    fn try_run(
+        &mut self,
+        p: usize,
+        batch: &[u8],
+        globals: &[u64],
+        dead: &mut DeadLetters,
+    ) -> Result<(), GuestFailure> {
+        match self.behaviour {
+            Behaviour::Stateless => {
+                let output = self.partitions[p].instance.process(&[batch])?;
+                let checked = check(output, self.guest_ports, 0)?;
+                apply_records(
+                    output,
+                    &checked,
+                    &mut self.pending,
+                    globals,
+                    &mut self.stats,
+                    dead,
+                    &self.name,
+                    |_, _| {},
+                );
+                Ok(())
+            }
+            Behaviour::Keyed { ttl } => self.run_keyed(p, batch, globals, ttl, dead),
+            Behaviour::Window { spec, lateness } if spec.is_merging() => {
+                self.run_sessions(p, batch, globals, spec, lateness, dead)
+            }
+            Behaviour::Window { spec, lateness } => {
+                self.run_windows(p, batch, globals, spec, lateness, dead)
+            }
+        }
+    }
+
+    fn run_keyed(
+        &mut self,
+        p: usize,
+        batch: &[u8],
+        globals: &[u64],
+        ttl: Option<i64>,
+        dead: &mut DeadLetters,
+    ) -> Result<(), GuestFailure> {
+        let reader = BatchReader::new(batch).map_err(|e| GuestFailure(e.to_string()))?;
+        let watermark = self.watermark;
+        let partition = &mut self.partitions[p];
+        let mut slots = SlotWriter::default();
+        let mut slot_of: HashMap<&[u8], u32> = HashMap::new();
+        let mut slot_keys: Vec<&[u8]> = Vec::new();
+        let mut slot_ts: Vec<i64> = Vec::new();
+        let mut rebuilt = BatchWriter::new(reader.encoding());
+        for record in reader.flatten() {
+            let slot = *slot_of.entry(record.key).or_insert_with(|| {
+                let stored = partition
+                    .state
+                    .get(record.key)
+                    .filter(|e| e.expires.is_none_or(|at| at > watermark))
+                    .map(|e| e.value.as_slice());
+                slot_keys.push(record.key);
+                slot_ts.push(record.ts);
+                slots.push(record.key, stored)
+            });
+            let latest = &mut slot_ts[slot as usize];
+            *latest = (*latest).max(record.ts);
+            rebuilt.push_with(record.key, record.ts, &[slot], |b| {
+                b.extend_from_slice(record.value)
+            });
+        }
+        let output = partition
+            .instance
+            .process(&[rebuilt.as_bytes(), slots.as_bytes()])?;
+        let checked = check(output, self.guest_ports, slots.len())?;
+        let state = &mut partition.state;
+        apply_records(
+            output,
+            &checked,
+            &mut self.pending,
+            globals,
+            &mut self.stats,
+            dead,
+            &self.name,
+            |slot, value| {
+                let key = slot_keys[slot as usize].to_vec();
+                match value {
+                    Some(value) => {
+                        let expires = ttl.map(|t| slot_ts[slot as usize].saturating_add(t));
+                        state.insert(
+                            key,
+                            StateEntry {
+                                value: value.to_vec(),
+                                expires,
+                            },
+                        );
+                    }
+                    None => {
+                        state.remove(&key);
+                    }
+                }
+            },
+        );
+        Ok(())
+    }
+
+    fn run_windows(
+        &mut self,
+        p: usize,
+        batch: &[u8],
+        globals: &[u64],
+        spec: WindowSpec,
+        lateness: i64,
+        dead: &mut DeadLetters,
+    ) -> Result<(), GuestFailure> {
+        let reader = BatchReader::new(batch).map_err(|e| GuestFailure(e.to_string()))?;
+        let encoding = reader.encoding();
+        let watermark = self.watermark;
+        let partition = &mut self.partitions[p];
+        let mut slots = SlotWriter::default();
+        let mut slot_of: HashMap<(i64, &[u8]), u32> = HashMap::new();
+        let mut slot_windows: Vec<(Bounds, &[u8])> = Vec::new();
+        let mut rebuilt = BatchWriter::new(encoding);
+        let mut late = BatchWriter::new(encoding);
+        let mut bounds = Vec::new();
+        let mut refs = Vec::new();
+        let mut late_globals = Vec::new();
+        for (i, record) in reader.flatten().enumerate() {
+            spec.assign(record.ts, &mut bounds);
+            refs.clear();
+            for window in bounds.iter().filter(|w| !w.is_fired(watermark, lateness)) {
+                let slot = *slot_of.entry((window.end, record.key)).or_insert_with(|| {
+                    let stored = partition
+                        .windows
+                        .get(&(window.end, record.key.to_vec()))
+                        .map(|w| w.acc.as_slice());
+                    slot_windows.push((*window, record.key));
+                    slots.push(record.key, stored)
+                });
+                refs.push(slot);
+            }
+            if refs.is_empty() {
+                late.push(record.key, record.ts, record.value);
+                late_globals.push(globals.get(i).copied().unwrap_or(u64::MAX));
+            } else {
+                rebuilt.push_with(record.key, record.ts, &refs, |b| {
+                    b.extend_from_slice(record.value)
+                });
+            }
+        }
+        let mut refire = Vec::new();
+        if !rebuilt.is_empty() {
+            let output = partition
+                .instance
+                .process(&[rebuilt.as_bytes(), slots.as_bytes()])?;
+            let checked = check(output, 0, slots.len())?;
+            let windows = &mut partition.windows;
+            apply_records(
+                output,
+                &checked,
+                &mut self.pending,
+                globals,
+                &mut self.stats,
+                dead,
+                &self.name,
+                |slot, value| {
+                    let (window, key) = slot_windows[slot as usize];
+                    let Some(acc) = value else { return };
+                    let entry = windows
+                        .entry((window.end, key.to_vec()))
+                        .or_insert(WindowAcc {
+                            acc: Vec::new(),
+                            fired: false,
+                        });
+                    entry.acc = acc.to_vec();
+                    if entry.fired {
+                        refire.push((window, key.to_vec(), entry.acc.clone()));
+                    }
+                },
+            );
+        }
+        self.emit_late(p, &late, &late_globals);
+        self.finish(p, refire, u64::MAX, dead);
+        Ok(())
+    }
+
+    fn run_sessions(
+        &mut self,
+        p: usize,
+        batch: &[u8],
+        globals: &[u64],
+        spec: WindowSpec,
+        lateness: i64,
+        dead: &mut DeadLetters,
+    ) -> Result<(), GuestFailure> {
+        let reader = BatchReader::new(batch).map_err(|e| GuestFailure(e.to_string()))?;
+        let encoding = reader.encoding();
+        let records: Vec<RecordRef<'_>> = reader.flatten().collect();
+        let watermark = self.watermark;
+        let partition = &mut self.partitions[p];
+        // Work on copies of the touched keys' sessions; the store changes only on success.
+        let mut work: BTreeMap<&[u8], SessionSet<SessionWork>> = BTreeMap::new();
+        let mut late = BatchWriter::new(encoding);
+        let mut late_globals = Vec::new();
+        let mut bounds = Vec::new();
+        for (index, record) in records.iter().enumerate() {
+            let sessions = work.entry(record.key).or_insert_with(|| SessionSet {
+                sessions: partition
+                    .sessions
+                    .get(record.key)
+                    .map(|set| {
+                        set.sessions
+                            .iter()
+                            .map(|(b, w)| {
+                                (
+                                    *b,
+                                    SessionWork {
+                                        accs: vec![w.acc.clone()],
+                                        records: Vec::new(),
+                                        fired: w.fired,
+                                    },
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            });
+            spec.assign(record.ts, &mut bounds);
+            let window = bounds[0];
+            let merged_would_be_late =
+                !sessions.touches(&window) && window.is_fired(watermark, lateness);
+            if merged_would_be_late {
+                late.push(record.key, record.ts, record.value);
+                late_globals.push(globals.get(index).copied().unwrap_or(u64::MAX));
+                continue;
+            }
+            sessions.merge_in(window, |parts| {
+                let mut merged = SessionWork::default();
+                for part in parts {
+                    merged.accs.extend(part.accs);
+                    merged.records.extend(part.records);
+                    merged.fired |= part.fired;
+                }
+                merged.records.push(index);
+                merged
+            });
+        }
+
+        // Merge the stored accumulators of sessions a record bridged, then add the records.
+        let mut merge_slots = SlotWriter::default();
+        let mut merges = BatchWriter::new(encoding);
+        let mut add_slots = SlotWriter::default();
+        let mut adds = BatchWriter::new(encoding);
+        let mut changed: Vec<(&[u8], Bounds, bool)> = Vec::new();
+        let mut merged_into: Vec<Option<u32>> = Vec::new();
+        for (key, sessions) in &work {
+            for (window, session) in &sessions.sessions {
+                if session.records.is_empty() {
+                    continue;
+                }
+                let slot = changed.len() as u32;
+                changed.push((key, *window, session.fired));
+                if session.accs.len() >= 2 {
+                    let target = merge_slots.push(key, None);
+                    let sources: Vec<u32> = session
+                        .accs
+                        .iter()
+                        .map(|acc| merge_slots.push(key, Some(acc)))
+                        .collect();
+                    let refs: Vec<u32> = std::iter::once(target).chain(sources).collect();
+                    merges.push_with(key, window.end - 1, &refs, |_| {});
+                    merged_into.push(Some(target));
+                    add_slots.push(key, None);
+                } else {
+                    merged_into.push(None);
+                    add_slots.push(key, session.accs.first().map(Vec::as_slice));
+                }
+                for &index in &session.records {
+                    let record = &records[index];
+                    adds.push_with(key, record.ts, &[slot], |b| {
+                        b.extend_from_slice(record.value)
+                    });
+                }
+            }
+        }
+        let mut merged_accs: HashMap<u32, Vec<u8>> = HashMap::new();
+        if !merges.is_empty() {
+            let output = partition
+                .instance
+                .merge(&[merges.as_bytes(), merge_slots.as_bytes()])?;
+            let checked = check(output, 0, merge_slots.len())?;
+            apply_records(
+                output,
+                &checked,
+                &mut self.pending,
+                &[],
+                &mut self.stats,
+                dead,
+                &self.name,
+                |slot, value| {
+                    if let Some(value) = value {
+                        merged_accs.insert(slot, value.to_vec());
+                    }
+                },
+            );
+        }
+        if merged_accs.len() < merged_into.iter().flatten().count() {
+            return Err(GuestFailure(
+                "merge returned fewer accumulators than asked".into(),
+            ));
+        }
+        // The add call must see the merged accumulators: rebuild its slots when merges happened.
+        if !merged_accs.is_empty() {
+            let mut slots = SlotWriter::default();
+            for (slot, (key, _, _)) in changed.iter().enumerate() {
+                let stored = match merged_into[slot] {
+                    Some(target) => merged_accs.get(&target).map(Vec::as_slice),
+                    None => work
+                        .get(key)
+                        .and_then(|s| {
+                            s.sessions
+                                .iter()
+                                .find(|(b, _)| *b == changed[slot].1)
+                                .and_then(|(_, w)| w.accs.first())
+                        })
+                        .map(Vec::as_slice),
+                };
+                slots.push(key, stored);
+            }
+            add_slots = slots;
+        }
+        let mut new_accs: HashMap<u32, Vec<u8>> = HashMap::new();
+        if !adds.is_empty() {
+            let output = partition
+                .instance
+                .process(&[adds.as_bytes(), add_slots.as_bytes()])?;
+            let checked = check(output, 0, add_slots.len())?;
+            apply_records(
+                output,
+                &checked,
+                &mut self.pending,
+                &[],
+                &mut self.stats,
+                dead,
+                &self.name,
+                |slot, value| {
+                    if let Some(value) = value {
+                        new_accs.insert(slot, value.to_vec());
+                    }
+                },
+            );
+        }
+
+        // Success: the working sessions become the stored ones.
+        let mut refire = Vec::new();
+        for (key, sessions) in work {
+            if let Some(old) = partition.sessions.get(key) {
+                for (b, _) in &old.sessions {
+                    partition
+                        .session_ends
+                        .remove(&(b.end, key.to_vec(), b.start));
+                }
+            }
+            let mut stored = SessionSet::default();
+            for (window, session) in sessions.sessions {
+                let acc = if session.records.is_empty() {
+                    session.accs.into_iter().next()
+                } else {
+                    changed
+                        .iter()
+                        .position(|(k, b, _)| *k == key && *b == window)
+                        .and_then(|slot| new_accs.remove(&(slot as u32)))
+                };
+                let Some(acc) = acc else { continue };
+                if session.fired && !session.records.is_empty() {
+                    refire.push((window, key.to_vec(), acc.clone()));
+                }
+                partition
+                    .session_ends
+                    .insert((window.end, key.to_vec(), window.start));
+                stored.sessions.push((
+                    window,
+                    WindowAcc {
+                        acc,
+                        fired: session.fired,
+                    },
+                ));
+            }
+            partition.sessions.insert(key.to_vec(), stored);
+        }
+        self.emit_late(p, &late, &late_globals);
+        self.finish(p, refire, u64::MAX, dead);
+        Ok(())
+    }
+
+    /// Sends records too late for every window to the `late` port, rendered as JSON by the
+    /// module: `{"stage": …, "record": …}`.
+    fn emit_late(&mut self, p: usize, late: &BatchWriter, globals: &[u64]) {
+        if late.is_empty() {
+            return;
+        }
+        let late_port = self.outputs.len() - 1;
+        let stage = serde_json::to_string(&self.name).unwrap_or_default();
+        let rendered = match late.as_bytes().first() {
+            Some(&b) if b == Encoding::Json as u8 => None,
+            _ => self.partitions[p].instance.to_json(late.as_bytes()).ok(),
+        };
+        let mut records = BatchReader::new(late.as_bytes())
+            .into_iter()
+            .flatten()
+            .flatten();
+        let json: Vec<(i64, Vec<u8>)> = match rendered {
+            Some(output) => OutputReader::new(output)
+                .flatten()
+                .filter_map(|e| match e {
+                    OutputEntry::Record { ts, value, .. } => Some((ts, value.to_vec())),
+                    _ => None,
+                })
+                .collect(),
+            None => records.by_ref().map(|r| (r.ts, r.value.to_vec())).collect(),
+        };
+        for (i, (ts, record)) in json.into_iter().enumerate() {
+            let mut line = Vec::with_capacity(record.len() + stage.len() + 24);
+            line.extend_from_slice(b"{\"stage\":");
+            line.extend_from_slice(stage.as_bytes());
+            line.extend_from_slice(b",\"record\":");
+            line.extend_from_slice(&record);
+            line.push(b'}');
+            let start = self.pending.scratch.as_bytes().len();
+            let entry = self
+                .pending
+                .scratch
+                .record(late_port as u16, i as u32, ts, 0);
+            let _ = entry.value(|b| {
+                b.extend_from_slice(&line);
+                Ok::<_, ()>(())
+            });
+            let end = self.pending.scratch.as_bytes().len();
+            let position = globals.get(i).copied().unwrap_or(u64::MAX);
+            self.pending
+                .order
+                .push((position, late_port as u16, start, end));
+            self.stats.outputs[late_port].1 += 1;
+        }
+    }
+
+    /// Advances the stage's watermark: fires the windows it completes, forgets expired state.
+    pub fn advance(&mut self, watermark: i64, dead: &mut DeadLetters) {
+        if watermark <= self.watermark {
+            return;
+        }
+        self.watermark = watermark;
+        match self.behaviour {
+            Behaviour::Stateless => {}
+            Behaviour::Keyed { ttl: Some(ttl) } => {
+                if watermark.saturating_sub(self.last_sweep) >= ttl / 2 {
+                    self.last_sweep = watermark;
+                    for partition in &mut self.partitions {
+                        partition
+                            .state
+                            .retain(|_, e| e.expires.is_none_or(|at| at > watermark));
+                    }
+                }
+            }
+            Behaviour::Keyed { ttl: None } => {}
+            Behaviour::Window { spec, lateness } => {
+                // Fire in (end, key) order across partitions, so the order of results does not
+                // depend on how keys are spread.
+                let mut due: Vec<(Bounds, Vec<u8>, Vec<u8>, usize)> = Vec::new();
+                for p in 0..self.partitions.len() {
+                    let fired = take_due(&mut self.partitions[p], spec, watermark, lateness);
+                    due.extend(fired.into_iter().map(|(b, k, a)| (b, k, a, p)));
+                }
+                due.sort_by(|a, b| (a.0.end, &a.1, a.0.start).cmp(&(b.0.end, &b.1, b.0.start)));
+                let mut per_partition: Vec<Vec<Fired>> = vec![Vec::new(); self.partitions.len()];
+                let mut ranks: Vec<Vec<u64>> = vec![Vec::new(); self.partitions.len()];
+                for (rank, (bounds, key, acc, p)) in due.into_iter().enumerate() {
+                    per_partition[p].push((bounds, key, acc));
+                    ranks[p].push(rank as u64);
+                }
+                for (p, windows) in per_partition.into_iter().enumerate() {
+                    self.finish_ranked(p, windows, &ranks[p], dead);
+                }
+                self.release_pending();
+            }
+        }
+    }
+
+    /// Emits the results of fired windows of partition `p`, all at one position.
+    fn finish(&mut self, p: usize, windows: Vec<Fired>, position: u64, dead: &mut DeadLetters) {
+        let ranks = vec![position; windows.len()];
+        self.finish_ranked(p, windows, &ranks, dead);
+    }
+
+    /// Emits the results of fired windows of partition `p`, the i-th at position `ranks[i]`.
+    fn finish_ranked(
+        &mut self,
+        p: usize,
+        windows: Vec<Fired>,
+        ranks: &[u64],
+        dead: &mut DeadLetters,
+    ) {
+        if windows.is_empty() {
+            return;
+        }
+        let mut request = BatchWriter::new(Encoding::Bincode);
+        for (window, key, acc) in &windows {
+            request.push_with(key, window.max_timestamp(), &[], |b| {
+                b.extend_from_slice(&window.start.to_le_bytes());
+                b.extend_from_slice(&window.end.to_le_bytes());
+                b.extend_from_slice(acc);
+            });
+        }
+        let outcome = self.partitions[p]
+            .instance
+            .finish(&[request.as_bytes()])
+            .and_then(|output| {
+                let checked = check(output, self.guest_ports, 0)?;
+                apply_records(
+                    output,
+                    &checked,
+                    &mut self.pending,
+                    ranks,
+                    &mut self.stats,
+                    dead,
+                    &self.name,
+                    |_, _| {},
+                );
+                Ok(())
+            });
+        if let Err(failure) = outcome {
+            for (window, key, _) in &windows {
+                self.stats.dead_letters += 1;
+                let raw = format!(
+                    "window [{}, {}) of key {:?}",
+                    window.start,
+                    window.end,
+                    String::from_utf8_lossy(key)
+                );
+                dead.push(&self.name, &format!("finish {}", failure.0), raw.as_bytes());
+            }
+        }
+    }
+}
+
+/// Takes the windows of `partition` that `watermark` fires (marking them fired) and drops those
+/// whose lateness has passed; returns `(bounds, key, accumulator)` in firing order.
+fn take_due(
+    partition: &mut Partition,
+    spec: WindowSpec,
+    watermark: i64,
+    lateness: i64,
+) -> Vec<Fired> {
+    let mut due = Vec::new();
+    let last_end = watermark.saturating_add(1);
+    if spec.is_merging() {
+        // Every session whose last instant `end - 1` is at or before the watermark.
+        let ends: Vec<(i64, Vec<u8>, i64)> = partition
+            .session_ends
+            .range(..(last_end.saturating_add(1), Vec::new(), i64::MIN))
+            .cloned()
+            .collect();
+        for (end, key, start) in ends {
+            let bounds = Bounds { start, end };
+            let Some(set) = partition.sessions.get_mut(&key) else {
+                continue;
+            };
+            let Some(at) = set.sessions.iter().position(|(b, _)| *b == bounds) else {
+                continue;
+            };
+            let acc = &mut set.sessions[at].1;
+            if !acc.fired {
+                acc.fired = true;
+                due.push((bounds, key.clone(), acc.acc.clone()));
+            }
+            if bounds.is_fired(watermark, lateness) {
+                set.sessions.remove(at);
+                partition.session_ends.remove(&(end, key.clone(), start));
+                if set.sessions.is_empty() {
+                    partition.sessions.remove(&key);
+                }
+            }
+        }
+    } else {
+        let size = match spec {
+            WindowSpec::Tumbling { size_ms } => size_ms,
+            WindowSpec::Sliding { size_ms, .. } => size_ms,
+            WindowSpec::Session { gap_ms } => gap_ms,
+        };
+        let keys: Vec<(i64, Vec<u8>)> = partition
+            .windows
+            .range(..(last_end.saturating_add(1), Vec::new()))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (end, key) in keys {
+            let bounds = Bounds {
+                start: end - size,
+                end,
+            };
+            let Some(window) = partition.windows.get_mut(&(end, key.clone())) else {
+                continue;
+            };
+            if !window.fired {
+                window.fired = true;
+                due.push((bounds, key.clone(), window.acc.clone()));
+            }
+            if bounds.is_fired(watermark, lateness) {
+                partition.windows.remove(&(end, key));
+            }
+        }
+    }
+    due
+}
+
+/// Where a key goes among `count` partitions: a fixed hash, the same on every run.
+fn partition_of(key: &[u8], count: usize) -> usize {
+    let mut hasher = std::hash::DefaultHasher::new();
+    key.hash(&mut hasher);
+    (hasher.finish() % count as u64) as usize
+}
+
+/// The JSON rendering of the single record in `batch`, by the module that decodes its type.
+pub(crate) fn render_json(instance: &mut OperatorInstance, batch: &[u8]) -> Option<Vec<u8>> {
+    let output = instance.to_json(batch).ok()?;
+    match OutputReader::new(output).next()? {
+        Ok(OutputEntry::Record { value, .. }) => Some(value.to_vec()),
+        _ => None,
+    }
+}
+
+/// How many entries of each kind an output holds, once it is known to be well formed.
+struct Checked;
+
+/// Checks a guest's whole output before any of it is used: framing, port numbers, slot numbers.
+fn check(output: &[u8], ports: usize, slots: usize) -> Result<Checked, GuestFailure> {
+    for entry in OutputReader::new(output) {
+        match entry {
+            Err(e) => {
+                return Err(GuestFailure(format!(
+                    "module returned a malformed output: {e}"
+                )));
+            }
+            Ok(OutputEntry::Record { port, .. }) if usize::from(port) >= ports => {
+                return Err(GuestFailure(format!(
+                    "module wrote to port {port}, which it does not have"
+                )));
+            }
+            Ok(OutputEntry::State { slot, .. }) if slot as usize >= slots => {
+                return Err(GuestFailure(format!(
+                    "module wrote to state slot {slot}, which it was not given"
+                )));
+            }
+            Ok(OutputEntry::Error {
+                input_index: u32::MAX,
+                message,
+                ..
+            }) => {
+                return Err(GuestFailure(format!(
+                    "module failed the whole batch: {message}"
+                )));
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(Checked)
+}
+
+/// Applies a checked output: records to the pending outputs (at the position `positions` gives
+/// their input record), errors to the dead letters, state entries through `on_state`.
+#[allow(clippy::too_many_arguments)]
+fn apply_records(
+    output: &[u8],
+    _checked: &Checked,
+    pending: &mut Pending,
+    positions: &[u64],
+    stats: &mut StageStats,
+    dead: &mut DeadLetters,
+    stage: &str,
+    mut on_state: impl FnMut(u32, Option<&[u8]>),
+) {
+    for entry in OutputReader::new(output).flatten() {
+        match entry {
+            OutputEntry::Record {
+                port,
+                input_index,
+                ts,
+                keys,
+                value,
+            } => {
+                let start = pending.scratch.as_bytes().len();
+                let mut record = pending
+                    .scratch
+                    .record(port, input_index, ts, keys.len() as u8);
+                for k in 0..keys.len() {
+                    record.key(|b| b.extend_from_slice(keys.get(k).unwrap_or_default()));
+                }
+                let _ = record.value(|b| {
+                    b.extend_from_slice(value);
+                    Ok::<_, ()>(())
+                });
+                let end = pending.scratch.as_bytes().len();
+                let position = positions
+                    .get(input_index as usize)
+                    .copied()
+                    .unwrap_or(u64::MAX);
+                pending.order.push((position, port, start, end));
+                stats.outputs[usize::from(port)].1 += 1;
+            }
+            OutputEntry::Error { message, raw, .. } => {
+                stats.dead_letters += 1;
+                dead.push(stage, message, raw);
+            }
+            OutputEntry::State { slot, value } => on_state(slot, value),
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! Event-time windows, as Flink defines them: epoch-aligned tumbling and sliding windows, session
+//! windows that merge when they touch, half-open `[start, end)`, firing once the watermark reaches
+//! `end - 1`, and a record late for a window that has fired. Pure functions: the executor keeps the
+//! accumulators, this module says which windows a record belongs to and which have fired.
+
+use serde::Deserialize;
+
+/// How a window stage groups records in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum WindowSpec {
+    /// Back-to-back windows of `size_ms`.
+    Tumbling { size_ms: i64 },
+    /// Windows of `size_ms` starting every `slide_ms`.
+    Sliding { size_ms: i64, slide_ms: i64 },
+    /// A key's records closer than `gap_ms` to one another.
+    Session { gap_ms: i64 },
+}
+
+/// A window's bounds, `[start, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Bounds {
+    pub start: i64,
+    pub end: i64,
+}
+
+impl Bounds {
+    /// The last instant in the window: it fires when the watermark reaches it.
+    pub fn max_timestamp(&self) -> i64 {
+        self.end - 1
+    }
+
+    /// Whether a watermark at `watermark` has fired this window (with `lateness` allowed).
+    pub fn is_fired(&self, watermark: i64, lateness: i64) -> bool {
+        self.max_timestamp().saturating_add(lateness) <= watermark
+    }
+
+    /// Whether the windows overlap or touch (Flink merges those).
+    pub fn touches(&self, other: &Bounds) -> bool {
+        self.start <= other.end && other.start <= self.end
+    }
+
+    /// The smallest window covering both.
+    pub fn cover(&self, other: &Bounds) -> Bounds {
+        Bounds {
+            start: self.start.min(other.start),
+            end: self.end.max(other.end),
+        }
+    }
+}
+
+impl WindowSpec {
+    /// Checks the sizes, saying what is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        match *self {
+            WindowSpec::Tumbling { size_ms } if size_ms <= 0 => {
+                Err("a tumbling window needs size_ms > 0".into())
+            }
+            WindowSpec::Sliding { size_ms, slide_ms } if size_ms <= 0 || slide_ms <= 0 => {
+                Err("a sliding window needs size_ms > 0 and slide_ms > 0".into())
+            }
+            WindowSpec::Sliding { size_ms, slide_ms } if size_ms % slide_ms != 0 => {
+                Err("a sliding window's size_ms must be a multiple of slide_ms".into())
+            }
+            WindowSpec::Session { gap_ms } if gap_ms <= 0 => {
+                Err("a session window needs gap_ms > 0".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The windows a record at `ts` belongs to, earliest first. A session record's own window is
+    /// `[ts, ts + gap)`, to be merged with the key's other sessions.
+    pub fn assign(&self, ts: i64, into: &mut Vec<Bounds>) {
+        into.clear();
+        match *self {
+            WindowSpec::Tumbling { size_ms } => {
+                let start = ts - ts.rem_euclid(size_ms);
+                into.push(Bounds {
+                    start,
+                    end: start + size_ms,
+                });
+            }
+            WindowSpec::Sliding { size_ms, slide_ms } => {
+                let last = ts - ts.rem_euclid(slide_ms);
+                let mut start = last - size_ms + slide_ms;
+                while start <= last {
+                    into.push(Bounds {
+                        start,
+                        end: start + size_ms,
+                    });
+                    start += slide_ms;
+                }
+            }
+            WindowSpec::Session { gap_ms } => into.push(Bounds {
+                start: ts,
+                end: ts.saturating_add(gap_ms),
+            }),
+        }
+    }
+
+    /// Whether windows of this kind merge (sessions).
+    pub fn is_merging(&self) -> bool {
+        matches!(self, WindowSpec::Session { .. })
+    }
+}
+
+/// The sessions of one key: sorted by start, pairwise neither overlapping nor touching, each with
+/// a payload (what the executor accumulates for it).
+#[derive(Debug, Clone)]
+pub struct SessionSet<T> {
+    pub sessions: Vec<(Bounds, T)>,
+}
+
+impl<T> Default for SessionSet<T> {
+    fn default() -> Self {
+        SessionSet {
+            sessions: Vec::new(),
+        }
+    }
+}
+
+impl<T> SessionSet<T> {
+    /// Adds the session window of a new record: every session it touches (directly or through
+    /// another) is merged with it into one, whose payload `combine` makes from theirs (in start
+    /// order; none if it touches nothing). Returns the merged bounds.
+    pub fn merge_in(&mut self, window: Bounds, combine: impl FnOnce(Vec<T>) -> T) -> Bounds {
+        let mut cover = window;
+        let mut taken = Vec::new();
+        loop {
+            let before = taken.len();
+            let mut i = 0;
+            while i < self.sessions.len() {
+                if self.sessions[i].0.touches(&cover) {
+                    let (bounds, payload) = self.sessions.remove(i);
+                    cover = cover.cover(&bounds);
+                    taken.push((bounds, payload));
+                } else {
+                    i += 1;
+                }
+            }
+            if taken.len() == before {
+                break;
+            }
+        }
+        taken.sort_by_key(|(b, _)| b.start);
+        let payload = combine(taken.into_iter().map(|(_, p)| p).collect());
+        let at = self
+            .sessions
+            .partition_point(|(b, _)| b.start < cover.start);
+        self.sessions.insert(at, (cover, payload));
+        cover
+    }
+
+    /// Whether a record at window `window` would merge into an existing session.
+    pub fn touches(&self, window: &Bounds) -> bool {
+        self.sessions.iter().any(|(b, _)| b.touches(window))
+    }
+}
+
+/// Bounded-out-of-orderness watermarks: the largest event time seen minus the allowed delay,
+/// never going back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundedOutOfOrderness {
+    delay: i64,
+    max_seen: Option<i64>,
+}
+
+impl BoundedOutOfOrderness {
+    pub fn new(delay_ms: i64) -> Self {
+        BoundedOutOfOrderness {
+            delay: delay_ms.max(0),
+            max_seen: None,
+        }
+    }
+
+    /// Notes a record's event time.
+    pub fn observe(&mut self, ts: i64) {
+        self.max_seen = Some(self.max_seen.map_or(ts, |m| m.max(ts)));
+    }
+
+    /// The current watermark (`i64::MIN` before any record).
+    pub fn watermark(&self) -> i64 {
+        self.max_seen
+            .map_or(i64::MIN, |m| m.saturating_sub(self.delay))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Sessions the obvious way: sort, split where consecutive times are more than `gap` apart.
+    fn model_sessions(mut times: Vec<i64>, gap: i64) -> Vec<(Bounds, usize)> {
+        times.sort();
+        let mut out: Vec<(i64, i64, usize)> = Vec::new();
+        for t in times {
+            match out.last_mut() {
+                Some((_, last, n)) if t - *last <= gap => {
+                    *last = t;
+                    *n += 1;
+                }
+                _ => out.push((t, t, 1)),
+            }
+        }
+        out.into_iter()
+            .map(|(first, last, n)| {
+                (
+                    Bounds {
+                        start: first,
+                        end: last + gap,
+                    },
+                    n,
+                )
+            })
+            .collect()
+    }
+
+    fn assigned(spec: WindowSpec, ts: i64) -> Vec<Bounds> {
+        let mut out = Vec::new();
+        spec.assign(ts, &mut out);
+        out
+    }
+
+    #[test]
+    fn tumbling_windows_are_epoch_aligned() {
+        let spec = WindowSpec::Tumbling { size_ms: 60_000 };
+        assert_eq!(
+            assigned(spec, 0),
+            vec![Bounds {
+                start: 0,
+                end: 60_000
+            }]
+        );
+        assert_eq!(
+            assigned(spec, 59_999),
+            vec![Bounds {
+                start: 0,
+                end: 60_000
+            }]
+        );
+        assert_eq!(
+            assigned(spec, 60_000),
+            vec![Bounds {
+                start: 60_000,
+                end: 120_000
+            }]
+        );
+        assert_eq!(
+            assigned(spec, -1),
+            vec![Bounds {
+                start: -60_000,
+                end: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn a_window_fires_when_the_watermark_reaches_its_last_instant() {
+        let w = Bounds {
+            start: 0,
+            end: 60_000,
+        };
+        assert!(!w.is_fired(59_998, 0));
+        assert!(w.is_fired(59_999, 0));
+        assert!(!w.is_fired(59_999, 1));
+        assert!(w.is_fired(i64::MAX, i64::MAX));
+    }
+
+    #[test]
+    fn bad_sizes_are_refused() {
+        assert!(WindowSpec::Tumbling { size_ms: 0 }.check().is_err());
+        assert!(
+            WindowSpec::Sliding {
+                size_ms: 10,
+                slide_ms: 3
+            }
+            .check()
+            .is_err()
+        );
+        assert!(WindowSpec::Session { gap_ms: -1 }.check().is_err());
+        assert!(
+            WindowSpec::Sliding {
+                size_ms: 600_000,
+                slide_ms: 60_000
+            }
+            .check()
+            .is_ok()
+        );
+    }
+
+    proptest! {
+        /// Against the obvious model: every window `[s, s + size)` with `s` a multiple of the
+        /// slide that contains `ts`.
+        #[test]
+        fn sliding_assignment_matches_the_model(
+            ts in -10_000_000i64..10_000_000,
+            slide in 1i64..5_000,
+            factor in 1i64..12,
+        ) {
+            let size = slide * factor;
+            let got = assigned(WindowSpec::Sliding { size_ms: size, slide_ms: slide }, ts);
+            let mut expected = Vec::new();
+            let mut s = (ts - size - slide).div_euclid(slide) * slide;
+            while s <= ts {
+                if s <= ts && ts < s + size {
+                    expected.push(Bounds { start: s, end: s + size });
+                }
+                s += slide;
+            }
+            prop_assert_eq!(got, expected);
+        }
+
+        #[test]
+        fn tumbling_is_sliding_with_slide_equal_to_size(ts in -10_000_000i64..10_000_000, size in 1i64..100_000) {
+            prop_assert_eq!(
+                assigned(WindowSpec::Tumbling { size_ms: size }, ts),
+                assigned(WindowSpec::Sliding { size_ms: size, slide_ms: size }, ts)
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn session_merging_matches_the_model(
+            times in proptest::collection::vec(0i64..200_000, 1..60),
+            gap in 1i64..20_000,
+        ) {
+            let mut set = SessionSet::<usize>::default();
+            for &t in &times {
+                set.merge_in(Bounds { start: t, end: t + gap }, |merged| merged.iter().sum::<usize>() + 1);
+            }
+            prop_assert_eq!(set.sessions, model_sessions(times, gap));
+        }
+
+        /// Over input shuffled by at most `delay`, the watermark never goes back, stays `delay`
+        /// behind the largest time seen, and no record arrives behind it.
+        #[test]
+        fn watermarks_never_overtake_boundedly_shuffled_input(
+            steps in proptest::collection::vec(0i64..1_000, 1..300),
+            jitter in proptest::collection::vec(0i64..5_000, 300),
+            delay in 5_000i64..10_000,
+        ) {
+            let mut clock = 0;
+            let times: Vec<i64> = steps.iter().zip(&jitter).map(|(step, j)| {
+                clock += step;
+                clock - j
+            }).collect();
+            let mut tracker = BoundedOutOfOrderness::new(delay);
+            let mut last = tracker.watermark();
+            let mut max_seen = i64::MIN;
+            for ts in times {
+                prop_assert!(ts > tracker.watermark(), "record {} behind watermark {}", ts, tracker.watermark());
+                tracker.observe(ts);
+                max_seen = max_seen.max(ts);
+                prop_assert!(tracker.watermark() >= last);
+                prop_assert_eq!(tracker.watermark(), max_seen - delay);
+                last = tracker.watermark();
+            }
+        }
+    }
+}

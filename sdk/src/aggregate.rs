@@ -1,0 +1,67 @@
+//! Window aggregates, like Flink's `AggregateFunction`: the host runs the windows (assignment,
+//! watermarks, firing, lateness, session merging) and stores one accumulator per key and window;
+//! the module says how to create, add to, merge and finish an accumulator.
+//!
+//! ```
+//! use flumen_sdk::aggregate::{Aggregate, Window};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! pub struct Sale { pub sku: String, pub qty: i64 }
+//!
+//! #[derive(Serialize)]
+//! pub struct Units { pub sku: String, pub window_start: i64, pub units: i64 }
+//!
+//! pub struct UnitsPerSku;
+//!
+//! #[flumen_sdk::aggregate]
+//! impl Aggregate for UnitsPerSku {
+//!     type Input = Sale;
+//!     type Acc = i64;
+//!     type Output = Units;
+//!     type Params = flumen_sdk::NoParams;
+//!
+//!     fn new(_: Self::Params) -> Result<Self, String> { Ok(UnitsPerSku) }
+//!     fn create(&self) -> i64 { 0 }
+//!     fn add(&self, acc: &mut i64, sale: &Sale) { *acc += sale.qty }
+//!     fn merge(&self, acc: &mut i64, other: i64) { *acc += other }
+//!     fn finish(&self, key: &str, window: Window, acc: i64) -> Option<Units> {
+//!         Some(Units { sku: key.to_string(), window_start: window.start, units: acc })
+//!     }
+//! }
+//! ```
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The bounds of a window: `[start, end)`, milliseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Window {
+    /// First instant in the window.
+    pub start: i64,
+    /// First instant after the window.
+    pub end: i64,
+}
+
+/// An incremental aggregate over the records of a window.
+pub trait Aggregate: Sized + 'static {
+    /// What the window stage consumes.
+    type Input: DeserializeOwned + Serialize;
+    /// The accumulator, stored by the host between batches.
+    type Acc: Serialize + DeserializeOwned;
+    /// What a fired window produces.
+    type Output: Serialize;
+    /// Parameters, from the stage's `params` table.
+    type Params: DeserializeOwned;
+
+    /// Builds the aggregate from its parameters.
+    fn new(params: Self::Params) -> Result<Self, String>;
+    /// An empty accumulator.
+    fn create(&self) -> Self::Acc;
+    /// Adds a record to an accumulator.
+    fn add(&self, acc: &mut Self::Acc, input: &Self::Input);
+    /// Merges `other` into `acc` (when session windows merge).
+    fn merge(&self, acc: &mut Self::Acc, other: Self::Acc);
+    /// The result of a fired window of `key` (empty for a global window), or none.
+    fn finish(&self, key: &str, window: Window, acc: Self::Acc) -> Option<Self::Output>;
+}
