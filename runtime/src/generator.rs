@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 pub const START_TS: i64 = 1_700_000_000_000;
 
 const COUNTRIES: [&str; 8] = ["US", "FR", "DE", "GB", "JP", "BR", "IN", "CA"];
-const USERS: i64 = 400;
+const USERS: i64 = 5_000;
 
 /// An endless stream of JSON Lines order events.
 pub struct OrderGenerator {
@@ -54,7 +54,7 @@ impl OrderGenerator {
         } else if rng.random_ratio(1, 8) {
             format!("SKU-{:04}", rng.random_range(1..=3))
         } else {
-            format!("SKU-{:04}", rng.random_range(4..=120))
+            format!("SKU-{:04}", rng.random_range(4..=2_000))
         };
         let qty: i64 = if rng.random_ratio(2, 100) {
             [0, -3, 101, 1000, -1][rng.random_range(0..5)]

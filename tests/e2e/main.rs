@@ -9,3 +9,4 @@ mod orders_pipeline;
 mod sandbox;
 mod support;
 mod validate_stage;
+mod windows;

@@ -356,7 +356,7 @@ fn every_sink_matches_the_spec() {
         ("late", 5),
         ("rejected", 100),
         ("out_of_stock", 10),
-        ("alerts", 3),
+        ("alerts", 2),
         ("sessions", 100),
     ] {
         assert!(
