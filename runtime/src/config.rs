@@ -146,6 +146,19 @@ pub struct OperatorConfig {
     pub window: Option<crate::window::WindowSpec>,
     /// How long after firing a window still takes records.
     pub allowed_lateness_ms: i64,
+    /// On reload, what to do when the new module's state no longer fits the kept state.
+    pub on_state_change: OnStateChange,
+}
+
+/// `on_state_change`: whether a reload that changes a stage's state type (or its key or windows)
+/// is refused, or drops the stage's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnStateChange {
+    /// Refuse the reload; the running pipeline stays as it is.
+    #[default]
+    Refuse,
+    /// Start the new module with empty state.
+    Reset,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -230,6 +243,7 @@ struct RawOperator {
     state_ttl_ms: Option<i64>,
     window: Option<crate::window::WindowSpec>,
     allowed_lateness_ms: Option<i64>,
+    on_state_change: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -896,6 +910,18 @@ fn build_operator(
         state_ttl_ms: raw.state_ttl_ms,
         window: raw.window,
         allowed_lateness_ms: allowed_lateness_ms.max(0),
+        on_state_change: match raw.on_state_change.as_deref() {
+            None | Some("refuse") => OnStateChange::Refuse,
+            Some("reset") => OnStateChange::Reset,
+            Some(other) => {
+                report.at(
+                    doc,
+                    &key("on_state_change"),
+                    format!("unknown value \"{other}\"; expected \"refuse\" or \"reset\""),
+                );
+                OnStateChange::Refuse
+            }
+        },
     })
 }
 

@@ -7,7 +7,9 @@
 //! record becomes a dead letter.
 
 use crate::Prepared;
+use crate::config::{ConfigErrors, SourceConfig};
 use crate::plan::{Consumer, NodeRef, Plan, PortPlan};
+use crate::sandbox::OperatorInstance;
 use crate::sink::{self, FLUSH_INTERVAL, Sink};
 use crate::source::{self, Pull, Source};
 use crate::stage::Stage;
@@ -19,6 +21,7 @@ use flumen_sdk::abi::{
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 /// How long to wait before polling sources again when none has anything.
@@ -151,12 +154,215 @@ impl Pipeline {
         })
     }
 
+    /// Swaps in a newly prepared version of the pipeline, at a batch boundary. What did not
+    /// change keeps running untouched (sources keep their place in their files, sinks their open
+    /// files, stages their instances); a changed stage gets its new instances with the old
+    /// stage's keyed state, windows and watermark; added and removed stages, sources and sinks are
+    /// wired in and out. If anything cannot be done — a state that no longer fits, a sink that
+    /// cannot be opened — nothing changes and the reason is returned.
+    pub fn apply(&mut self, new: Prepared) -> Result<Vec<String>, ConfigErrors> {
+        let started = Instant::now();
+        let Prepared {
+            config,
+            plan,
+            instances,
+        } = new;
+        let hash_of = |i: &Vec<OperatorInstance>| {
+            i.first()
+                .map(|i| i.module().hash.clone())
+                .unwrap_or_default()
+        };
+        let mut errors = Vec::new();
+        for (op, partitions) in plan.operators.iter().zip(&instances) {
+            let name = &op.config.name;
+            let Some(old) = self.stages.iter().find(|s| s.name == *name) else {
+                continue;
+            };
+            if !old.is_same_as(op, &hash_of(partitions))
+                && let Some(why) = old.state_conflict(op)
+            {
+                errors.push(config.error(
+                    &format!("operators.{name}.module"),
+                    format!(
+                        "{why}; set on_state_change = \"reset\" to start `{name}` with empty state"
+                    ),
+                ));
+            }
+        }
+        // Open what is new before touching anything, so a failure leaves the pipeline as it is.
+        let mut sources = Vec::new();
+        for source in &plan.sources {
+            let kept = self
+                .plan
+                .sources
+                .iter()
+                .position(|old| old.config == source.config);
+            sources.push(match kept {
+                Some(at) => Err(at),
+                None => {
+                    match source::open(&source.config) {
+                        Ok(opened) => Ok(new_source_runtime(&source.config, opened)),
+                        Err(e) => {
+                            errors.push(config.error(
+                                &format!("sources.{}", source.config.name),
+                                format!("{e:#}"),
+                            ));
+                            continue;
+                        }
+                    }
+                }
+            });
+        }
+        let mut sinks = Vec::new();
+        for sink in &plan.sinks {
+            let kept = self.plan.sinks.iter().position(|old| {
+                old.config.name == sink.config.name && old.config.kind == sink.config.kind
+            });
+            sinks.push(match kept {
+                Some(at) => Err(at),
+                None => match sink::open(&sink.config) {
+                    Ok(opened) => Ok(opened),
+                    Err(e) => {
+                        errors.push(
+                            config.error(&format!("sinks.{}", sink.config.name), format!("{e:#}")),
+                        );
+                        continue;
+                    }
+                },
+            });
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+
+        // Commit.
+        let mut log = Vec::new();
+        self.flush().ok();
+        let mut old_sources: Vec<Option<SourceRuntime>> = std::mem::take(&mut self.sources)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.sources = sources
+            .into_iter()
+            .zip(&plan.sources)
+            .map(|(source, plan)| match source {
+                Err(at) => old_sources[at]
+                    .take()
+                    .unwrap_or_else(|| unreachable!("a kept source is taken once")),
+                Ok(fresh) => {
+                    log.push(format!("added source `{}`", plan.config.name));
+                    fresh
+                }
+            })
+            .collect();
+        for (old, plan) in old_sources.iter().zip(&self.plan.sources) {
+            if old.is_some() {
+                log.push(format!("removed source `{}`", plan.config.name));
+            }
+        }
+        let mut old_sinks: Vec<Option<(Box<dyn Sink>, StageStats)>> =
+            std::mem::take(&mut self.sinks)
+                .into_iter()
+                .zip(std::mem::take(&mut self.sink_stats))
+                .map(Some)
+                .collect();
+        let (new_sinks, new_stats): (Vec<_>, Vec<_>) = sinks
+            .into_iter()
+            .zip(&plan.sinks)
+            .map(|(sink, plan)| match sink {
+                Err(at) => old_sinks[at]
+                    .take()
+                    .unwrap_or_else(|| unreachable!("a kept sink is taken once")),
+                Ok(fresh) => {
+                    log.push(format!("added sink `{}`", plan.config.name));
+                    (
+                        fresh,
+                        StageStats::new(&plan.config.name, StageKind::Sink, &[]),
+                    )
+                }
+            })
+            .unzip();
+        for (old, plan) in old_sinks.iter_mut().zip(&self.plan.sinks) {
+            if let Some((sink, _)) = old {
+                sink.flush().ok();
+                log.push(format!("removed sink `{}`", plan.config.name));
+            }
+        }
+        self.sinks = new_sinks;
+        self.sink_stats = new_stats;
+
+        let mut old_stages: Vec<Option<Stage>> = std::mem::take(&mut self.stages)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut swapped = Vec::new();
+        for (op, partitions) in plan.operators.iter().zip(instances) {
+            let name = &op.config.name;
+            let old = old_stages
+                .iter_mut()
+                .find(|s| s.as_ref().is_some_and(|s| s.name == *name))
+                .and_then(Option::take);
+            let hash = hash_of(&partitions);
+            let stage = match old {
+                Some(old) if old.is_same_as(op, &hash) => old,
+                Some(old) => {
+                    let mut stage = Stage::new(op, partitions);
+                    let kept = stage.adopt(old);
+                    swapped.push(format!(
+                        "swapped operator `{name}` (module {}, state {})",
+                        &hash[..hash.len().min(12)],
+                        if kept { "kept" } else { "reset" }
+                    ));
+                    stage
+                }
+                None => {
+                    log.push(format!("added operator `{name}`"));
+                    Stage::new(op, partitions)
+                }
+            };
+            self.stages.push(stage);
+        }
+        for old in old_stages.into_iter().flatten() {
+            log.push(format!("removed operator `{}`", old.name));
+        }
+        self.upstream = upstream_of(&plan);
+        self.queues = self.stages.iter().map(|_| VecDeque::new()).collect();
+        self.plan = plan;
+        let pause = started.elapsed();
+        log.extend(
+            swapped
+                .into_iter()
+                .map(|line| format!("{line}, paused {:.2} ms", pause.as_secs_f64() * 1e3)),
+        );
+        Ok(log)
+    }
+
     /// Runs until every source is finished — then the watermark becomes +∞ and every window
     /// fires — or until `stop` is set — then what was read is drained and windows that have not
     /// fired are not emitted. Flushes every sink and returns the per-stage counts.
-    pub fn run(&mut self, stop: &AtomicBool) -> anyhow::Result<Summary> {
+    /// Between batches it swaps in every new version `reloads` delivers.
+    pub fn run(
+        &mut self,
+        stop: &AtomicBool,
+        reloads: Option<&Receiver<Prepared>>,
+    ) -> anyhow::Result<Summary> {
         let mut last_flush = Instant::now();
         loop {
+            while let Some(next) = reloads.and_then(|r| r.try_recv().ok()) {
+                match self.apply(next) {
+                    Ok(changes) if changes.is_empty() => {
+                        tracing::info!("reloaded: nothing changed")
+                    }
+                    Ok(changes) => {
+                        for change in changes {
+                            tracing::info!("reloaded: {change}");
+                        }
+                    }
+                    Err(errors) => {
+                        tracing::error!("reload failed: {}", crate::reload::failure_line(&errors));
+                    }
+                }
+            }
             let stopping = stop.load(Ordering::Relaxed);
             let mut progressed = false;
             for s in 0..self.sources.len() {
@@ -340,6 +546,44 @@ impl Pipeline {
         }
         Ok(())
     }
+}
+
+fn new_source_runtime(config: &SourceConfig, source: Box<dyn Source>) -> SourceRuntime {
+    SourceRuntime {
+        source,
+        finished: false,
+        watermarks: config
+            .event_time
+            .as_ref()
+            .map(|_| BoundedOutOfOrderness::new(config.watermark_delay_ms)),
+        watermark: i64::MIN,
+        stats: StageStats::new(&config.name, StageKind::Source, &["main"]),
+    }
+}
+
+/// For each operator, the stages it reads.
+fn upstream_of(plan: &Plan) -> Vec<Vec<NodeRef>> {
+    let mut upstream = vec![Vec::new(); plan.operators.len()];
+    let ports = plan
+        .sources
+        .iter()
+        .enumerate()
+        .map(|(s, source)| (NodeRef::Source(s), &source.port))
+        .chain(plan.operators.iter().enumerate().flat_map(|(o, op)| {
+            op.ports
+                .iter()
+                .map(move |port| (NodeRef::Operator(o), port))
+        }));
+    for (from, port) in ports {
+        for consumer in &port.consumers {
+            if let NodeRef::Operator(o) = consumer.node
+                && !upstream[o].contains(&from)
+            {
+                upstream[o].push(from);
+            }
+        }
+    }
+    upstream
 }
 
 /// A JSON value as key text: a string as it is, anything else as its JSON text (integers in

@@ -9,6 +9,7 @@ pub mod config;
 pub mod executor;
 pub mod generator;
 pub mod plan;
+pub mod reload;
 pub mod sandbox;
 pub mod sink;
 pub mod source;

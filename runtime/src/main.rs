@@ -8,7 +8,8 @@ use flumen::sandbox::Sandbox;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +31,9 @@ enum Command {
         /// Partitions of every keyed stage.
         #[arg(long, env = "FLUMEN_PARALLELISM", default_value_t = 1)]
         parallelism: usize,
+        /// Reload when the pipeline file or one of its modules changes (SIGHUP reloads anyway).
+        #[arg(long)]
+        watch: bool,
     },
     /// Check a pipeline file and its modules without running it; every problem is reported.
     Validate {
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     match run(Cli::parse()) {
@@ -90,11 +95,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run {
             pipeline,
             parallelism,
+            watch,
         } => {
             if parallelism == 0 {
                 anyhow::bail!("--parallelism is at least 1");
             }
-            let sandbox = Sandbox::new()?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let (trigger_sender, triggers) = mpsc::channel();
+            handle_signals(stop.clone(), trigger_sender.clone())?;
+            let sandbox = Arc::new(Sandbox::new()?);
             let options = flumen::Options { parallelism };
             let prepared = match flumen::prepare(&pipeline, &sandbox, options) {
                 Ok(prepared) => prepared,
@@ -103,9 +112,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
+            let files = flumen::reload::watched_files(&pipeline, &prepared);
+            let (prepared_sender, reloads) = mpsc::channel();
+            flumen::reload::spawn(
+                pipeline.clone(),
+                sandbox.clone(),
+                options,
+                watch,
+                files,
+                triggers,
+                trigger_sender,
+                prepared_sender,
+            )?;
             let mut running = Pipeline::build(prepared)?;
-            let stop = AtomicBool::new(false);
-            let summary = running.run(&stop)?;
+            let summary = running.run(&stop, Some(&reloads))?;
             eprint!("{summary}");
             Ok(ExitCode::SUCCESS)
         }
@@ -163,4 +183,47 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// SIGINT and SIGTERM stop the run gracefully (what was read is drained, sinks are flushed, the
+/// exit code is 0); SIGHUP asks for a reload. The handlers are in place when this returns.
+fn handle_signals(
+    stop: Arc<AtomicBool>,
+    reload: mpsc::Sender<flumen::reload::Trigger>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the signal handler")?;
+    let (mut terminate, mut interrupt, mut hangup) = {
+        let _entered = runtime.enter();
+        (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::hangup())?,
+        )
+    };
+    std::thread::Builder::new()
+        .name("flumen-signals".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                loop {
+                    tokio::select! {
+                        _ = terminate.recv() => {
+                            tracing::info!("SIGTERM: draining and stopping");
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                        _ = interrupt.recv() => {
+                            tracing::info!("SIGINT: draining and stopping");
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                        _ = hangup.recv() => {
+                            let _ = reload.send(flumen::reload::Trigger::Asked);
+                        }
+                    }
+                }
+            })
+        })?;
+    Ok(())
 }

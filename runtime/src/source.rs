@@ -62,6 +62,34 @@ impl FileSource {
     }
 }
 
+impl FileSource {
+    /// At the end of a followed file: if the path now names another file (rotation), continue
+    /// with that one from its start; if the file shrank (truncation), start it again. A path
+    /// that is gone for now is waited for.
+    fn reopen_if_replaced(&mut self) -> std::io::Result<bool> {
+        use std::io::Seek;
+        use std::os::unix::fs::MetadataExt;
+        let Ok(now) = std::fs::metadata(&self.path) else {
+            return Ok(false);
+        };
+        let ours = self.reader.get_ref().metadata()?;
+        if (now.dev(), now.ino()) != (ours.dev(), ours.ino()) {
+            if let Ok(file) = File::open(&self.path) {
+                tracing::info!(path = %self.path.display(), "source file replaced; reading the new one");
+                self.reader = BufReader::with_capacity(1 << 16, file);
+                return Ok(true);
+            }
+            return Ok(false);
+        }
+        if now.len() < self.reader.stream_position()? {
+            tracing::info!(path = %self.path.display(), "source file truncated; reading it from its start");
+            self.reader.seek(std::io::SeekFrom::Start(0))?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
 impl Source for FileSource {
     fn next_batch(&mut self, out: &mut BatchWriter) -> std::io::Result<Pull> {
         while out.len() < self.batch_size {
@@ -70,6 +98,9 @@ impl Source for FileSource {
                 std::io::Error::new(e.kind(), format!("reading {}: {e}", self.path.display()))
             })?;
             if read == 0 {
+                if self.follow && self.reopen_if_replaced()? {
+                    continue;
+                }
                 break;
             }
             let complete = self.line.last() == Some(&b'\n');
@@ -161,5 +192,28 @@ mod tests {
         writeln!(file, "ial").unwrap();
         assert_eq!(source.next_batch(&mut batch).unwrap(), Pull::Batch);
         assert_eq!(values(&batch), ["partial"]);
+    }
+
+    #[test]
+    fn a_followed_file_survives_truncation_and_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, "one\ntwo\n").unwrap();
+        let mut source = FileSource::open(path.clone(), true, 10).unwrap();
+        let mut batch = BatchWriter::new(Encoding::Json);
+        assert_eq!(source.next_batch(&mut batch).unwrap(), Pull::Batch);
+        assert_eq!(values(&batch), ["one", "two"]);
+        std::fs::write(&path, "3\n").unwrap();
+        batch.clear(Encoding::Json);
+        assert_eq!(source.next_batch(&mut batch).unwrap(), Pull::Batch);
+        assert_eq!(values(&batch), ["3"]);
+        let rotated = dir.path().join("in.jsonl.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        std::fs::write(&path, "fresh\n").unwrap();
+        batch.clear(Encoding::Json);
+        assert_eq!(source.next_batch(&mut batch).unwrap(), Pull::Batch);
+        assert_eq!(values(&batch), ["fresh"]);
+        batch.clear(Encoding::Json);
+        assert_eq!(source.next_batch(&mut batch).unwrap(), Pull::Idle);
     }
 }

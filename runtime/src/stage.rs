@@ -7,6 +7,7 @@
 //! applied only when the whole call succeeded; a failed call is retried record by record, so a
 //! poison record changes nothing and loses nothing but itself.
 
+use crate::config::{OnStateChange, OperatorConfig};
 use crate::executor::DeadLetters;
 use crate::plan::OperatorPlan;
 use crate::sandbox::{GuestFailure, OperatorInstance};
@@ -87,11 +88,19 @@ pub(crate) struct Stage {
     guest_ports: usize,
     last_sweep: i64,
     pending: Pending,
+    /// What the stage was built from, to tell on reload whether it changed.
+    config: OperatorConfig,
+    module_hash: String,
+    state_type: Option<String>,
 }
 
 impl Stage {
     /// A stage running `instances` (one per partition) as `plan` says.
     pub fn new(plan: &OperatorPlan, instances: Vec<OperatorInstance>) -> Self {
+        let module_hash = instances
+            .first()
+            .map(|i| i.module().hash.clone())
+            .unwrap_or_default();
         let behaviour = match (plan.describe.kind, plan.config.window) {
             (OperatorKind::Aggregate, Some(spec)) => Behaviour::Window {
                 spec,
@@ -123,7 +132,93 @@ impl Stage {
             guest_ports: plan.guest_ports().len(),
             last_sweep: i64::MIN,
             pending: Pending::default(),
+            config: plan.config.clone(),
+            module_hash: module_hash.to_string(),
+            state_type: plan.describe.state_type.clone(),
         }
+    }
+
+    /// Whether the stage `plan` describes is this one: same module bytes, same settings (its
+    /// inputs may differ), same partitions.
+    pub fn is_same_as(&self, plan: &OperatorPlan, module_hash: &str) -> bool {
+        let mut old = self.config.clone();
+        let mut new = plan.config.clone();
+        old.inputs.clear();
+        new.inputs.clear();
+        old == new && self.module_hash == module_hash && self.partitions.len() == plan.partitions
+    }
+
+    /// Why this stage's state cannot carry over to the stage `plan` describes, if it cannot.
+    pub fn state_conflict(&self, plan: &OperatorPlan) -> Option<String> {
+        if plan.config.on_state_change == OnStateChange::Reset {
+            return None;
+        }
+        if self.state_type != plan.describe.state_type {
+            return Some(format!(
+                "the new module keeps `{}` where the running one keeps `{}`",
+                plan.describe.state_type.as_deref().unwrap_or("no state"),
+                self.state_type.as_deref().unwrap_or("no state"),
+            ));
+        }
+        if self.state_type.is_some() && self.config.key_by != plan.config.key_by {
+            return Some("the stage's `key_by` changed, so its state is keyed differently".into());
+        }
+        if self.config.window != plan.config.window {
+            return Some("the stage's `window` changed, so its windows no longer fit".into());
+        }
+        None
+    }
+
+    /// Takes over `old`'s keyed state, windows, watermark and counts (the state spread over this
+    /// stage's partitions by key), unless the state no longer fits and the new stage asks for a
+    /// reset. Returns whether the state was kept.
+    pub fn adopt(&mut self, old: Stage) -> bool {
+        self.watermark = old.watermark;
+        self.last_sweep = old.last_sweep;
+        self.stats.records_in = old.stats.records_in;
+        self.stats.dead_letters = old.stats.dead_letters;
+        for (new, (name, n)) in self.stats.outputs.iter_mut().zip(&old.stats.outputs) {
+            if new.0 == *name {
+                new.1 = *n;
+            }
+        }
+        if self.config.on_state_change == OnStateChange::Reset && old.state_conflict_with(self) {
+            return false;
+        }
+        let count = self.partitions.len();
+        let home = |key: &[u8]| {
+            if count == 1 {
+                0
+            } else {
+                partition_of(key, count)
+            }
+        };
+        for partition in old.partitions {
+            for (key, entry) in partition.state {
+                self.partitions[home(&key)].state.insert(key, entry);
+            }
+            for ((end, key), acc) in partition.windows {
+                self.partitions[home(&key)].windows.insert((end, key), acc);
+            }
+            for (key, set) in partition.sessions {
+                let target = &mut self.partitions[home(&key)];
+                for (bounds, _) in &set.sessions {
+                    target
+                        .session_ends
+                        .insert((bounds.end, key.clone(), bounds.start));
+                }
+                target.sessions.insert(key, set);
+            }
+        }
+        true
+    }
+
+    /// Whether `new`'s state would not fit this stage's (what `state_conflict` checks, whatever
+    /// `on_state_change` says).
+    fn state_conflict_with(&self, new: &Stage) -> bool {
+        self.state_type != new.state_type
+            || (self.state_type.is_some() && self.config.key_by != new.config.key_by)
+            || self.config.window != new.config.window
     }
 
     /// Takes a batch from upstream (output-entry framing, values in `encoding`), keyed by the

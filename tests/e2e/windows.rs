@@ -1,7 +1,7 @@
 //! Window rules beyond the reference pipeline: allowed lateness with late firings, and the
 //! watermark moving once per source batch.
 
-use crate::support::{assert_same_set, modules, Scenario};
+use crate::support::{Scenario, assert_same_set, modules};
 use serde_json::json;
 
 fn order(id: i64, ts: i64) -> String {
