@@ -5,6 +5,7 @@
 
 mod cli;
 mod config_errors;
+mod live;
 mod orders_pipeline;
 mod sandbox;
 mod support;

@@ -11,7 +11,7 @@ use std::path::Path;
 const BATCH: usize = 1024;
 const DELAY: i64 = 5_000;
 const GAP: i64 = 1_800_000;
-const SINKS: [&str; 9] = [
+pub(crate) const SINKS: [&str; 9] = [
     "rejected",
     "dead_letter",
     "out_of_stock",
@@ -92,7 +92,7 @@ struct Session {
 }
 
 /// Every sink of the pipeline, computed from the spec.
-fn oracle(input: &str) -> BTreeMap<&'static str, Vec<Value>> {
+pub(crate) fn oracle(input: &str) -> BTreeMap<&'static str, Vec<Value>> {
     let mut out: BTreeMap<&'static str, Vec<Value>> =
         SINKS.iter().map(|s| (*s, Vec::new())).collect();
     let lines: Vec<&str> = input
@@ -303,7 +303,7 @@ fn run_pipeline(orders: &Path, out: &Path, parallelism: &str) {
     assert!(output.status.success(), "{}", text(&output.stderr));
 }
 
-fn sink(out: &Path, name: &str) -> Vec<Value> {
+pub(crate) fn sink(out: &Path, name: &str) -> Vec<Value> {
     let values = read_jsonl(&out.join(format!("{name}.jsonl")));
     if name == "dead_letter" {
         return values.into_iter().map(|d| d["raw"].clone()).collect();
@@ -313,7 +313,7 @@ fn sink(out: &Path, name: &str) -> Vec<Value> {
 
 /// Generated orders, plus one user's sessions exactly one gap apart (merged) and one gap and
 /// a millisecond apart (not merged), at the very end so they make nothing else late.
-fn input(scenario: &Scenario, count: &str, seed: &str) -> String {
+pub(crate) fn input(scenario: &Scenario, count: &str, seed: &str) -> String {
     let generated = scenario.path("generated.jsonl");
     let status = flumen()
         .args(["gen", "orders", "--count", count, "--seed", seed, "--out"])

@@ -37,8 +37,9 @@ fn wat_module(scenario: &Scenario, name: &str, wat: &str) -> String {
     scenario.write(name, bytes).display().to_string()
 }
 
-/// A module exporting all of flumen's ABI whose `describe` returns `describe`.
-fn fake_module(describe: &Describe, imports: &str) -> String {
+/// A module exporting all of flumen's ABI whose `describe` returns `describe` and whose `init`
+/// runs `init_body` (WebAssembly text leaving an i64).
+pub(crate) fn fake_module(describe: &Describe, imports: &str, init_body: &str) -> String {
     let bytes = bincode::serde::encode_to_vec(describe, BINCODE).unwrap();
     let data: String = bytes.iter().map(|b| format!("\\{b:02x}")).collect();
     format!(
@@ -48,7 +49,7 @@ fn fake_module(describe: &Describe, imports: &str) -> String {
   (data (i32.const 1024) "{data}")
   (func (export "flumen_describe") (result i64) (i64.const {packed}))
   (func (export "flumen_input") (param i32) (result i32) (i32.const 4096))
-  (func (export "flumen_init") (param i32) (result i64) (i64.const 0))
+  (func (export "flumen_init") (param i32) (result i64) {init_body})
   (func (export "flumen_process") (param i32) (result i64) (i64.const 0))
   (func (export "flumen_to_json") (param i32) (result i64) (i64.const 0)))"#,
         packed = (1024u64 << 32) | bytes.len() as u64,
@@ -85,6 +86,7 @@ fn bad_modules_are_refused_at_load_naming_module_and_fault() {
                 &fake_module(
                     &describe(ABI_VERSION),
                     r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#,
+                    "(i64.const 0)",
                 ),
             ),
             vec![
@@ -98,12 +100,17 @@ fn bad_modules_are_refused_at_load_naming_module_and_fault() {
                 &fake_module(
                     &describe(ABI_VERSION),
                     r#"(import "flumen" "open_socket" (func))"#,
+                    "(i64.const 0)",
                 ),
             ),
             vec!["env.wasm: imports `flumen.open_socket`"],
         ),
         (
-            wat_module(&scenario, "old_abi.wasm", &fake_module(&describe(999), "")),
+            wat_module(
+                &scenario,
+                "old_abi.wasm",
+                &fake_module(&describe(999), "", "(i64.const 0)"),
+            ),
             vec![abi_error.as_str()],
         ),
         (

@@ -148,3 +148,85 @@ pub fn assert_same_set(what: &str, actual: Vec<Value>, expected: Vec<Value>) {
         "{what}: {actual_n} lines, expected {expected_n}\n  unexpected: {extra:#?}\n  missing: {missing:#?}"
     );
 }
+
+/// A `flumen run` in the background, for tests of a live pipeline.
+pub struct Live {
+    child: std::process::Child,
+    stderr: PathBuf,
+}
+
+impl Live {
+    /// Starts `flumen run ARGS…` with `envs`, its standard error going to `stderr`.
+    pub fn start(args: &[&str], envs: &[(&str, &std::ffi::OsStr)], stderr: PathBuf) -> Live {
+        let log = std::fs::File::create(&stderr).unwrap();
+        let child = flumen()
+            .arg("run")
+            .args(args)
+            .envs(envs.iter().copied())
+            .env("FLUMEN_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Live { child, stderr }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits until the log holds `needle` `count` times (panics after a generous minute).
+    pub fn wait_for_log(&self, needle: &str, count: usize) {
+        wait_until(
+            &format!("{count} × {needle:?} in the log"),
+            || self.log().matches(needle).count() >= count,
+            || self.log(),
+        );
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `done` until it holds; after a minute, fails with `what` and `context()`.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool, context: impl Fn() -> String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            context()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+}
+
+/// How many lines a file has (0 if it does not exist yet).
+pub fn line_count(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
+}
+
+/// Appends `text` to the file at `path`.
+pub fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+}

@@ -1,0 +1,228 @@
+//! A live pipeline: a followed file, hot reloads under load, SIGTERM. Every input record must
+//! produce its outputs exactly once, keyed state must survive swaps, and no bad file may stop the
+//! pipeline.
+
+use crate::orders_pipeline::{input, oracle, sink};
+use crate::support::{
+    Live, Scenario, append, assert_same_set, line_count, modules, wait_until, workspace,
+};
+use serde_json::Value;
+use std::path::Path;
+
+/// The non-window sinks, exact whatever the batching of a live source.
+const EXACT_SINKS: [&str; 5] = [
+    "rejected",
+    "dead_letter",
+    "out_of_stock",
+    "alerts",
+    "scores",
+];
+
+/// A copy of the reference pipeline in the scenario's folder, with absolute module paths.
+fn pipeline_copy() -> String {
+    let text = std::fs::read_to_string(workspace().join("pipelines/orders.toml")).unwrap();
+    let modules = modules().display().to_string();
+    text.replace("../target/flumen", &modules)
+}
+
+fn write_atomically(path: &Path, text: &str) {
+    let partial = path.with_extension("toml.partial");
+    std::fs::write(&partial, text).unwrap();
+    std::fs::rename(&partial, path).unwrap();
+}
+
+/// Splits the input lines into three parts at line boundaries.
+fn thirds(input: &str) -> [String; 3] {
+    let lines: Vec<&str> = input.lines().collect();
+    let cut = |a: usize, b: usize| {
+        lines[a..b]
+            .iter()
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    };
+    let n = lines.len();
+    [cut(0, n / 3), cut(n / 3, 2 * n / 3), cut(2 * n / 3, n)]
+}
+
+fn accepted(part: &str) -> usize {
+    oracle(part)["scores"].len()
+}
+
+#[test]
+fn a_live_pipeline_reloads_under_load_and_loses_nothing() {
+    modules();
+    let scenario = Scenario::new();
+    let all = input(&scenario, "9000", "17");
+    let [first, second, third] = thirds(&all);
+    let orders = scenario.path("orders.jsonl");
+    std::fs::write(&orders, &first).unwrap();
+    let toml = scenario.path("pipeline.toml");
+    let original = pipeline_copy();
+    std::fs::write(&toml, &original).unwrap();
+    let out = scenario.path("out");
+    let live = Live::start(
+        &[toml.to_str().unwrap(), "--watch"],
+        &[
+            ("FOLLOW", "true".as_ref()),
+            ("ORDERS", orders.as_os_str()),
+            ("OUT_DIR", out.as_os_str()),
+        ],
+        scenario.path("stderr.log"),
+    );
+    let scores = out.join("scores.jsonl");
+    let expected_after = |text: &str| oracle(text)["scores"].len();
+    wait_until(
+        "the first part",
+        || line_count(&scores) >= accepted(&first),
+        || live.log(),
+    );
+
+    // A burst of bad edits: a truncated file, a module deleted then restored, a module whose init
+    // traps. Each one fails to load and the running pipeline goes on.
+    write_atomically(
+        &toml,
+        &format!("{}\n[operators.broken", &original[..original.len() / 2]),
+    );
+    live.wait_for_log("reload failed:", 1);
+    assert!(
+        live.log()
+            .contains(&format!("reload failed: {}:", toml.display())),
+        "{}",
+        live.log()
+    );
+    let dedupe_copy = scenario.path("dedupe.wasm");
+    std::fs::copy(modules().join("dedupe.wasm"), &dedupe_copy).unwrap();
+    let with_copy = original.replace(
+        &format!("{}/dedupe.wasm", modules().display()),
+        &dedupe_copy.display().to_string(),
+    );
+    std::fs::remove_file(&dedupe_copy).unwrap();
+    write_atomically(&toml, &with_copy);
+    live.wait_for_log("reload failed:", 2);
+    let trap = scenario.path("trap.wasm");
+    std::fs::write(&trap, wat::parse_str(trap_in_init()).unwrap()).unwrap();
+    write_atomically(
+        &toml,
+        &with_copy.replace(
+            &dedupe_copy.display().to_string(),
+            &trap.display().to_string(),
+        ),
+    );
+    live.wait_for_log("reload failed:", 3);
+    assert!(live.log().contains("init failed"), "{}", live.log());
+
+    // The module comes back (a copy: the stage changes, its state must not): swapped, state kept.
+    append(&orders, &second);
+    std::fs::copy(modules().join("dedupe.wasm"), &dedupe_copy).unwrap();
+    write_atomically(&toml, &with_copy);
+    live.wait_for_log("swapped operator `dedupe`", 1);
+    let first_two = format!("{first}{second}");
+    wait_until(
+        "the second part",
+        || line_count(&scores) >= expected_after(&first_two),
+        || live.log(),
+    );
+
+    // A parameter change: orders after it are flagged at the new threshold.
+    write_atomically(
+        &toml,
+        &with_copy.replace("flag_threshold = 50", "flag_threshold = 30"),
+    );
+    live.wait_for_log("swapped operator `score`", 1);
+    // Duplicates of orders seen before both swaps, which dedupe's carried state must reject.
+    let replays: String = first
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<Value>(l)
+                .is_ok_and(|v| v["order_id"].as_i64().is_some_and(|id| id <= 30))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let third = format!("{replays}{third}");
+    append(&orders, &third);
+    let everything = format!("{first_two}{third}");
+    wait_until(
+        "the third part",
+        || line_count(&scores) >= expected_after(&everything),
+        || live.log(),
+    );
+
+    let status = live.terminate();
+    assert!(status.success(), "exit status {status}");
+    let mut expected = oracle(&everything);
+    let before_change: std::collections::HashSet<i64> = oracle(&first_two)["scores"]
+        .iter()
+        .map(|s| s["order_id"].as_i64().unwrap())
+        .collect();
+    for score in expected.get_mut("scores").unwrap() {
+        if !before_change.contains(&score["order_id"].as_i64().unwrap()) {
+            score["flagged"] = Value::Bool(score["score"].as_i64().unwrap() >= 30);
+        }
+    }
+    assert!(
+        expected["rejected"]
+            .iter()
+            .any(|r| r["reason"] == "duplicate")
+    );
+    for name in EXACT_SINKS {
+        assert_same_set(name, sink(&out, name), expected[name].clone());
+    }
+}
+
+#[test]
+fn sigterm_drains_what_was_read_and_exits_zero() {
+    modules();
+    let scenario = Scenario::new();
+    let all = input(&scenario, "3000", "8");
+    let orders = scenario.path("orders.jsonl");
+    std::fs::write(&orders, "").unwrap();
+    let toml = scenario.path("pipeline.toml");
+    std::fs::write(&toml, pipeline_copy()).unwrap();
+    let out = scenario.path("out");
+    let live = Live::start(
+        &[toml.to_str().unwrap()],
+        &[
+            ("FOLLOW", "true".as_ref()),
+            ("ORDERS", orders.as_os_str()),
+            ("OUT_DIR", out.as_os_str()),
+        ],
+        scenario.path("stderr.log"),
+    );
+    // Written in pieces, the last line without its line break yet.
+    let (head, tail) = all.split_at(all.len() / 2);
+    append(&orders, head);
+    let complete = &all[..all.rfind('\n').unwrap() + 1];
+    let last = &all[complete.len()..];
+    append(&orders, &tail[..tail.len() - last.len()]);
+    wait_until(
+        "all records",
+        || line_count(&out.join("scores.jsonl")) >= oracle(complete)["scores"].len(),
+        || live.log(),
+    );
+    // Sinks are flushed while running, not only at the end.
+    assert!(line_count(&out.join("rejected.jsonl")) > 0);
+    let status = live.terminate();
+    assert!(status.success(), "exit status {status}");
+    let expected = oracle(complete);
+    for name in EXACT_SINKS {
+        assert_same_set(name, sink(&out, name), expected[name].clone());
+    }
+    // Windows the watermark had not reached when the run stopped are not emitted.
+    assert!(sink(&out, "sales_per_sku").len() < expected["sales_per_sku"].len());
+}
+
+/// A module that describes itself as `dedupe` does but traps in `init`.
+fn trap_in_init() -> String {
+    let describe = flumen_sdk::abi::Describe {
+        abi_version: flumen_sdk::abi::ABI_VERSION,
+        kind: flumen_sdk::abi::OperatorKind::Process,
+        input_type: "ValidOrder".into(),
+        output_type: "ValidOrder".into(),
+        side_outputs: vec![flumen_sdk::abi::SideOutput {
+            name: "rejected".into(),
+            type_name: "Reject".into(),
+        }],
+        state_type: Some("ValueState<bool>".into()),
+    };
+    crate::sandbox::fake_module(&describe, "", "unreachable")
+}
