@@ -7,6 +7,7 @@
 //! record becomes a dead letter.
 
 use crate::Prepared;
+use crate::admin::{ReloadOutcome, SharedStatus, StageStatus};
 use crate::config::{ConfigErrors, SourceConfig};
 use crate::plan::{Consumer, NodeRef, Plan, PortPlan};
 use crate::sandbox::OperatorInstance;
@@ -82,9 +83,58 @@ pub struct Pipeline {
     sink_stats: Vec<StageStats>,
     dead: DeadLetters,
     source_batch: BatchWriter,
+    status: Option<SharedStatus>,
 }
 
 impl Pipeline {
+    /// Keeps `status` (the admin endpoint's) up to date while running.
+    pub fn report_to(&mut self, status: SharedStatus) {
+        self.status = Some(status);
+        self.publish_status();
+    }
+
+    fn publish_status(&self) {
+        let Some(shared) = &self.status else { return };
+        let stage = |s: &StageStats, hash: Option<String>, watermark: Option<i64>| StageStatus {
+            name: s.name.clone(),
+            kind: match s.kind {
+                StageKind::Source => "source",
+                StageKind::Operator => "operator",
+                StageKind::Sink => "sink",
+            },
+            module_hash: hash,
+            records_in: s.records_in,
+            outputs: s.outputs.iter().cloned().collect(),
+            dead_letters: s.dead_letters,
+            watermark,
+        };
+        let finite = |w: i64| (w != i64::MIN).then_some(w);
+        let stages = self
+            .sources
+            .iter()
+            .map(|s| stage(&s.stats, None, finite(s.watermark)))
+            .chain(self.stages.iter().map(|s| {
+                stage(
+                    &s.stats,
+                    Some(s.module_hash().to_string()),
+                    finite(s.watermark),
+                )
+            }))
+            .chain(self.sink_stats.iter().map(|s| stage(s, None, None)))
+            .collect();
+        if let Ok(mut status) = shared.lock() {
+            status.stages = stages;
+        }
+    }
+
+    fn record_reload(&self, outcome: ReloadOutcome) {
+        if let Some(shared) = &self.status
+            && let Ok(mut status) = shared.lock()
+        {
+            status.last_reload = Some(outcome);
+        }
+    }
+
     /// Opens every source and sink of a prepared pipeline.
     pub fn build(prepared: Prepared) -> anyhow::Result<Pipeline> {
         let Prepared {
@@ -151,6 +201,7 @@ impl Pipeline {
             sinks,
             dead: DeadLetters::default(),
             source_batch: BatchWriter::new(Encoding::Json),
+            status: None,
         })
     }
 
@@ -350,18 +401,22 @@ impl Pipeline {
         loop {
             while let Some(next) = reloads.and_then(|r| r.try_recv().ok()) {
                 match self.apply(next) {
-                    Ok(changes) if changes.is_empty() => {
-                        tracing::info!("reloaded: nothing changed")
-                    }
                     Ok(changes) => {
-                        for change in changes {
+                        if changes.is_empty() {
+                            tracing::info!("reloaded: nothing changed");
+                        }
+                        for change in &changes {
                             tracing::info!("reloaded: {change}");
                         }
+                        self.record_reload(ReloadOutcome::now(true, changes));
                     }
                     Err(errors) => {
-                        tracing::error!("reload failed: {}", crate::reload::failure_line(&errors));
+                        let line = crate::reload::failure_line(&errors);
+                        tracing::error!("reload failed: {line}");
+                        self.record_reload(ReloadOutcome::now(false, vec![line]));
                     }
                 }
+                self.publish_status();
             }
             let stopping = stop.load(Ordering::Relaxed);
             let mut progressed = false;
@@ -386,6 +441,7 @@ impl Pipeline {
             }
             if last_flush.elapsed() >= FLUSH_INTERVAL {
                 self.flush()?;
+                self.publish_status();
                 last_flush = Instant::now();
             }
             if stopping || self.sources.iter().all(|s| s.finished) {

@@ -5,6 +5,7 @@
 //! type-checks the graph, [`prepare`] initialises every operator, and [`executor`] runs it. See
 //! ARCHITECTURE.md for the whole map.
 
+pub mod admin;
 pub mod config;
 pub mod executor;
 pub mod generator;

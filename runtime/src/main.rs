@@ -34,6 +34,9 @@ enum Command {
         /// Reload when the pipeline file or one of its modules changes (SIGHUP reloads anyway).
         #[arg(long)]
         watch: bool,
+        /// Serve GET /status and POST /reload on this address (e.g. 127.0.0.1:9090).
+        #[arg(long, value_name = "ADDRESS")]
+        admin: Option<String>,
     },
     /// Check a pipeline file and its modules without running it; every problem is reported.
     Validate {
@@ -96,6 +99,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pipeline,
             parallelism,
             watch,
+            admin,
         } => {
             if parallelism == 0 {
                 anyhow::bail!("--parallelism is at least 1");
@@ -113,6 +117,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             let files = flumen::reload::watched_files(&pipeline, &prepared);
+            let status = admin.as_ref().map(|_| {
+                Arc::new(std::sync::Mutex::new(flumen::admin::Status {
+                    pipeline: pipeline.display().to_string(),
+                    ..Default::default()
+                }))
+            });
+            if let (Some(address), Some(status)) = (&admin, &status) {
+                flumen::admin::serve(address, status.clone(), trigger_sender.clone())?;
+            }
             let (prepared_sender, reloads) = mpsc::channel();
             flumen::reload::spawn(
                 pipeline.clone(),
@@ -123,8 +136,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 triggers,
                 trigger_sender,
                 prepared_sender,
+                status.clone(),
             )?;
             let mut running = Pipeline::build(prepared)?;
+            if let Some(status) = status {
+                running.report_to(status);
+            }
             let summary = running.run(&stop, Some(&reloads))?;
             eprint!("{summary}");
             Ok(ExitCode::SUCCESS)

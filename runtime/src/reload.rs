@@ -5,6 +5,7 @@
 //! batch boundary ([`crate::executor::Pipeline::apply`]). A version that does not load leaves the
 //! running pipeline alone and says why in one line.
 
+use crate::admin::{ReloadOutcome, SharedStatus};
 use crate::config::ConfigErrors;
 use crate::sandbox::Sandbox;
 use crate::{Options, Prepared};
@@ -61,6 +62,7 @@ pub fn spawn(
     triggers: Receiver<Trigger>,
     trigger_sender: Sender<Trigger>,
     prepared: Sender<Prepared>,
+    status: Option<SharedStatus>,
 ) -> anyhow::Result<()> {
     let mut watcher = if watch {
         let sender = trigger_sender.clone();
@@ -111,7 +113,11 @@ pub fn spawn(
                         }
                     }
                     Err(errors) => {
-                        tracing::error!("reload failed: {}", failure_line(&errors));
+                        let line = failure_line(&errors);
+                        tracing::error!("reload failed: {line}");
+                        if let Some(Ok(mut status)) = status.as_ref().map(|s| s.lock()) {
+                            status.last_reload = Some(ReloadOutcome::now(false, vec![line]));
+                        }
                     }
                 }
             }

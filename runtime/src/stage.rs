@@ -213,6 +213,11 @@ impl Stage {
         true
     }
 
+    /// The hash of the module this stage runs.
+    pub fn module_hash(&self) -> &str {
+        &self.module_hash
+    }
+
     /// Whether `new`'s state would not fit this stage's (what `state_conflict` checks, whatever
     /// `on_state_change` says).
     fn state_conflict_with(&self, new: &Stage) -> bool {
