@@ -6,7 +6,7 @@ FLUMEN := target/release/flumen
 UDFS   := udfs tests/udfs
 WASM_TARGET := wasm32-unknown-unknown
 
-.PHONY: demo test lint udfs flumen wasm-toolchain clean
+.PHONY: demo test lint udfs flumen wasm-toolchain bench-swap clean
 
 ## Run the reference pipeline: ORDERS=x.jsonl OUT_DIR=dir make demo ARGS="..."
 demo: udfs
@@ -19,6 +19,10 @@ test: udfs lint
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## How long a hot swap pauses the reference pipeline under full load (p50, p99).
+bench-swap: udfs
+	$(CARGO) bench -p flumen --bench swap_pause
 
 ## Build every UDF crate to target/flumen/*.wasm (incremental).
 udfs: flumen wasm-toolchain

@@ -84,9 +84,15 @@ pub struct Pipeline {
     dead: DeadLetters,
     source_batch: BatchWriter,
     status: Option<SharedStatus>,
+    swap_pauses: Vec<Duration>,
 }
 
 impl Pipeline {
+    /// How long each reload so far held the pipeline still.
+    pub fn swap_pauses(&self) -> &[Duration] {
+        &self.swap_pauses
+    }
+
     /// Keeps `status` (the admin endpoint's) up to date while running.
     pub fn report_to(&mut self, status: SharedStatus) {
         self.status = Some(status);
@@ -202,6 +208,7 @@ impl Pipeline {
             dead: DeadLetters::default(),
             source_batch: BatchWriter::new(Encoding::Json),
             status: None,
+            swap_pauses: Vec::new(),
         })
     }
 
@@ -380,6 +387,7 @@ impl Pipeline {
         self.queues = self.stages.iter().map(|_| VecDeque::new()).collect();
         self.plan = plan;
         let pause = started.elapsed();
+        self.swap_pauses.push(pause);
         log.extend(
             swapped
                 .into_iter()
