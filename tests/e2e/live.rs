@@ -110,6 +110,10 @@ fn a_live_pipeline_reloads_under_load_and_loses_nothing() {
     );
     live.wait_for_log("reload failed:", 3);
     assert!(live.log().contains("init failed"), "{}", live.log());
+    // Keyed differently, dedupe's state would no longer fit: refused.
+    write_atomically(&toml, &original.replace("key_by = \"order_id\"", "key_by = \"user_id\""));
+    live.wait_for_log("reload failed:", 4);
+    assert!(live.log().contains("`key_by` changed"), "{}", live.log());
 
     // The module comes back (a copy: the stage changes, its state must not): swapped, state kept.
     append(&orders, &second);
