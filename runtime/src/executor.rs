@@ -61,6 +61,8 @@ struct Queued {
     batch: Rc<Vec<u8>>,
     key: Option<usize>,
     encoding: Encoding,
+    /// The source this batch comes straight from, if any.
+    origin: Option<usize>,
 }
 
 struct SourceRuntime {
@@ -69,6 +71,10 @@ struct SourceRuntime {
     watermarks: Option<BoundedOutOfOrderness>,
     watermark: i64,
     stats: StageStats,
+    /// Event times of the batch just read, by record index, not yet counted.
+    unobserved: Vec<(u64, i64)>,
+    /// Records of that batch a stage could not read (malformed): they do not move time.
+    unreadable: std::collections::HashSet<u64>,
 }
 
 /// A pipeline ready to run.
@@ -151,42 +157,11 @@ impl Pipeline {
             .zip(&plan.operators)
             .map(|(instances, op)| Stage::new(op, instances))
             .collect();
-        let mut upstream = vec![Vec::new(); plan.operators.len()];
-        let ports = plan
-            .sources
-            .iter()
-            .enumerate()
-            .map(|(s, source)| (NodeRef::Source(s), &source.port))
-            .chain(plan.operators.iter().enumerate().flat_map(|(o, op)| {
-                op.ports
-                    .iter()
-                    .map(move |port| (NodeRef::Operator(o), port))
-            }));
-        for (from, port) in ports {
-            for consumer in &port.consumers {
-                if let NodeRef::Operator(o) = consumer.node
-                    && !upstream[o].contains(&from)
-                {
-                    upstream[o].push(from);
-                }
-            }
-        }
+        let upstream = upstream_of(&plan);
         let sources = plan
             .sources
             .iter()
-            .map(|s| {
-                Ok(SourceRuntime {
-                    source: source::open(&s.config)?,
-                    finished: false,
-                    watermarks: s
-                        .config
-                        .event_time
-                        .as_ref()
-                        .map(|_| BoundedOutOfOrderness::new(s.config.watermark_delay_ms)),
-                    watermark: i64::MIN,
-                    stats: StageStats::new(&s.config.name, StageKind::Source, &["main"]),
-                })
-            })
+            .map(|s| Ok(new_source_runtime(&s.config, source::open(&s.config)?)))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let sinks = plan
             .sinks
@@ -492,10 +467,10 @@ impl Pipeline {
                 .flatten();
             let event_ts = event_time.and_then(|f| fields.as_ref()?.get(f)?.as_i64());
             let ts = event_ts.unwrap_or(record.ts);
-            if let (Some(tracker), Some(ts)) = (runtime.watermarks.as_mut(), event_ts) {
-                tracker.observe(ts);
+            if let Some(ts) = event_ts {
+                runtime.unobserved.push((count - 1, ts));
             }
-            let mut entry = out.record(0, count as u32, ts, port.key_fields.len() as u8);
+            let mut entry = out.record(0, (count - 1) as u32, ts, port.key_fields.len() as u8);
             for field in &port.key_fields {
                 let key = fields
                     .as_ref()
@@ -511,21 +486,44 @@ impl Pipeline {
         }
         runtime.stats.records_in += count;
         runtime.stats.outputs[0].1 += count;
-        if let Some(tracker) = &runtime.watermarks {
-            runtime.watermark = runtime.watermark.max(tracker.watermark());
-        }
         let port = port.clone();
-        self.deliver(&port, Rc::new(out.as_bytes().to_vec()))
+        self.deliver(&port, Rc::new(out.as_bytes().to_vec()), Some(s))
+    }
+
+    /// Moves each source's watermark by the event times of the batch it just read, leaving out
+    /// records no stage could read: a malformed line is not an order, so it does not move time.
+    fn observe_source_times(&mut self) {
+        for source in &mut self.sources {
+            let unobserved = std::mem::take(&mut source.unobserved);
+            let unreadable = std::mem::take(&mut source.unreadable);
+            let Some(tracker) = source.watermarks.as_mut() else {
+                continue;
+            };
+            for (index, ts) in unobserved {
+                if !unreadable.contains(&index) {
+                    tracker.observe(ts);
+                }
+            }
+            if !source.finished {
+                source.watermark = source.watermark.max(tracker.watermark());
+            }
+        }
     }
 
     /// Hands a port's batch to every consumer of `port`.
-    fn deliver(&mut self, port: &PortPlan, batch: Rc<Vec<u8>>) -> anyhow::Result<()> {
+    fn deliver(
+        &mut self,
+        port: &PortPlan,
+        batch: Rc<Vec<u8>>,
+        origin: Option<usize>,
+    ) -> anyhow::Result<()> {
         for &Consumer { node, key } in &port.consumers {
             match node {
                 NodeRef::Operator(o) => self.queues[o].push_back(Queued {
                     batch: batch.clone(),
                     key,
                     encoding: port.encoding,
+                    origin,
                 }),
                 NodeRef::Sink(k) => {
                     for entry in OutputReader::new(&batch) {
@@ -545,10 +543,11 @@ impl Pipeline {
     /// watermark to the minimum of its inputs', handing downstream what each step emits.
     fn pump(&mut self) -> anyhow::Result<()> {
         for o in 0..self.stages.len() {
-            while let Some(queued) = self.queues[o].pop_front() {
-                self.stages[o].accept(&queued.batch, queued.key, queued.encoding, &mut self.dead);
-                self.hand_on(o)?;
-            }
+            self.drain(o)?;
+        }
+        self.observe_source_times();
+        for o in 0..self.stages.len() {
+            self.drain(o)?;
             let watermark = self.upstream[o]
                 .iter()
                 .map(|node| match *node {
@@ -566,6 +565,19 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Runs stage `o` over everything queued for it.
+    fn drain(&mut self, o: usize) -> anyhow::Result<()> {
+        while let Some(queued) = self.queues[o].pop_front() {
+            let unreadable =
+                self.stages[o].accept(&queued.batch, queued.key, queued.encoding, &mut self.dead);
+            if let Some(s) = queued.origin {
+                self.sources[s].unreadable.extend(unreadable);
+            }
+            self.hand_on(o)?;
+        }
+        Ok(())
+    }
+
     /// Hands what stage `o` emitted to its consumers, and its dead letters to the sink.
     fn hand_on(&mut self, o: usize) -> anyhow::Result<()> {
         for port in 0..self.stages[o].outputs.len() {
@@ -576,7 +588,7 @@ impl Pipeline {
             let batch = Rc::new(writer.as_bytes().to_vec());
             writer.clear();
             let port = self.plan.operators[o].ports[port].clone();
-            self.deliver(&port, batch)?;
+            self.deliver(&port, batch, None)?;
         }
         self.write_dead_letters()
     }
@@ -622,6 +634,8 @@ fn new_source_runtime(config: &SourceConfig, source: Box<dyn Source>) -> SourceR
             .map(|_| BoundedOutOfOrderness::new(config.watermark_delay_ms)),
         watermark: i64::MIN,
         stats: StageStats::new(&config.name, StageKind::Source, &["main"]),
+        unobserved: Vec::new(),
+        unreadable: std::collections::HashSet::new(),
     }
 }
 

@@ -73,6 +73,8 @@ enum Behaviour {
 struct Pending {
     scratch: OutputWriter,
     order: Vec<(u64, u16, usize, usize)>,
+    /// Positions of the input records that went to the dead letters.
+    failed: Vec<u64>,
 }
 
 /// One operator stage.
@@ -227,14 +229,15 @@ impl Stage {
     }
 
     /// Takes a batch from upstream (output-entry framing, values in `encoding`), keyed by the
-    /// port's key number `key`, and processes it partition by partition.
+    /// port's key number `key`, and processes it partition by partition. Returns the indices of
+    /// the batch's records that went to the dead letters.
     pub fn accept(
         &mut self,
         batch: &[u8],
         key: Option<usize>,
         encoding: Encoding,
         dead: &mut DeadLetters,
-    ) {
+    ) -> Vec<u64> {
         let count = self.partitions.len();
         let mut globals: Vec<Vec<u64>> = vec![Vec::new(); count];
         for partition in &mut self.partitions {
@@ -267,11 +270,12 @@ impl Stage {
             self.partitions[p].input = input;
         }
         self.release_pending();
+        std::mem::take(&mut self.pending.failed)
     }
 
     /// Moves what the partitions emitted to the output ports, in order.
     fn release_pending(&mut self) {
-        let Pending { scratch, order } = &mut self.pending;
+        let Pending { scratch, order, .. } = &mut self.pending;
         order.sort_by_key(|(position, ..)| *position);
         for &(_, port, start, end) in order.iter() {
             self.outputs[usize::from(port)].append_encoded(&scratch.as_bytes()[start..end]);
@@ -306,6 +310,7 @@ impl Stage {
                     }
                 };
                 self.stats.dead_letters += 1;
+                self.pending.failed.push(global[0]);
                 dead.push(&self.name, &failure.0, &raw);
             }
         }
@@ -1014,8 +1019,15 @@ fn apply_records(
                 pending.order.push((position, port, start, end));
                 stats.outputs[usize::from(port)].1 += 1;
             }
-            OutputEntry::Error { message, raw, .. } => {
+            OutputEntry::Error {
+                input_index,
+                message,
+                raw,
+            } => {
                 stats.dead_letters += 1;
+                if let Some(position) = positions.get(input_index as usize) {
+                    pending.failed.push(*position);
+                }
                 dead.push(stage, message, raw);
             }
             OutputEntry::State { slot, value } => on_state(slot, value),

@@ -111,7 +111,10 @@ fn a_live_pipeline_reloads_under_load_and_loses_nothing() {
     live.wait_for_log("reload failed:", 3);
     assert!(live.log().contains("init failed"), "{}", live.log());
     // Keyed differently, dedupe's state would no longer fit: refused.
-    write_atomically(&toml, &original.replace("key_by = \"order_id\"", "key_by = \"user_id\""));
+    write_atomically(
+        &toml,
+        &original.replace("key_by = \"order_id\"", "key_by = \"user_id\""),
+    );
     live.wait_for_log("reload failed:", 4);
     assert!(live.log().contains("`key_by` changed"), "{}", live.log());
 

@@ -101,3 +101,47 @@ inputs = ["sales.late"]
     assert_eq!(late.len(), 1);
     assert_eq!(late[0]["record"]["order_id"], 3);
 }
+
+#[test]
+fn a_malformed_line_does_not_move_event_time() {
+    modules();
+    let scenario = Scenario::new();
+    // The second line is not an order (qty is a string) but its ts is far ahead: were it
+    // counted, the watermark would pass the third record's window and make it late.
+    let malformed = order(2, 9_000_000).replace("\"qty\":1", "\"qty\":\"1\"");
+    assert!(malformed.contains("\"qty\":\"1\""));
+    let lines = [order(1, 1000), malformed, order(3, 1500)];
+    scenario.write("orders.jsonl", lines.join("\n"));
+    scenario.run(
+        r#"
+[pipeline]
+dead_letter = "dead"
+[sources.orders]
+type = "file"
+path = "{dir}/orders.jsonl"
+batch_size = 1
+event_time = "ts"
+[operators.sales]
+module = "{modules}/sales_per_sku.wasm"
+inputs = ["orders"]
+key_by = "sku"
+window = { type = "tumbling", size_ms = 1000 }
+[sinks.results]
+type = "file"
+path = "{dir}/sales.jsonl"
+inputs = ["sales"]
+[sinks.late]
+type = "file"
+path = "{dir}/late.jsonl"
+inputs = ["sales.late"]
+[sinks.dead]
+type = "file"
+path = "{dir}/dead.jsonl"
+"#,
+    );
+    assert_eq!(scenario.jsonl("dead.jsonl").len(), 1);
+    assert!(scenario.jsonl("late.jsonl").is_empty());
+    let windows = scenario.jsonl("sales.jsonl");
+    assert_eq!(windows.len(), 1);
+    assert_eq!(windows[0]["orders"], 2);
+}
