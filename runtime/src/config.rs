@@ -122,6 +122,8 @@ pub enum SourceKind {
     File { path: PathBuf, follow: bool },
     /// Seeded generated orders, the same as `flumen gen orders`.
     Generator { count: u64, seed: u64 },
+    /// The benchmark's orders, made in memory (no JSON): typed `BenchOrder` records.
+    Bench { count: u64, seed: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -174,6 +176,8 @@ pub enum SinkKind {
     File { path: PathBuf },
     /// JSON Lines to standard output.
     Stdout,
+    /// Counts records and drops them (benchmarks).
+    Blackhole,
 }
 
 /// An entry of `inputs`: `stage` (its main output) or `stage.port`.
@@ -761,18 +765,22 @@ fn build_source(
                 follow: raw.follow.unwrap_or(false),
             }
         }
-        "generator" => {
+        "generator" | "bench" => {
             not_for(report, "path", raw.path.is_some(), "generator");
             not_for(report, "follow", raw.follow.is_some(), "generator");
             let count = positive(raw.count, 1000, u64::MAX >> 1, doc, report, &key("count"));
             let seed = raw.seed.unwrap_or(0) as u64;
-            SourceKind::Generator { count, seed }
+            if raw.kind == "bench" {
+                SourceKind::Bench { count, seed }
+            } else {
+                SourceKind::Generator { count, seed }
+            }
         }
         other => {
             report.at(
                 doc,
                 &key("type"),
-                format!("unknown source type \"{other}\"; expected \"file\" or \"generator\""),
+                format!("unknown source type \"{other}\"; expected \"file\", \"generator\" or \"bench\""),
             );
             return None;
         }
@@ -952,11 +960,12 @@ fn build_sink(
             }
         }
         "stdout" => SinkKind::Stdout,
+        "blackhole" => SinkKind::Blackhole,
         other => {
             report.at(
                 doc,
                 &key("type"),
-                format!("unknown sink type \"{other}\"; expected \"file\" or \"stdout\""),
+                format!("unknown sink type \"{other}\"; expected \"file\", \"stdout\" or \"blackhole\""),
             );
             return None;
         }

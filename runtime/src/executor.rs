@@ -12,12 +12,12 @@ use crate::config::{ConfigErrors, SourceConfig};
 use crate::plan::{Consumer, NodeRef, Plan, PortPlan};
 use crate::sandbox::OperatorInstance;
 use crate::sink::{self, FLUSH_INTERVAL, Sink};
-use crate::source::{self, Pull, Source};
+use crate::source::{self, Pull, Source, SourceBatch};
 use crate::stage::Stage;
 use crate::stats::{StageKind, StageStats, Summary};
 use crate::window::BoundedOutOfOrderness;
 use flumen_sdk::abi::{
-    BatchReader, BatchWriter, Encoding, OutputEntry, OutputReader, OutputWriter,
+    Encoding, OutputEntry, OutputReader,
 };
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -75,6 +75,7 @@ struct SourceRuntime {
     unobserved: Vec<(u64, i64)>,
     /// Records of that batch a stage could not read (malformed): they do not move time.
     unreadable: std::collections::HashSet<u64>,
+    batch: SourceBatch,
 }
 
 /// A pipeline ready to run.
@@ -88,7 +89,6 @@ pub struct Pipeline {
     sinks: Vec<Box<dyn Sink>>,
     sink_stats: Vec<StageStats>,
     dead: DeadLetters,
-    source_batch: BatchWriter,
     status: Option<SharedStatus>,
     swap_pauses: Vec<Duration>,
 }
@@ -161,7 +161,7 @@ impl Pipeline {
         let sources = plan
             .sources
             .iter()
-            .map(|s| Ok(new_source_runtime(&s.config, source::open(&s.config)?)))
+            .map(|s| Ok(new_source_runtime(&s.config, &s.port, source::open(&s.config)?)))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let sinks = plan
             .sinks
@@ -181,7 +181,6 @@ impl Pipeline {
             upstream,
             sinks,
             dead: DeadLetters::default(),
-            source_batch: BatchWriter::new(Encoding::Json),
             status: None,
             swap_pauses: Vec::new(),
         })
@@ -234,7 +233,7 @@ impl Pipeline {
                 Some(at) => Err(at),
                 None => {
                     match source::open(&source.config) {
-                        Ok(opened) => Ok(new_source_runtime(&source.config, opened)),
+                        Ok(opened) => Ok(new_source_runtime(&source.config, &source.port, opened)),
                         Err(e) => {
                             errors.push(config.error(
                                 &format!("sources.{}", source.config.name),
@@ -407,8 +406,9 @@ impl Pipeline {
                 if self.sources[s].finished || stopping {
                     continue;
                 }
-                self.source_batch.clear(Encoding::Json);
-                match self.sources[s].source.next_batch(&mut self.source_batch)? {
+                let runtime = &mut self.sources[s];
+                runtime.batch.clear();
+                match runtime.source.next_batch(&mut runtime.batch)? {
                     Pull::Batch => {
                         progressed = true;
                         self.emit_source_batch(s)?;
@@ -448,46 +448,14 @@ impl Pipeline {
 
     /// Hands the source batch just read to the consumers of source `s` and moves its watermark.
     fn emit_source_batch(&mut self, s: usize) -> anyhow::Result<()> {
-        let port = &self.plan.sources[s].port;
-        let event_time = self.plan.sources[s].config.event_time.as_deref();
         let runtime = &mut self.sources[s];
-        let mut out = OutputWriter::default();
-        let needs_fields = event_time.is_some() || !port.key_fields.is_empty();
-        let mut count = 0;
-        for record in BatchReader::new(self.source_batch.as_bytes())? {
-            let record = record?;
-            count += 1;
-            let fields = needs_fields
-                .then(|| {
-                    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(
-                        record.value,
-                    )
-                    .ok()
-                })
-                .flatten();
-            let event_ts = event_time.and_then(|f| fields.as_ref()?.get(f)?.as_i64());
-            let ts = event_ts.unwrap_or(record.ts);
-            if let Some(ts) = event_ts {
-                runtime.unobserved.push((count - 1, ts));
-            }
-            let mut entry = out.record(0, (count - 1) as u32, ts, port.key_fields.len() as u8);
-            for field in &port.key_fields {
-                let key = fields
-                    .as_ref()
-                    .and_then(|f| f.get(field))
-                    .map(key_text)
-                    .unwrap_or_default();
-                entry.key(|b| b.extend_from_slice(key.as_bytes()));
-            }
-            let _ = entry.value(|b| {
-                b.extend_from_slice(record.value);
-                Ok::<_, ()>(())
-            });
-        }
+        let count = runtime.batch.len() as u64;
         runtime.stats.records_in += count;
         runtime.stats.outputs[0].1 += count;
-        let port = port.clone();
-        self.deliver(&port, Rc::new(out.as_bytes().to_vec()), Some(s))
+        runtime.unobserved.extend_from_slice(&runtime.batch.times);
+        let batch = Rc::new(runtime.batch.out.as_bytes().to_vec());
+        let port = self.plan.sources[s].port.clone();
+        self.deliver(&port, batch, Some(s))
     }
 
     /// Moves each source's watermark by the event times of the batch it just read, leaving out
@@ -624,7 +592,11 @@ impl Pipeline {
     }
 }
 
-fn new_source_runtime(config: &SourceConfig, source: Box<dyn Source>) -> SourceRuntime {
+fn new_source_runtime(
+    config: &SourceConfig,
+    port: &PortPlan,
+    source: Box<dyn Source>,
+) -> SourceRuntime {
     SourceRuntime {
         source,
         finished: false,
@@ -636,6 +608,7 @@ fn new_source_runtime(config: &SourceConfig, source: Box<dyn Source>) -> SourceR
         stats: StageStats::new(&config.name, StageKind::Source, &["main"]),
         unobserved: Vec::new(),
         unreadable: std::collections::HashSet::new(),
+        batch: SourceBatch::new(port.key_fields.clone(), config.event_time.clone()),
     }
 }
 
@@ -662,13 +635,4 @@ fn upstream_of(plan: &Plan) -> Vec<Vec<NodeRef>> {
         }
     }
     upstream
-}
-
-/// A JSON value as key text: a string as it is, anything else as its JSON text (integers in
-/// decimal) — what the SDK extracts from a typed value.
-fn key_text(value: &serde_json::Value) -> String {
-    match value {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }

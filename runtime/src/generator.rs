@@ -169,6 +169,45 @@ impl Iterator for OrderGenerator {
     }
 }
 
+/// The benchmark's orders (the peer jobs Flink ran): `order_id` sequential, `user_id` uniform in
+/// 1..=1,000,000, `sku` uniform in 1..=10,000, `qty` uniform in 0..=10, `price_cents` uniform in
+/// 0..=100,000, and event time advancing 1 ms every 1,000 orders.
+pub struct BenchGenerator {
+    rng: Pcg64Mcg,
+    next_id: i64,
+}
+
+/// The fields of a bench order, in this order (also their order in its bincode encoding).
+pub const BENCH_FIELDS: [&str; 6] = ["order_id", "user_id", "sku", "qty", "price_cents", "ts"];
+
+impl BenchGenerator {
+    pub fn new(seed: u64) -> Self {
+        BenchGenerator {
+            rng: Pcg64Mcg::seed_from_u64(seed),
+            next_id: 0,
+        }
+    }
+
+    /// The next order's fields, as [`BENCH_FIELDS`] names them.
+    pub fn next_order(&mut self) -> [i64; 6] {
+        let id = self.next_id;
+        self.next_id += 1;
+        [
+            id,
+            self.rng.random_range(1..=1_000_000),
+            self.rng.random_range(1..=10_000),
+            self.rng.random_range(0..=10),
+            self.rng.random_range(0..=100_000),
+            START_TS + id / 1000,
+        ]
+    }
+
+    /// The value of field `name` of `order`.
+    pub fn field(order: &[i64; 6], name: &str) -> Option<i64> {
+        BENCH_FIELDS.iter().position(|f| *f == name).map(|i| order[i])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,9 @@ use std::collections::BTreeMap;
 
 /// The type name of what a JSON source produces: raw JSON text, which any operator can decode.
 pub const JSON_TEXT: &str = "json";
+/// The type name of the bench source's records: six `i64`s, `order_id, user_id, sku, qty,
+/// price_cents, ts`, in bincode.
+pub const BENCH_ORDER: &str = "BenchOrder";
 
 /// A stage of the plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -132,8 +135,14 @@ pub fn plan(
             config: s.clone(),
             port: PortPlan {
                 name: "main".into(),
-                type_name: JSON_TEXT.into(),
-                encoding: Encoding::Json,
+                type_name: match s.kind {
+                    crate::config::SourceKind::Bench { .. } => BENCH_ORDER.into(),
+                    _ => JSON_TEXT.into(),
+                },
+                encoding: match s.kind {
+                    crate::config::SourceKind::Bench { .. } => Encoding::Bincode,
+                    _ => Encoding::Json,
+                },
                 consumers: Vec::new(),
                 key_fields: Vec::new(),
                 ts_field: None,

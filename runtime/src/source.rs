@@ -1,12 +1,154 @@
-//! Sources: where records enter a pipeline. A source fills one batch at a time; JSON Lines text
-//! travels as the record value, for the first operator to decode into its input type.
+//! Sources: where records enter a pipeline. A source fills one [`SourceBatch`] at a time. JSON
+//! Lines text travels as the record value, for the first operator to decode into its input type;
+//! the source reads only the fields the pipeline needs from it (keys, event time). The bench
+//! source makes typed records in memory, already in bincode.
 
 use crate::config::{SourceConfig, SourceKind};
-use crate::generator::OrderGenerator;
-use flumen_sdk::abi::BatchWriter;
+use crate::generator::{BenchGenerator, OrderGenerator};
+use flumen_sdk::abi::OutputWriter;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
+
+/// One batch being read: records in output-entry framing, each with one key per field in
+/// `key_fields`, and the event times seen (by record index) for the watermark.
+#[derive(Debug, Default)]
+pub struct SourceBatch {
+    pub out: OutputWriter,
+    pub times: Vec<(u64, i64)>,
+    count: u64,
+    key_fields: Vec<String>,
+    event_time: Option<String>,
+    found: Vec<Option<serde_json::Value>>,
+}
+
+impl SourceBatch {
+    /// An empty batch whose records carry keys `key_fields` and event time `event_time`.
+    pub fn new(key_fields: Vec<String>, event_time: Option<String>) -> Self {
+        SourceBatch {
+            key_fields,
+            event_time,
+            ..SourceBatch::default()
+        }
+    }
+
+    /// Empties the batch, keeping its allocations.
+    pub fn clear(&mut self) {
+        self.out.clear();
+        self.times.clear();
+        self.count = 0;
+    }
+
+    /// How many records it holds.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Appends a JSON Lines record, reading its keys and event time from the JSON. A line that
+    /// is not an object, or lacks a field, gets empty keys and no event time: the first operator
+    /// will send it to the dead letters.
+    pub fn push_json(&mut self, line: &[u8]) {
+        let wanted: Vec<&str> = self
+            .key_fields
+            .iter()
+            .map(String::as_str)
+            .chain(self.event_time.as_deref())
+            .collect();
+        self.found.clear();
+        self.found.resize(wanted.len(), None);
+        if !wanted.is_empty() {
+            let mut deserializer = serde_json::Deserializer::from_slice(line);
+            let _ = FieldPicker {
+                wanted: &wanted,
+                found: &mut self.found,
+            }
+            .deserialize(&mut deserializer);
+        }
+        let keys = self.key_fields.len();
+        let ts = self
+            .event_time
+            .as_ref()
+            .and_then(|_| self.found.get(keys)?.as_ref()?.as_i64());
+        let index = self.count;
+        if let Some(ts) = ts {
+            self.times.push((index, ts));
+        }
+        let mut entry = self.out.record(0, index as u32, ts.unwrap_or(0), keys as u8);
+        for value in &self.found[..keys] {
+            entry.key(|b| match value {
+                Some(serde_json::Value::String(s)) => b.extend_from_slice(s.as_bytes()),
+                Some(other) => b.extend_from_slice(other.to_string().as_bytes()),
+                None => {}
+            });
+        }
+        let _ = entry.value(|b| {
+            b.extend_from_slice(line);
+            Ok::<_, ()>(())
+        });
+        self.count += 1;
+    }
+
+    /// Appends a typed record: `field` gives each field's integer value by name.
+    pub fn push_typed(&mut self, field: impl Fn(&str) -> Option<i64>, ts: i64, value: &[u8]) {
+        let index = self.count;
+        if self.event_time.is_some() {
+            self.times.push((index, ts));
+        }
+        let mut entry = self.out.record(0, index as u32, ts, self.key_fields.len() as u8);
+        for name in &self.key_fields {
+            entry.key(|b| {
+                if let Some(v) = field(name) {
+                    b.extend_from_slice(v.to_string().as_bytes());
+                }
+            });
+        }
+        let _ = entry.value(|b| {
+            b.extend_from_slice(value);
+            Ok::<_, ()>(())
+        });
+        self.count += 1;
+    }
+}
+
+/// Deserializes only the wanted top-level fields of a JSON object, skipping the rest unparsed.
+struct FieldPicker<'a, 'b> {
+    wanted: &'a [&'b str],
+    found: &'a mut [Option<serde_json::Value>],
+}
+
+impl<'de> DeserializeSeed<'de> for FieldPicker<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldPicker<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match self.wanted.iter().position(|w| *w == key) {
+                Some(i) => self.found[i] = Some(map.next_value()?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
 
 /// What a call to [`Source::next_batch`] produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +164,7 @@ pub enum Pull {
 /// A source of records.
 pub trait Source {
     /// Appends up to one batch of records to `out` (already cleared).
-    fn next_batch(&mut self, out: &mut BatchWriter) -> std::io::Result<Pull>;
+    fn next_batch(&mut self, out: &mut SourceBatch) -> std::io::Result<Pull>;
 }
 
 /// Opens the source `config` describes.
@@ -34,6 +176,12 @@ pub fn open(config: &SourceConfig) -> anyhow::Result<Box<dyn Source>> {
         SourceKind::Generator { count, seed } => Box::new(GeneratorSource {
             lines: OrderGenerator::new(*seed).take(*count as usize),
             batch_size: config.batch_size,
+        }),
+        SourceKind::Bench { count, seed } => Box::new(BenchSource {
+            generator: BenchGenerator::new(*seed),
+            left: *count,
+            batch_size: config.batch_size,
+            value: Vec::with_capacity(48),
         }),
     })
 }
@@ -91,7 +239,7 @@ impl FileSource {
 }
 
 impl Source for FileSource {
-    fn next_batch(&mut self, out: &mut BatchWriter) -> std::io::Result<Pull> {
+    fn next_batch(&mut self, out: &mut SourceBatch) -> std::io::Result<Pull> {
         while out.len() < self.batch_size {
             self.line.clear();
             let read = self.reader.read_until(b'\n', &mut self.line).map_err(|e| {
@@ -114,7 +262,7 @@ impl Source for FileSource {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            out.push(b"", 0, line);
+            out.push_json(line);
         }
         Ok(match (out.is_empty(), self.follow) {
             (false, _) => Pull::Batch,
@@ -136,32 +284,75 @@ struct GeneratorSource<I> {
 }
 
 impl<I: Iterator<Item = String>> Source for GeneratorSource<I> {
-    fn next_batch(&mut self, out: &mut BatchWriter) -> std::io::Result<Pull> {
+    fn next_batch(&mut self, out: &mut SourceBatch) -> std::io::Result<Pull> {
         while out.len() < self.batch_size {
             let Some(line) = self.lines.next() else { break };
             if !line.trim().is_empty() {
-                out.push(b"", 0, line.as_bytes());
+                out.push_json(line.as_bytes());
             }
         }
-        Ok(if out.is_empty() {
-            Pull::Finished
-        } else {
-            Pull::Batch
-        })
+        Ok(if out.is_empty() { Pull::Finished } else { Pull::Batch })
+    }
+}
+
+/// The benchmark's orders, made in memory as bincode `BenchOrder`s (six `i64`s).
+struct BenchSource {
+    generator: BenchGenerator,
+    left: u64,
+    batch_size: usize,
+    value: Vec<u8>,
+}
+
+impl Source for BenchSource {
+    fn next_batch(&mut self, out: &mut SourceBatch) -> std::io::Result<Pull> {
+        while out.len() < self.batch_size && self.left > 0 {
+            self.left -= 1;
+            let order = self.generator.next_order();
+            self.value.clear();
+            for field in order {
+                self.value.extend_from_slice(&field.to_le_bytes());
+            }
+            out.push_typed(|name| BenchGenerator::field(&order, name), order[5], &self.value);
+        }
+        Ok(if out.is_empty() { Pull::Finished } else { Pull::Batch })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flumen_sdk::abi::{BatchReader, Encoding};
+    use flumen_sdk::abi::{OutputEntry, OutputReader};
     use std::io::Write;
 
-    fn values(writer: &BatchWriter) -> Vec<String> {
-        BatchReader::new(writer.as_bytes())
-            .unwrap()
-            .map(|r| String::from_utf8(r.unwrap().value.to_vec()).unwrap())
+    fn values(batch: &SourceBatch) -> Vec<String> {
+        OutputReader::new(batch.out.as_bytes())
+            .map(|e| match e.unwrap() {
+                OutputEntry::Record { value, .. } => String::from_utf8(value.to_vec()).unwrap(),
+                other => panic!("{other:?}"),
+            })
             .collect()
+    }
+
+    #[test]
+    fn json_records_carry_the_keys_and_event_time_they_name() {
+        let mut batch = SourceBatch::new(vec!["sku".into(), "user".into()], Some("ts".into()));
+        batch.push_json(br#"{"ts": 7, "sku": "S-1", "user": 42, "other": [1, {"x": 2}]}"#);
+        batch.push_json(b"not json");
+        batch.push_json(br#"{"ts": "late", "sku": "S-2"}"#);
+        assert_eq!(batch.times, vec![(0, 7)]);
+        let entries: Vec<_> = OutputReader::new(batch.out.as_bytes()).map(Result::unwrap).collect();
+        match &entries[0] {
+            OutputEntry::Record { ts, keys, .. } => {
+                assert_eq!(*ts, 7);
+                assert_eq!(keys.get(0), Some(&b"S-1"[..]));
+                assert_eq!(keys.get(1), Some(&b"42"[..]));
+            }
+            other => panic!("{other:?}"),
+        }
+        match &entries[2] {
+            OutputEntry::Record { keys, .. } => assert_eq!(keys.get(1), Some(&b""[..])),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -169,13 +360,13 @@ mod tests {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         write!(file, "a\r\n\n  \nb\nc\nd").unwrap();
         let mut source = FileSource::open(file.path().to_path_buf(), false, 2).unwrap();
-        let mut batch = BatchWriter::new(Encoding::Json);
+        let mut batch = SourceBatch::default();
         assert_eq!(source.next_batch(&mut batch).unwrap(), Pull::Batch);
         assert_eq!(values(&batch), ["a", "b"]);
-        batch.clear(Encoding::Json);
+        batch.clear();
         assert_eq!(source.next_batch(&mut batch).unwrap(), Pull::Batch);
         assert_eq!(values(&batch), ["c", "d"]);
-        batch.clear(Encoding::Json);
+        batch.clear();
         assert_eq!(source.next_batch(&mut batch).unwrap(), Pull::Finished);
     }
 
@@ -184,10 +375,10 @@ mod tests {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         write!(file, "a\npart").unwrap();
         let mut source = FileSource::open(file.path().to_path_buf(), true, 10).unwrap();
-        let mut batch = BatchWriter::new(Encoding::Json);
+        let mut batch = SourceBatch::default();
         assert_eq!(source.next_batch(&mut batch).unwrap(), Pull::Batch);
         assert_eq!(values(&batch), ["a"]);
-        batch.clear(Encoding::Json);
+        batch.clear();
         assert_eq!(source.next_batch(&mut batch).unwrap(), Pull::Idle);
         writeln!(file, "ial").unwrap();
         assert_eq!(source.next_batch(&mut batch).unwrap(), Pull::Batch);
@@ -200,20 +391,20 @@ mod tests {
         let path = dir.path().join("in.jsonl");
         std::fs::write(&path, "one\ntwo\n").unwrap();
         let mut source = FileSource::open(path.clone(), true, 10).unwrap();
-        let mut batch = BatchWriter::new(Encoding::Json);
+        let mut batch = SourceBatch::default();
         assert_eq!(source.next_batch(&mut batch).unwrap(), Pull::Batch);
         assert_eq!(values(&batch), ["one", "two"]);
         std::fs::write(&path, "3\n").unwrap();
-        batch.clear(Encoding::Json);
+        batch.clear();
         assert_eq!(source.next_batch(&mut batch).unwrap(), Pull::Batch);
         assert_eq!(values(&batch), ["3"]);
         let rotated = dir.path().join("in.jsonl.1");
         std::fs::rename(&path, &rotated).unwrap();
         std::fs::write(&path, "fresh\n").unwrap();
-        batch.clear(Encoding::Json);
+        batch.clear();
         assert_eq!(source.next_batch(&mut batch).unwrap(), Pull::Batch);
         assert_eq!(values(&batch), ["fresh"]);
-        batch.clear(Encoding::Json);
+        batch.clear();
         assert_eq!(source.next_batch(&mut batch).unwrap(), Pull::Idle);
     }
 }
