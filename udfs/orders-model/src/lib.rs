@@ -97,3 +97,15 @@ pub struct Session {
     pub orders: i64,
     pub revenue_cents: i64,
 }
+
+/// An order of the benchmark jobs (the peer jobs Flink ran), made in memory by the `bench`
+/// source: six integers, `sku` a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BenchOrder {
+    pub order_id: i64,
+    pub user_id: i64,
+    pub sku: i64,
+    pub qty: i64,
+    pub price_cents: i64,
+    pub ts: i64,
+}
