@@ -6,7 +6,7 @@ FLUMEN := target/release/flumen
 UDFS   := udfs tests/udfs
 WASM_TARGET := wasm32-unknown-unknown
 
-.PHONY: demo test lint udfs flumen wasm-toolchain bench-swap clean
+.PHONY: demo test lint udfs native-udfs flumen wasm-toolchain bench bench-swap clean
 
 ## Run the reference pipeline: ORDERS=x.jsonl OUT_DIR=dir make demo ARGS="..."
 demo: udfs
@@ -19,6 +19,15 @@ test: udfs lint
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Throughput, Wasm ÷ native, per-stage time and peak RSS of the reference pipeline and the two
+## peer jobs; writes target/bench.json (BENCH_RECORDS, BENCH_JOB_RECORDS, BENCH_ROUNDS).
+bench: udfs native-udfs
+	$(CARGO) bench -p flumen --bench pipelines
+
+## The UDFs built for this machine too, for `flumen run --backend native`.
+native-udfs: flumen
+	$(FLUMEN) build udfs --native
 
 ## How long a hot swap pauses the reference pipeline under full load (p50, p99).
 bench-swap: udfs

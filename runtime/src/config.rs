@@ -780,7 +780,9 @@ fn build_source(
             report.at(
                 doc,
                 &key("type"),
-                format!("unknown source type \"{other}\"; expected \"file\", \"generator\" or \"bench\""),
+                format!(
+                    "unknown source type \"{other}\"; expected \"file\", \"generator\" or \"bench\""
+                ),
             );
             return None;
         }
@@ -965,7 +967,9 @@ fn build_sink(
             report.at(
                 doc,
                 &key("type"),
-                format!("unknown sink type \"{other}\"; expected \"file\", \"stdout\" or \"blackhole\""),
+                format!(
+                    "unknown sink type \"{other}\"; expected \"file\", \"stdout\" or \"blackhole\""
+                ),
             );
             return None;
         }

@@ -16,9 +16,7 @@ use crate::source::{self, Pull, Source, SourceBatch};
 use crate::stage::Stage;
 use crate::stats::{StageKind, StageStats, Summary};
 use crate::window::BoundedOutOfOrderness;
-use flumen_sdk::abi::{
-    Encoding, OutputEntry, OutputReader,
-};
+use flumen_sdk::abi::{Encoding, OutputEntry, OutputReader};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -161,7 +159,13 @@ impl Pipeline {
         let sources = plan
             .sources
             .iter()
-            .map(|s| Ok(new_source_runtime(&s.config, &s.port, source::open(&s.config)?)))
+            .map(|s| {
+                Ok(new_source_runtime(
+                    &s.config,
+                    &s.port,
+                    source::open(&s.config)?,
+                ))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let sinks = plan
             .sinks
@@ -526,7 +530,9 @@ impl Pipeline {
                 .min()
                 .unwrap_or(i64::MAX);
             if watermark > self.stages[o].watermark {
+                let started = Instant::now();
                 self.stages[o].advance(watermark, &mut self.dead);
+                self.stages[o].stats.busy += started.elapsed();
                 self.hand_on(o)?;
             }
         }
@@ -536,8 +542,10 @@ impl Pipeline {
     /// Runs stage `o` over everything queued for it.
     fn drain(&mut self, o: usize) -> anyhow::Result<()> {
         while let Some(queued) = self.queues[o].pop_front() {
+            let started = Instant::now();
             let unreadable =
                 self.stages[o].accept(&queued.batch, queued.key, queued.encoding, &mut self.dead);
+            self.stages[o].stats.busy += started.elapsed();
             if let Some(s) = queued.origin {
                 self.sources[s].unreadable.extend(unreadable);
             }

@@ -204,7 +204,10 @@ impl BenchGenerator {
 
     /// The value of field `name` of `order`.
     pub fn field(order: &[i64; 6], name: &str) -> Option<i64> {
-        BENCH_FIELDS.iter().position(|f| *f == name).map(|i| order[i])
+        BENCH_FIELDS
+            .iter()
+            .position(|f| *f == name)
+            .map(|i| order[i])
     }
 }
 

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod config;
 pub mod executor;
 pub mod generator;
+mod native;
 pub mod plan;
 pub mod reload;
 pub mod sandbox;
@@ -39,12 +40,39 @@ pub struct Prepared {
 pub struct Options {
     /// Partitions of every keyed stage that does not set its own.
     pub parallelism: usize,
+    /// How operators run.
+    pub backend: BackendKind,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { parallelism: 1 }
+        Options {
+            parallelism: 1,
+            backend: BackendKind::Wasm,
+        }
     }
+}
+
+/// How operators run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendKind {
+    /// Sandboxed WebAssembly modules.
+    #[default]
+    Wasm,
+    /// The same UDF crates built for the host: `dir/name.wasm` runs as `dir/native/libname.so`
+    /// (`flumen build --native`). Unsandboxed: for measuring and debugging.
+    Native,
+}
+
+/// Where the native form of the module at `wasm` is: `dir/native/lib<name>.so`.
+pub fn native_module_path(wasm: &Path) -> std::path::PathBuf {
+    let stem = wasm
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = wasm.parent().unwrap_or(Path::new("."));
+    dir.join("native")
+        .join(format!("lib{stem}{}", std::env::consts::DLL_SUFFIX))
 }
 
 /// Loads the pipeline file at `path` and prepares it, reporting every problem at once.
@@ -65,7 +93,11 @@ pub fn prepare_config(
 ) -> Result<Prepared, ConfigErrors> {
     let mut modules = BTreeMap::new();
     for op in &config.operators {
-        match sandbox.load(&op.module) {
+        let loaded = match options.backend {
+            BackendKind::Wasm => sandbox.load(&op.module),
+            BackendKind::Native => sandbox.load_native(&native_module_path(&op.module)),
+        };
+        match loaded {
             Ok(module) => {
                 modules.insert(op.name.clone(), module);
             }

@@ -37,6 +37,12 @@ enum Command {
         /// Serve GET /status and POST /reload on this address (e.g. 127.0.0.1:9090).
         #[arg(long, value_name = "ADDRESS")]
         admin: Option<String>,
+        /// Run operators as sandboxed Wasm, or natively (built by `flumen build --native`).
+        #[arg(long, value_enum, default_value_t = Backend::Wasm)]
+        backend: Backend,
+        /// Also write the summary as JSON to this file (records, time, per-stage counts, peak RSS).
+        #[arg(long, value_name = "FILE")]
+        summary_json: Option<PathBuf>,
     },
     /// Check a pipeline file and its modules without running it; every problem is reported.
     Validate {
@@ -51,6 +57,9 @@ enum Command {
         /// Where the modules go.
         #[arg(long, default_value = "target/flumen")]
         out_dir: PathBuf,
+        /// Also build each crate for this machine, into OUT_DIR/native (for `--backend native`).
+        #[arg(long)]
+        native: bool,
     },
     /// Generate test data.
     Gen {
@@ -66,6 +75,14 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Backend {
+    /// Sandboxed WebAssembly.
+    Wasm,
+    /// The same UDF crates as native shared libraries: unsandboxed, for measuring and debugging.
+    Native,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -100,6 +117,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             parallelism,
             watch,
             admin,
+            backend,
+            summary_json,
         } => {
             if parallelism == 0 {
                 anyhow::bail!("--parallelism is at least 1");
@@ -108,7 +127,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (trigger_sender, triggers) = mpsc::channel();
             handle_signals(stop.clone(), trigger_sender.clone())?;
             let sandbox = Arc::new(Sandbox::new()?);
-            let options = flumen::Options { parallelism };
+            let options = flumen::Options {
+                parallelism,
+                backend: match backend {
+                    Backend::Wasm => flumen::BackendKind::Wasm,
+                    Backend::Native => flumen::BackendKind::Native,
+                },
+            };
             let prepared = match flumen::prepare(&pipeline, &sandbox, options) {
                 Ok(prepared) => prepared,
                 Err(errors) => {
@@ -142,8 +167,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(status) = status {
                 running.report_to(status);
             }
+            let started = std::time::Instant::now();
             let summary = running.run(&stop, Some(&reloads))?;
+            let elapsed = started.elapsed();
             eprint!("{summary}");
+            if let Some(path) = summary_json {
+                let report = summary.to_json(elapsed);
+                std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { pipeline } => {
@@ -166,7 +198,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Build { paths, out_dir } => {
+        Command::Build {
+            paths,
+            out_dir,
+            native,
+        } => {
             let toolchain = flumen::toolchain::detect()?;
             let mut crates = Vec::new();
             for path in &paths {
@@ -177,6 +213,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             for module in flumen::toolchain::build(&toolchain, &crates, &out_dir)? {
                 println!("{}", module.display());
+            }
+            if native {
+                for library in flumen::toolchain::build_native(&crates, &out_dir.join("native"))? {
+                    println!("{}", library.display());
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

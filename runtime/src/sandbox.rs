@@ -6,6 +6,7 @@
 //! trap (a panic, an out-of-memory, a deadline) is reported as a [`GuestFailure`] for the caller
 //! to recover from, never as a crash.
 
+use crate::native::{NativeGuest, NativeLibrary};
 use flumen_sdk::abi::{self, ABI_VERSION, Describe, InitRequest, PortSpec, imports};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -199,33 +200,64 @@ impl Sandbox {
                 path: path.clone(),
                 message: format!("{e:#}"),
             })?;
-        let mut loaded = LoadedModule {
+        let loaded = LoadedModule {
             path,
-            pre,
-            engine: self.engine.clone(),
+            backend: Backend::Wasm {
+                pre,
+                engine: self.engine.clone(),
+            },
             hash: content_hash(bytes),
             describe: None,
         };
+        loaded.described()
+    }
+
+    /// Loads the native form of a module (a shared library built from the same UDF crate).
+    pub fn load_native(&self, path: &Path) -> Result<Arc<LoadedModule>, ModuleError> {
+        let bytes = std::fs::read(path).map_err(|source| ModuleError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let library = NativeLibrary::load(path).map_err(|message| ModuleError::Compile {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        let loaded = LoadedModule {
+            path: path.to_path_buf(),
+            backend: Backend::Native(library),
+            hash: content_hash(&bytes),
+            describe: None,
+        };
+        loaded.described()
+    }
+}
+
+impl LoadedModule {
+    /// Asks the module what it is and checks the answer.
+    fn described(mut self) -> Result<Arc<LoadedModule>, ModuleError> {
+        let loaded = &mut self;
         let describe = loaded.describe_now()?;
         if describe.abi_version != ABI_VERSION {
             return Err(ModuleError::AbiVersion {
-                path: loaded.path,
+                path: self.path,
                 found: describe.abi_version,
                 expected: ABI_VERSION,
             });
         }
-        if describe.kind == abi::OperatorKind::Aggregate {
+        if let Backend::Wasm { pre, .. } = &loaded.backend
+            && describe.kind == abi::OperatorKind::Aggregate
+        {
             for export in [abi::exports::MERGE, abi::exports::FINISH] {
-                if loaded.pre.module().get_export(export).is_none() {
+                if pre.module().get_export(export).is_none() {
                     return Err(ModuleError::MissingExport {
-                        path: loaded.path,
+                        path: self.path,
                         export: format!("`{export}`, which an aggregate needs"),
                     });
                 }
             }
         }
-        loaded.describe = Some(describe);
-        Ok(Arc::new(loaded))
+        self.describe = Some(describe);
+        Ok(Arc::new(self))
     }
 }
 
@@ -260,9 +292,19 @@ pub struct LoadedModule {
     pub path: PathBuf,
     /// A hash of the module's bytes.
     pub hash: String,
-    pre: InstancePre<GuestState>,
-    engine: Engine,
+    backend: Backend,
     describe: Option<Describe>,
+}
+
+/// How a module runs.
+enum Backend {
+    /// Sandboxed in wasmtime.
+    Wasm {
+        pre: InstancePre<GuestState>,
+        engine: Engine,
+    },
+    /// Natively, as a shared library (see [`crate::native`]).
+    Native(Arc<NativeLibrary>),
 }
 
 impl std::fmt::Debug for LoadedModule {
@@ -323,8 +365,41 @@ enum Call {
     ToJson,
 }
 
-/// One live instance and its typed exports.
-struct Guest {
+/// One live instance: a Wasm instance, or a native runner.
+enum Guest {
+    Wasm(Box<WasmGuest>),
+    Native(NativeGuest),
+}
+
+impl Guest {
+    fn instantiate(module: &LoadedModule, limits: Limits) -> Result<Self, ModuleError> {
+        match &module.backend {
+            Backend::Wasm { pre, engine } => WasmGuest::instantiate(module, pre, engine, limits)
+                .map(|g| Guest::Wasm(Box::new(g))),
+            Backend::Native(library) => Ok(Guest::Native(NativeGuest::new(library.clone()))),
+        }
+    }
+
+    fn call(&mut self, call: Call, request: &[&[u8]]) -> Result<&[u8], GuestFailure> {
+        match self {
+            Guest::Wasm(guest) => guest.call(call, request),
+            Guest::Native(guest) => {
+                let code = match call {
+                    Call::Describe => abi::native::DESCRIBE,
+                    Call::Init => abi::native::INIT,
+                    Call::Process => abi::native::PROCESS,
+                    Call::Merge => abi::native::MERGE,
+                    Call::Finish => abi::native::FINISH,
+                    Call::ToJson => abi::native::TO_JSON,
+                };
+                guest.call(code, request)
+            }
+        }
+    }
+}
+
+/// One live Wasm instance and its typed exports.
+struct WasmGuest {
     store: Store<GuestState>,
     memory: Memory,
     describe: TypedFunc<(), u64>,
@@ -338,19 +413,24 @@ struct Guest {
     limits: Limits,
 }
 
-impl Guest {
-    fn instantiate(module: &LoadedModule, limits: Limits) -> Result<Self, ModuleError> {
+impl WasmGuest {
+    fn instantiate(
+        module: &LoadedModule,
+        pre: &InstancePre<GuestState>,
+        engine: &Engine,
+        limits: Limits,
+    ) -> Result<Self, ModuleError> {
         let state = GuestState {
             memory_limit: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
             memory_limit_hit: false,
             panic_message: None,
         };
-        let mut store = Store::new(&module.engine, state);
+        let mut store = Store::new(engine, state);
         store.limiter(|state| state);
         store.epoch_deadline_trap();
         let deadline_ticks = (limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(deadline_ticks);
-        let instance = module.pre.instantiate(&mut store).map_err(|e| {
+        let instance = pre.instantiate(&mut store).map_err(|e| {
             module.guest_error(format!(
                 "cannot instantiate it: {}",
                 failure(&store, &e, limits)
@@ -370,7 +450,7 @@ impl Guest {
                     .map_err(|_| missing($name, $sig))?
             };
         }
-        Ok(Guest {
+        Ok(WasmGuest {
             describe: typed!(abi::exports::DESCRIBE, (), u64, "as () -> i64"),
             input: typed!(abi::exports::INPUT, u32, u32, "as (i32) -> i32"),
             init: typed!(abi::exports::INIT, u32, u64, "as (i32) -> i64"),

@@ -79,7 +79,9 @@ impl SourceBatch {
         if let Some(ts) = ts {
             self.times.push((index, ts));
         }
-        let mut entry = self.out.record(0, index as u32, ts.unwrap_or(0), keys as u8);
+        let mut entry = self
+            .out
+            .record(0, index as u32, ts.unwrap_or(0), keys as u8);
         for value in &self.found[..keys] {
             entry.key(|b| match value {
                 Some(serde_json::Value::String(s)) => b.extend_from_slice(s.as_bytes()),
@@ -100,7 +102,9 @@ impl SourceBatch {
         if self.event_time.is_some() {
             self.times.push((index, ts));
         }
-        let mut entry = self.out.record(0, index as u32, ts, self.key_fields.len() as u8);
+        let mut entry = self
+            .out
+            .record(0, index as u32, ts, self.key_fields.len() as u8);
         for name in &self.key_fields {
             entry.key(|b| {
                 if let Some(v) = field(name) {
@@ -291,7 +295,11 @@ impl<I: Iterator<Item = String>> Source for GeneratorSource<I> {
                 out.push_json(line.as_bytes());
             }
         }
-        Ok(if out.is_empty() { Pull::Finished } else { Pull::Batch })
+        Ok(if out.is_empty() {
+            Pull::Finished
+        } else {
+            Pull::Batch
+        })
     }
 }
 
@@ -312,9 +320,17 @@ impl Source for BenchSource {
             for field in order {
                 self.value.extend_from_slice(&field.to_le_bytes());
             }
-            out.push_typed(|name| BenchGenerator::field(&order, name), order[5], &self.value);
+            out.push_typed(
+                |name| BenchGenerator::field(&order, name),
+                order[5],
+                &self.value,
+            );
         }
-        Ok(if out.is_empty() { Pull::Finished } else { Pull::Batch })
+        Ok(if out.is_empty() {
+            Pull::Finished
+        } else {
+            Pull::Batch
+        })
     }
 }
 
@@ -340,7 +356,9 @@ mod tests {
         batch.push_json(b"not json");
         batch.push_json(br#"{"ts": "late", "sku": "S-2"}"#);
         assert_eq!(batch.times, vec![(0, 7)]);
-        let entries: Vec<_> = OutputReader::new(batch.out.as_bytes()).map(Result::unwrap).collect();
+        let entries: Vec<_> = OutputReader::new(batch.out.as_bytes())
+            .map(Result::unwrap)
+            .collect();
         match &entries[0] {
             OutputEntry::Record { ts, keys, .. } => {
                 assert_eq!(*ts, 7);

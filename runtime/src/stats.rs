@@ -20,6 +20,8 @@ pub struct StageStats {
     pub outputs: Vec<(String, u64)>,
     /// Records that went to the dead letters here.
     pub dead_letters: u64,
+    /// Time spent in this stage (operators: processing and firing).
+    pub busy: std::time::Duration,
 }
 
 impl StageStats {
@@ -30,6 +32,7 @@ impl StageStats {
             records_in: 0,
             outputs: ports.iter().map(|p| (p.to_string(), 0)).collect(),
             dead_letters: 0,
+            busy: std::time::Duration::ZERO,
         }
     }
 }
@@ -38,6 +41,54 @@ impl StageStats {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
     pub stages: Vec<StageStats>,
+}
+
+impl Summary {
+    /// The summary as JSON, with the run's duration, its throughput (records read by the
+    /// sources per second), each stage's busy time and the process's peak resident memory.
+    pub fn to_json(&self, elapsed: std::time::Duration) -> serde_json::Value {
+        let read: u64 = self
+            .stages
+            .iter()
+            .filter(|s| s.kind == StageKind::Source)
+            .map(|s| s.records_in)
+            .sum();
+        let stages: serde_json::Map<String, serde_json::Value> = self
+            .stages
+            .iter()
+            .map(|s| {
+                let outputs: serde_json::Map<String, serde_json::Value> = s
+                    .outputs
+                    .iter()
+                    .map(|(p, n)| (p.clone(), (*n).into()))
+                    .collect();
+                (
+                    s.name.clone(),
+                    serde_json::json!({
+                        "records_in": s.records_in,
+                        "outputs": outputs,
+                        "dead_letters": s.dead_letters,
+                        "busy_s": s.busy.as_secs_f64(),
+                    }),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "records": read,
+            "seconds": elapsed.as_secs_f64(),
+            "records_per_s": read as f64 / elapsed.as_secs_f64().max(1e-9),
+            "peak_rss_bytes": peak_rss_bytes(),
+            "stages": stages,
+        })
+    }
+}
+
+/// The process's peak resident set size (Linux `VmHWM`), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 impl fmt::Display for Summary {

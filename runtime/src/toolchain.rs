@@ -185,7 +185,7 @@ pub fn build(
         if !output.status.success() {
             bail!("building {} failed (cargo said why above)", krate.package);
         }
-        let built = wasm_artifacts(&output.stdout);
+        let built = artifacts(&output.stdout, "wasm");
         if built.is_empty() {
             bail!("building {} produced no .wasm file", krate.package);
         }
@@ -199,6 +199,49 @@ pub fn build(
         }
     }
     Ok(modules)
+}
+
+/// Builds `crates` for this machine and copies each shared library to `out_dir`: the native
+/// backend's modules. Uses the host toolchain and the crate's usual target folder.
+pub fn build_native(crates: &[UdfCrate], out_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let mut libraries = Vec::new();
+    for krate in crates {
+        tracing::info!(package = %krate.package, "building native library");
+        let output = Command::new("cargo")
+            .args([
+                "build",
+                "--release",
+                "--message-format=json-render-diagnostics",
+            ])
+            .arg("--manifest-path")
+            .arg(&krate.manifest)
+            .args(["-p", &krate.package])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .output()
+            .with_context(|| format!("cannot run cargo to build {}", krate.package))?;
+        if !output.status.success() {
+            bail!(
+                "building {} natively failed (cargo said why above)",
+                krate.package
+            );
+        }
+        let built = artifacts(&output.stdout, std::env::consts::DLL_EXTENSION);
+        if built.is_empty() {
+            bail!("building {} produced no shared library", krate.package);
+        }
+        for artifact in built {
+            let name = artifact
+                .file_name()
+                .with_context(|| format!("odd artifact path {}", artifact.display()))?;
+            let dest = out_dir.join(name);
+            copy_if_changed(&artifact, &dest)?;
+            libraries.push(dest);
+        }
+    }
+    Ok(libraries)
 }
 
 fn target_dir(manifest: &Path) -> anyhow::Result<PathBuf> {
@@ -225,12 +268,17 @@ fn target_dir(manifest: &Path) -> anyhow::Result<PathBuf> {
         .context("`cargo metadata` gave no target directory")
 }
 
-/// The `.wasm` files in cargo's JSON messages.
-fn wasm_artifacts(messages: &[u8]) -> Vec<PathBuf> {
+/// The files ending in `.{extension}` in cargo's JSON messages.
+fn artifacts(messages: &[u8], extension: &str) -> Vec<PathBuf> {
     messages
         .split(|b| *b == b'\n')
         .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
         .filter(|m| m["reason"] == "compiler-artifact")
+        .filter(|m| {
+            m["target"]["kind"]
+                .as_array()
+                .is_some_and(|kinds| kinds.iter().any(|k| k == "cdylib"))
+        })
         .flat_map(|m| {
             m["filenames"]
                 .as_array()
@@ -239,7 +287,7 @@ fn wasm_artifacts(messages: &[u8]) -> Vec<PathBuf> {
                 .into_iter()
         })
         .filter_map(|f| f.as_str().map(PathBuf::from))
-        .filter(|f| f.extension().is_some_and(|e| e == "wasm"))
+        .filter(|f| f.extension().is_some_and(|e| e == extension))
         .collect()
 }
 
@@ -249,7 +297,7 @@ fn copy_if_changed(from: &Path, to: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     // Write beside, then rename: a watcher never sees half a module.
-    let partial = to.with_extension("wasm.partial");
+    let partial = to.with_extension("partial");
     std::fs::write(&partial, &bytes)
         .with_context(|| format!("cannot write {}", partial.display()))?;
     std::fs::rename(&partial, to).with_context(|| format!("cannot write {}", to.display()))?;
@@ -281,8 +329,12 @@ mod tests {
 
     #[test]
     fn artifacts_are_read_from_cargo_messages() {
-        let messages = br#"{"reason":"compiler-artifact","filenames":["/t/x.wasm","/t/libx.rlib"]}
+        let messages = br#"{"reason":"compiler-artifact","target":{"kind":["cdylib","rlib"]},"filenames":["/t/x.wasm","/t/libx.rlib"]}
+{"reason":"compiler-artifact","target":{"kind":["proc-macro"]},"filenames":["/t/libm.so"]}
 {"reason":"build-finished","success":true}"#;
-        assert_eq!(wasm_artifacts(messages), vec![PathBuf::from("/t/x.wasm")]);
+        assert_eq!(
+            artifacts(messages, "wasm"),
+            vec![PathBuf::from("/t/x.wasm")]
+        );
     }
 }

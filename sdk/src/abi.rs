@@ -61,6 +61,31 @@ pub mod exports {
     pub const MEMORY: &str = "memory";
 }
 
+/// The native form of a module (the same UDF crate built for the host, loaded as a shared
+/// library): the limit Wasm is measured against, and a way to debug a UDF natively. Exports
+/// `flumen_native_new() -> *mut c_void` (a runner), `flumen_native_free(runner)`, and
+/// `flumen_native_call(runner, call, ptr, len, out_ptr, out_len) -> i32` with `call` one of the
+/// codes below and the request/reply as in the Wasm calls; it returns [`native::OK`], or
+/// [`native::PANICKED`] with the panic message as the reply.
+pub mod native {
+    /// `describe`.
+    pub const DESCRIBE: u32 = 0;
+    /// `init`.
+    pub const INIT: u32 = 1;
+    /// `process`.
+    pub const PROCESS: u32 = 2;
+    /// `merge` (aggregates).
+    pub const MERGE: u32 = 3;
+    /// `finish` (aggregates).
+    pub const FINISH: u32 = 4;
+    /// `to_json`.
+    pub const TO_JSON: u32 = 5;
+    /// The call completed.
+    pub const OK: i32 = 0;
+    /// The UDF panicked; the reply is the message.
+    pub const PANICKED: i32 = 1;
+}
+
 /// What the host offers a module: module name [`imports::MODULE`], these functions only.
 pub mod imports {
     /// The import module name of every host function.

@@ -573,6 +573,161 @@ mod host {
 #[doc(hidden)]
 pub use host::install_panic_hook;
 
+/// A runner the native form of a module drives: one call, by code, on a request.
+#[doc(hidden)]
+pub trait NativeCalls {
+    fn native_call(&mut self, call: u32, request: &[u8]) -> &[u8];
+}
+
+impl<Op: Operator> NativeCalls for Runner<Op> {
+    fn native_call(&mut self, call: u32, request: &[u8]) -> &[u8] {
+        use crate::abi::native;
+        if call == native::DESCRIBE {
+            return self.describe();
+        }
+        self.input_buffer(request.len()).copy_from_slice(request);
+        match call {
+            native::INIT => self.init(request.len()),
+            native::PROCESS => self.process(request.len()),
+            _ => self.to_json(request.len()),
+        }
+    }
+}
+
+impl<A: Aggregate> NativeCalls for AggregateRunner<A> {
+    fn native_call(&mut self, call: u32, request: &[u8]) -> &[u8] {
+        use crate::abi::native;
+        if call == native::DESCRIBE {
+            return self.describe();
+        }
+        self.input_buffer(request.len()).copy_from_slice(request);
+        match call {
+            native::INIT => self.init(request.len()),
+            native::PROCESS => self.add(request.len()),
+            native::MERGE => self.merge(request.len()),
+            native::FINISH => self.finish(request.len()),
+            _ => self.to_json(request.len()),
+        }
+    }
+}
+
+/// The machinery of the native exports; see [`abi::native`].
+#[doc(hidden)]
+pub mod native {
+    use super::NativeCalls;
+    use std::ffi::c_void;
+
+    thread_local! {
+        static PANIC_MESSAGE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+
+    /// A new runner, boxed, as an opaque pointer.
+    pub fn new<R: NativeCalls + Default>() -> *mut c_void {
+        Box::into_raw(Box::new(R::default())).cast()
+    }
+
+    /// Frees a runner made by [`new`].
+    ///
+    /// # Safety
+    /// `runner` comes from `new::<R>()` and is not used again.
+    pub unsafe fn free<R: NativeCalls>(runner: *mut c_void) {
+        if !runner.is_null() {
+            // SAFETY: the caller passes a pointer from `Box::into_raw` of an `R`, once.
+            drop(unsafe { Box::from_raw(runner.cast::<R>()) });
+        }
+    }
+
+    /// Makes one call; a panic is caught and its message returned as the reply.
+    ///
+    /// # Safety
+    /// `runner` comes from `new::<R>()`; `ptr`/`len` describe readable bytes; `out_ptr` and
+    /// `out_len` are writable. The reply stays valid until the next call on this runner.
+    pub unsafe fn call<R: NativeCalls>(
+        runner: *mut c_void,
+        call: u32,
+        ptr: *const u8,
+        len: usize,
+        out_ptr: *mut *const u8,
+        out_len: *mut usize,
+    ) -> i32 {
+        // SAFETY: as the caller promises, `runner` is a live `R` used by this thread only, and
+        // `ptr`/`len` are readable.
+        let (runner, request) = unsafe {
+            (
+                &mut *runner.cast::<R>(),
+                std::slice::from_raw_parts(ptr, len),
+            )
+        };
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let reply = runner.native_call(call, request);
+            (reply.as_ptr(), reply.len())
+        }));
+        let (code, (reply_ptr, reply_len)) = match outcome {
+            Ok(reply) => (crate::abi::native::OK, reply),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "a panic without a message".into());
+                let reply = PANIC_MESSAGE.with_borrow_mut(|m| {
+                    *m = message;
+                    (m.as_ptr(), m.len())
+                });
+                (crate::abi::native::PANICKED, reply)
+            }
+        };
+        // SAFETY: the caller passes writable pointers.
+        unsafe {
+            *out_ptr = reply_ptr;
+            *out_len = reply_len;
+        }
+        code
+    }
+}
+
+/// Defines the native exports of a module (see [`abi::native`]) for runner type `$runner`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_native {
+    ($runner:ty) => {
+        #[cfg(not(target_arch = "wasm32"))]
+        mod __flumen_native_exports {
+            use super::*;
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn flumen_native_new() -> *mut ::std::ffi::c_void {
+                $crate::guest::native::new::<$runner>()
+            }
+
+            /// # Safety
+            /// See `flumen_sdk::guest::native::free`.
+            #[unsafe(no_mangle)]
+            pub unsafe extern "C" fn flumen_native_free(runner: *mut ::std::ffi::c_void) {
+                // SAFETY: forwarded from the caller.
+                unsafe { $crate::guest::native::free::<$runner>(runner) }
+            }
+
+            /// # Safety
+            /// See `flumen_sdk::guest::native::call`.
+            #[unsafe(no_mangle)]
+            pub unsafe extern "C" fn flumen_native_call(
+                runner: *mut ::std::ffi::c_void,
+                call: u32,
+                ptr: *const u8,
+                len: usize,
+                out_ptr: *mut *const u8,
+                out_len: *mut usize,
+            ) -> i32 {
+                // SAFETY: forwarded from the caller.
+                unsafe {
+                    $crate::guest::native::call::<$runner>(runner, call, ptr, len, out_ptr, out_len)
+                }
+            }
+        }
+    };
+}
+
 /// Exports an [`Operator`] as a flumen module: defines the functions of [`abi::exports`] when
 /// compiling for `wasm32`, and nothing natively. The attribute macros call it; a hand-written
 /// operator calls it once per crate.
@@ -634,6 +789,7 @@ macro_rules! export {
                 RUNNER.with_borrow_mut(|r| reply(r.to_json(len as usize)))
             }
         }
+        $crate::__export_native!($crate::guest::Runner<$op>);
     };
 }
 
@@ -690,5 +846,6 @@ macro_rules! export_aggregate {
                 RUNNER.with_borrow_mut(|r| reply(r.to_json(len as usize)))
             }
         }
+        $crate::__export_native!($crate::guest::AggregateRunner<$agg>);
     };
 }

@@ -6,6 +6,7 @@
 mod cli;
 mod config_errors;
 mod live;
+mod native;
 mod orders_pipeline;
 mod sandbox;
 mod support;

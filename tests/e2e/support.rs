@@ -35,6 +35,21 @@ pub fn modules() -> &'static Path {
     })
 }
 
+/// The module folder with the native form of every UDF built too (`flumen build --native`).
+pub fn native_modules() -> &'static Path {
+    static NATIVE: OnceLock<PathBuf> = OnceLock::new();
+    NATIVE.get_or_init(|| {
+        let out = modules().to_path_buf();
+        let status = flumen()
+            .args(["build", "udfs", "tests/udfs", "--native", "--out-dir"])
+            .arg(&out)
+            .status()
+            .expect("cannot run flumen build --native");
+        assert!(status.success(), "flumen build --native failed");
+        out
+    })
+}
+
 /// A test's own folder with a pipeline and its files.
 pub struct Scenario {
     pub dir: tempfile::TempDir,

@@ -29,7 +29,14 @@ mod tests {
     use super::*;
 
     fn order(qty: i64, price_cents: i64) -> BenchOrder {
-        BenchOrder { order_id: 1, user_id: 10, sku: 3, qty, price_cents, ts: 5 }
+        BenchOrder {
+            order_id: 1,
+            user_id: 10,
+            sku: 3,
+            qty,
+            price_cents,
+            ts: 5,
+        }
     }
 
     #[test]

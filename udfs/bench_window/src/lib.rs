@@ -66,10 +66,26 @@ mod tests {
     #[test]
     fn counts_and_sums() {
         let mut acc = BenchWindow.create();
-        let o = BenchOrder { order_id: 1, user_id: 1, sku: 42, qty: 3, price_cents: 7, ts: 0 };
+        let o = BenchOrder {
+            order_id: 1,
+            user_id: 1,
+            sku: 42,
+            qty: 3,
+            price_cents: 7,
+            ts: 0,
+        };
         BenchWindow.add(&mut acc, &o);
         BenchWindow.add(&mut acc, &o);
-        let out = BenchWindow.finish("42", Window { start: 0, end: 1000 }, acc).unwrap();
+        let out = BenchWindow
+            .finish(
+                "42",
+                Window {
+                    start: 0,
+                    end: 1000,
+                },
+                acc,
+            )
+            .unwrap();
         assert_eq!((out.sku, out.count, out.sum), (42, 2, 42));
     }
 }

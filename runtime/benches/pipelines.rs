@@ -1,0 +1,189 @@
+//! `make bench`: the reference pipeline (JSON in, every stage and sink) and the two peer jobs
+//! (in-memory orders into a stateless UDF or 1 s windows), each run by the real `flumen` binary
+//! three times with Wasm modules and three times natively, alternating. Prints records/s, the
+//! Wasm ÷ native ratio, each stage's busy time and the peak RSS, and writes `target/bench.json`.
+//!
+//! `BENCH_RECORDS` (default 2,000,000) orders for the reference pipeline, `BENCH_JOB_RECORDS`
+//! (default 20,000,000) for each peer job, `BENCH_ROUNDS` (default 3).
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One run of `flumen run`; its summary JSON.
+fn run(
+    root: &Path,
+    pipeline: &str,
+    backend: &str,
+    envs: &[(&str, String)],
+) -> anyhow::Result<Value> {
+    let summary = root.join("target/bench/summary.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_flumen"))
+        .current_dir(root)
+        .args(["run", pipeline, "--backend", backend, "--summary-json"])
+        .arg(&summary)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("FLUMEN_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(
+        status.success(),
+        "flumen run {pipeline} --backend {backend} failed"
+    );
+    Ok(serde_json::from_slice(&std::fs::read(&summary)?)?)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Runs a job `rounds` times per backend, alternating, and sums it up.
+fn job(
+    root: &Path,
+    name: &str,
+    pipeline: &str,
+    envs: &[(&str, String)],
+    rounds: u64,
+) -> anyhow::Result<Value> {
+    let mut runs: Vec<(String, Value)> = Vec::new();
+    for round in 0..rounds {
+        for backend in ["wasm", "native"] {
+            let summary = run(root, pipeline, backend, envs)?;
+            println!(
+                "  {name:<10} {backend:<6} round {}: {:>12.0} records/s",
+                round + 1,
+                summary["records_per_s"].as_f64().unwrap_or(0.0)
+            );
+            runs.push((backend.to_string(), summary));
+        }
+    }
+    let rate = |backend: &str| {
+        median(
+            runs.iter()
+                .filter(|(b, _)| b == backend)
+                .map(|(_, s)| s["records_per_s"].as_f64().unwrap_or(0.0))
+                .collect(),
+        )
+    };
+    let (wasm, native) = (rate("wasm"), rate("native"));
+    let last_wasm = runs
+        .iter()
+        .rev()
+        .find(|(b, _)| b == "wasm")
+        .map(|(_, s)| s.clone())
+        .unwrap_or_default();
+    let peak = runs
+        .iter()
+        .filter_map(|(_, s)| s["peak_rss_bytes"].as_u64())
+        .max()
+        .unwrap_or(0);
+    Ok(json!({
+        "records": last_wasm["records"],
+        "wasm_records_per_s": wasm,
+        "native_records_per_s": native,
+        "ratio": wasm / native,
+        "peak_rss_bytes": peak,
+        "stages": last_wasm["stages"],
+    }))
+}
+
+fn main() -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let records = env_or("BENCH_RECORDS", 2_000_000);
+    let job_records = env_or("BENCH_JOB_RECORDS", 20_000_000);
+    let rounds = env_or("BENCH_ROUNDS", 3).max(1);
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    for module in ["validate", "bench_stateless", "bench_window"] {
+        let native = flumen::native_module_path(&root.join(format!("target/flumen/{module}.wasm")));
+        anyhow::ensure!(
+            native.exists(),
+            "build the modules first: make udfs and flumen build --native (make bench does)"
+        );
+    }
+    let orders: PathBuf = dir.join(format!("orders-{records}.jsonl"));
+    if !orders.exists() {
+        let status = Command::new(env!("CARGO_BIN_EXE_flumen"))
+            .args([
+                "gen",
+                "orders",
+                "--count",
+                &records.to_string(),
+                "--seed",
+                "7",
+                "--out",
+            ])
+            .arg(&orders)
+            .status()?;
+        anyhow::ensure!(status.success(), "flumen gen failed");
+    }
+    println!(
+        "reference pipeline: {records} orders; peer jobs: {job_records} records; {rounds} rounds"
+    );
+    let reference = job(
+        &root,
+        "reference",
+        "pipelines/orders.toml",
+        &[
+            ("ORDERS", orders.display().to_string()),
+            ("OUT_DIR", dir.join("out").display().to_string()),
+        ],
+        rounds,
+    )?;
+    let jobs_env = [("BENCH_RECORDS", job_records.to_string())];
+    let stateless = job(
+        &root,
+        "stateless",
+        "pipelines/bench-stateless.toml",
+        &jobs_env,
+        rounds,
+    )?;
+    let window = job(
+        &root,
+        "window",
+        "pipelines/bench-window.toml",
+        &jobs_env,
+        rounds,
+    )?;
+
+    println!(
+        "\n{:<10} {:>14} {:>14} {:>7} {:>10}",
+        "job", "wasm rec/s", "native rec/s", "ratio", "peak RSS"
+    );
+    for (name, result) in [
+        ("reference", &reference),
+        ("stateless", &stateless),
+        ("window", &window),
+    ] {
+        println!(
+            "{name:<10} {:>14.0} {:>14.0} {:>7.2} {:>7} MiB",
+            result["wasm_records_per_s"].as_f64().unwrap_or(0.0),
+            result["native_records_per_s"].as_f64().unwrap_or(0.0),
+            result["ratio"].as_f64().unwrap_or(0.0),
+            result["peak_rss_bytes"].as_u64().unwrap_or(0) >> 20
+        );
+    }
+    println!("\nreference pipeline, busy time per stage (wasm):");
+    if let Some(stages) = reference["stages"].as_object() {
+        for (stage, s) in stages {
+            println!(
+                "  {stage:<18} {:>8.3} s",
+                s["busy_s"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    let mut report = reference.clone();
+    report["jobs"] = json!({"stateless": stateless, "window": window});
+    let path = root.join("target/bench.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+    println!("\nwrote {}", path.display());
+    Ok(())
+}
