@@ -691,38 +691,38 @@ pub mod native {
 #[macro_export]
 macro_rules! __export_native {
     ($runner:ty) => {
+        // Not in a module of their own: a module could not name items local to a function
+        // (as in doc tests).
         #[cfg(not(target_arch = "wasm32"))]
-        mod __flumen_native_exports {
-            use super::*;
+        #[unsafe(no_mangle)]
+        pub extern "C" fn flumen_native_new() -> *mut ::std::ffi::c_void {
+            $crate::guest::native::new::<$runner>()
+        }
 
-            #[unsafe(no_mangle)]
-            pub extern "C" fn flumen_native_new() -> *mut ::std::ffi::c_void {
-                $crate::guest::native::new::<$runner>()
-            }
+        /// # Safety
+        /// See `flumen_sdk::guest::native::free`.
+        #[cfg(not(target_arch = "wasm32"))]
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn flumen_native_free(runner: *mut ::std::ffi::c_void) {
+            // SAFETY: forwarded from the caller.
+            unsafe { $crate::guest::native::free::<$runner>(runner) }
+        }
 
-            /// # Safety
-            /// See `flumen_sdk::guest::native::free`.
-            #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn flumen_native_free(runner: *mut ::std::ffi::c_void) {
-                // SAFETY: forwarded from the caller.
-                unsafe { $crate::guest::native::free::<$runner>(runner) }
-            }
-
-            /// # Safety
-            /// See `flumen_sdk::guest::native::call`.
-            #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn flumen_native_call(
-                runner: *mut ::std::ffi::c_void,
-                call: u32,
-                ptr: *const u8,
-                len: usize,
-                out_ptr: *mut *const u8,
-                out_len: *mut usize,
-            ) -> i32 {
-                // SAFETY: forwarded from the caller.
-                unsafe {
-                    $crate::guest::native::call::<$runner>(runner, call, ptr, len, out_ptr, out_len)
-                }
+        /// # Safety
+        /// See `flumen_sdk::guest::native::call`.
+        #[cfg(not(target_arch = "wasm32"))]
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn flumen_native_call(
+            runner: *mut ::std::ffi::c_void,
+            call: u32,
+            ptr: *const u8,
+            len: usize,
+            out_ptr: *mut *const u8,
+            out_len: *mut usize,
+        ) -> i32 {
+            // SAFETY: forwarded from the caller.
+            unsafe {
+                $crate::guest::native::call::<$runner>(runner, call, ptr, len, out_ptr, out_len)
             }
         }
     };
