@@ -457,7 +457,7 @@ impl Pipeline {
         runtime.stats.records_in += count;
         runtime.stats.outputs[0].1 += count;
         runtime.unobserved.extend_from_slice(&runtime.batch.times);
-        let batch = Rc::new(runtime.batch.out.as_bytes().to_vec());
+        let batch = Rc::new(runtime.batch.out.take());
         let port = self.plan.sources[s].port.clone();
         self.deliver(&port, batch, Some(s))
     }
@@ -556,13 +556,12 @@ impl Pipeline {
 
     /// Hands what stage `o` emitted to its consumers, and its dead letters to the sink.
     fn hand_on(&mut self, o: usize) -> anyhow::Result<()> {
-        for port in 0..self.stages[o].outputs.len() {
-            let writer = &mut self.stages[o].outputs[port];
+        for port in 0..self.stages[o].outputs().len() {
+            let writer = &mut self.stages[o].outputs()[port];
             if writer.as_bytes().is_empty() {
                 continue;
             }
-            let batch = Rc::new(writer.as_bytes().to_vec());
-            writer.clear();
+            let batch = Rc::new(writer.take());
             let port = self.plan.operators[o].ports[port].clone();
             self.deliver(&port, batch, None)?;
         }

@@ -307,13 +307,17 @@ pub fn plan(
         }
     }
 
+    // A port read by a text sink is written as JSON by its producer; a blackhole takes anything.
     for op in &mut operators {
         for port in &mut op.ports {
-            if port
-                .consumers
-                .iter()
-                .any(|c| matches!(c.node, NodeRef::Sink(_)))
-            {
+            let text_sink = port.consumers.iter().any(|c| match c.node {
+                NodeRef::Sink(k) => config
+                    .sinks
+                    .get(k)
+                    .is_some_and(|s| s.kind != crate::config::SinkKind::Blackhole),
+                _ => false,
+            });
+            if text_sink {
                 port.encoding = Encoding::Json;
             }
         }

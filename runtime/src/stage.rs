@@ -17,6 +17,7 @@ use flumen_sdk::abi::{
     BatchReader, BatchWriter, Encoding, OperatorKind, OutputEntry, OutputReader, OutputWriter,
     RecordRef, SlotWriter,
 };
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 
@@ -51,8 +52,8 @@ struct SessionWork {
 struct Partition {
     instance: OperatorInstance,
     state: HashMap<Vec<u8>, StateEntry>,
-    /// Tumbling and sliding windows, by (end, key).
-    windows: BTreeMap<(i64, Vec<u8>), WindowAcc>,
+    /// Tumbling and sliding windows, by end, then key.
+    windows: BTreeMap<i64, FxHashMap<Vec<u8>, WindowAcc>>,
     /// Session windows per key, and their firing order (end, key, start).
     sessions: HashMap<Vec<u8>, SessionSet<WindowAcc>>,
     session_ends: BTreeSet<(i64, Vec<u8>, i64)>,
@@ -71,10 +72,28 @@ enum Behaviour {
 /// partitioning) or a fired window's rank.
 #[derive(Default)]
 struct Pending {
+    /// What the stage emitted, per port, not yet handed downstream.
+    outputs: Vec<OutputWriter>,
+    /// With one partition, outputs are already in order and go straight to `outputs`.
+    direct: bool,
     scratch: OutputWriter,
     order: Vec<(u64, u16, usize, usize)>,
     /// Positions of the input records that went to the dead letters.
     failed: Vec<u64>,
+}
+
+impl Pending {
+    /// Appends a record entry for `port` at `position`, written by `write`.
+    fn record(&mut self, port: u16, position: u64, write: impl FnOnce(&mut OutputWriter)) {
+        if self.direct {
+            write(&mut self.outputs[usize::from(port)]);
+            return;
+        }
+        let start = self.scratch.as_bytes().len();
+        write(&mut self.scratch);
+        let end = self.scratch.as_bytes().len();
+        self.order.push((position, port, start, end));
+    }
 }
 
 /// One operator stage.
@@ -82,8 +101,6 @@ pub(crate) struct Stage {
     pub name: String,
     behaviour: Behaviour,
     partitions: Vec<Partition>,
-    /// What the stage emitted, per port, not yet handed downstream (output-entry framing).
-    pub outputs: Vec<OutputWriter>,
     /// The stage's current watermark.
     pub watermark: i64,
     pub stats: StageStats,
@@ -128,12 +145,15 @@ impl Stage {
                     input: BatchWriter::new(Encoding::Bincode),
                 })
                 .collect(),
-            outputs: plan.ports.iter().map(|_| OutputWriter::default()).collect(),
             watermark: i64::MIN,
             stats: StageStats::new(&plan.config.name, StageKind::Operator, &ports),
             guest_ports: plan.guest_ports().len(),
             last_sweep: i64::MIN,
-            pending: Pending::default(),
+            pending: Pending {
+                outputs: plan.ports.iter().map(|_| OutputWriter::default()).collect(),
+                direct: plan.partitions == 1,
+                ..Pending::default()
+            },
             config: plan.config.clone(),
             module_hash: module_hash.to_string(),
             state_type: plan.describe.state_type.clone(),
@@ -199,8 +219,11 @@ impl Stage {
             for (key, entry) in partition.state {
                 self.partitions[home(&key)].state.insert(key, entry);
             }
-            for ((end, key), acc) in partition.windows {
-                self.partitions[home(&key)].windows.insert((end, key), acc);
+            for (end, keyed) in partition.windows {
+                for (key, acc) in keyed {
+                    let target = &mut self.partitions[home(&key)].windows;
+                    target.entry(end).or_default().insert(key, acc);
+                }
             }
             for (key, set) in partition.sessions {
                 let target = &mut self.partitions[home(&key)];
@@ -213,6 +236,11 @@ impl Stage {
             }
         }
         true
+    }
+
+    /// What the stage emitted, per port, not yet handed downstream (output-entry framing).
+    pub fn outputs(&mut self) -> &mut [OutputWriter] {
+        &mut self.pending.outputs
     }
 
     /// The hash of the module this stage runs.
@@ -275,10 +303,15 @@ impl Stage {
 
     /// Moves what the partitions emitted to the output ports, in order.
     fn release_pending(&mut self) {
-        let Pending { scratch, order, .. } = &mut self.pending;
+        let Pending {
+            scratch,
+            order,
+            outputs,
+            ..
+        } = &mut self.pending;
         order.sort_by_key(|(position, ..)| *position);
         for &(_, port, start, end) in order.iter() {
-            self.outputs[usize::from(port)].append_encoded(&scratch.as_bytes()[start..end]);
+            outputs[usize::from(port)].append_encoded(&scratch.as_bytes()[start..end]);
         }
         order.clear();
         scratch.clear();
@@ -361,7 +394,7 @@ impl Stage {
         let watermark = self.watermark;
         let partition = &mut self.partitions[p];
         let mut slots = SlotWriter::default();
-        let mut slot_of: HashMap<&[u8], u32> = HashMap::new();
+        let mut slot_of: FxHashMap<&[u8], u32> = FxHashMap::default();
         let mut slot_keys: Vec<&[u8]> = Vec::new();
         let mut slot_ts: Vec<i64> = Vec::new();
         let mut rebuilt = BatchWriter::new(reader.encoding());
@@ -431,7 +464,7 @@ impl Stage {
         let watermark = self.watermark;
         let partition = &mut self.partitions[p];
         let mut slots = SlotWriter::default();
-        let mut slot_of: HashMap<(i64, &[u8]), u32> = HashMap::new();
+        let mut slot_of: FxHashMap<(i64, &[u8]), u32> = FxHashMap::default();
         let mut slot_windows: Vec<(Bounds, &[u8])> = Vec::new();
         let mut rebuilt = BatchWriter::new(encoding);
         let mut late = BatchWriter::new(encoding);
@@ -445,7 +478,8 @@ impl Stage {
                 let slot = *slot_of.entry((window.end, record.key)).or_insert_with(|| {
                     let stored = partition
                         .windows
-                        .get(&(window.end, record.key.to_vec()))
+                        .get(&window.end)
+                        .and_then(|keyed| keyed.get(record.key))
                         .map(|w| w.acc.as_slice());
                     slot_windows.push((*window, record.key));
                     slots.push(record.key, stored)
@@ -479,13 +513,16 @@ impl Stage {
                 |slot, value| {
                     let (window, key) = slot_windows[slot as usize];
                     let Some(acc) = value else { return };
-                    let entry = windows
-                        .entry((window.end, key.to_vec()))
-                        .or_insert(WindowAcc {
+                    let keyed = windows.entry(window.end).or_default();
+                    let entry = match keyed.get_mut(key) {
+                        Some(entry) => entry,
+                        None => keyed.entry(key.to_vec()).or_insert(WindowAcc {
                             acc: Vec::new(),
                             fired: false,
-                        });
-                    entry.acc = acc.to_vec();
+                        }),
+                    };
+                    entry.acc.clear();
+                    entry.acc.extend_from_slice(acc);
                     if entry.fired {
                         refire.push((window, key.to_vec(), entry.acc.clone()));
                     }
@@ -712,7 +749,7 @@ impl Stage {
         if late.is_empty() {
             return;
         }
-        let late_port = self.outputs.len() - 1;
+        let late_port = self.pending.outputs.len() - 1;
         let stage = serde_json::to_string(&self.name).unwrap_or_default();
         let rendered = match late.as_bytes().first() {
             Some(&b) if b == Encoding::Json as u8 => None,
@@ -739,20 +776,14 @@ impl Stage {
             line.extend_from_slice(b",\"record\":");
             line.extend_from_slice(&record);
             line.push(b'}');
-            let start = self.pending.scratch.as_bytes().len();
-            let entry = self
-                .pending
-                .scratch
-                .record(late_port as u16, i as u32, ts, 0);
-            let _ = entry.value(|b| {
-                b.extend_from_slice(&line);
-                Ok::<_, ()>(())
-            });
-            let end = self.pending.scratch.as_bytes().len();
             let position = globals.get(i).copied().unwrap_or(u64::MAX);
-            self.pending
-                .order
-                .push((position, late_port as u16, start, end));
+            self.pending.record(late_port as u16, position, |writer| {
+                let entry = writer.record(late_port as u16, i as u32, ts, 0);
+                let _ = entry.value(|b| {
+                    b.extend_from_slice(&line);
+                    Ok::<_, ()>(())
+                });
+            });
             self.stats.outputs[late_port].1 += 1;
         }
     }
@@ -900,25 +931,28 @@ fn take_due(
             WindowSpec::Sliding { size_ms, .. } => size_ms,
             WindowSpec::Session { gap_ms } => gap_ms,
         };
-        let keys: Vec<(i64, Vec<u8>)> = partition
+        let ends: Vec<i64> = partition
             .windows
-            .range(..(last_end.saturating_add(1), Vec::new()))
-            .map(|(k, _)| k.clone())
+            .range(..last_end.saturating_add(1))
+            .map(|(end, _)| *end)
             .collect();
-        for (end, key) in keys {
+        for end in ends {
             let bounds = Bounds {
                 start: end - size,
                 end,
             };
-            let Some(window) = partition.windows.get_mut(&(end, key.clone())) else {
+            let purge = bounds.is_fired(watermark, lateness);
+            let Some(keyed) = partition.windows.get_mut(&end) else {
                 continue;
             };
-            if !window.fired {
-                window.fired = true;
-                due.push((bounds, key.clone(), window.acc.clone()));
+            for (key, window) in keyed.iter_mut() {
+                if !window.fired {
+                    window.fired = true;
+                    due.push((bounds, key.clone(), window.acc.clone()));
+                }
             }
-            if bounds.is_fired(watermark, lateness) {
-                partition.windows.remove(&(end, key));
+            if purge {
+                partition.windows.remove(&end);
             }
         }
     }
@@ -1000,23 +1034,20 @@ fn apply_records(
                 keys,
                 value,
             } => {
-                let start = pending.scratch.as_bytes().len();
-                let mut record = pending
-                    .scratch
-                    .record(port, input_index, ts, keys.len() as u8);
-                for k in 0..keys.len() {
-                    record.key(|b| b.extend_from_slice(keys.get(k).unwrap_or_default()));
-                }
-                let _ = record.value(|b| {
-                    b.extend_from_slice(value);
-                    Ok::<_, ()>(())
-                });
-                let end = pending.scratch.as_bytes().len();
                 let position = positions
                     .get(input_index as usize)
                     .copied()
                     .unwrap_or(u64::MAX);
-                pending.order.push((position, port, start, end));
+                pending.record(port, position, |writer| {
+                    let mut record = writer.record(port, input_index, ts, keys.len() as u8);
+                    for k in 0..keys.len() {
+                        record.key(|b| b.extend_from_slice(keys.get(k).unwrap_or_default()));
+                    }
+                    let _ = record.value(|b| {
+                        b.extend_from_slice(value);
+                        Ok::<_, ()>(())
+                    });
+                });
                 stats.outputs[usize::from(port)].1 += 1;
             }
             OutputEntry::Error {

@@ -594,6 +594,11 @@ impl OutputWriter {
         RecordEntry { buf: &mut self.buf }
     }
 
+    /// Takes the encoded entries out, leaving the writer empty.
+    pub fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
     /// Appends entries already encoded by another writer.
     pub fn append_encoded(&mut self, entries: &[u8]) {
         self.buf.extend_from_slice(entries);
