@@ -57,6 +57,8 @@ struct Partition {
     /// Session windows per key, and their firing order (end, key, start).
     sessions: HashMap<Vec<u8>, SessionSet<WindowAcc>>,
     session_ends: BTreeSet<(i64, Vec<u8>, i64)>,
+    /// Sliding windows kept as panes: the end of the last window fired.
+    panes_fired_until: Option<i64>,
     input: BatchWriter,
 }
 
@@ -142,6 +144,7 @@ impl Stage {
                     windows: BTreeMap::new(),
                     sessions: HashMap::new(),
                     session_ends: BTreeSet::new(),
+                    panes_fired_until: None,
                     input: BatchWriter::new(Encoding::Bincode),
                 })
                 .collect(),
@@ -394,7 +397,8 @@ impl Stage {
         let watermark = self.watermark;
         let partition = &mut self.partitions[p];
         let mut slots = SlotWriter::default();
-        let mut slot_of: FxHashMap<&[u8], u32> = FxHashMap::default();
+        let mut slot_of: FxHashMap<&[u8], u32> =
+            FxHashMap::with_capacity_and_hasher(reader.remaining(), Default::default());
         let mut slot_keys: Vec<&[u8]> = Vec::new();
         let mut slot_ts: Vec<i64> = Vec::new();
         let mut rebuilt = BatchWriter::new(reader.encoding());
@@ -464,17 +468,36 @@ impl Stage {
         let watermark = self.watermark;
         let partition = &mut self.partitions[p];
         let mut slots = SlotWriter::default();
-        let mut slot_of: FxHashMap<(i64, &[u8]), u32> = FxHashMap::default();
+        let mut slot_of: FxHashMap<(i64, &[u8]), u32> =
+            FxHashMap::with_capacity_and_hasher(reader.remaining() * 2, Default::default());
         let mut slot_windows: Vec<(Bounds, &[u8])> = Vec::new();
         let mut rebuilt = BatchWriter::new(encoding);
         let mut late = BatchWriter::new(encoding);
         let mut bounds = Vec::new();
         let mut refs = Vec::new();
         let mut late_globals = Vec::new();
+        let panes = pane_size(spec, lateness);
         for (i, record) in reader.flatten().enumerate() {
-            spec.assign(record.ts, &mut bounds);
+            match (panes, spec) {
+                (Some(slide), WindowSpec::Sliding { size_ms, .. }) => {
+                    // The record goes to its pane; it is late when the last window holding the
+                    // pane has fired.
+                    let start = record.ts - record.ts.rem_euclid(slide);
+                    bounds.clear();
+                    if start.saturating_add(size_ms - 1) > watermark {
+                        bounds.push(Bounds {
+                            start,
+                            end: start + slide,
+                        });
+                    }
+                }
+                _ => spec.assign(record.ts, &mut bounds),
+            }
             refs.clear();
-            for window in bounds.iter().filter(|w| !w.is_fired(watermark, lateness)) {
+            for window in bounds
+                .iter()
+                .filter(|w| panes.is_some() || !w.is_fired(watermark, lateness))
+            {
                 let slot = *slot_of.entry((window.end, record.key)).or_insert_with(|| {
                     let stored = partition
                         .windows
@@ -812,7 +835,25 @@ impl Stage {
                 // depend on how keys are spread.
                 let mut due: Vec<(Bounds, Vec<u8>, Vec<u8>, usize)> = Vec::new();
                 for p in 0..self.partitions.len() {
-                    let fired = take_due(&mut self.partitions[p], spec, watermark, lateness);
+                    let fired = match (pane_size(spec, lateness), spec) {
+                        (Some(slide), WindowSpec::Sliding { size_ms, .. }) => {
+                            match take_due_panes(&mut self.partitions[p], size_ms, slide, watermark)
+                            {
+                                Ok(fired) => fired,
+                                Err(failure) => {
+                                    self.stats.dead_letters += 1;
+                                    let raw = format!("windows of partition {p} up to {watermark}");
+                                    dead.push(
+                                        &self.name,
+                                        &format!("merge {}", failure.0),
+                                        raw.as_bytes(),
+                                    );
+                                    Vec::new()
+                                }
+                            }
+                        }
+                        _ => take_due(&mut self.partitions[p], spec, watermark, lateness),
+                    };
                     due.extend(fired.into_iter().map(|(b, k, a)| (b, k, a, p)));
                 }
                 due.sort_by(|a, b| (a.0.end, &a.1, a.0.start).cmp(&(b.0.end, &b.1, b.0.start)));
@@ -885,6 +926,93 @@ impl Stage {
             }
         }
     }
+}
+
+/// The pane size when sliding windows are kept as panes (one accumulator per slide, merged into
+/// windows when they fire): each record is added once instead of `size / slide` times. Only
+/// without allowed lateness, where a fired window never changes again.
+fn pane_size(spec: WindowSpec, lateness: i64) -> Option<i64> {
+    match spec {
+        WindowSpec::Sliding { size_ms, slide_ms } if lateness == 0 && size_ms > slide_ms => {
+            Some(slide_ms)
+        }
+        _ => None,
+    }
+}
+
+/// Fires the sliding windows `watermark` completes from the panes of `partition`: each window's
+/// panes are merged (one guest call for all of them); panes no window needs any more are dropped.
+fn take_due_panes(
+    partition: &mut Partition,
+    size: i64,
+    slide: i64,
+    watermark: i64,
+) -> Result<Vec<Fired>, GuestFailure> {
+    let (Some(&min_end), Some(&max_end)) = (
+        partition.windows.keys().next(),
+        partition.windows.keys().next_back(),
+    ) else {
+        return Ok(Vec::new());
+    };
+    let first = partition.panes_fired_until.map_or(min_end, |f| f + slide);
+    let last = watermark.saturating_add(1).min(max_end - slide + size);
+    let last = last - last.rem_euclid(slide);
+    let mut request = BatchWriter::new(Encoding::Bincode);
+    let mut slots = SlotWriter::default();
+    let mut windows: Vec<(Bounds, Vec<u8>, u32)> = Vec::new();
+    let mut end = first;
+    while end <= last {
+        let mut per_key: BTreeMap<&[u8], Vec<&[u8]>> = BTreeMap::new();
+        for (_, keyed) in partition.windows.range(end - size + slide..=end) {
+            for (key, pane) in keyed {
+                per_key.entry(key).or_default().push(&pane.acc);
+            }
+        }
+        for (key, accs) in per_key {
+            let target = slots.push(key, None);
+            let refs: Vec<u32> = std::iter::once(target)
+                .chain(accs.iter().map(|acc| slots.push(key, Some(acc))))
+                .collect();
+            request.push_with(key, end - 1, &refs, |_| {});
+            windows.push((
+                Bounds {
+                    start: end - size,
+                    end,
+                },
+                key.to_vec(),
+                target,
+            ));
+        }
+        end += slide;
+    }
+    if last >= first {
+        partition.panes_fired_until = Some(last);
+        let keep_from = last + slide - size;
+        partition.windows = partition.windows.split_off(&(keep_from + 1));
+    }
+    if windows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let output = partition
+        .instance
+        .merge(&[request.as_bytes(), slots.as_bytes()])?;
+    let mut merged: FxHashMap<u32, Vec<u8>> = FxHashMap::default();
+    for entry in OutputReader::new(output) {
+        match entry.map_err(|e| GuestFailure(format!("module returned a malformed output: {e}")))? {
+            OutputEntry::State {
+                slot,
+                value: Some(acc),
+            } => {
+                merged.insert(slot, acc.to_vec());
+            }
+            OutputEntry::Error { message, .. } => return Err(GuestFailure(message.to_string())),
+            _ => {}
+        }
+    }
+    Ok(windows
+        .into_iter()
+        .filter_map(|(bounds, key, slot)| Some((bounds, key, merged.remove(&slot)?)))
+        .collect())
 }
 
 /// Takes the windows of `partition` that `watermark` fires (marking them fired) and drops those
