@@ -179,26 +179,39 @@ pub fn build(
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         tracing::info!(package = %krate.package, "building module");
-        let output = cargo
-            .output()
-            .with_context(|| format!("cannot run cargo to build {}", krate.package))?;
-        if !output.status.success() {
-            bail!("building {} failed (cargo said why above)", krate.package);
-        }
-        let built = artifacts(&output.stdout, "wasm");
-        if built.is_empty() {
-            bail!("building {} produced no .wasm file", krate.package);
-        }
-        for artifact in built {
-            let name = artifact
-                .file_name()
-                .with_context(|| format!("odd artifact path {}", artifact.display()))?;
-            let dest = out_dir.join(name);
-            copy_if_changed(&artifact, &dest)?;
-            modules.push(dest);
-        }
+        modules.extend(run_and_collect(cargo, krate, "wasm", out_dir)?);
     }
     Ok(modules)
+}
+
+/// Runs a cargo build of `krate` and copies the artifacts ending in `.{extension}` it reports
+/// to `out_dir`.
+fn run_and_collect(
+    mut cargo: Command,
+    krate: &UdfCrate,
+    extension: &str,
+    out_dir: &Path,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let output = cargo
+        .output()
+        .with_context(|| format!("cannot run cargo to build {}", krate.package))?;
+    if !output.status.success() {
+        bail!("building {} failed (cargo said why above)", krate.package);
+    }
+    let built = artifacts(&output.stdout, extension);
+    if built.is_empty() {
+        bail!("building {} produced no .{extension} file", krate.package);
+    }
+    let mut copied = Vec::new();
+    for artifact in built {
+        let name = artifact
+            .file_name()
+            .with_context(|| format!("odd artifact path {}", artifact.display()))?;
+        let dest = out_dir.join(name);
+        copy_if_changed(&artifact, &dest)?;
+        copied.push(dest);
+    }
+    Ok(copied)
 }
 
 /// Builds `crates` for this machine and copies each shared library to `out_dir`: the native
@@ -209,7 +222,8 @@ pub fn build_native(crates: &[UdfCrate], out_dir: &Path) -> anyhow::Result<Vec<P
     let mut libraries = Vec::new();
     for krate in crates {
         tracing::info!(package = %krate.package, "building native library");
-        let output = Command::new("cargo")
+        let mut cargo = Command::new("cargo");
+        cargo
             .args([
                 "build",
                 "--release",
@@ -219,27 +233,9 @@ pub fn build_native(crates: &[UdfCrate], out_dir: &Path) -> anyhow::Result<Vec<P
             .arg(&krate.manifest)
             .args(["-p", &krate.package])
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .output()
-            .with_context(|| format!("cannot run cargo to build {}", krate.package))?;
-        if !output.status.success() {
-            bail!(
-                "building {} natively failed (cargo said why above)",
-                krate.package
-            );
-        }
-        let built = artifacts(&output.stdout, std::env::consts::DLL_EXTENSION);
-        if built.is_empty() {
-            bail!("building {} produced no shared library", krate.package);
-        }
-        for artifact in built {
-            let name = artifact
-                .file_name()
-                .with_context(|| format!("odd artifact path {}", artifact.display()))?;
-            let dest = out_dir.join(name);
-            copy_if_changed(&artifact, &dest)?;
-            libraries.push(dest);
-        }
+            .stderr(Stdio::inherit());
+        let extension = std::env::consts::DLL_EXTENSION;
+        libraries.extend(run_and_collect(cargo, krate, extension, out_dir)?);
     }
     Ok(libraries)
 }

@@ -298,6 +298,14 @@ impl<Op: Operator> Runner<Op> {
     pub fn to_json(&mut self, len: usize) -> &[u8] {
         self.buffers.render_json::<Op::Input>(len)
     }
+
+    fn not_an_aggregate(&mut self) -> &[u8] {
+        self.buffers.output.clear();
+        self.buffers
+            .output
+            .error(u32::MAX, "this module is not an aggregate", b"");
+        self.buffers.output.as_bytes()
+    }
 }
 
 /// Drives one [`Aggregate`] through the ABI.
@@ -573,48 +581,88 @@ mod host {
 #[doc(hidden)]
 pub use host::install_panic_hook;
 
-/// A runner the native form of a module drives: one call, by code, on a request.
+/// What a module's exports drive: [`Runner`] for an operator, [`AggregateRunner`] for an
+/// aggregate. Each call reads its request from the first `len` bytes of the input buffer.
 #[doc(hidden)]
-pub trait NativeCalls {
-    fn native_call(&mut self, call: u32, request: &[u8]) -> &[u8];
-}
+pub trait GuestRunner: Default + 'static {
+    fn input_buffer(&mut self, len: usize) -> &mut [u8];
+    fn describe(&mut self) -> &[u8];
+    fn init(&mut self, len: usize) -> &[u8];
+    fn process(&mut self, len: usize) -> &[u8];
+    fn merge(&mut self, len: usize) -> &[u8];
+    fn finish(&mut self, len: usize) -> &[u8];
+    fn to_json(&mut self, len: usize) -> &[u8];
 
-impl<Op: Operator> NativeCalls for Runner<Op> {
+    /// The native form of a call: by code (see [`abi::native`]), on a request.
     fn native_call(&mut self, call: u32, request: &[u8]) -> &[u8] {
         use crate::abi::native;
         if call == native::DESCRIBE {
             return self.describe();
         }
         self.input_buffer(request.len()).copy_from_slice(request);
+        let len = request.len();
         match call {
-            native::INIT => self.init(request.len()),
-            native::PROCESS => self.process(request.len()),
-            _ => self.to_json(request.len()),
+            native::INIT => self.init(len),
+            native::PROCESS => self.process(len),
+            native::MERGE => self.merge(len),
+            native::FINISH => self.finish(len),
+            _ => self.to_json(len),
         }
     }
 }
 
-impl<A: Aggregate> NativeCalls for AggregateRunner<A> {
-    fn native_call(&mut self, call: u32, request: &[u8]) -> &[u8] {
-        use crate::abi::native;
-        if call == native::DESCRIBE {
-            return self.describe();
-        }
-        self.input_buffer(request.len()).copy_from_slice(request);
-        match call {
-            native::INIT => self.init(request.len()),
-            native::PROCESS => self.add(request.len()),
-            native::MERGE => self.merge(request.len()),
-            native::FINISH => self.finish(request.len()),
-            _ => self.to_json(request.len()),
-        }
+impl<Op: Operator> GuestRunner for Runner<Op> {
+    fn input_buffer(&mut self, len: usize) -> &mut [u8] {
+        Runner::input_buffer(self, len)
+    }
+    fn describe(&mut self) -> &[u8] {
+        Runner::describe(self)
+    }
+    fn init(&mut self, len: usize) -> &[u8] {
+        Runner::init(self, len)
+    }
+    fn process(&mut self, len: usize) -> &[u8] {
+        Runner::process(self, len)
+    }
+    fn merge(&mut self, _: usize) -> &[u8] {
+        self.not_an_aggregate()
+    }
+    fn finish(&mut self, _: usize) -> &[u8] {
+        self.not_an_aggregate()
+    }
+    fn to_json(&mut self, len: usize) -> &[u8] {
+        Runner::to_json(self, len)
+    }
+}
+
+impl<A: Aggregate> GuestRunner for AggregateRunner<A> {
+    fn input_buffer(&mut self, len: usize) -> &mut [u8] {
+        AggregateRunner::input_buffer(self, len)
+    }
+    fn describe(&mut self) -> &[u8] {
+        AggregateRunner::describe(self)
+    }
+    fn init(&mut self, len: usize) -> &[u8] {
+        AggregateRunner::init(self, len)
+    }
+    fn process(&mut self, len: usize) -> &[u8] {
+        AggregateRunner::add(self, len)
+    }
+    fn merge(&mut self, len: usize) -> &[u8] {
+        AggregateRunner::merge(self, len)
+    }
+    fn finish(&mut self, len: usize) -> &[u8] {
+        AggregateRunner::finish(self, len)
+    }
+    fn to_json(&mut self, len: usize) -> &[u8] {
+        AggregateRunner::to_json(self, len)
     }
 }
 
 /// The machinery of the native exports; see [`abi::native`].
 #[doc(hidden)]
 pub mod native {
-    use super::NativeCalls;
+    use super::GuestRunner;
     use std::ffi::c_void;
 
     thread_local! {
@@ -622,7 +670,7 @@ pub mod native {
     }
 
     /// A new runner, boxed, as an opaque pointer.
-    pub fn new<R: NativeCalls + Default>() -> *mut c_void {
+    pub fn new<R: GuestRunner>() -> *mut c_void {
         Box::into_raw(Box::new(R::default())).cast()
     }
 
@@ -630,7 +678,7 @@ pub mod native {
     ///
     /// # Safety
     /// `runner` comes from `new::<R>()` and is not used again.
-    pub unsafe fn free<R: NativeCalls>(runner: *mut c_void) {
+    pub unsafe fn free<R: GuestRunner>(runner: *mut c_void) {
         if !runner.is_null() {
             // SAFETY: the caller passes a pointer from `Box::into_raw` of an `R`, once.
             drop(unsafe { Box::from_raw(runner.cast::<R>()) });
@@ -642,7 +690,7 @@ pub mod native {
     /// # Safety
     /// `runner` comes from `new::<R>()`; `ptr`/`len` describe readable bytes; `out_ptr` and
     /// `out_len` are writable. The reply stays valid until the next call on this runner.
-    pub unsafe fn call<R: NativeCalls>(
+    pub unsafe fn call<R: GuestRunner>(
         runner: *mut c_void,
         call: u32,
         ptr: *const u8,
@@ -750,13 +798,31 @@ macro_rules! __export_native {
 #[macro_export]
 macro_rules! export {
     ($op:ty) => {
+        $crate::__export_runner!($crate::guest::Runner<$op>);
+    };
+}
+
+/// Exports an [`Aggregate`] as a flumen module; [`aggregate`](crate::aggregate) calls it.
+#[macro_export]
+macro_rules! export_aggregate {
+    ($agg:ty) => {
+        $crate::__export_runner!($crate::guest::AggregateRunner<$agg>);
+    };
+}
+
+/// The exports of a module driving `$runner` (a [`GuestRunner`]): the Wasm ones on `wasm32`,
+/// the native ones elsewhere.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_runner {
+    ($runner:ty) => {
         #[cfg(target_arch = "wasm32")]
         mod __flumen_exports {
             use super::*;
-            use ::std::cell::RefCell;
+            use $crate::guest::GuestRunner as _;
 
             ::std::thread_local! {
-                static RUNNER: RefCell<$crate::guest::Runner<$op>> = RefCell::default();
+                static RUNNER: ::std::cell::RefCell<$runner> = ::std::cell::RefCell::default();
             }
 
             fn reply(bytes: &[u8]) -> u64 {
@@ -785,53 +851,6 @@ macro_rules! export {
             }
 
             #[unsafe(no_mangle)]
-            pub extern "C" fn flumen_to_json(len: u32) -> u64 {
-                RUNNER.with_borrow_mut(|r| reply(r.to_json(len as usize)))
-            }
-        }
-        $crate::__export_native!($crate::guest::Runner<$op>);
-    };
-}
-
-/// Exports an [`Aggregate`] as a flumen module; [`aggregate`](crate::aggregate) calls it.
-#[macro_export]
-macro_rules! export_aggregate {
-    ($agg:ty) => {
-        #[cfg(target_arch = "wasm32")]
-        mod __flumen_exports {
-            use super::*;
-            use ::std::cell::RefCell;
-
-            ::std::thread_local! {
-                static RUNNER: RefCell<$crate::guest::AggregateRunner<$agg>> = RefCell::default();
-            }
-
-            fn reply(bytes: &[u8]) -> u64 {
-                $crate::abi::pack(bytes.as_ptr() as u32, bytes.len() as u32)
-            }
-
-            #[unsafe(no_mangle)]
-            pub extern "C" fn flumen_describe() -> u64 {
-                RUNNER.with_borrow_mut(|r| reply(r.describe()))
-            }
-
-            #[unsafe(no_mangle)]
-            pub extern "C" fn flumen_input(len: u32) -> u32 {
-                RUNNER.with_borrow_mut(|r| r.input_buffer(len as usize).as_mut_ptr() as u32)
-            }
-
-            #[unsafe(no_mangle)]
-            pub extern "C" fn flumen_init(len: u32) -> u64 {
-                $crate::guest::install_panic_hook();
-                RUNNER.with_borrow_mut(|r| reply(r.init(len as usize)))
-            }
-
-            #[unsafe(no_mangle)]
-            pub extern "C" fn flumen_process(len: u32) -> u64 {
-                RUNNER.with_borrow_mut(|r| reply(r.add(len as usize)))
-            }
-
-            #[unsafe(no_mangle)]
             pub extern "C" fn flumen_merge(len: u32) -> u64 {
                 RUNNER.with_borrow_mut(|r| reply(r.merge(len as usize)))
             }
@@ -846,6 +865,6 @@ macro_rules! export_aggregate {
                 RUNNER.with_borrow_mut(|r| reply(r.to_json(len as usize)))
             }
         }
-        $crate::__export_native!($crate::guest::AggregateRunner<$agg>);
+        $crate::__export_native!($runner);
     };
 }
