@@ -282,9 +282,17 @@ impl Pipeline {
             .into_iter()
             .zip(&plan.sources)
             .map(|(source, plan)| match source {
-                Err(at) => old_sources[at]
-                    .take()
-                    .unwrap_or_else(|| unreachable!("a kept source is taken once")),
+                Err(at) => {
+                    let mut kept = old_sources[at]
+                        .take()
+                        .unwrap_or_else(|| unreachable!("a kept source is taken once"));
+                    // Its consumers may key it differently now.
+                    kept.batch = SourceBatch::new(
+                        plan.port.key_fields.clone(),
+                        plan.config.event_time.clone(),
+                    );
+                    kept
+                }
                 Ok(fresh) => {
                     log.push(format!("added source `{}`", plan.config.name));
                     fresh

@@ -188,8 +188,14 @@ impl Stage {
         if self.state_type.is_some() && self.config.key_by != plan.config.key_by {
             return Some("the stage's `key_by` changed, so its state is keyed differently".into());
         }
-        if self.config.window != plan.config.window {
-            return Some("the stage's `window` changed, so its windows no longer fit".into());
+        if self.config.window != plan.config.window
+            || (self.config.window.is_some()
+                && self.config.allowed_lateness_ms != plan.config.allowed_lateness_ms)
+        {
+            return Some(
+                "the stage's `window` or `allowed_lateness_ms` changed, so its windows no longer fit"
+                    .into(),
+            );
         }
         None
     }
@@ -218,6 +224,15 @@ impl Stage {
                 partition_of(key, count)
             }
         };
+        // Windows fired from panes must not fire again, whichever partition their keys land in.
+        let fired_until = old
+            .partitions
+            .iter()
+            .filter_map(|p| p.panes_fired_until)
+            .max();
+        for partition in &mut self.partitions {
+            partition.panes_fired_until = fired_until;
+        }
         for partition in old.partitions {
             for (key, entry) in partition.state {
                 self.partitions[home(&key)].state.insert(key, entry);
@@ -257,6 +272,7 @@ impl Stage {
         self.state_type != new.state_type
             || (self.state_type.is_some() && self.config.key_by != new.config.key_by)
             || self.config.window != new.config.window
+            || self.config.allowed_lateness_ms != new.config.allowed_lateness_ms
     }
 
     /// Takes a batch from upstream (output-entry framing, values in `encoding`), keyed by the
