@@ -233,3 +233,70 @@ fn trap_in_init() -> String {
     };
     crate::sandbox::fake_module(&describe, "", "unreachable")
 }
+
+/// `GET /status` and `POST /reload` on the admin endpoint, over plain HTTP on loopback.
+#[test]
+fn the_admin_endpoint_reports_and_reloads() {
+    use std::io::{Read, Write};
+    modules();
+    let scenario = Scenario::new();
+    let orders = scenario.path("orders.jsonl");
+    std::fs::write(&orders, input(&scenario, "500", "3")).unwrap();
+    let toml = scenario.path("pipeline.toml");
+    std::fs::write(&toml, pipeline_copy()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let out = scenario.path("out");
+    let live = Live::start(
+        &[toml.to_str().unwrap(), "--admin", &address],
+        &[
+            ("FOLLOW", "true".as_ref()),
+            ("ORDERS", orders.as_os_str()),
+            ("OUT_DIR", out.as_os_str()),
+        ],
+        scenario.path("stderr.log"),
+    );
+    let request = |method: &str, path: &str| -> String {
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    };
+    live.wait_for_log("admin endpoint", 1);
+    wait_until(
+        "all records",
+        || {
+            let status = request("GET", "/status");
+            status.contains("\"name\": \"score\"")
+                && status.contains("\"records_in\": ")
+                && line_count(&out.join("scores.jsonl")) > 0
+        },
+        || live.log(),
+    );
+    let status = request("GET", "/status");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let body: Value =
+        serde_json::from_str(&status[status.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    let score = body["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "score")
+        .unwrap();
+    assert_eq!(score["module_hash"].as_str().unwrap().len(), 64);
+    let reload = request("POST", "/reload");
+    assert!(reload.starts_with("HTTP/1.1 202"), "{reload}");
+    live.wait_for_log("reloaded: nothing changed", 1);
+    assert!(request("GET", "/status").contains("\"ok\": true"));
+    assert!(request("GET", "/nope").starts_with("HTTP/1.1 404"));
+    assert!(live.terminate().success());
+}
