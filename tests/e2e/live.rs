@@ -300,3 +300,67 @@ fn the_admin_endpoint_reports_and_reloads() {
     assert!(request("GET", "/nope").starts_with("HTTP/1.1 404"));
     assert!(live.terminate().success());
 }
+
+/// A stage and a sink added by a reload are wired in (they see what arrives after), then removed
+/// again, while the rest of the pipeline goes on untouched.
+#[test]
+fn stages_and_sinks_are_added_and_removed_live() {
+    modules();
+    let scenario = Scenario::new();
+    let all = input(&scenario, "1200", "6");
+    let [first, second, third] = thirds(&all);
+    let orders = scenario.path("orders.jsonl");
+    std::fs::write(&orders, &first).unwrap();
+    let toml = scenario.path("pipeline.toml");
+    let original = pipeline_copy();
+    std::fs::write(&toml, &original).unwrap();
+    let out = scenario.path("out");
+    let live = Live::start(
+        &[toml.to_str().unwrap(), "--watch"],
+        &[
+            ("FOLLOW", "true".as_ref()),
+            ("ORDERS", orders.as_os_str()),
+            ("OUT_DIR", out.as_os_str()),
+        ],
+        scenario.path("stderr.log"),
+    );
+    let scores = out.join("scores.jsonl");
+    wait_until(
+        "the first part",
+        || line_count(&scores) >= accepted(&first),
+        || live.log(),
+    );
+    let extra = format!(
+        "{original}\n[operators.score_copy]\nmodule = \"{}/score.wasm\"\ninputs = [\"stock\"]\n\
+         key_by = \"user_id\"\nparams = {{ flag_threshold = 10 }}\n\n[sinks.copies]\ntype = \"file\"\n\
+         path = \"{}\"\ninputs = [\"score_copy\"]\n",
+        modules().display(),
+        out.join("copies.jsonl").display()
+    );
+    write_atomically(&toml, &extra);
+    live.wait_for_log("added operator `score_copy`", 1);
+    append(&orders, &second);
+    let first_two = format!("{first}{second}");
+    wait_until(
+        "the second part",
+        || line_count(&scores) >= accepted(&first_two),
+        || live.log(),
+    );
+    write_atomically(&toml, &original);
+    live.wait_for_log("removed operator `score_copy`", 1);
+    append(&orders, &third);
+    let everything = format!("{first_two}{third}");
+    wait_until(
+        "the third part",
+        || line_count(&scores) >= accepted(&everything),
+        || live.log(),
+    );
+    assert!(live.terminate().success());
+    // The copy saw exactly the orders accepted while it was wired in: the second part's.
+    let copies = line_count(&out.join("copies.jsonl"));
+    assert_eq!(copies, accepted(&first_two) - accepted(&first));
+    let expected = oracle(&everything);
+    for name in EXACT_SINKS {
+        assert_same_set(name, sink(&out, name), expected[name].clone());
+    }
+}
