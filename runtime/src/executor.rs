@@ -466,8 +466,7 @@ impl Pipeline {
         runtime.stats.outputs[0].1 += count;
         runtime.unobserved.extend_from_slice(&runtime.batch.times);
         let batch = Rc::new(runtime.batch.out.take());
-        let port = self.plan.sources[s].port.clone();
-        self.deliver(&port, batch, Some(s))
+        self.deliver((NodeRef::Source(s), 0), batch, Some(s))
     }
 
     /// Moves each source's watermark by the event times of the batch it just read, leaving out
@@ -490,16 +489,29 @@ impl Pipeline {
         }
     }
 
-    /// Hands a port's batch to every consumer of `port`.
+    /// Hands a port's batch to every consumer of the port: the main port of source `s`
+    /// (`NodeRef::Source(s), 0`) or port `p` of operator `o` (`NodeRef::Operator(o), p`).
     fn deliver(
         &mut self,
-        port: &PortPlan,
+        from: (NodeRef, usize),
         batch: Rc<Vec<u8>>,
         origin: Option<usize>,
     ) -> anyhow::Result<()> {
+        let Pipeline {
+            plan,
+            queues,
+            sinks,
+            sink_stats,
+            ..
+        } = self;
+        let port = match from {
+            (NodeRef::Source(s), _) => &plan.sources[s].port,
+            (NodeRef::Operator(o), p) => &plan.operators[o].ports[p],
+            (NodeRef::Sink(_), _) => return Ok(()),
+        };
         for &Consumer { node, key } in &port.consumers {
             match node {
-                NodeRef::Operator(o) => self.queues[o].push_back(Queued {
+                NodeRef::Operator(o) => queues[o].push_back(Queued {
                     batch: batch.clone(),
                     key,
                     encoding: port.encoding,
@@ -508,8 +520,8 @@ impl Pipeline {
                 NodeRef::Sink(k) => {
                     for entry in OutputReader::new(&batch) {
                         if let OutputEntry::Record { value, .. } = entry? {
-                            self.sinks[k].write(value)?;
-                            self.sink_stats[k].records_in += 1;
+                            sinks[k].write(value)?;
+                            sink_stats[k].records_in += 1;
                         }
                     }
                 }
@@ -570,8 +582,7 @@ impl Pipeline {
                 continue;
             }
             let batch = Rc::new(writer.take());
-            let port = self.plan.operators[o].ports[port].clone();
-            self.deliver(&port, batch, None)?;
+            self.deliver((NodeRef::Operator(o), port), batch, None)?;
         }
         self.write_dead_letters()
     }

@@ -672,26 +672,13 @@ impl Stage {
                 }
             }
         }
-        let mut merged_accs: HashMap<u32, Vec<u8>> = HashMap::new();
+        let mut merged_accs = HashMap::new();
         if !merges.is_empty() {
             let output = partition
                 .instance
                 .merge(&[merges.as_bytes(), merge_slots.as_bytes()])?;
-            let checked = check(output, 0, merge_slots.len())?;
-            apply_records(
-                output,
-                &checked,
-                &mut self.pending,
-                &[],
-                &mut self.stats,
-                dead,
-                &self.name,
-                |slot, value| {
-                    if let Some(value) = value {
-                        merged_accs.insert(slot, value.to_vec());
-                    }
-                },
-            );
+            merged_accs =
+                new_slot_contents(output, merge_slots.len(), &mut self.stats, dead, &self.name)?;
         }
         if merged_accs.len() < merged_into.iter().flatten().count() {
             return Err(GuestFailure(
@@ -718,26 +705,13 @@ impl Stage {
             }
             add_slots = slots;
         }
-        let mut new_accs: HashMap<u32, Vec<u8>> = HashMap::new();
+        let mut new_accs = HashMap::new();
         if !adds.is_empty() {
             let output = partition
                 .instance
                 .process(&[adds.as_bytes(), add_slots.as_bytes()])?;
-            let checked = check(output, 0, add_slots.len())?;
-            apply_records(
-                output,
-                &checked,
-                &mut self.pending,
-                &[],
-                &mut self.stats,
-                dead,
-                &self.name,
-                |slot, value| {
-                    if let Some(value) = value {
-                        new_accs.insert(slot, value.to_vec());
-                    }
-                },
-            );
+            new_accs =
+                new_slot_contents(output, add_slots.len(), &mut self.stats, dead, &self.name)?;
         }
 
         // Success: the working sessions become the stored ones.
@@ -1154,6 +1128,35 @@ fn check(output: &[u8], ports: usize, slots: usize) -> Result<Checked, GuestFail
         }
     }
     Ok(Checked)
+}
+
+/// The accumulators an aggregate's add or merge call returned, by slot (it emits no record;
+/// its per-record errors go to the dead letters).
+fn new_slot_contents(
+    output: &[u8],
+    slots: usize,
+    stats: &mut StageStats,
+    dead: &mut DeadLetters,
+    stage: &str,
+) -> Result<HashMap<u32, Vec<u8>>, GuestFailure> {
+    let checked = check(output, 0, slots)?;
+    let mut contents = HashMap::new();
+    let mut no_records = Pending::default();
+    apply_records(
+        output,
+        &checked,
+        &mut no_records,
+        &[],
+        stats,
+        dead,
+        stage,
+        |slot, value| {
+            if let Some(value) = value {
+                contents.insert(slot, value.to_vec());
+            }
+        },
+    );
+    Ok(contents)
 }
 
 /// Applies a checked output: records to the pending outputs (at the position `positions` gives
