@@ -128,6 +128,10 @@ impl Sandbox {
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        if std::env::var_os("FLUMEN_PERFMAP").is_some() {
+            // `/tmp/perf-PID.map`: lets `perf report` name the functions of guest code.
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         if std::env::var_os("FLUMEN_NO_CACHE").is_none() {
             match wasmtime::Cache::new(wasmtime::CacheConfig::new()) {
                 Ok(cache) => {

@@ -18,15 +18,24 @@ use flumen_sdk::abi::{
     RecordRef, SlotWriter,
 };
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 
+/// A key, a state value or an accumulator: inline up to 16 bytes (ids, skus, flags, counters,
+/// sums), so most entries of a large state cost no allocation of their own.
+type Bytes = SmallVec<[u8; 16]>;
+
+/// A long-lived map keyed by data: seeded hashing (foldhash), fast and not predictable from
+/// outside. Maps that live for one batch use FxHash.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// A fired window: its bounds, its key, its accumulator.
-type Fired = (Bounds, Vec<u8>, Vec<u8>);
+type Fired = (Bounds, Bytes, Bytes);
 
 /// The state of one key of a `process` stage.
 struct StateEntry {
-    value: Vec<u8>,
+    value: Bytes,
     /// Event time from which the entry may be dropped (time-to-live).
     expires: Option<i64>,
 }
@@ -35,7 +44,7 @@ struct StateEntry {
 /// lateness lasts).
 #[derive(Clone)]
 struct WindowAcc {
-    acc: Vec<u8>,
+    acc: Bytes,
     fired: bool,
 }
 
@@ -43,20 +52,22 @@ struct WindowAcc {
 /// records it takes.
 #[derive(Default)]
 struct SessionWork {
-    accs: Vec<Vec<u8>>,
+    accs: Vec<Bytes>,
     records: Vec<usize>,
     fired: bool,
+    /// The slot of the add call, when the session takes new records.
+    slot: u32,
 }
 
 /// One partition: an instance and the state of its keys.
 struct Partition {
     instance: OperatorInstance,
-    state: HashMap<Vec<u8>, StateEntry>,
+    state: Map<Bytes, StateEntry>,
     /// Tumbling and sliding windows, by end, then key.
-    windows: BTreeMap<i64, FxHashMap<Vec<u8>, WindowAcc>>,
+    windows: BTreeMap<i64, Map<Bytes, WindowAcc>>,
     /// Session windows per key, and their firing order (end, key, start).
-    sessions: HashMap<Vec<u8>, SessionSet<WindowAcc>>,
-    session_ends: BTreeSet<(i64, Vec<u8>, i64)>,
+    sessions: Map<Bytes, SessionSet<WindowAcc>>,
+    session_ends: BTreeSet<(i64, Bytes, i64)>,
     /// Sliding windows kept as panes: the end of the last window fired.
     panes_fired_until: Option<i64>,
     input: BatchWriter,
@@ -140,9 +151,9 @@ impl Stage {
                 .into_iter()
                 .map(|instance| Partition {
                     instance,
-                    state: HashMap::new(),
+                    state: Map::default(),
                     windows: BTreeMap::new(),
-                    sessions: HashMap::new(),
+                    sessions: Map::default(),
                     session_ends: BTreeSet::new(),
                     panes_fired_until: None,
                     input: BatchWriter::new(Encoding::Bincode),
@@ -449,20 +460,21 @@ impl Stage {
             dead,
             &self.name,
             |slot, value| {
-                let key = slot_keys[slot as usize].to_vec();
-                match value {
-                    Some(value) => {
-                        let expires = ttl.map(|t| slot_ts[slot as usize].saturating_add(t));
-                        state.insert(
-                            key,
-                            StateEntry {
-                                value: value.to_vec(),
-                                expires,
-                            },
-                        );
+                let key = slot_keys[slot as usize];
+                let Some(value) = value else {
+                    state.remove(key);
+                    return;
+                };
+                let expires = ttl.map(|t| slot_ts[slot as usize].saturating_add(t));
+                match state.get_mut(key) {
+                    Some(entry) => {
+                        entry.value.clear();
+                        entry.value.extend_from_slice(value);
+                        entry.expires = expires;
                     }
                     None => {
-                        state.remove(&key);
+                        let value = Bytes::from_slice(value);
+                        state.insert(Bytes::from_slice(key), StateEntry { value, expires });
                     }
                 }
             },
@@ -555,15 +567,15 @@ impl Stage {
                     let keyed = windows.entry(window.end).or_default();
                     let entry = match keyed.get_mut(key) {
                         Some(entry) => entry,
-                        None => keyed.entry(key.to_vec()).or_insert(WindowAcc {
-                            acc: Vec::new(),
+                        None => keyed.entry(Bytes::from_slice(key)).or_insert(WindowAcc {
+                            acc: Bytes::new(),
                             fired: false,
                         }),
                     };
                     entry.acc.clear();
                     entry.acc.extend_from_slice(acc);
                     if entry.fired {
-                        refire.push((window, key.to_vec(), entry.acc.clone()));
+                        refire.push((window, Bytes::from_slice(key), entry.acc.clone()));
                     }
                 },
             );
@@ -607,6 +619,7 @@ impl Stage {
                                         accs: vec![w.acc.clone()],
                                         records: Vec::new(),
                                         fired: w.fired,
+                                        slot: 0,
                                     },
                                 )
                             })
@@ -640,15 +653,23 @@ impl Stage {
         let mut merges = BatchWriter::new(encoding);
         let mut add_slots = SlotWriter::default();
         let mut adds = BatchWriter::new(encoding);
-        let mut changed: Vec<(&[u8], Bounds, bool)> = Vec::new();
+        let mut slot = 0;
+        for session in work.values_mut().flat_map(|s| &mut s.sessions) {
+            if !session.1.records.is_empty() {
+                session.1.slot = slot;
+                slot += 1;
+            }
+        }
+        // Per add slot: its key, and the stored accumulator it starts from unless merged.
+        let mut changed: Vec<(&[u8], Option<&[u8]>)> = Vec::new();
         let mut merged_into: Vec<Option<u32>> = Vec::new();
         for (key, sessions) in &work {
             for (window, session) in &sessions.sessions {
                 if session.records.is_empty() {
                     continue;
                 }
-                let slot = changed.len() as u32;
-                changed.push((key, *window, session.fired));
+                let slot = session.slot;
+                changed.push((key, session.accs.first().map(|acc| &acc[..])));
                 if session.accs.len() >= 2 {
                     let target = merge_slots.push(key, None);
                     let sources: Vec<u32> = session
@@ -662,7 +683,7 @@ impl Stage {
                     add_slots.push(key, None);
                 } else {
                     merged_into.push(None);
-                    add_slots.push(key, session.accs.first().map(Vec::as_slice));
+                    add_slots.push(key, session.accs.first().map(|acc| &acc[..]));
                 }
                 for &index in &session.records {
                     let record = &records[index];
@@ -672,7 +693,7 @@ impl Stage {
                 }
             }
         }
-        let mut merged_accs = HashMap::new();
+        let mut merged_accs = FxHashMap::default();
         if !merges.is_empty() {
             let output = partition
                 .instance
@@ -688,24 +709,16 @@ impl Stage {
         // The add call must see the merged accumulators: rebuild its slots when merges happened.
         if !merged_accs.is_empty() {
             let mut slots = SlotWriter::default();
-            for (slot, (key, _, _)) in changed.iter().enumerate() {
-                let stored = match merged_into[slot] {
-                    Some(target) => merged_accs.get(&target).map(Vec::as_slice),
-                    None => work
-                        .get(key)
-                        .and_then(|s| {
-                            s.sessions
-                                .iter()
-                                .find(|(b, _)| *b == changed[slot].1)
-                                .and_then(|(_, w)| w.accs.first())
-                        })
-                        .map(Vec::as_slice),
+            for (&(key, base), target) in changed.iter().zip(&merged_into) {
+                let stored = match target {
+                    Some(target) => merged_accs.get(target).map(|acc| &acc[..]),
+                    None => base,
                 };
                 slots.push(key, stored);
             }
             add_slots = slots;
         }
-        let mut new_accs = HashMap::new();
+        let mut new_accs = FxHashMap::default();
         if !adds.is_empty() {
             let output = partition
                 .instance
@@ -716,31 +729,29 @@ impl Stage {
 
         // Success: the working sessions become the stored ones.
         let mut refire = Vec::new();
+        drop(changed);
         for (key, sessions) in work {
-            if let Some(old) = partition.sessions.get(key) {
-                for (b, _) in &old.sessions {
-                    partition
-                        .session_ends
-                        .remove(&(b.end, key.to_vec(), b.start));
-                }
+            let key = Bytes::from_slice(key);
+            let stored = partition.sessions.entry(key.clone()).or_default();
+            for (b, _) in &stored.sessions {
+                partition
+                    .session_ends
+                    .remove(&(b.end, key.clone(), b.start));
             }
-            let mut stored = SessionSet::default();
+            stored.sessions.clear();
             for (window, session) in sessions.sessions {
                 let acc = if session.records.is_empty() {
                     session.accs.into_iter().next()
                 } else {
-                    changed
-                        .iter()
-                        .position(|(k, b, _)| *k == key && *b == window)
-                        .and_then(|slot| new_accs.remove(&(slot as u32)))
+                    new_accs.remove(&session.slot)
                 };
                 let Some(acc) = acc else { continue };
                 if session.fired && !session.records.is_empty() {
-                    refire.push((window, key.to_vec(), acc.clone()));
+                    refire.push((window, key.clone(), acc.clone()));
                 }
                 partition
                     .session_ends
-                    .insert((window.end, key.to_vec(), window.start));
+                    .insert((window.end, key.clone(), window.start));
                 stored.sessions.push((
                     window,
                     WindowAcc {
@@ -749,7 +760,6 @@ impl Stage {
                     },
                 ));
             }
-            partition.sessions.insert(key.to_vec(), stored);
         }
         self.emit_late(p, &late, &late_globals);
         self.finish(p, refire, u64::MAX, dead);
@@ -823,7 +833,7 @@ impl Stage {
             Behaviour::Window { spec, lateness } => {
                 // Fire in (end, key) order across partitions, so the order of results does not
                 // depend on how keys are spread.
-                let mut due: Vec<(Bounds, Vec<u8>, Vec<u8>, usize)> = Vec::new();
+                let mut due: Vec<(Bounds, Bytes, Bytes, usize)> = Vec::new();
                 for p in 0..self.partitions.len() {
                     let fired = match (pane_size(spec, lateness), spec) {
                         (Some(slide), WindowSpec::Sliding { size_ms, .. }) => {
@@ -949,7 +959,7 @@ fn take_due_panes(
     let last = last - last.rem_euclid(slide);
     let mut request = BatchWriter::new(Encoding::Bincode);
     let mut slots = SlotWriter::default();
-    let mut windows: Vec<(Bounds, Vec<u8>, u32)> = Vec::new();
+    let mut windows: Vec<(Bounds, Bytes, u32)> = Vec::new();
     let mut end = first;
     while end <= last {
         let mut per_key: BTreeMap<&[u8], Vec<&[u8]>> = BTreeMap::new();
@@ -969,7 +979,7 @@ fn take_due_panes(
                     start: end - size,
                     end,
                 },
-                key.to_vec(),
+                Bytes::from_slice(key),
                 target,
             ));
         }
@@ -986,14 +996,14 @@ fn take_due_panes(
     let output = partition
         .instance
         .merge(&[request.as_bytes(), slots.as_bytes()])?;
-    let mut merged: FxHashMap<u32, Vec<u8>> = FxHashMap::default();
+    let mut merged: FxHashMap<u32, Bytes> = FxHashMap::default();
     for entry in OutputReader::new(output) {
         match entry.map_err(|e| GuestFailure(format!("module returned a malformed output: {e}")))? {
             OutputEntry::State {
                 slot,
                 value: Some(acc),
             } => {
-                merged.insert(slot, acc.to_vec());
+                merged.insert(slot, Bytes::from_slice(acc));
             }
             OutputEntry::Error { message, .. } => return Err(GuestFailure(message.to_string())),
             _ => {}
@@ -1017,9 +1027,9 @@ fn take_due(
     let last_end = watermark.saturating_add(1);
     if spec.is_merging() {
         // Every session whose last instant `end - 1` is at or before the watermark.
-        let ends: Vec<(i64, Vec<u8>, i64)> = partition
+        let ends: Vec<(i64, Bytes, i64)> = partition
             .session_ends
-            .range(..(last_end.saturating_add(1), Vec::new(), i64::MIN))
+            .range(..(last_end.saturating_add(1), Bytes::new(), i64::MIN))
             .cloned()
             .collect();
         for (end, key, start) in ends {
@@ -1138,9 +1148,9 @@ fn new_slot_contents(
     stats: &mut StageStats,
     dead: &mut DeadLetters,
     stage: &str,
-) -> Result<HashMap<u32, Vec<u8>>, GuestFailure> {
+) -> Result<FxHashMap<u32, Bytes>, GuestFailure> {
     let checked = check(output, 0, slots)?;
-    let mut contents = HashMap::new();
+    let mut contents = FxHashMap::default();
     let mut no_records = Pending::default();
     apply_records(
         output,
@@ -1152,7 +1162,7 @@ fn new_slot_contents(
         stage,
         |slot, value| {
             if let Some(value) = value {
-                contents.insert(slot, value.to_vec());
+                contents.insert(slot, Bytes::from_slice(value));
             }
         },
     );

@@ -1,9 +1,12 @@
 //! `trending`: over each sliding window, the skus with the most units, most first, ties by sku.
+//!
+//! The accumulator is a list of `(sku, units)` sorted by sku: it decodes without building a tree,
+//! two of them merge in one pass, and a window's top skus are selected without sorting them all.
 
 use flumen_sdk::aggregate::{Aggregate, Window};
 use orders_model::{SkuUnits, Trending, ValidOrder};
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
 
 /// From `[operators.trending.params]`.
 #[derive(Debug, Deserialize)]
@@ -22,10 +25,18 @@ pub struct TopSkus {
     top: usize,
 }
 
+/// Units per sku, sorted by sku, each sku once.
+pub type Units = Vec<(String, i64)>;
+
+/// Most units first, then sku ascending.
+fn rank(a: &(String, i64), b: &(String, i64)) -> Ordering {
+    b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0))
+}
+
 #[flumen_sdk::aggregate]
 impl Aggregate for TopSkus {
     type Input = ValidOrder;
-    type Acc = BTreeMap<String, i64>;
+    type Acc = Units;
     type Output = Trending;
     type Params = TrendingParams;
 
@@ -36,28 +47,53 @@ impl Aggregate for TopSkus {
         Ok(TopSkus { top: params.top })
     }
 
-    fn create(&self) -> BTreeMap<String, i64> {
-        BTreeMap::new()
+    fn create(&self) -> Units {
+        Vec::new()
     }
 
-    fn add(&self, units: &mut BTreeMap<String, i64>, order: &ValidOrder) {
-        *units.entry(order.sku.clone()).or_default() += order.qty;
-    }
-
-    fn merge(&self, units: &mut BTreeMap<String, i64>, other: BTreeMap<String, i64>) {
-        for (sku, n) in other {
-            *units.entry(sku).or_default() += n;
+    fn add(&self, units: &mut Units, order: &ValidOrder) {
+        match units.binary_search_by(|(sku, _)| sku.as_str().cmp(&order.sku)) {
+            Ok(at) => units[at].1 += order.qty,
+            Err(at) => units.insert(at, (order.sku.clone(), order.qty)),
         }
     }
 
-    fn finish(&self, _: &str, window: Window, units: BTreeMap<String, i64>) -> Option<Trending> {
-        let mut ranked: Vec<(String, i64)> = units.into_iter().collect();
-        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        ranked.truncate(self.top);
+    fn merge(&self, units: &mut Units, other: Units) {
+        if other.is_empty() {
+            return;
+        }
+        let mine = std::mem::take(units);
+        units.reserve(mine.len().max(other.len()));
+        let (mut a, mut b) = (mine.into_iter().peekable(), other.into_iter().peekable());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) => match x.0.cmp(&y.0) {
+                    Ordering::Less => a.next(),
+                    Ordering::Greater => b.next(),
+                    Ordering::Equal => {
+                        let (sku, n) = a.next().unwrap_or_default();
+                        let (_, m) = b.next().unwrap_or_default();
+                        Some((sku, n + m))
+                    }
+                },
+                (Some(_), None) => a.next(),
+                (None, Some(_)) => b.next(),
+                (None, None) => break,
+            };
+            units.extend(next);
+        }
+    }
+
+    fn finish(&self, _: &str, window: Window, mut units: Units) -> Option<Trending> {
+        if units.len() > self.top {
+            units.select_nth_unstable_by(self.top - 1, rank);
+            units.truncate(self.top);
+        }
+        units.sort_by(rank);
         Some(Trending {
             window_start: window.start,
             window_end: window.end,
-            top: ranked
+            top: units
                 .into_iter()
                 .map(|(sku, units)| SkuUnits { sku, units })
                 .collect(),
@@ -68,33 +104,81 @@ impl Aggregate for TopSkus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn units(pairs: &[(&str, i64)]) -> Units {
+        let mut units: Units = pairs.iter().map(|(s, n)| (s.to_string(), *n)).collect();
+        units.sort();
+        units
+    }
+
+    fn order(sku: &str, qty: i64) -> ValidOrder {
+        ValidOrder {
+            order_id: 1,
+            user_id: 1,
+            sku: sku.into(),
+            qty,
+            price_cents: 100,
+            country: "FR".into(),
+            ts: 0,
+            amount_cents: 100,
+        }
+    }
 
     #[test]
     fn most_units_first_then_sku_order() {
         let agg = TopSkus { top: 3 };
-        let units: BTreeMap<String, i64> = [
+        let window = Window {
+            start: 0,
+            end: 600_000,
+        };
+        let all = units(&[
             ("SKU-0004", 5),
             ("SKU-0002", 7),
             ("SKU-0003", 5),
             ("SKU-0001", 5),
-        ]
-        .into_iter()
-        .map(|(s, n)| (s.to_string(), n))
-        .collect();
-        let out = agg
-            .finish(
-                "",
-                Window {
-                    start: 0,
-                    end: 600_000,
-                },
-                units,
-            )
-            .unwrap();
+        ]);
+        let out = agg.finish("", window, all).unwrap();
         let names: Vec<_> = out.top.iter().map(|t| (t.sku.as_str(), t.units)).collect();
         assert_eq!(
             names,
             vec![("SKU-0002", 7), ("SKU-0001", 5), ("SKU-0003", 5)]
         );
+        let few = agg.finish("", window, units(&[("SKU-0009", 1)])).unwrap();
+        assert_eq!(few.top.len(), 1);
+    }
+
+    proptest! {
+        /// Adding orders to panes and merging the panes gives the units a map would count, in
+        /// sku order, and the top skus are those of a full sort.
+        #[test]
+        fn panes_merge_to_the_counted_units(
+            panes in prop::collection::vec(
+                prop::collection::vec((0u8..40, 1i64..20), 0..30), 1..6),
+            top in 1usize..6,
+        ) {
+            let agg = TopSkus { top };
+            let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+            let mut merged = agg.create();
+            for pane in &panes {
+                let mut acc = agg.create();
+                for &(sku, qty) in pane {
+                    let sku = format!("SKU-{sku:04}");
+                    *expected.entry(sku.clone()).or_default() += qty;
+                    agg.add(&mut acc, &order(&sku, qty));
+                }
+                agg.merge(&mut merged, acc);
+            }
+            let counted: Units = expected.into_iter().collect();
+            prop_assert_eq!(&merged, &counted);
+            let mut ranked = counted.clone();
+            ranked.sort_by(rank);
+            ranked.truncate(top);
+            let window = Window { start: 0, end: 1 };
+            let out = agg.finish("", window, merged).unwrap();
+            let got: Units = out.top.into_iter().map(|t| (t.sku, t.units)).collect();
+            prop_assert_eq!(got, ranked);
+        }
     }
 }
