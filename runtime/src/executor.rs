@@ -41,6 +41,11 @@ pub(crate) struct DeadLetters {
 }
 
 impl DeadLetters {
+    /// Moves `other`'s letters to the end of these.
+    pub(crate) fn append(&mut self, other: &mut DeadLetters) {
+        self.lines.append(&mut other.lines);
+    }
+
     pub(crate) fn push(&mut self, stage: &str, error: &str, raw: &[u8]) {
         let letter = DeadLetter {
             stage,

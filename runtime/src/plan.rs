@@ -186,8 +186,15 @@ pub fn plan(
                 )
                 .chain(late)
                 .collect();
+            // A keyed stage spreads its keys; a stateless one spreads its records (like
+            // Flink's rebalance); an unkeyed stateful one has one state, so one partition.
+            let stateless = !matches!(
+                describe.kind,
+                OperatorKind::Process | OperatorKind::Aggregate
+            );
             let partitions = match config.key_by {
                 Some(_) => config.parallelism.unwrap_or(parallelism).max(1),
+                None if stateless => config.parallelism.unwrap_or(parallelism).max(1),
                 None => 1,
             };
             OperatorPlan {
@@ -344,10 +351,14 @@ pub fn plan(
                 ),
             ));
         }
-        if op.config.parallelism.is_some_and(|p| p > 1) && op.config.key_by.is_none() {
+        let stateful = matches!(
+            op.describe.kind,
+            OperatorKind::Process | OperatorKind::Aggregate
+        );
+        if op.config.parallelism.is_some_and(|p| p > 1) && op.config.key_by.is_none() && stateful {
             errors.push(config.error(
                 &key("parallelism"),
-                "only a keyed stage (`key_by`) runs in partitions",
+                "a stateful stage runs in partitions only when keyed (`key_by`)",
             ));
         }
         if op.config.state_ttl_ms.is_some() && op.describe.kind != OperatorKind::Process {
@@ -575,7 +586,8 @@ mod keyed_tests {
             [operators.by_user]\nmodule = \"b.wasm\"\ninputs = [\"a\"]\nkey_by = \"user_id\"\n\
             [operators.by_sku]\nmodule = \"c.wasm\"\ninputs = [\"a\"]\nkey_by = \"sku\"\nparallelism = 3\n\
             window = { type = \"tumbling\", size_ms = 1000 }\n\
-            [operators.again]\nmodule = \"b.wasm\"\ninputs = [\"a\"]\nkey_by = \"user_id\"\n";
+            [operators.again]\nmodule = \"b.wasm\"\ninputs = [\"a\"]\nkey_by = \"user_id\"\n\
+            [operators.global]\nmodule = \"b.wasm\"\ninputs = [\"a\"]\n";
         let config = config::parse(Path::new("p.toml"), text, &|_| None).unwrap();
         let d = |kind| Describe {
             abi_version: ABI_VERSION,
@@ -590,6 +602,7 @@ mod keyed_tests {
             ("by_user", d(OperatorKind::Process)),
             ("by_sku", d(OperatorKind::Aggregate)),
             ("again", d(OperatorKind::Process)),
+            ("global", d(OperatorKind::Process)),
         ]
         .into_iter()
         .map(|(n, d)| (n.to_string(), d))
@@ -607,7 +620,11 @@ mod keyed_tests {
             let NodeRef::Operator(o) = consumer.node else {
                 panic!("not an operator")
             };
-            let field = &a.ports[0].key_fields[consumer.key.unwrap()];
+            let Some(key) = consumer.key else {
+                assert!(plan.operators[o].config.key_by.is_none());
+                continue;
+            };
+            let field = &a.ports[0].key_fields[key];
             assert_eq!(Some(field), plan.operators[o].config.key_by.as_ref());
         }
         let by_sku = plan
@@ -624,6 +641,13 @@ mod keyed_tests {
             .find(|o| o.config.name == "by_user")
             .unwrap();
         assert_eq!(by_user.partitions, 2);
-        assert_eq!(a.partitions, 1);
+        // A stateless stage spreads its records; an unkeyed stateful one keeps one state.
+        assert_eq!(a.partitions, 2);
+        let global = plan
+            .operators
+            .iter()
+            .find(|o| o.config.name == "global")
+            .unwrap();
+        assert_eq!(global.partitions, 1);
     }
 }

@@ -20,7 +20,12 @@ use flumen_sdk::abi::{
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// The shortest step (expected, in nanoseconds) whose partitions run on worker threads.
+const PARALLEL_STEP_NS: f64 = 300_000.0;
 
 /// A key, a state value or an accumulator: inline up to 16 bytes (ids, skus, flags, counters,
 /// sums), so most entries of a large state cost no allocation of their own.
@@ -71,6 +76,27 @@ struct Partition {
     /// Sliding windows kept as panes: the end of the last window fired.
     panes_fired_until: Option<i64>,
     input: BatchWriter,
+    /// What this partition emitted, counted and dead-lettered in the current step; the stage
+    /// collects it after the step (partitions of a stage run on threads of their own).
+    pending: Pending,
+    counts: Counts,
+    dead: DeadLetters,
+}
+
+/// What a partition reads of its stage during a step.
+struct Ctx<'a> {
+    name: &'a str,
+    watermark: i64,
+    guest_ports: usize,
+    behaviour: Behaviour,
+}
+
+/// Counts of a partition's step, added to the stage's statistics afterwards.
+#[derive(Default)]
+struct Counts {
+    dead_letters: u64,
+    /// Records emitted, per port.
+    outputs: Vec<u64>,
 }
 
 #[derive(Clone, Copy)]
@@ -80,12 +106,12 @@ enum Behaviour {
     Window { spec: WindowSpec, lateness: i64 },
 }
 
-/// Records emitted by the partitions of one step, with the position that orders them: the input
+/// Records emitted by a partition in one step, with the position that orders them: the input
 /// record they came from (so a key's records leave in the order they arrived, whatever the
 /// partitioning) or a fired window's rank.
 #[derive(Default)]
 struct Pending {
-    /// What the stage emitted, per port, not yet handed downstream.
+    /// With one partition, what the stage emitted, per port, not yet handed downstream.
     outputs: Vec<OutputWriter>,
     /// With one partition, outputs are already in order and go straight to `outputs`.
     direct: bool,
@@ -119,7 +145,14 @@ pub(crate) struct Stage {
     pub stats: StageStats,
     guest_ports: usize,
     last_sweep: i64,
-    pending: Pending,
+    /// With several partitions: what the stage emitted, per port, merged in order from the
+    /// partitions' pending records (`order` is the merge's buffer).
+    outputs: Vec<OutputWriter>,
+    order: Vec<(u64, usize, u16, usize, usize)>,
+    /// Positions of the input records of the last step that went to the dead letters.
+    failed: Vec<u64>,
+    /// What a record has cost this stage, on average over recent sequential steps.
+    ns_per_record: f64,
     /// What the stage was built from, to tell on reload whether it changed.
     config: OperatorConfig,
     module_hash: String,
@@ -144,6 +177,7 @@ impl Stage {
             _ => Behaviour::Stateless,
         };
         let ports: Vec<&str> = plan.ports.iter().map(|p| p.name.as_str()).collect();
+        let writers = || plan.ports.iter().map(|_| OutputWriter::default()).collect();
         Stage {
             name: plan.config.name.clone(),
             behaviour,
@@ -157,17 +191,28 @@ impl Stage {
                     session_ends: BTreeSet::new(),
                     panes_fired_until: None,
                     input: BatchWriter::new(Encoding::Bincode),
+                    pending: Pending {
+                        outputs: writers(),
+                        direct: plan.partitions == 1,
+                        ..Pending::default()
+                    },
+                    counts: Counts {
+                        dead_letters: 0,
+                        outputs: vec![0; ports.len()],
+                    },
+                    dead: DeadLetters::default(),
                 })
                 .collect(),
             watermark: i64::MIN,
             stats: StageStats::new(&plan.config.name, StageKind::Operator, &ports),
             guest_ports: plan.guest_ports().len(),
             last_sweep: i64::MIN,
-            pending: Pending {
-                outputs: plan.ports.iter().map(|_| OutputWriter::default()).collect(),
-                direct: plan.partitions == 1,
-                ..Pending::default()
-            },
+            outputs: writers(),
+            order: Vec::new(),
+            failed: Vec::new(),
+            // Unknown at first: assume records are costly (the first steps of a keyed stage
+            // run in parallel), and learn.
+            ns_per_record: PARALLEL_STEP_NS,
             config: plan.config.clone(),
             module_hash: module_hash.to_string(),
             state_type: plan.describe.state_type.clone(),
@@ -269,7 +314,10 @@ impl Stage {
 
     /// What the stage emitted, per port, not yet handed downstream (output-entry framing).
     pub fn outputs(&mut self) -> &mut [OutputWriter] {
-        &mut self.pending.outputs
+        match self.partitions.as_mut_slice() {
+            [only] => &mut only.pending.outputs,
+            _ => &mut self.outputs,
+        }
     }
 
     /// The hash of the module this stage runs.
@@ -301,6 +349,13 @@ impl Stage {
         for partition in &mut self.partitions {
             partition.input.clear(encoding);
         }
+        // A stateless stage without a key splits the batch into contiguous runs.
+        let spread = match self.behaviour {
+            Behaviour::Stateless if key.is_none() && count > 1 => {
+                OutputReader::new(batch).flatten().count().div_ceil(count)
+            }
+            _ => 0,
+        };
         for (index, entry) in OutputReader::new(batch).flatten().enumerate() {
             let OutputEntry::Record {
                 ts, keys, value, ..
@@ -312,47 +367,174 @@ impl Stage {
             let p = if count == 1 {
                 0
             } else {
-                partition_of(k, count)
+                index
+                    .checked_div(spread)
+                    .unwrap_or_else(|| partition_of(k, count))
             };
             self.partitions[p].input.push(k, ts, value);
             globals[p].push(index as u64);
         }
-        for (p, globals) in globals.iter().enumerate() {
-            if self.partitions[p].input.is_empty() {
-                continue;
+        let records: usize = self.partitions.iter().map(|p| p.input.len()).sum();
+        self.stats.records_in += records as u64;
+        let ctx = Ctx {
+            name: &self.name,
+            watermark: self.watermark,
+            guest_ports: self.guest_ports,
+            behaviour: self.behaviour,
+        };
+        let busy = self
+            .partitions
+            .iter()
+            .filter(|p| !p.input.is_empty())
+            .count();
+        // Handing a partition to a worker thread costs some microseconds: worth it only when
+        // the step is long enough, judged from what records of this stage have cost so far.
+        let expected = records as f64 * self.ns_per_record;
+        let work = self.partitions.iter_mut().zip(&globals);
+        let started = Instant::now();
+        let threads = if busy > 1 && expected >= PARALLEL_STEP_NS {
+            in_parallel(work, |(partition, globals)| {
+                partition.run_input(&ctx, globals)
+            })
+        } else {
+            for (partition, globals) in work {
+                partition.run_input(&ctx, globals);
             }
-            let input =
-                std::mem::replace(&mut self.partitions[p].input, BatchWriter::new(encoding));
-            self.stats.records_in += input.len() as u64;
-            self.run(p, input.as_bytes(), globals, dead);
-            self.partitions[p].input = input;
+            1
+        };
+        if records > 0 {
+            // Time on every thread used, per record (parallel steps are assumed even).
+            let ns = (started.elapsed().as_nanos() as f64) * threads as f64 / records as f64;
+            self.ns_per_record = 0.8 * self.ns_per_record + 0.2 * ns;
         }
-        self.release_pending();
-        std::mem::take(&mut self.pending.failed)
+        self.collect(dead);
+        std::mem::take(&mut self.failed)
     }
 
-    /// Moves what the partitions emitted to the output ports, in order.
-    fn release_pending(&mut self) {
-        let Pending {
-            scratch,
-            order,
-            outputs,
-            ..
-        } = &mut self.pending;
-        order.sort_by_key(|(position, ..)| *position);
-        for &(_, port, start, end) in order.iter() {
-            outputs[usize::from(port)].append_encoded(&scratch.as_bytes()[start..end]);
+    /// Gathers what the partitions did in a step: counts, dead letters, failed positions, and
+    /// (with several partitions) their records, merged in position order into the stage's ports.
+    fn collect(&mut self, dead: &mut DeadLetters) {
+        for partition in &mut self.partitions {
+            let counts = &mut partition.counts;
+            self.stats.dead_letters += std::mem::take(&mut counts.dead_letters);
+            for (total, n) in self.stats.outputs.iter_mut().zip(&mut counts.outputs) {
+                total.1 += std::mem::take(n);
+            }
+            dead.append(&mut partition.dead);
+            self.failed.append(&mut partition.pending.failed);
         }
-        order.clear();
-        scratch.clear();
+        if self.partitions.len() == 1 {
+            return;
+        }
+        for (p, partition) in self.partitions.iter().enumerate() {
+            let order = partition.pending.order.iter();
+            self.order
+                .extend(order.map(|&(at, port, start, end)| (at, p, port, start, end)));
+        }
+        // Stable: entries at one position (fired windows, late records) keep partition order.
+        self.order.sort_by_key(|(position, ..)| *position);
+        for &(_, p, port, start, end) in &self.order {
+            let scratch = &self.partitions[p].pending.scratch;
+            self.outputs[usize::from(port)].append_encoded(&scratch.as_bytes()[start..end]);
+        }
+        self.order.clear();
+        for partition in &mut self.partitions {
+            partition.pending.order.clear();
+            partition.pending.scratch.clear();
+        }
     }
 
-    /// Runs partition `p` over `batch`; if the call fails, record by record.
-    fn run(&mut self, p: usize, batch: &[u8], globals: &[u64], dead: &mut DeadLetters) {
-        let Err(failure) = self.try_run(p, batch, globals, dead) else {
+    /// Advances the stage's watermark: fires the windows it completes, forgets expired state.
+    pub fn advance(&mut self, watermark: i64, dead: &mut DeadLetters) {
+        if watermark <= self.watermark {
+            return;
+        }
+        self.watermark = watermark;
+        match self.behaviour {
+            Behaviour::Stateless => {}
+            Behaviour::Keyed { ttl: Some(ttl) } => {
+                if watermark.saturating_sub(self.last_sweep) >= ttl / 2 {
+                    self.last_sweep = watermark;
+                    for partition in &mut self.partitions {
+                        partition
+                            .state
+                            .retain(|_, e| e.expires.is_none_or(|at| at > watermark));
+                    }
+                }
+            }
+            Behaviour::Keyed { ttl: None } => {}
+            Behaviour::Window { spec, lateness } => {
+                // Fire in (end, key) order across partitions, so the order of results does not
+                // depend on how keys are spread.
+                let mut due: Vec<(Bounds, Bytes, Bytes, usize)> = Vec::new();
+                for p in 0..self.partitions.len() {
+                    let fired = match (pane_size(spec, lateness), spec) {
+                        (Some(slide), WindowSpec::Sliding { size_ms, .. }) => {
+                            match take_due_panes(&mut self.partitions[p], size_ms, slide, watermark)
+                            {
+                                Ok(fired) => fired,
+                                Err(failure) => {
+                                    self.stats.dead_letters += 1;
+                                    let raw = format!("windows of partition {p} up to {watermark}");
+                                    dead.push(
+                                        &self.name,
+                                        &format!("merge {}", failure.0),
+                                        raw.as_bytes(),
+                                    );
+                                    Vec::new()
+                                }
+                            }
+                        }
+                        _ => take_due(&mut self.partitions[p], spec, watermark, lateness),
+                    };
+                    due.extend(fired.into_iter().map(|(b, k, a)| (b, k, a, p)));
+                }
+                due.sort_by(|a, b| (a.0.end, &a.1, a.0.start).cmp(&(b.0.end, &b.1, b.0.start)));
+                let mut per_partition: Vec<Vec<Fired>> = vec![Vec::new(); self.partitions.len()];
+                let mut ranks: Vec<Vec<u64>> = vec![Vec::new(); self.partitions.len()];
+                for (rank, (bounds, key, acc, p)) in due.into_iter().enumerate() {
+                    per_partition[p].push((bounds, key, acc));
+                    ranks[p].push(rank as u64);
+                }
+                let ctx = Ctx {
+                    name: &self.name,
+                    watermark: self.watermark,
+                    guest_ports: self.guest_ports,
+                    behaviour: self.behaviour,
+                };
+                let work = self.partitions.iter_mut().zip(per_partition).zip(&ranks);
+                if ranks.iter().filter(|r| !r.is_empty()).count() > 1 {
+                    in_parallel(work, |((partition, windows), ranks)| {
+                        partition.finish_ranked(&ctx, windows, ranks)
+                    });
+                } else {
+                    for ((partition, windows), ranks) in work {
+                        partition.finish_ranked(&ctx, windows, ranks);
+                    }
+                }
+                self.collect(dead);
+            }
+        }
+    }
+}
+
+impl Partition {
+    /// Runs the partition over the input the stage gave it for this step.
+    fn run_input(&mut self, ctx: &Ctx, globals: &[u64]) {
+        if self.input.is_empty() {
+            return;
+        }
+        let input = std::mem::replace(&mut self.input, BatchWriter::new(Encoding::Bincode));
+        self.run(ctx, input.as_bytes(), globals);
+        self.input = input;
+    }
+
+    /// Runs the partition over `batch`; if the call fails, record by record.
+    fn run(&mut self, ctx: &Ctx, batch: &[u8], globals: &[u64]) {
+        let Err(failure) = self.try_run(ctx, batch, globals) else {
             return;
         };
-        tracing::debug!(stage = %self.name, %failure, "batch failed; retrying record by record");
+        tracing::debug!(stage = %ctx.name, %failure, "batch failed; retrying record by record");
         let Ok(reader) = BatchReader::new(batch) else {
             return;
         };
@@ -362,67 +544,55 @@ impl Stage {
             single.clear(encoding);
             single.push(record.key, record.ts, record.value);
             let global = [globals.get(i).copied().unwrap_or(u64::MAX)];
-            if let Err(failure) = self.try_run(p, single.as_bytes(), &global, dead) {
+            if let Err(failure) = self.try_run(ctx, single.as_bytes(), &global) {
                 let raw = match encoding {
                     Encoding::Json => record.value.to_vec(),
-                    Encoding::Bincode => {
-                        render_json(&mut self.partitions[p].instance, single.as_bytes())
-                            .unwrap_or_else(|| {
-                                format!("<{} bytes>", record.value.len()).into_bytes()
-                            })
-                    }
+                    Encoding::Bincode => render_json(&mut self.instance, single.as_bytes())
+                        .unwrap_or_else(|| format!("<{} bytes>", record.value.len()).into_bytes()),
                 };
-                self.stats.dead_letters += 1;
+                self.counts.dead_letters += 1;
                 self.pending.failed.push(global[0]);
-                dead.push(&self.name, &failure.0, &raw);
+                self.dead.push(ctx.name, &failure.0, &raw);
             }
         }
     }
 
-    fn try_run(
-        &mut self,
-        p: usize,
-        batch: &[u8],
-        globals: &[u64],
-        dead: &mut DeadLetters,
-    ) -> Result<(), GuestFailure> {
-        match self.behaviour {
+    fn try_run(&mut self, ctx: &Ctx, batch: &[u8], globals: &[u64]) -> Result<(), GuestFailure> {
+        match ctx.behaviour {
             Behaviour::Stateless => {
-                let output = self.partitions[p].instance.process(&[batch])?;
-                let checked = check(output, self.guest_ports, 0)?;
+                let output = self.instance.process(&[batch])?;
+                let checked = check(output, ctx.guest_ports, 0)?;
                 apply_records(
                     output,
                     &checked,
                     &mut self.pending,
                     globals,
-                    &mut self.stats,
-                    dead,
-                    &self.name,
+                    &mut self.counts,
+                    &mut self.dead,
+                    ctx.name,
                     |_, _| {},
                 );
                 Ok(())
             }
-            Behaviour::Keyed { ttl } => self.run_keyed(p, batch, globals, ttl, dead),
+            Behaviour::Keyed { ttl } => self.run_keyed(ctx, batch, globals, ttl),
             Behaviour::Window { spec, lateness } if spec.is_merging() => {
-                self.run_sessions(p, batch, globals, spec, lateness, dead)
+                self.run_sessions(ctx, batch, globals, spec, lateness)
             }
             Behaviour::Window { spec, lateness } => {
-                self.run_windows(p, batch, globals, spec, lateness, dead)
+                self.run_windows(ctx, batch, globals, spec, lateness)
             }
         }
     }
 
     fn run_keyed(
         &mut self,
-        p: usize,
+        ctx: &Ctx,
         batch: &[u8],
         globals: &[u64],
         ttl: Option<i64>,
-        dead: &mut DeadLetters,
     ) -> Result<(), GuestFailure> {
         let reader = BatchReader::new(batch).map_err(|e| GuestFailure(e.to_string()))?;
-        let watermark = self.watermark;
-        let partition = &mut self.partitions[p];
+        let watermark = ctx.watermark;
         let mut slots = SlotWriter::default();
         let mut slot_of: FxHashMap<&[u8], u32> =
             FxHashMap::with_capacity_and_hasher(reader.remaining(), Default::default());
@@ -431,7 +601,7 @@ impl Stage {
         let mut rebuilt = BatchWriter::new(reader.encoding());
         for record in reader.flatten() {
             let slot = *slot_of.entry(record.key).or_insert_with(|| {
-                let stored = partition
+                let stored = self
                     .state
                     .get(record.key)
                     .filter(|e| e.expires.is_none_or(|at| at > watermark))
@@ -446,19 +616,19 @@ impl Stage {
                 b.extend_from_slice(record.value)
             });
         }
-        let output = partition
+        let output = self
             .instance
             .process(&[rebuilt.as_bytes(), slots.as_bytes()])?;
-        let checked = check(output, self.guest_ports, slots.len())?;
-        let state = &mut partition.state;
+        let checked = check(output, ctx.guest_ports, slots.len())?;
+        let state = &mut self.state;
         apply_records(
             output,
             &checked,
             &mut self.pending,
             globals,
-            &mut self.stats,
-            dead,
-            &self.name,
+            &mut self.counts,
+            &mut self.dead,
+            ctx.name,
             |slot, value| {
                 let key = slot_keys[slot as usize];
                 let Some(value) = value else {
@@ -484,17 +654,15 @@ impl Stage {
 
     fn run_windows(
         &mut self,
-        p: usize,
+        ctx: &Ctx,
         batch: &[u8],
         globals: &[u64],
         spec: WindowSpec,
         lateness: i64,
-        dead: &mut DeadLetters,
     ) -> Result<(), GuestFailure> {
         let reader = BatchReader::new(batch).map_err(|e| GuestFailure(e.to_string()))?;
         let encoding = reader.encoding();
-        let watermark = self.watermark;
-        let partition = &mut self.partitions[p];
+        let watermark = ctx.watermark;
         let mut slots = SlotWriter::default();
         let mut slot_of: FxHashMap<(i64, &[u8]), u32> =
             FxHashMap::with_capacity_and_hasher(reader.remaining() * 2, Default::default());
@@ -527,7 +695,7 @@ impl Stage {
                 .filter(|w| panes.is_some() || !w.is_fired(watermark, lateness))
             {
                 let slot = *slot_of.entry((window.end, record.key)).or_insert_with(|| {
-                    let stored = partition
+                    let stored = self
                         .windows
                         .get(&window.end)
                         .and_then(|keyed| keyed.get(record.key))
@@ -548,19 +716,19 @@ impl Stage {
         }
         let mut refire = Vec::new();
         if !rebuilt.is_empty() {
-            let output = partition
+            let output = self
                 .instance
                 .process(&[rebuilt.as_bytes(), slots.as_bytes()])?;
             let checked = check(output, 0, slots.len())?;
-            let windows = &mut partition.windows;
+            let windows = &mut self.windows;
             apply_records(
                 output,
                 &checked,
                 &mut self.pending,
                 globals,
-                &mut self.stats,
-                dead,
-                &self.name,
+                &mut self.counts,
+                &mut self.dead,
+                ctx.name,
                 |slot, value| {
                     let (window, key) = slot_windows[slot as usize];
                     let Some(acc) = value else { return };
@@ -580,25 +748,23 @@ impl Stage {
                 },
             );
         }
-        self.emit_late(p, &late, &late_globals);
-        self.finish(p, refire, u64::MAX, dead);
+        self.emit_late(ctx, &late, &late_globals);
+        self.finish(ctx, refire, u64::MAX);
         Ok(())
     }
 
     fn run_sessions(
         &mut self,
-        p: usize,
+        ctx: &Ctx,
         batch: &[u8],
         globals: &[u64],
         spec: WindowSpec,
         lateness: i64,
-        dead: &mut DeadLetters,
     ) -> Result<(), GuestFailure> {
         let reader = BatchReader::new(batch).map_err(|e| GuestFailure(e.to_string()))?;
         let encoding = reader.encoding();
         let records: Vec<RecordRef<'_>> = reader.flatten().collect();
-        let watermark = self.watermark;
-        let partition = &mut self.partitions[p];
+        let watermark = ctx.watermark;
         // Work on copies of the touched keys' sessions; the store changes only on success.
         let mut work: BTreeMap<&[u8], SessionSet<SessionWork>> = BTreeMap::new();
         let mut late = BatchWriter::new(encoding);
@@ -606,7 +772,7 @@ impl Stage {
         let mut bounds = Vec::new();
         for (index, record) in records.iter().enumerate() {
             let sessions = work.entry(record.key).or_insert_with(|| SessionSet {
-                sessions: partition
+                sessions: self
                     .sessions
                     .get(record.key)
                     .map(|set| {
@@ -695,11 +861,16 @@ impl Stage {
         }
         let mut merged_accs = FxHashMap::default();
         if !merges.is_empty() {
-            let output = partition
+            let output = self
                 .instance
                 .merge(&[merges.as_bytes(), merge_slots.as_bytes()])?;
-            merged_accs =
-                new_slot_contents(output, merge_slots.len(), &mut self.stats, dead, &self.name)?;
+            merged_accs = new_slot_contents(
+                output,
+                merge_slots.len(),
+                &mut self.counts,
+                &mut self.dead,
+                ctx.name,
+            )?;
         }
         if merged_accs.len() < merged_into.iter().flatten().count() {
             return Err(GuestFailure(
@@ -720,11 +891,16 @@ impl Stage {
         }
         let mut new_accs = FxHashMap::default();
         if !adds.is_empty() {
-            let output = partition
+            let output = self
                 .instance
                 .process(&[adds.as_bytes(), add_slots.as_bytes()])?;
-            new_accs =
-                new_slot_contents(output, add_slots.len(), &mut self.stats, dead, &self.name)?;
+            new_accs = new_slot_contents(
+                output,
+                add_slots.len(),
+                &mut self.counts,
+                &mut self.dead,
+                ctx.name,
+            )?;
         }
 
         // Success: the working sessions become the stored ones.
@@ -732,11 +908,9 @@ impl Stage {
         drop(changed);
         for (key, sessions) in work {
             let key = Bytes::from_slice(key);
-            let stored = partition.sessions.entry(key.clone()).or_default();
+            let stored = self.sessions.entry(key.clone()).or_default();
             for (b, _) in &stored.sessions {
-                partition
-                    .session_ends
-                    .remove(&(b.end, key.clone(), b.start));
+                self.session_ends.remove(&(b.end, key.clone(), b.start));
             }
             stored.sessions.clear();
             for (window, session) in sessions.sessions {
@@ -749,8 +923,7 @@ impl Stage {
                 if session.fired && !session.records.is_empty() {
                     refire.push((window, key.clone(), acc.clone()));
                 }
-                partition
-                    .session_ends
+                self.session_ends
                     .insert((window.end, key.clone(), window.start));
                 stored.sessions.push((
                     window,
@@ -761,22 +934,22 @@ impl Stage {
                 ));
             }
         }
-        self.emit_late(p, &late, &late_globals);
-        self.finish(p, refire, u64::MAX, dead);
+        self.emit_late(ctx, &late, &late_globals);
+        self.finish(ctx, refire, u64::MAX);
         Ok(())
     }
 
     /// Sends records too late for every window to the `late` port, rendered as JSON by the
     /// module: `{"stage": …, "record": …}`.
-    fn emit_late(&mut self, p: usize, late: &BatchWriter, globals: &[u64]) {
+    fn emit_late(&mut self, ctx: &Ctx, late: &BatchWriter, globals: &[u64]) {
         if late.is_empty() {
             return;
         }
         let late_port = self.pending.outputs.len() - 1;
-        let stage = serde_json::to_string(&self.name).unwrap_or_default();
+        let stage = serde_json::to_string(ctx.name).unwrap_or_default();
         let rendered = match late.as_bytes().first() {
             Some(&b) if b == Encoding::Json as u8 => None,
-            _ => self.partitions[p].instance.to_json(late.as_bytes()).ok(),
+            _ => self.instance.to_json(late.as_bytes()).ok(),
         };
         let mut records = BatchReader::new(late.as_bytes())
             .into_iter()
@@ -807,84 +980,18 @@ impl Stage {
                     Ok::<_, ()>(())
                 });
             });
-            self.stats.outputs[late_port].1 += 1;
+            self.counts.outputs[late_port] += 1;
         }
     }
 
-    /// Advances the stage's watermark: fires the windows it completes, forgets expired state.
-    pub fn advance(&mut self, watermark: i64, dead: &mut DeadLetters) {
-        if watermark <= self.watermark {
-            return;
-        }
-        self.watermark = watermark;
-        match self.behaviour {
-            Behaviour::Stateless => {}
-            Behaviour::Keyed { ttl: Some(ttl) } => {
-                if watermark.saturating_sub(self.last_sweep) >= ttl / 2 {
-                    self.last_sweep = watermark;
-                    for partition in &mut self.partitions {
-                        partition
-                            .state
-                            .retain(|_, e| e.expires.is_none_or(|at| at > watermark));
-                    }
-                }
-            }
-            Behaviour::Keyed { ttl: None } => {}
-            Behaviour::Window { spec, lateness } => {
-                // Fire in (end, key) order across partitions, so the order of results does not
-                // depend on how keys are spread.
-                let mut due: Vec<(Bounds, Bytes, Bytes, usize)> = Vec::new();
-                for p in 0..self.partitions.len() {
-                    let fired = match (pane_size(spec, lateness), spec) {
-                        (Some(slide), WindowSpec::Sliding { size_ms, .. }) => {
-                            match take_due_panes(&mut self.partitions[p], size_ms, slide, watermark)
-                            {
-                                Ok(fired) => fired,
-                                Err(failure) => {
-                                    self.stats.dead_letters += 1;
-                                    let raw = format!("windows of partition {p} up to {watermark}");
-                                    dead.push(
-                                        &self.name,
-                                        &format!("merge {}", failure.0),
-                                        raw.as_bytes(),
-                                    );
-                                    Vec::new()
-                                }
-                            }
-                        }
-                        _ => take_due(&mut self.partitions[p], spec, watermark, lateness),
-                    };
-                    due.extend(fired.into_iter().map(|(b, k, a)| (b, k, a, p)));
-                }
-                due.sort_by(|a, b| (a.0.end, &a.1, a.0.start).cmp(&(b.0.end, &b.1, b.0.start)));
-                let mut per_partition: Vec<Vec<Fired>> = vec![Vec::new(); self.partitions.len()];
-                let mut ranks: Vec<Vec<u64>> = vec![Vec::new(); self.partitions.len()];
-                for (rank, (bounds, key, acc, p)) in due.into_iter().enumerate() {
-                    per_partition[p].push((bounds, key, acc));
-                    ranks[p].push(rank as u64);
-                }
-                for (p, windows) in per_partition.into_iter().enumerate() {
-                    self.finish_ranked(p, windows, &ranks[p], dead);
-                }
-                self.release_pending();
-            }
-        }
-    }
-
-    /// Emits the results of fired windows of partition `p`, all at one position.
-    fn finish(&mut self, p: usize, windows: Vec<Fired>, position: u64, dead: &mut DeadLetters) {
+    /// Emits the results of fired windows, all at one position.
+    fn finish(&mut self, ctx: &Ctx, windows: Vec<Fired>, position: u64) {
         let ranks = vec![position; windows.len()];
-        self.finish_ranked(p, windows, &ranks, dead);
+        self.finish_ranked(ctx, windows, &ranks);
     }
 
-    /// Emits the results of fired windows of partition `p`, the i-th at position `ranks[i]`.
-    fn finish_ranked(
-        &mut self,
-        p: usize,
-        windows: Vec<Fired>,
-        ranks: &[u64],
-        dead: &mut DeadLetters,
-    ) {
+    /// Emits the results of fired windows, the i-th at position `ranks[i]`.
+    fn finish_ranked(&mut self, ctx: &Ctx, windows: Vec<Fired>, ranks: &[u64]) {
         if windows.is_empty() {
             return;
         }
@@ -896,36 +1003,70 @@ impl Stage {
                 b.extend_from_slice(acc);
             });
         }
-        let outcome = self.partitions[p]
+        let outcome = self
             .instance
             .finish(&[request.as_bytes()])
             .and_then(|output| {
-                let checked = check(output, self.guest_ports, 0)?;
+                let checked = check(output, ctx.guest_ports, 0)?;
                 apply_records(
                     output,
                     &checked,
                     &mut self.pending,
                     ranks,
-                    &mut self.stats,
-                    dead,
-                    &self.name,
+                    &mut self.counts,
+                    &mut self.dead,
+                    ctx.name,
                     |_, _| {},
                 );
                 Ok(())
             });
         if let Err(failure) = outcome {
             for (window, key, _) in &windows {
-                self.stats.dead_letters += 1;
+                self.counts.dead_letters += 1;
                 let raw = format!(
                     "window [{}, {}) of key {:?}",
                     window.start,
                     window.end,
                     String::from_utf8_lossy(key)
                 );
-                dead.push(&self.name, &format!("finish {}", failure.0), raw.as_bytes());
+                self.dead
+                    .push(ctx.name, &format!("finish {}", failure.0), raw.as_bytes());
             }
         }
     }
+}
+
+/// Runs `task` on each of `items`: the first on this thread, the others on the worker pool, and
+/// returns when all are done, with how many threads could run them at once. The pool has one
+/// thread fewer than the machine has cores, so the calling thread and the workers together use
+/// every core without competing for one.
+fn in_parallel<T: Send>(items: impl Iterator<Item = T>, task: impl Fn(T) + Sync) -> usize {
+    static WORKERS: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    let workers = WORKERS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(cores.saturating_sub(1).max(1))
+            .thread_name(|i| format!("flumen-worker-{i}"))
+            .build()
+            .inspect_err(|e| tracing::warn!("no worker threads, partitions run in turn: {e}"))
+            .ok()
+    });
+    let mut items = items;
+    let Some(workers) = workers else {
+        items.for_each(task);
+        return 1;
+    };
+    let task = &task;
+    workers.in_place_scope(|scope| {
+        let first = items.next();
+        for item in items {
+            scope.spawn(move |_| task(item));
+        }
+        if let Some(first) = first {
+            task(first);
+        }
+    });
+    workers.current_num_threads() + 1
 }
 
 /// The pane size when sliding windows are kept as panes (one accumulator per slide, merged into
@@ -1089,9 +1230,8 @@ fn take_due(
 
 /// Where a key goes among `count` partitions: a fixed hash, the same on every run.
 fn partition_of(key: &[u8], count: usize) -> usize {
-    let mut hasher = std::hash::DefaultHasher::new();
-    key.hash(&mut hasher);
-    (hasher.finish() % count as u64) as usize
+    let hash = foldhash::fast::FixedState::with_seed(0x666c756d656e).hash_one(key);
+    (hash % count as u64) as usize
 }
 
 /// The JSON rendering of the single record in `batch`, by the module that decodes its type.
@@ -1145,7 +1285,7 @@ fn check(output: &[u8], ports: usize, slots: usize) -> Result<Checked, GuestFail
 fn new_slot_contents(
     output: &[u8],
     slots: usize,
-    stats: &mut StageStats,
+    stats: &mut Counts,
     dead: &mut DeadLetters,
     stage: &str,
 ) -> Result<FxHashMap<u32, Bytes>, GuestFailure> {
@@ -1177,7 +1317,7 @@ fn apply_records(
     _checked: &Checked,
     pending: &mut Pending,
     positions: &[u64],
-    stats: &mut StageStats,
+    stats: &mut Counts,
     dead: &mut DeadLetters,
     stage: &str,
     mut on_state: impl FnMut(u32, Option<&[u8]>),
@@ -1205,7 +1345,7 @@ fn apply_records(
                         Ok::<_, ()>(())
                     });
                 });
-                stats.outputs[usize::from(port)].1 += 1;
+                stats.outputs[usize::from(port)] += 1;
             }
             OutputEntry::Error {
                 input_index,
