@@ -13,7 +13,8 @@
 //! until the next call.
 //!
 //! Input batch framing (little-endian, fixed width):
-//! `encoding: u8, count: u32`, then per record
+//! `encoding: u8, count: u32, records_len: u32` (the bytes of the records that follow, so the
+//! slot section is found without walking them), then per record
 //! `key_len: u32, key, ts: i64, slot_count: u16, slot: u32 *, value_len: u32, value`,
 //! then, optionally, the **state slots** the records refer to:
 //! `slot_count: u32`, then per slot `id_len: u32, id, present: u8, value_len: u32, value`.
@@ -34,7 +35,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every incompatible change of anything in this module.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// The names of the functions a flumen module exports.
 pub mod exports {
@@ -350,7 +351,7 @@ impl BatchWriter {
     pub fn clear(&mut self, encoding: Encoding) {
         self.buf.clear();
         self.buf.push(encoding as u8);
-        self.buf.extend_from_slice(&0u32.to_le_bytes());
+        self.buf.extend_from_slice(&[0; 8]);
         self.count = 0;
     }
 
@@ -381,6 +382,8 @@ impl BatchWriter {
         patch_len(&mut self.buf, at);
         self.count += 1;
         self.buf[1..5].copy_from_slice(&self.count.to_le_bytes());
+        let records_len = u32::try_from(self.buf.len() - BATCH_HEADER).unwrap_or(u32::MAX);
+        self.buf[5..9].copy_from_slice(&records_len.to_le_bytes());
     }
 
     /// How many records the batch holds.
@@ -464,12 +467,18 @@ fn patch_len(buf: &mut [u8], at: usize) {
     buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
 }
 
+/// The bytes before a batch's first record: encoding, count, records' length.
+const BATCH_HEADER: usize = 9;
+
 /// Reads an input batch written by [`BatchWriter`].
 #[derive(Debug, Clone)]
 pub struct BatchReader<'a> {
     encoding: Encoding,
     remaining: u32,
+    /// The records not read yet.
     cursor: Cursor<'a>,
+    /// What follows the records: the slot section, if any.
+    after: &'a [u8],
 }
 
 impl<'a> BatchReader<'a> {
@@ -479,10 +488,13 @@ impl<'a> BatchReader<'a> {
         let encoding =
             Encoding::from_u8(cursor.u8("batch header")?).ok_or(FrameError("unknown encoding"))?;
         let remaining = cursor.u32("batch header")?;
+        let records_len = cursor.u32("batch header")? as usize;
+        let records = cursor.take(records_len, "batch records")?;
         Ok(BatchReader {
             encoding,
             remaining,
-            cursor,
+            cursor: Cursor { buf: records },
+            after: cursor.buf,
         })
     }
 
@@ -498,11 +510,7 @@ impl<'a> BatchReader<'a> {
 
     /// The state slots that follow the records (none if the batch has no slot section).
     pub fn slots(&self) -> Result<Vec<SlotRef<'a>>, FrameError> {
-        let mut rest = self.clone();
-        for record in rest.by_ref() {
-            record?;
-        }
-        let mut cursor = rest.cursor;
+        let mut cursor = Cursor { buf: self.after };
         if cursor.buf.is_empty() {
             return Ok(Vec::new());
         }
@@ -891,6 +899,22 @@ mod tests {
                 BatchReader::new(&bytes[..cut]).and_then(|reader| reader.collect());
             assert!(outcome.is_err(), "cut at {cut} was accepted");
         }
+    }
+
+    #[test]
+    fn records_never_run_into_the_slot_section() {
+        let mut writer = BatchWriter::new(Encoding::Bincode);
+        writer.push(b"key", 1, b"value");
+        let mut slots = SlotWriter::default();
+        slots.push(b"key", Some(b"state"));
+        let mut bytes = writer.as_bytes().to_vec();
+        bytes.extend_from_slice(slots.as_bytes());
+        // A header that cuts the records short: their last bytes are not read from the slots.
+        let short = u32::from_le_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]) - 1;
+        bytes[5..9].copy_from_slice(&short.to_le_bytes());
+        let reader = BatchReader::new(&bytes).unwrap();
+        let records: Result<Vec<_>, _> = reader.collect();
+        assert!(records.is_err());
     }
 
     #[test]
