@@ -15,7 +15,7 @@ use crate::stats::{StageKind, StageStats};
 use crate::window::{Bounds, SessionSet, WindowSpec};
 use flumen_sdk::abi::{
     BatchReader, BatchWriter, Encoding, OperatorKind, OutputEntry, OutputReader, OutputWriter,
-    RecordRef, SlotWriter,
+    RecordRef, SlotRefs, SlotWriter,
 };
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
@@ -89,6 +89,8 @@ struct Ctx<'a> {
     watermark: i64,
     guest_ports: usize,
     behaviour: Behaviour,
+    /// How the values of the step's records are encoded.
+    encoding: Encoding,
 }
 
 /// Counts of a partition's step, added to the stage's statistics afterwards.
@@ -345,10 +347,9 @@ impl Stage {
         dead: &mut DeadLetters,
     ) -> Vec<u64> {
         let count = self.partitions.len();
+        // Each partition's records, borrowed from the batch, and their positions in it.
+        let mut records: Vec<Vec<RecordRef<'_>>> = vec![Vec::new(); count];
         let mut globals: Vec<Vec<u64>> = vec![Vec::new(); count];
-        for partition in &mut self.partitions {
-            partition.input.clear(encoding);
-        }
         // A stateless stage without a key splits the batch into contiguous runs.
         let spread = match self.behaviour {
             Behaviour::Stateless if key.is_none() && count > 1 => {
@@ -371,34 +372,37 @@ impl Stage {
                     .checked_div(spread)
                     .unwrap_or_else(|| partition_of(k, count))
             };
-            self.partitions[p].input.push(k, ts, value);
+            records[p].push(RecordRef {
+                key: k,
+                ts,
+                slots: SlotRefs::default(),
+                value,
+            });
             globals[p].push(index as u64);
         }
-        let records: usize = self.partitions.iter().map(|p| p.input.len()).sum();
-        self.stats.records_in += records as u64;
+        let total: usize = records.iter().map(Vec::len).sum();
+        self.stats.records_in += total as u64;
         let ctx = Ctx {
             name: &self.name,
             watermark: self.watermark,
             guest_ports: self.guest_ports,
             behaviour: self.behaviour,
+            encoding,
         };
-        let busy = self
-            .partitions
-            .iter()
-            .filter(|p| !p.input.is_empty())
-            .count();
+        let busy = records.iter().filter(|r| !r.is_empty()).count();
+        let (input, records) = (records, total);
         // Handing a partition to a worker thread costs some microseconds: worth it only when
         // the step is long enough, judged from what records of this stage have cost so far.
         let expected = records as f64 * self.ns_per_record;
-        let work = self.partitions.iter_mut().zip(&globals);
+        let work = self.partitions.iter_mut().zip(&input).zip(&globals);
         let started = Instant::now();
         let threads = if busy > 1 && expected >= PARALLEL_STEP_NS {
-            in_parallel(work, |(partition, globals)| {
-                partition.run_input(&ctx, globals)
+            in_parallel(work, |((partition, input), globals)| {
+                partition.run(&ctx, input, globals)
             })
         } else {
-            for (partition, globals) in work {
-                partition.run_input(&ctx, globals);
+            for ((partition, input), globals) in work {
+                partition.run(&ctx, input, globals);
             }
             1
         };
@@ -501,6 +505,7 @@ impl Stage {
                     watermark: self.watermark,
                     guest_ports: self.guest_ports,
                     behaviour: self.behaviour,
+                    encoding: Encoding::Bincode,
                 };
                 let work = self.partitions.iter_mut().zip(per_partition).zip(&ranks);
                 if ranks.iter().filter(|r| !r.is_empty()).count() > 1 {
@@ -519,36 +524,29 @@ impl Stage {
 }
 
 impl Partition {
-    /// Runs the partition over the input the stage gave it for this step.
-    fn run_input(&mut self, ctx: &Ctx, globals: &[u64]) {
-        if self.input.is_empty() {
+    /// Runs the partition over `records` (the positions of which in the stage's input are
+    /// `globals`); if the call fails, record by record.
+    fn run(&mut self, ctx: &Ctx, records: &[RecordRef], globals: &[u64]) {
+        if records.is_empty() {
             return;
         }
-        let input = std::mem::replace(&mut self.input, BatchWriter::new(Encoding::Bincode));
-        self.run(ctx, input.as_bytes(), globals);
-        self.input = input;
-    }
-
-    /// Runs the partition over `batch`; if the call fails, record by record.
-    fn run(&mut self, ctx: &Ctx, batch: &[u8], globals: &[u64]) {
-        let Err(failure) = self.try_run(ctx, batch, globals) else {
+        let Err(failure) = self.try_run(ctx, records, globals) else {
             return;
         };
         tracing::debug!(stage = %ctx.name, %failure, "batch failed; retrying record by record");
-        let Ok(reader) = BatchReader::new(batch) else {
-            return;
-        };
-        let encoding = reader.encoding();
-        let mut single = BatchWriter::new(encoding);
-        for (i, record) in reader.flatten().enumerate() {
-            single.clear(encoding);
-            single.push(record.key, record.ts, record.value);
+        let encoding = ctx.encoding;
+        for (i, record) in records.iter().enumerate() {
             let global = [globals.get(i).copied().unwrap_or(u64::MAX)];
-            if let Err(failure) = self.try_run(ctx, single.as_bytes(), &global) {
+            if let Err(failure) = self.try_run(ctx, std::slice::from_ref(record), &global) {
                 let raw = match encoding {
                     Encoding::Json => record.value.to_vec(),
-                    Encoding::Bincode => render_json(&mut self.instance, single.as_bytes())
-                        .unwrap_or_else(|| format!("<{} bytes>", record.value.len()).into_bytes()),
+                    Encoding::Bincode => {
+                        self.input.clear(encoding);
+                        self.input.push(record.key, record.ts, record.value);
+                        render_json(&mut self.instance, self.input.as_bytes()).unwrap_or_else(
+                            || format!("<{} bytes>", record.value.len()).into_bytes(),
+                        )
+                    }
                 };
                 self.counts.dead_letters += 1;
                 self.pending.failed.push(global[0]);
@@ -557,10 +555,19 @@ impl Partition {
         }
     }
 
-    fn try_run(&mut self, ctx: &Ctx, batch: &[u8], globals: &[u64]) -> Result<(), GuestFailure> {
+    fn try_run(
+        &mut self,
+        ctx: &Ctx,
+        records: &[RecordRef],
+        globals: &[u64],
+    ) -> Result<(), GuestFailure> {
         match ctx.behaviour {
             Behaviour::Stateless => {
-                let output = self.instance.process(&[batch])?;
+                self.input.clear(ctx.encoding);
+                for record in records {
+                    self.input.push(record.key, record.ts, record.value);
+                }
+                let output = self.instance.process(&[self.input.as_bytes()])?;
                 let checked = check(output, ctx.guest_ports, 0)?;
                 apply_records(
                     output,
@@ -574,12 +581,12 @@ impl Partition {
                 );
                 Ok(())
             }
-            Behaviour::Keyed { ttl } => self.run_keyed(ctx, batch, globals, ttl),
+            Behaviour::Keyed { ttl } => self.run_keyed(ctx, records, globals, ttl),
             Behaviour::Window { spec, lateness } if spec.is_merging() => {
-                self.run_sessions(ctx, batch, globals, spec, lateness)
+                self.run_sessions(ctx, records, globals, spec, lateness)
             }
             Behaviour::Window { spec, lateness } => {
-                self.run_windows(ctx, batch, globals, spec, lateness)
+                self.run_windows(ctx, records, globals, spec, lateness)
             }
         }
     }
@@ -587,19 +594,18 @@ impl Partition {
     fn run_keyed(
         &mut self,
         ctx: &Ctx,
-        batch: &[u8],
+        records: &[RecordRef],
         globals: &[u64],
         ttl: Option<i64>,
     ) -> Result<(), GuestFailure> {
-        let reader = BatchReader::new(batch).map_err(|e| GuestFailure(e.to_string()))?;
         let watermark = ctx.watermark;
         let mut slots = SlotWriter::default();
         let mut slot_of: FxHashMap<&[u8], u32> =
-            FxHashMap::with_capacity_and_hasher(reader.remaining(), Default::default());
+            FxHashMap::with_capacity_and_hasher(records.len(), Default::default());
         let mut slot_keys: Vec<&[u8]> = Vec::new();
         let mut slot_ts: Vec<i64> = Vec::new();
-        let mut rebuilt = BatchWriter::new(reader.encoding());
-        for record in reader.flatten() {
+        let mut rebuilt = BatchWriter::new(ctx.encoding);
+        for record in records {
             let slot = *slot_of.entry(record.key).or_insert_with(|| {
                 let stored = self
                     .state
@@ -655,17 +661,16 @@ impl Partition {
     fn run_windows(
         &mut self,
         ctx: &Ctx,
-        batch: &[u8],
+        records: &[RecordRef],
         globals: &[u64],
         spec: WindowSpec,
         lateness: i64,
     ) -> Result<(), GuestFailure> {
-        let reader = BatchReader::new(batch).map_err(|e| GuestFailure(e.to_string()))?;
-        let encoding = reader.encoding();
+        let encoding = ctx.encoding;
         let watermark = ctx.watermark;
         let mut slots = SlotWriter::default();
         let mut slot_of: FxHashMap<(i64, &[u8]), u32> =
-            FxHashMap::with_capacity_and_hasher(reader.remaining() * 2, Default::default());
+            FxHashMap::with_capacity_and_hasher(records.len() * 2, Default::default());
         let mut slot_windows: Vec<(Bounds, &[u8])> = Vec::new();
         let mut rebuilt = BatchWriter::new(encoding);
         let mut late = BatchWriter::new(encoding);
@@ -673,7 +678,7 @@ impl Partition {
         let mut refs = Vec::new();
         let mut late_globals = Vec::new();
         let panes = pane_size(spec, lateness);
-        for (i, record) in reader.flatten().enumerate() {
+        for (i, record) in records.iter().enumerate() {
             match (panes, spec) {
                 (Some(slide), WindowSpec::Sliding { size_ms, .. }) => {
                     // The record goes to its pane; it is late when the last window holding the
@@ -756,14 +761,12 @@ impl Partition {
     fn run_sessions(
         &mut self,
         ctx: &Ctx,
-        batch: &[u8],
+        records: &[RecordRef],
         globals: &[u64],
         spec: WindowSpec,
         lateness: i64,
     ) -> Result<(), GuestFailure> {
-        let reader = BatchReader::new(batch).map_err(|e| GuestFailure(e.to_string()))?;
-        let encoding = reader.encoding();
-        let records: Vec<RecordRef<'_>> = reader.flatten().collect();
+        let encoding = ctx.encoding;
         let watermark = ctx.watermark;
         // Work on copies of the touched keys' sessions; the store changes only on success.
         let mut work: BTreeMap<&[u8], SessionSet<SessionWork>> = BTreeMap::new();
