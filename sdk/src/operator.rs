@@ -226,7 +226,10 @@ pub(crate) fn decode<T: DeserializeOwned>(
             if object_only && first == Some(&b'[') {
                 return Err("expected a JSON object, found an array".into());
             }
-            serde_json::from_slice(bytes).map_err(|e| e.to_string())
+            // Validating the UTF-8 of the whole text at once lets the parser skip it string by
+            // string (its `&str` reader); in Wasm that is a fifth of the parse.
+            let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))?;
+            serde_json::from_str(text).map_err(|e| e.to_string())
         }
         Encoding::Bincode => {
             let (value, used) = bincode::serde::decode_from_slice(bytes, crate::abi::BINCODE)
