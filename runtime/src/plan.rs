@@ -510,6 +510,31 @@ mod tests {
     }
 
     #[test]
+    fn only_a_stateful_stage_needs_a_key_to_run_in_partitions() {
+        let config = pipeline(
+            "[operators.spread]\nmodule = \"a.wasm\"\ninputs = [\"src\"]\nparallelism = 2\n\
+             [operators.global]\nmodule = \"b.wasm\"\ninputs = [\"spread\"]\nparallelism = 2\n",
+        );
+        let stateful = Describe {
+            kind: OperatorKind::Process,
+            state_type: Some("u64".into()),
+            ..describe("T", "T", &[])
+        };
+        let errors = plan(
+            &config,
+            &modules(&[("spread", describe("T", "T", &[])), ("global", stateful)]),
+            1,
+        )
+        .unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        assert!(errors.0[0].message.contains("only when keyed"), "{errors}");
+        assert!(
+            errors.to_string().contains("operators.global.parallelism"),
+            "{errors}"
+        );
+    }
+
+    #[test]
     fn every_graph_error_is_reported_at_its_input() {
         let config = pipeline(
             "[operators.a]\nmodule = \"a.wasm\"\ninputs = [\"src\", \"nope\"]\n\
