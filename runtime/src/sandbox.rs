@@ -140,7 +140,16 @@ impl Sandbox {
                 Err(e) => tracing::warn!("compiled-module cache disabled: {e:#}"),
             }
         }
-        let engine = Engine::new(&config).map_err(engine_error)?;
+        let engine = match Engine::new(&config) {
+            Ok(engine) => engine,
+            Err(e) => {
+                // The pool reserves its address space up front (about a TiB of it); where that
+                // is refused (under valgrind, for instance), instances get memory one by one.
+                tracing::warn!("no instance pool ({e:#}); allocating instances on demand");
+                config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+                Engine::new(&config).map_err(engine_error)?
+            }
+        };
         let mut linker = Linker::new(&engine);
         linker
             .func_wrap(imports::MODULE, imports::PANIC, host_panic)
