@@ -60,8 +60,17 @@ struct SessionWork {
     accs: Vec<Bytes>,
     records: Vec<usize>,
     fired: bool,
-    /// The slot of the add call, when the session takes new records.
-    slot: u32,
+}
+
+/// A call of an instance on a request (its parts), like [`OperatorInstance::process`].
+type GuestCall = for<'a> fn(&'a mut OperatorInstance, &[&[u8]]) -> Result<&'a [u8], GuestFailure>;
+
+/// Where the accumulator of a session's add slot starts from: the stored one (none yet), or the
+/// target of a merge.
+#[derive(Clone, Copy)]
+enum Start<'a> {
+    Stored(Option<&'a [u8]>),
+    Merged(u32),
 }
 
 /// One partition: an instance and the state of its keys.
@@ -75,7 +84,9 @@ struct Partition {
     session_ends: BTreeSet<(i64, Bytes, i64)>,
     /// Sliding windows kept as panes: the end of the last window fired.
     panes_fired_until: Option<i64>,
-    input: BatchWriter,
+    /// The batch and state slots of the next guest call, reused from call to call.
+    batch: BatchWriter,
+    slots: SlotWriter,
     /// What this partition emitted, counted and dead-lettered in the current step; the stage
     /// collects it after the step (partitions of a stage run on threads of their own).
     pending: Pending,
@@ -192,7 +203,8 @@ impl Stage {
                     sessions: Map::default(),
                     session_ends: BTreeSet::new(),
                     panes_fired_until: None,
-                    input: BatchWriter::new(Encoding::Bincode),
+                    batch: BatchWriter::new(Encoding::Bincode),
+                    slots: SlotWriter::default(),
                     pending: Pending {
                         outputs: writers(),
                         direct: plan.partitions == 1,
@@ -350,20 +362,15 @@ impl Stage {
         // Each partition's records, borrowed from the batch, and their positions in it.
         let mut records: Vec<Vec<RecordRef<'_>>> = vec![Vec::new(); count];
         let mut globals: Vec<Vec<u64>> = vec![Vec::new(); count];
-        // A stateless stage without a key splits the batch into contiguous runs.
-        let spread = match self.behaviour {
-            Behaviour::Stateless if key.is_none() && count > 1 => {
-                OutputReader::new(batch).flatten().count().div_ceil(count)
-            }
-            _ => 0,
-        };
+        // A stateless stage without a key takes contiguous runs of the batch instead (below).
+        let runs = matches!(self.behaviour, Behaviour::Stateless) && key.is_none() && count > 1;
         // A plain loop: this is the hottest one of a cheap stage, and iterator adapters over
         // `Result<OutputEntry>` showed up in its profile moving entries around.
         let mut reader = OutputReader::new(batch);
-        let mut index: usize = 0;
+        let mut next = 0;
         while let Some(Ok(entry)) = reader.next() {
-            index += 1;
-            let index = index - 1;
+            let index = next;
+            next += 1;
             let OutputEntry::Record {
                 ts, keys, value, ..
             } = entry
@@ -371,12 +378,10 @@ impl Stage {
                 continue;
             };
             let k = key.and_then(|k| keys.get(k)).unwrap_or_default();
-            let p = if count == 1 {
+            let p = if count == 1 || runs {
                 0
             } else {
-                index
-                    .checked_div(spread)
-                    .unwrap_or_else(|| partition_of(k, count))
+                partition_of(k, count)
             };
             records[p].push(RecordRef {
                 key: k,
@@ -384,7 +389,18 @@ impl Stage {
                 slots: SlotRefs::default(),
                 value,
             });
-            globals[p].push(index as u64);
+            globals[p].push(index);
+        }
+        if runs {
+            let (all, positions) = (
+                std::mem::take(&mut records[0]),
+                std::mem::take(&mut globals[0]),
+            );
+            let run = all.len().div_ceil(count).max(1);
+            for (p, (all, positions)) in all.chunks(run).zip(positions.chunks(run)).enumerate() {
+                records[p] = all.to_vec();
+                globals[p] = positions.to_vec();
+            }
         }
         let total: usize = records.iter().map(Vec::len).sum();
         self.stats.records_in += total as u64;
@@ -547,9 +563,9 @@ impl Partition {
                 let raw = match encoding {
                     Encoding::Json => record.value.to_vec(),
                     Encoding::Bincode => {
-                        self.input.clear(encoding);
-                        self.input.push(record.key, record.ts, record.value);
-                        render_json(&mut self.instance, self.input.as_bytes()).unwrap_or_else(
+                        self.batch.clear(encoding);
+                        self.batch.push(record.key, record.ts, record.value);
+                        render_json(&mut self.instance, self.batch.as_bytes()).unwrap_or_else(
                             || format!("<{} bytes>", record.value.len()).into_bytes(),
                         )
                     }
@@ -569,11 +585,11 @@ impl Partition {
     ) -> Result<(), GuestFailure> {
         match ctx.behaviour {
             Behaviour::Stateless => {
-                self.input.clear(ctx.encoding);
+                self.batch.clear(ctx.encoding);
                 for record in records {
-                    self.input.push(record.key, record.ts, record.value);
+                    self.batch.push(record.key, record.ts, record.value);
                 }
-                let output = self.instance.process(&[self.input.as_bytes()])?;
+                let output = self.instance.process(&[self.batch.as_bytes()])?;
                 let checked = check(output, ctx.guest_ports, 0)?;
                 apply_records(
                     output,
@@ -605,12 +621,14 @@ impl Partition {
         ttl: Option<i64>,
     ) -> Result<(), GuestFailure> {
         let watermark = ctx.watermark;
-        let mut slots = SlotWriter::default();
+        let slots = &mut self.slots;
+        slots.clear();
         let mut slot_of: FxHashMap<&[u8], u32> =
             FxHashMap::with_capacity_and_hasher(records.len(), Default::default());
         let mut slot_keys: Vec<&[u8]> = Vec::new();
         let mut slot_ts: Vec<i64> = Vec::new();
-        let mut rebuilt = BatchWriter::new(ctx.encoding);
+        let rebuilt = &mut self.batch;
+        rebuilt.clear(ctx.encoding);
         for record in records {
             let slot = *slot_of.entry(record.key).or_insert_with(|| {
                 let stored = self
@@ -674,11 +692,13 @@ impl Partition {
     ) -> Result<(), GuestFailure> {
         let encoding = ctx.encoding;
         let watermark = ctx.watermark;
-        let mut slots = SlotWriter::default();
+        let slots = &mut self.slots;
+        slots.clear();
         let mut slot_of: FxHashMap<(i64, &[u8]), u32> =
             FxHashMap::with_capacity_and_hasher(records.len() * 2, Default::default());
         let mut slot_windows: Vec<(Bounds, &[u8])> = Vec::new();
-        let mut rebuilt = BatchWriter::new(encoding);
+        let rebuilt = &mut self.batch;
+        rebuilt.clear(encoding);
         let mut late = BatchWriter::new(encoding);
         let mut bounds = Vec::new();
         let mut refs = Vec::new();
@@ -794,7 +814,6 @@ impl Partition {
                                         accs: vec![w.acc.clone()],
                                         records: Vec::new(),
                                         fired: w.fired,
-                                        slot: 0,
                                     },
                                 )
                             })
@@ -823,43 +842,31 @@ impl Partition {
             });
         }
 
-        // Merge the stored accumulators of sessions a record bridged, then add the records.
+        // Merge the stored accumulators of sessions a record bridged, then add the records. The
+        // add slots are the sessions that take records, numbered in `work` order.
         let mut merge_slots = SlotWriter::default();
         let mut merges = BatchWriter::new(encoding);
-        let mut add_slots = SlotWriter::default();
         let mut adds = BatchWriter::new(encoding);
-        let mut slot = 0;
-        for session in work.values_mut().flat_map(|s| &mut s.sessions) {
-            if !session.1.records.is_empty() {
-                session.1.slot = slot;
-                slot += 1;
-            }
-        }
-        // Per add slot: its key, and the stored accumulator it starts from unless merged.
-        let mut changed: Vec<(&[u8], Option<&[u8]>)> = Vec::new();
-        let mut merged_into: Vec<Option<u32>> = Vec::new();
+        let mut starts: Vec<(&[u8], Start)> = Vec::new();
         for (key, sessions) in &work {
             for (window, session) in &sessions.sessions {
                 if session.records.is_empty() {
                     continue;
                 }
-                let slot = session.slot;
-                changed.push((key, session.accs.first().map(|acc| &acc[..])));
-                if session.accs.len() >= 2 {
+                let slot = starts.len() as u32;
+                let start = if session.accs.len() >= 2 {
                     let target = merge_slots.push(key, None);
-                    let sources: Vec<u32> = session
+                    let sources = session
                         .accs
                         .iter()
-                        .map(|acc| merge_slots.push(key, Some(acc)))
-                        .collect();
+                        .map(|acc| merge_slots.push(key, Some(acc)));
                     let refs: Vec<u32> = std::iter::once(target).chain(sources).collect();
                     merges.push_with(key, window.end - 1, &refs, |_| {});
-                    merged_into.push(Some(target));
-                    add_slots.push(key, None);
+                    Start::Merged(target)
                 } else {
-                    merged_into.push(None);
-                    add_slots.push(key, session.accs.first().map(|acc| &acc[..]));
-                }
+                    Start::Stored(session.accs.first().map(|acc| &acc[..]))
+                };
+                starts.push((key, start));
                 for &index in &session.records {
                     let record = &records[index];
                     adds.push_with(key, record.ts, &[slot], |b| {
@@ -868,53 +875,31 @@ impl Partition {
                 }
             }
         }
-        let mut merged_accs = FxHashMap::default();
-        if !merges.is_empty() {
-            let output = self
-                .instance
-                .merge(&[merges.as_bytes(), merge_slots.as_bytes()])?;
-            merged_accs = new_slot_contents(
-                output,
-                merge_slots.len(),
-                &mut self.counts,
-                &mut self.dead,
-                ctx.name,
-            )?;
-        }
-        if merged_accs.len() < merged_into.iter().flatten().count() {
+        let merged = self.accumulate(ctx, OperatorInstance::merge, &merges, &merge_slots)?;
+        let asked = starts
+            .iter()
+            .filter(|(_, start)| matches!(start, Start::Merged(_)))
+            .count();
+        if merged.len() < asked {
             return Err(GuestFailure(
                 "merge returned fewer accumulators than asked".into(),
             ));
         }
-        // The add call must see the merged accumulators: rebuild its slots when merges happened.
-        if !merged_accs.is_empty() {
-            let mut slots = SlotWriter::default();
-            for (&(key, base), target) in changed.iter().zip(&merged_into) {
-                let stored = match target {
-                    Some(target) => merged_accs.get(target).map(|acc| &acc[..]),
-                    None => base,
-                };
-                slots.push(key, stored);
-            }
-            add_slots = slots;
+        // The add call starts from the stored or the merged accumulators.
+        let mut add_slots = SlotWriter::default();
+        for &(key, start) in &starts {
+            let stored = match start {
+                Start::Stored(acc) => acc,
+                Start::Merged(target) => merged.get(&target).map(|acc| &acc[..]),
+            };
+            add_slots.push(key, stored);
         }
-        let mut new_accs = FxHashMap::default();
-        if !adds.is_empty() {
-            let output = self
-                .instance
-                .process(&[adds.as_bytes(), add_slots.as_bytes()])?;
-            new_accs = new_slot_contents(
-                output,
-                add_slots.len(),
-                &mut self.counts,
-                &mut self.dead,
-                ctx.name,
-            )?;
-        }
+        let mut new_accs = self.accumulate(ctx, OperatorInstance::process, &adds, &add_slots)?;
 
         // Success: the working sessions become the stored ones.
         let mut refire = Vec::new();
-        drop(changed);
+        drop(starts);
+        let mut slot = 0;
         for (key, sessions) in work {
             let key = Bytes::from_slice(key);
             let stored = self.sessions.entry(key.clone()).or_default();
@@ -926,7 +911,8 @@ impl Partition {
                 let acc = if session.records.is_empty() {
                     session.accs.into_iter().next()
                 } else {
-                    new_accs.remove(&session.slot)
+                    slot += 1;
+                    new_accs.remove(&(slot - 1))
                 };
                 let Some(acc) = acc else { continue };
                 if session.fired && !session.records.is_empty() {
@@ -946,6 +932,28 @@ impl Partition {
         self.emit_late(ctx, &late, &late_globals);
         self.finish(ctx, refire, u64::MAX);
         Ok(())
+    }
+
+    /// Runs an aggregate's `call` (add or merge) over `batch` and its `slots`, unless the batch
+    /// is empty; the accumulators it returns, by slot.
+    fn accumulate(
+        &mut self,
+        ctx: &Ctx,
+        call: GuestCall,
+        batch: &BatchWriter,
+        slots: &SlotWriter,
+    ) -> Result<FxHashMap<u32, Bytes>, GuestFailure> {
+        if batch.is_empty() {
+            return Ok(FxHashMap::default());
+        }
+        let output = call(&mut self.instance, &[batch.as_bytes(), slots.as_bytes()])?;
+        new_slot_contents(
+            output,
+            slots.len(),
+            &mut self.counts,
+            &mut self.dead,
+            ctx.name,
+        )
     }
 
     /// Sends records too late for every window to the `late` port, rendered as JSON by the
