@@ -93,28 +93,6 @@ impl Buffers {
         Ok(request.params_json)
     }
 
-    /// The batch in the first `len` input bytes, and its slots; a framing error is reported as
-    /// an error entry and gives `None`.
-    fn batch(&mut self, len: usize) -> Option<(BatchReader<'_>, Vec<SlotRef<'_>>)> {
-        self.output.clear();
-        let parsed = self
-            .input
-            .get(..len)
-            .ok_or(abi::FrameError("batch past the input buffer"))
-            .and_then(|bytes| {
-                let batch = BatchReader::new(bytes)?;
-                let slots = batch.slots()?;
-                Ok((batch, slots))
-            });
-        match parsed {
-            Ok(parsed) => Some(parsed),
-            Err(e) => {
-                self.output.error(u32::MAX, &e.to_string(), b"");
-                None
-            }
-        }
-    }
-
     fn render_json<T: DeserializeOwned + serde::Serialize>(&mut self, len: usize) -> &[u8] {
         let is_struct = operator::is_struct::<T>();
         self.output.clear();
@@ -140,6 +118,31 @@ impl Buffers {
     }
 }
 
+/// The batch in the first `len` bytes of `input`, and its slots, with `output` cleared for the
+/// answer; a framing error is written there as an error entry and gives `None`.
+fn read_batch<'a>(
+    input: &'a [u8],
+    len: usize,
+    output: &mut OutputWriter,
+) -> Option<(BatchReader<'a>, Vec<SlotRef<'a>>)> {
+    output.clear();
+    let parsed = input
+        .get(..len)
+        .ok_or(abi::FrameError("batch past the input buffer"))
+        .and_then(|bytes| {
+            let batch = BatchReader::new(bytes)?;
+            let slots = batch.slots()?;
+            Ok((batch, slots))
+        });
+    match parsed {
+        Ok(parsed) => Some(parsed),
+        Err(e) => {
+            output.error(u32::MAX, &e.to_string(), b"");
+            None
+        }
+    }
+}
+
 /// Drives one [`Operator`] through the ABI.
 pub struct Runner<Op: Operator> {
     op: Option<Op>,
@@ -159,19 +162,19 @@ impl<Op: Operator> Default for Runner<Op> {
     }
 }
 
-impl<Op: Operator> Runner<Op> {
+impl<Op: Operator> GuestRunner for Runner<Op> {
     /// A buffer of `len` bytes for the next request.
-    pub fn input_buffer(&mut self, len: usize) -> &mut [u8] {
+    fn input_buffer(&mut self, len: usize) -> &mut [u8] {
         self.buffers.input_buffer(len)
     }
 
     /// Answers [`abi::exports::DESCRIBE`].
-    pub fn describe(&mut self) -> &[u8] {
+    fn describe(&mut self) -> &[u8] {
         self.buffers.encode_reply(describe::<Op>())
     }
 
     /// Answers [`abi::exports::INIT`] for the request in the first `len` input bytes.
-    pub fn init(&mut self, len: usize) -> &[u8] {
+    fn init(&mut self, len: usize) -> &[u8] {
         let sides = Op::side_outputs().into_iter().map(|s| s.name).collect();
         let outcome = self.buffers.init(len, sides).and_then(|params| {
             let params: Op::Params =
@@ -183,7 +186,7 @@ impl<Op: Operator> Runner<Op> {
     }
 
     /// Answers [`abi::exports::PROCESS`] for the batch in the first `len` input bytes.
-    pub fn process(&mut self, len: usize) -> &[u8] {
+    fn process(&mut self, len: usize) -> &[u8] {
         let Some(op) = self.op.as_mut() else {
             self.buffers.output.clear();
             self.buffers
@@ -198,21 +201,8 @@ impl<Op: Operator> Runner<Op> {
             extracted,
             ..
         } = &mut self.buffers;
-        output.clear();
-        let parsed = input
-            .get(..len)
-            .ok_or(abi::FrameError("batch past the input buffer"))
-            .and_then(|bytes| {
-                let batch = BatchReader::new(bytes)?;
-                let slots = batch.slots()?;
-                Ok((batch, slots))
-            });
-        let (batch, slots) = match parsed {
-            Ok(parsed) => parsed,
-            Err(e) => {
-                output.error(u32::MAX, &e.to_string(), b"");
-                return output.as_bytes();
-            }
+        let Some((batch, slots)) = read_batch(input, len, output) else {
+            return output.as_bytes();
         };
         self.states.clear();
         self.states.resize_with(slots.len(), || None);
@@ -295,17 +285,24 @@ impl<Op: Operator> Runner<Op> {
     }
 
     /// Answers [`abi::exports::TO_JSON`]: each input record re-encoded as JSON on port 0.
-    pub fn to_json(&mut self, len: usize) -> &[u8] {
+    fn to_json(&mut self, len: usize) -> &[u8] {
         self.buffers.render_json::<Op::Input>(len)
     }
 
-    fn not_an_aggregate(&mut self) -> &[u8] {
-        self.buffers.output.clear();
-        self.buffers
-            .output
-            .error(u32::MAX, "this module is not an aggregate", b"");
-        self.buffers.output.as_bytes()
+    fn merge(&mut self, _: usize) -> &[u8] {
+        not_an_aggregate(&mut self.buffers.output)
     }
+
+    fn finish(&mut self, _: usize) -> &[u8] {
+        not_an_aggregate(&mut self.buffers.output)
+    }
+}
+
+/// The answer of an operator's module to an aggregate's call.
+fn not_an_aggregate(output: &mut OutputWriter) -> &[u8] {
+    output.clear();
+    output.error(u32::MAX, "this module is not an aggregate", b"");
+    output.as_bytes()
 }
 
 /// Drives one [`Aggregate`] through the ABI.
@@ -328,27 +325,6 @@ impl<A: Aggregate> Default for AggregateRunner<A> {
 }
 
 impl<A: Aggregate> AggregateRunner<A> {
-    /// A buffer of `len` bytes for the next request.
-    pub fn input_buffer(&mut self, len: usize) -> &mut [u8] {
-        self.buffers.input_buffer(len)
-    }
-
-    /// Answers [`abi::exports::DESCRIBE`].
-    pub fn describe(&mut self) -> &[u8] {
-        self.buffers.encode_reply(describe_aggregate::<A>())
-    }
-
-    /// Answers [`abi::exports::INIT`].
-    pub fn init(&mut self, len: usize) -> &[u8] {
-        let outcome = self.buffers.init(len, Vec::new()).and_then(|params| {
-            let params: A::Params =
-                serde_json::from_str(&params).map_err(|e| format!("invalid params: {e}"))?;
-            self.aggregate = Some(A::new(params)?);
-            Ok(())
-        });
-        self.buffers.encode_reply(outcome)
-    }
-
     fn load(
         aggregate: &A,
         accs: &mut [Option<A::Acc>],
@@ -378,16 +354,40 @@ impl<A: Aggregate> AggregateRunner<A> {
             }
         }
     }
+}
+
+impl<A: Aggregate> GuestRunner for AggregateRunner<A> {
+    /// A buffer of `len` bytes for the next request.
+    fn input_buffer(&mut self, len: usize) -> &mut [u8] {
+        self.buffers.input_buffer(len)
+    }
+
+    /// Answers [`abi::exports::DESCRIBE`].
+    fn describe(&mut self) -> &[u8] {
+        self.buffers.encode_reply(describe_aggregate::<A>())
+    }
+
+    /// Answers [`abi::exports::INIT`].
+    fn init(&mut self, len: usize) -> &[u8] {
+        let outcome = self.buffers.init(len, Vec::new()).and_then(|params| {
+            let params: A::Params =
+                serde_json::from_str(&params).map_err(|e| format!("invalid params: {e}"))?;
+            self.aggregate = Some(A::new(params)?);
+            Ok(())
+        });
+        self.buffers.encode_reply(outcome)
+    }
 
     /// Answers [`abi::exports::PROCESS`]: adds each record to the accumulators of its slots.
-    pub fn add(&mut self, len: usize) -> &[u8] {
+    fn process(&mut self, len: usize) -> &[u8] {
         let Some(aggregate) = self.aggregate.as_ref() else {
             return self.buffers.output.as_bytes();
         };
         let is_struct = self.input_is_struct;
         let accs = &mut self.accs;
-        let Some((batch, slots)) = self.buffers.batch(len) else {
-            return self.buffers.output.as_bytes();
+        let Buffers { input, output, .. } = &mut self.buffers;
+        let Some((batch, slots)) = read_batch(input, len, output) else {
+            return output.as_bytes();
         };
         let mut errors = Vec::new();
         accs.clear();
@@ -422,7 +422,6 @@ impl<A: Aggregate> AggregateRunner<A> {
                 }
             }
         }
-        let output = &mut self.buffers.output;
         for (index, message, raw) in errors {
             output.error(index, &message, &raw);
         }
@@ -431,13 +430,14 @@ impl<A: Aggregate> AggregateRunner<A> {
     }
 
     /// Answers [`abi::exports::MERGE`]: merges each record's slots `1..` into its slot 0.
-    pub fn merge(&mut self, len: usize) -> &[u8] {
+    fn merge(&mut self, len: usize) -> &[u8] {
         let Some(aggregate) = self.aggregate.as_ref() else {
             return self.buffers.output.as_bytes();
         };
         let accs = &mut self.accs;
-        let Some((batch, slots)) = self.buffers.batch(len) else {
-            return self.buffers.output.as_bytes();
+        let Buffers { input, output, .. } = &mut self.buffers;
+        let Some((batch, slots)) = read_batch(input, len, output) else {
+            return output.as_bytes();
         };
         accs.clear();
         accs.resize_with(slots.len(), || None);
@@ -468,7 +468,6 @@ impl<A: Aggregate> AggregateRunner<A> {
                 Err(e) => errors.push((index as u32, e)),
             }
         }
-        let output = &mut self.buffers.output;
         for (index, message) in errors {
             output.error(index, &message, b"");
         }
@@ -488,7 +487,7 @@ impl<A: Aggregate> AggregateRunner<A> {
     }
 
     /// Answers [`abi::exports::FINISH`]: the result of each fired window.
-    pub fn finish(&mut self, len: usize) -> &[u8] {
+    fn finish(&mut self, len: usize) -> &[u8] {
         let Some(aggregate) = self.aggregate.as_ref() else {
             return self.buffers.output.as_bytes();
         };
@@ -536,7 +535,7 @@ impl<A: Aggregate> AggregateRunner<A> {
     }
 
     /// Answers [`abi::exports::TO_JSON`].
-    pub fn to_json(&mut self, len: usize) -> &[u8] {
+    fn to_json(&mut self, len: usize) -> &[u8] {
         self.buffers.render_json::<A::Input>(len)
     }
 }
@@ -608,54 +607,6 @@ pub trait GuestRunner: Default + 'static {
             native::FINISH => self.finish(len),
             _ => self.to_json(len),
         }
-    }
-}
-
-impl<Op: Operator> GuestRunner for Runner<Op> {
-    fn input_buffer(&mut self, len: usize) -> &mut [u8] {
-        Runner::input_buffer(self, len)
-    }
-    fn describe(&mut self) -> &[u8] {
-        Runner::describe(self)
-    }
-    fn init(&mut self, len: usize) -> &[u8] {
-        Runner::init(self, len)
-    }
-    fn process(&mut self, len: usize) -> &[u8] {
-        Runner::process(self, len)
-    }
-    fn merge(&mut self, _: usize) -> &[u8] {
-        self.not_an_aggregate()
-    }
-    fn finish(&mut self, _: usize) -> &[u8] {
-        self.not_an_aggregate()
-    }
-    fn to_json(&mut self, len: usize) -> &[u8] {
-        Runner::to_json(self, len)
-    }
-}
-
-impl<A: Aggregate> GuestRunner for AggregateRunner<A> {
-    fn input_buffer(&mut self, len: usize) -> &mut [u8] {
-        AggregateRunner::input_buffer(self, len)
-    }
-    fn describe(&mut self) -> &[u8] {
-        AggregateRunner::describe(self)
-    }
-    fn init(&mut self, len: usize) -> &[u8] {
-        AggregateRunner::init(self, len)
-    }
-    fn process(&mut self, len: usize) -> &[u8] {
-        AggregateRunner::add(self, len)
-    }
-    fn merge(&mut self, len: usize) -> &[u8] {
-        AggregateRunner::merge(self, len)
-    }
-    fn finish(&mut self, len: usize) -> &[u8] {
-        AggregateRunner::finish(self, len)
-    }
-    fn to_json(&mut self, len: usize) -> &[u8] {
-        AggregateRunner::to_json(self, len)
     }
 }
 
