@@ -7,7 +7,7 @@ use crate::support::{
     Live, Scenario, append, assert_same_set, line_count, modules, wait_until, workspace,
 };
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The non-window sinks, exact whatever the batching of a live source.
 const EXACT_SINKS: [&str; 5] = [
@@ -48,14 +48,26 @@ fn accepted(part: &str) -> usize {
     oracle(part)["scores"].len()
 }
 
-#[test]
-fn a_live_pipeline_reloads_under_load_and_loses_nothing() {
-    modules();
-    let scenario = Scenario::new();
-    let all = input(&scenario, "9000", "17");
-    let [first, second, third] = thirds(&all);
+/// A copy of the reference pipeline running live (`--watch`, following its input), and where
+/// things are.
+struct Following {
+    live: Live,
+    /// Three parts of the generated input; the first is in the followed file.
+    parts: [String; 3],
+    orders: PathBuf,
+    toml: PathBuf,
+    /// The pipeline file as first written.
+    original: String,
+    out: PathBuf,
+    scores: PathBuf,
+}
+
+/// Starts the reference pipeline on the first third of `count` orders generated with `seed` and
+/// returns once that third's scores are out.
+fn follow_reference(scenario: &Scenario, count: &str, seed: &str) -> Following {
+    let parts = thirds(&input(scenario, count, seed));
     let orders = scenario.path("orders.jsonl");
-    std::fs::write(&orders, &first).unwrap();
+    std::fs::write(&orders, &parts[0]).unwrap();
     let toml = scenario.path("pipeline.toml");
     let original = pipeline_copy();
     std::fs::write(&toml, &original).unwrap();
@@ -70,12 +82,35 @@ fn a_live_pipeline_reloads_under_load_and_loses_nothing() {
         scenario.path("stderr.log"),
     );
     let scores = out.join("scores.jsonl");
-    let expected_after = |text: &str| oracle(text)["scores"].len();
     wait_until(
         "the first part",
-        || line_count(&scores) >= accepted(&first),
+        || line_count(&scores) >= accepted(&parts[0]),
         || live.log(),
     );
+    Following {
+        live,
+        parts,
+        orders,
+        toml,
+        original,
+        out,
+        scores,
+    }
+}
+
+#[test]
+fn a_live_pipeline_reloads_under_load_and_loses_nothing() {
+    modules();
+    let scenario = Scenario::new();
+    let Following {
+        live,
+        parts: [first, second, third],
+        orders,
+        toml,
+        original,
+        out,
+        scores,
+    } = follow_reference(&scenario, "9000", "17");
 
     // A burst of bad edits: a truncated file, a module deleted then restored, a module whose init
     // traps. Each one fails to load and the running pipeline goes on.
@@ -126,7 +161,7 @@ fn a_live_pipeline_reloads_under_load_and_loses_nothing() {
     let first_two = format!("{first}{second}");
     wait_until(
         "the second part",
-        || line_count(&scores) >= expected_after(&first_two),
+        || line_count(&scores) >= accepted(&first_two),
         || live.log(),
     );
 
@@ -150,7 +185,7 @@ fn a_live_pipeline_reloads_under_load_and_loses_nothing() {
     let everything = format!("{first_two}{third}");
     wait_until(
         "the third part",
-        || line_count(&scores) >= expected_after(&everything),
+        || line_count(&scores) >= accepted(&everything),
         || live.log(),
     );
 
@@ -307,29 +342,15 @@ fn the_admin_endpoint_reports_and_reloads() {
 fn stages_and_sinks_are_added_and_removed_live() {
     modules();
     let scenario = Scenario::new();
-    let all = input(&scenario, "1200", "6");
-    let [first, second, third] = thirds(&all);
-    let orders = scenario.path("orders.jsonl");
-    std::fs::write(&orders, &first).unwrap();
-    let toml = scenario.path("pipeline.toml");
-    let original = pipeline_copy();
-    std::fs::write(&toml, &original).unwrap();
-    let out = scenario.path("out");
-    let live = Live::start(
-        &[toml.to_str().unwrap(), "--watch"],
-        &[
-            ("FOLLOW", "true".as_ref()),
-            ("ORDERS", orders.as_os_str()),
-            ("OUT_DIR", out.as_os_str()),
-        ],
-        scenario.path("stderr.log"),
-    );
-    let scores = out.join("scores.jsonl");
-    wait_until(
-        "the first part",
-        || line_count(&scores) >= accepted(&first),
-        || live.log(),
-    );
+    let Following {
+        live,
+        parts: [first, second, third],
+        orders,
+        toml,
+        original,
+        out,
+        scores,
+    } = follow_reference(&scenario, "1200", "6");
     let extra = format!(
         "{original}\n[operators.score_copy]\nmodule = \"{}/score.wasm\"\ninputs = [\"stock\"]\n\
          key_by = \"user_id\"\nparams = {{ flag_threshold = 10 }}\n\n[sinks.copies]\ntype = \"file\"\n\

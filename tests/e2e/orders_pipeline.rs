@@ -65,14 +65,20 @@ fn parse(line: &str) -> Option<Order> {
     })
 }
 
-fn reject_reason(o: &Order) -> Option<&'static str> {
-    let sku = o.sku.as_bytes();
+/// Why the spec rejects an order with these fields, if it does (the first failing check).
+pub(crate) fn reject_reason(
+    qty: i64,
+    price_cents: i64,
+    sku: &str,
+    country: &str,
+) -> Option<&'static str> {
+    let digits = sku.as_bytes();
     let sku_ok =
-        sku.len() == 8 && o.sku.starts_with("SKU-") && sku[4..].iter().all(u8::is_ascii_digit);
-    let country_ok = o.country.len() == 2 && o.country.bytes().all(|b| b.is_ascii_uppercase());
-    if !(1..=100).contains(&o.qty) {
+        digits.len() == 8 && sku.starts_with("SKU-") && digits[4..].iter().all(u8::is_ascii_digit);
+    let country_ok = country.len() == 2 && country.bytes().all(|b| b.is_ascii_uppercase());
+    if !(1..=100).contains(&qty) {
         Some("bad_qty")
-    } else if !(1..=10_000_000).contains(&o.price_cents) {
+    } else if !(1..=10_000_000).contains(&price_cents) {
         Some("bad_price")
     } else if !sku_ok {
         Some("bad_sku")
@@ -174,7 +180,9 @@ pub(crate) fn oracle(input: &str) -> BTreeMap<&'static str, Vec<Value>> {
                 continue;
             };
             max_ts = Some(max_ts.map_or(order.ts, |m: i64| m.max(order.ts)));
-            if let Some(reason) = reject_reason(&order) {
+            if let Some(reason) =
+                reject_reason(order.qty, order.price_cents, &order.sku, &order.country)
+            {
                 out.get_mut("rejected")
                     .unwrap()
                     .push(json!({"order_id": order.order_id, "reason": reason}));

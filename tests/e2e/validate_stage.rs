@@ -2,6 +2,7 @@
 //! line for every reject reason and every kind of malformed input. The expected outputs come from
 //! an oracle written here from the spec alone.
 
+use crate::orders_pipeline::reject_reason;
 use crate::support::{
     Scenario, assert_same_set, flumen, modules, read_jsonl, sorted, text, workspace,
 };
@@ -37,22 +38,12 @@ fn oracle(line: &str) -> Expected {
         return Expected::Malformed;
     }
     let (qty, price) = (int("qty").unwrap(), int("price_cents").unwrap());
-    let sku = string("sku").unwrap();
-    let country = string("country").unwrap();
-    let sku_ok =
-        sku.len() == 8 && sku.starts_with("SKU-") && sku[4..].chars().all(|c| c.is_ascii_digit());
-    let country_ok = country.len() == 2 && country.chars().all(|c| c.is_ascii_uppercase());
-    let reason = if !(1..=100).contains(&qty) {
-        Some("bad_qty")
-    } else if !(1..=10_000_000).contains(&price) {
-        Some("bad_price")
-    } else if !sku_ok {
-        Some("bad_sku")
-    } else if !country_ok {
-        Some("bad_country")
-    } else {
-        None
-    };
+    let reason = reject_reason(
+        qty,
+        price,
+        string("sku").unwrap(),
+        string("country").unwrap(),
+    );
     let order_id = int("order_id").unwrap();
     match reason {
         Some(reason) => Expected::Rejected(json!({"order_id": order_id, "reason": reason})),
