@@ -412,25 +412,24 @@ impl Stage {
             encoding,
         };
         let busy = records.iter().filter(|r| !r.is_empty()).count();
-        let (input, records) = (records, total);
         // Handing a partition to a worker thread costs some microseconds: worth it only when
         // the step is long enough, judged from what records of this stage have cost so far.
-        let expected = records as f64 * self.ns_per_record;
-        let work = self.partitions.iter_mut().zip(&input).zip(&globals);
+        let expected = total as f64 * self.ns_per_record;
+        let work = self.partitions.iter_mut().zip(&records).zip(&globals);
         let started = Instant::now();
         let threads = if busy > 1 && expected >= PARALLEL_STEP_NS {
-            in_parallel(work, |((partition, input), globals)| {
-                partition.run(&ctx, input, globals)
+            in_parallel(work, |((partition, records), globals)| {
+                partition.run(&ctx, records, globals)
             })
         } else {
-            for ((partition, input), globals) in work {
-                partition.run(&ctx, input, globals);
+            for ((partition, records), globals) in work {
+                partition.run(&ctx, records, globals);
             }
             1
         };
-        if records > 0 {
+        if total > 0 {
             // Time on every thread used, per record (parallel steps are assumed even).
-            let ns = (started.elapsed().as_nanos() as f64) * threads as f64 / records as f64;
+            let ns = (started.elapsed().as_nanos() as f64) * threads as f64 / total as f64;
             self.ns_per_record = 0.8 * self.ns_per_record + 0.2 * ns;
         }
         self.collect(dead);
