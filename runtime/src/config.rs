@@ -17,6 +17,13 @@ use toml::de::{DeTable, DeValue};
 pub const DEFAULT_BATCH_SIZE: usize = 1024;
 /// Linear memory cap of an operator instance unless the stage says otherwise.
 pub const DEFAULT_MEMORY_LIMIT_MIB: u64 = 64;
+/// The longest record a source takes unless it says otherwise.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
+/// The largest `params` table of a stage, as JSON.
+pub const MAX_PARAMS_BYTES: usize = 1 << 20;
+/// The largest pipeline file read.
+pub const MAX_PIPELINE_BYTES: u64 = 4 << 20;
+
 /// Deadline of one guest call unless the stage says otherwise.
 pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
 
@@ -68,6 +75,18 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+impl ConfigErrors {
+    /// One problem with `file` as a whole that is flumen's, not the file's (a caught panic).
+    pub fn internal(file: &Path, message: String) -> Self {
+        ConfigErrors(vec![ConfigError {
+            file: file.to_path_buf(),
+            location: None,
+            key: String::new(),
+            message: format!("internal error while loading it: {message}"),
+        }])
+    }
+}
+
 /// A checked pipeline.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PipelineConfig {
@@ -114,6 +133,11 @@ pub struct SourceConfig {
     pub event_time: Option<String>,
     /// Bounded out-of-orderness: the watermark trails the largest event time by this much.
     pub watermark_delay_ms: i64,
+    /// The longest record (a file's line) taken; a longer one is a dead letter.
+    pub max_record_bytes: usize,
+    /// A record whose event time is further than this ahead of the newest seen so far is a dead
+    /// letter (off when `None`).
+    pub max_future_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -150,6 +174,33 @@ pub struct OperatorConfig {
     pub allowed_lateness_ms: i64,
     /// On reload, what to do when the new module's state no longer fits the kept state.
     pub on_state_change: OnStateChange,
+    /// What the host keeps for the stage's module, at most.
+    pub limits: StageLimits,
+}
+
+/// Bounds on the host memory a stage's module can make the host spend: beyond them, the record
+/// responsible goes to the dead letters and nothing else changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageLimits {
+    /// Output bytes of one guest call.
+    pub max_output_bytes: usize,
+    /// Output bytes per input record of a call (a call of n records may return n times this).
+    pub max_record_output_bytes: usize,
+    /// Bytes of keyed state and window accumulators (keys included) of the whole stage.
+    pub max_state_bytes: usize,
+    /// Bytes of one key's state or one window's accumulator.
+    pub max_state_bytes_per_key: usize,
+}
+
+impl Default for StageLimits {
+    fn default() -> Self {
+        StageLimits {
+            max_output_bytes: 64 << 20,
+            max_record_output_bytes: 4 << 20,
+            max_state_bytes: 1 << 30,
+            max_state_bytes_per_key: 4 << 20,
+        }
+    }
 }
 
 /// `on_state_change`: whether a reload that changes a stage's state type (or its key or windows)
@@ -230,6 +281,8 @@ struct RawSource {
     seed: Option<i64>,
     event_time: Option<String>,
     watermark_delay_ms: Option<i64>,
+    max_record_bytes: Option<i64>,
+    max_future_ms: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -248,6 +301,10 @@ struct RawOperator {
     window: Option<crate::window::WindowSpec>,
     allowed_lateness_ms: Option<i64>,
     on_state_change: Option<String>,
+    max_output_bytes: Option<i64>,
+    max_record_output_bytes: Option<i64>,
+    max_state_bytes: Option<i64>,
+    max_state_bytes_per_key: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -263,7 +320,19 @@ struct RawSink {
 /// Reads the pipeline file at `path` leniently (see [`parse_lenient`]), taking `${VAR}`s from the
 /// process environment.
 pub fn load(path: &Path) -> (Option<PipelineConfig>, Vec<ConfigError>) {
-    match std::fs::read_to_string(path) {
+    let read = std::fs::File::open(path).and_then(|file| {
+        use std::io::Read;
+        let mut text = String::new();
+        file.take(MAX_PIPELINE_BYTES + 1)
+            .read_to_string(&mut text)?;
+        if text.len() as u64 > MAX_PIPELINE_BYTES {
+            return Err(std::io::Error::other(format!(
+                "it is larger than {MAX_PIPELINE_BYTES} bytes"
+            )));
+        }
+        Ok(text)
+    });
+    match read {
         Ok(text) => parse_lenient(path, &text, &|name| std::env::var(name).ok()),
         Err(e) => (
             None,
@@ -456,13 +525,138 @@ fn collect_locations(
     }
 }
 
-/// Replaces `${VAR}` and `${VAR:-default}` from `env`; `$$` is a literal `$`.
+/// Where a `${VAR}` stands in TOML text, which decides how its value is pasted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Context {
+    /// Outside any string: the value must be one whole TOML scalar (a number, a boolean…).
+    Bare,
+    /// Inside a basic string (`"…"`, or `"""…"""` when multi-line): the value is escaped.
+    Basic { multiline: bool },
+    /// Inside a literal string (`'…'`, or three quotes when multi-line): the value must not
+    /// close it.
+    Literal { multiline: bool },
+    /// In a comment: pasted as it is (it means nothing there).
+    Comment,
+}
+
+impl Context {
+    /// The context after the template text `text`, starting in `self`.
+    fn after(mut self, text: &str) -> Context {
+        let bytes = text.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let rest = &bytes[i..];
+            match self {
+                Context::Comment => return self,
+                Context::Bare => match rest[0] {
+                    b'#' => self = Context::Comment,
+                    b'"' if rest.starts_with(b"\"\"\"") => {
+                        self = Context::Basic { multiline: true };
+                        i += 2;
+                    }
+                    b'"' => self = Context::Basic { multiline: false },
+                    b'\'' if rest.starts_with(b"'''") => {
+                        self = Context::Literal { multiline: true };
+                        i += 2;
+                    }
+                    b'\'' => self = Context::Literal { multiline: false },
+                    _ => {}
+                },
+                Context::Basic { multiline } => match rest[0] {
+                    b'\\' => i += 1,
+                    b'"' if multiline && rest.starts_with(b"\"\"\"") => {
+                        self = Context::Bare;
+                        i += 2;
+                    }
+                    b'"' if !multiline => self = Context::Bare,
+                    _ => {}
+                },
+                Context::Literal { multiline } => match rest[0] {
+                    b'\'' if multiline && rest.starts_with(b"'''") => {
+                        self = Context::Bare;
+                        i += 2;
+                    }
+                    b'\'' if !multiline => self = Context::Bare,
+                    _ => {}
+                },
+            }
+            i += 1;
+        }
+        self
+    }
+
+    /// At the end of a line: single-line strings and comments end there.
+    fn at_line_end(self) -> Context {
+        match self {
+            Context::Basic { multiline: true } | Context::Literal { multiline: true } => self,
+            _ => Context::Bare,
+        }
+    }
+
+    /// `value` as it must be pasted here, or why it cannot be: interpolation only ever
+    /// produces a value, never a key, a comment or the end of a string.
+    fn paste(self, value: &str) -> Result<String, String> {
+        match self {
+            Context::Comment => Ok(value.replace('\n', " ")),
+            Context::Basic { .. } => {
+                let mut escaped = String::with_capacity(value.len());
+                for c in value.chars() {
+                    match c {
+                        '"' => escaped.push_str("\\\""),
+                        '\\' => escaped.push_str("\\\\"),
+                        c if c.is_control() => escaped.push_str(&format!("\\u{:04X}", c as u32)),
+                        c => escaped.push(c),
+                    }
+                }
+                Ok(escaped)
+            }
+            Context::Literal { multiline } => {
+                let closes = match multiline {
+                    true => value.contains("'''"),
+                    false => value.contains('\'') || value.contains('\n'),
+                };
+                match closes {
+                    true => Err(
+                        "would end the literal string it is in (it holds a quote or a \
+                                 line break); write it inside \"…\" there"
+                            .into(),
+                    ),
+                    false => Ok(value.to_string()),
+                }
+            }
+            Context::Bare => {
+                let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"));
+                let scalar = parsed
+                    .ok()
+                    .filter(|t| t.len() == 1)
+                    .and_then(|t| t.get("v").cloned());
+                match scalar {
+                    Some(v) if !v.is_table() && !v.is_array() && !value.contains(['#', '\n']) => {
+                        Ok(value.to_string())
+                    }
+                    _ => Err(format!(
+                        "holds {value:?}, which is not one TOML value; outside quotes a \
+                         variable must hold a number, a boolean or a date, or be written \
+                         inside \"…\""
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}` from `env`; `$$` is a literal `$`. A value is pasted
+/// as a value only: escaped inside a `"…"` string, refused where it would end a `'…'` string,
+/// and outside quotes only if it is one whole TOML scalar.
 fn substitute_env(text: &str, env: &dyn Fn(&str) -> Option<String>, report: &mut Report) -> String {
     let mut out = String::with_capacity(text.len());
+    let mut context = Context::Bare;
     for (index, line) in text.split_inclusive('\n').enumerate() {
         let mut rest = line;
         while let Some(at) = rest.find('$') {
             out.push_str(&rest[..at]);
+            context = context.after(&rest[..at]);
+            let column = line.len() - rest.len() + at + 1;
             let after = &rest[at + 1..];
             if let Some(tail) = after.strip_prefix('$') {
                 out.push('$');
@@ -474,13 +668,14 @@ fn substitute_env(text: &str, env: &dyn Fn(&str) -> Option<String>, report: &mut
                 rest = after;
                 continue;
             };
+            let location = Some(Location {
+                line: index + 1,
+                column,
+            });
             let Some(end) = body.find('}') else {
                 report.errors.push(ConfigError {
                     file: report.file.clone(),
-                    location: Some(Location {
-                        line: index + 1,
-                        column: out.len() + 1,
-                    }),
+                    location,
                     key: String::new(),
                     message: "`${` without its closing `}`".into(),
                 });
@@ -493,25 +688,29 @@ fn substitute_env(text: &str, env: &dyn Fn(&str) -> Option<String>, report: &mut
                 None => (expr, None),
             };
             let value = env(name).filter(|v| default.is_none() || !v.is_empty());
-            match value.as_deref().or(default) {
-                Some(value) if value.contains('\n') => report.errors.push(ConfigError {
+            let problem = match value.as_deref().or(default) {
+                Some(value) => match context.paste(value) {
+                    Ok(pasted) => {
+                        out.push_str(&pasted);
+                        None
+                    }
+                    Err(why) => Some(format!("environment variable `{name}` {why}")),
+                },
+                None => Some(format!(
+                    "environment variable `{name}` is not set; set it or write `${{{name}:-default}}`"
+                )),
+            };
+            if let Some(message) = problem {
+                report.errors.push(ConfigError {
                     file: report.file.clone(),
-                    location: Some(Location { line: index + 1, column: at + 1 }),
+                    location,
                     key: String::new(),
-                    message: format!("environment variable `{name}` holds a line break"),
-                }),
-                Some(value) => out.push_str(value),
-                None => report.errors.push(ConfigError {
-                    file: report.file.clone(),
-                    location: Some(Location { line: index + 1, column: at + 1 }),
-                    key: String::new(),
-                    message: format!(
-                        "environment variable `{name}` is not set; set it or write `${{{name}:-default}}`"
-                    ),
-                }),
+                    message,
+                });
             }
             rest = &body[end + 1..];
         }
+        context = context.after(rest).at_line_end();
         out.push_str(rest);
     }
     out
@@ -664,11 +863,26 @@ fn build(file: &Path, raw: RawFile, doc: &Doc<'_, '_>, report: &mut Report) -> P
         .iter()
         .filter_map(|(name, o)| build_operator(base, name, o, doc, report))
         .collect();
-    let sinks = raw
+    let sinks: Vec<SinkConfig> = raw
         .sinks
         .iter()
         .filter_map(|(name, s)| build_sink(name, s, doc, report))
         .collect();
+    let mut written: BTreeMap<&Path, &str> = BTreeMap::new();
+    for sink in &sinks {
+        if let SinkKind::File { path } = &sink.kind
+            && let Some(other) = written.insert(path, &sink.name)
+        {
+            report.at(
+                doc,
+                &["sinks", &sink.name, "path"],
+                format!(
+                    "sink `{other}` writes {} already; each file sink needs a file of its own",
+                    path.display()
+                ),
+            );
+        }
+    }
 
     if let Some(dead_letter) = &raw.pipeline.dead_letter
         && !raw.sinks.contains_key(dead_letter)
@@ -806,12 +1020,37 @@ fn build_source(
             "watermarks need `event_time`, the field holding each record's time",
         );
     }
+    let max_record_bytes = positive(
+        raw.max_record_bytes,
+        DEFAULT_MAX_RECORD_BYTES as u64,
+        1 << 30,
+        doc,
+        report,
+        &key("max_record_bytes"),
+    ) as usize;
+    let max_future_ms = match raw.max_future_ms {
+        Some(ms) if ms < 0 => {
+            report.at(doc, &key("max_future_ms"), "a limit cannot be negative");
+            None
+        }
+        Some(_) if raw.event_time.is_none() => {
+            report.at(
+                doc,
+                &key("max_future_ms"),
+                "`max_future_ms` needs `event_time`, the field holding each record's time",
+            );
+            None
+        }
+        other => other,
+    };
     Some(SourceConfig {
         name: name.to_string(),
         kind,
         batch_size,
         event_time: raw.event_time.clone(),
         watermark_delay_ms,
+        max_record_bytes,
+        max_future_ms,
     })
 }
 
@@ -869,6 +1108,14 @@ fn build_operator(
         report.at(doc, &key("inputs"), "an operator needs at least one input");
     }
     let params = match serde_json::to_value(&raw.params) {
+        Ok(params) if params.to_string().len() > MAX_PARAMS_BYTES => {
+            report.at(
+                doc,
+                &key("params"),
+                format!("params take more than {MAX_PARAMS_BYTES} bytes as JSON; pass large data in a file the module reads at build time, or as records"),
+            );
+            serde_json::Value::Null
+        }
         Ok(params) => params,
         Err(e) => {
             report.at(
@@ -907,7 +1154,34 @@ fn build_operator(
             "only a window stage has lateness",
         );
     }
+    let defaults = StageLimits::default();
+    let mut bytes = |value: Option<i64>, default: usize, field: &'static str| {
+        positive(value, default as u64, 1 << 40, doc, report, &key(field)) as usize
+    };
+    let limits = StageLimits {
+        max_output_bytes: bytes(
+            raw.max_output_bytes,
+            defaults.max_output_bytes,
+            "max_output_bytes",
+        ),
+        max_record_output_bytes: bytes(
+            raw.max_record_output_bytes,
+            defaults.max_record_output_bytes,
+            "max_record_output_bytes",
+        ),
+        max_state_bytes: bytes(
+            raw.max_state_bytes,
+            defaults.max_state_bytes,
+            "max_state_bytes",
+        ),
+        max_state_bytes_per_key: bytes(
+            raw.max_state_bytes_per_key,
+            defaults.max_state_bytes_per_key,
+            "max_state_bytes_per_key",
+        ),
+    };
     Some(OperatorConfig {
+        limits,
         name: name.to_string(),
         module: base.join(&raw.module),
         inputs: build_inputs("operators", name, &raw.inputs, doc, report),
@@ -1121,9 +1395,57 @@ type = "stdout"
             errors: Vec::new(),
         };
         let env = |k: &str| (k == "EMPTY").then(String::new);
-        let out = substitute_env("a $$ ${EMPTY:-d} ${EMPTY} $x\n", &env, &mut report);
-        assert_eq!(out, "a $ d  $x\n");
+        let out = substitute_env("a = \"$$ ${EMPTY:-d} ${EMPTY} $x\"\n", &env, &mut report);
+        assert_eq!(out, "a = \"$ d  $x\"\n");
         assert!(report.errors.is_empty());
+    }
+
+    #[test]
+    fn a_variable_can_only_ever_become_a_value() {
+        let vars = [
+            ("QUOTE", "x\" # y"),
+            ("INJECT", "1\nother = 2"),
+            ("COMMENT", "5 # rest"),
+            ("NUMBER", "512"),
+            ("TICK", "it's"),
+        ];
+        let env = |k: &str| {
+            vars.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.to_string())
+        };
+        let mut report = Report {
+            file: "f".into(),
+            text: String::new(),
+            errors: Vec::new(),
+        };
+        let text = "a = \"${QUOTE}\"\nb = \"${INJECT}\"\nc = ${NUMBER}\n# ${INJECT}\n";
+        let out = substitute_env(text, &env, &mut report);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let table: toml::Table = toml::from_str(&out).unwrap();
+        assert_eq!(table["a"].as_str(), Some("x\" # y"));
+        assert_eq!(table["b"].as_str(), Some("1\nother = 2"));
+        assert_eq!(table["c"].as_integer(), Some(512));
+        assert_eq!(table.len(), 3, "{out}");
+        for bad in [
+            "c = ${COMMENT}\n",
+            "c = ${INJECT}\n",
+            "c = '${TICK}'\n",
+            "c = ${QUOTE}\n",
+        ] {
+            let mut report = Report {
+                file: "f".into(),
+                text: String::new(),
+                errors: Vec::new(),
+            };
+            substitute_env(bad, &env, &mut report);
+            assert_eq!(report.errors.len(), 1, "{bad}");
+            assert_eq!(
+                report.errors[0].location.map(|l| l.column),
+                Some(5),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -233,11 +233,12 @@ impl Pipeline {
         // Open what is new before touching anything, so a failure leaves the pipeline as it is.
         let mut sources = Vec::new();
         for source in &plan.sources {
-            let kept = self
-                .plan
-                .sources
-                .iter()
-                .position(|old| old.config == source.config);
+            let kept = (0..self.plan.sources.len()).find(|&at| {
+                source::same_input(&self.plan.sources[at].config, &source.config)
+                    && !sources
+                        .iter()
+                        .any(|s| matches!(s, Err(taken) if *taken == at))
+            });
             sources.push(match kept {
                 Some(at) => Err(at),
                 None => {
@@ -256,8 +257,11 @@ impl Pipeline {
         }
         let mut sinks = Vec::new();
         for sink in &plan.sinks {
-            let kept = self.plan.sinks.iter().position(|old| {
-                old.config.name == sink.config.name && old.config.kind == sink.config.kind
+            let kept = (0..self.plan.sinks.len()).find(|&at| {
+                sink::same_output(&self.plan.sinks[at].config, &sink.config)
+                    && !sinks
+                        .iter()
+                        .any(|s| matches!(s, Err(taken) if *taken == at))
             });
             sinks.push(match kept {
                 Some(at) => Err(at),
@@ -291,7 +295,19 @@ impl Pipeline {
                     let mut kept = old_sources[at]
                         .take()
                         .unwrap_or_else(|| unreachable!("a kept source is taken once"));
-                    // Its consumers may key it differently now.
+                    // Same input: its place is kept, its settings are the new ones, and its
+                    // consumers may key it differently now.
+                    kept.source.retune(&plan.config);
+                    kept.watermarks = match (kept.watermarks, &plan.config.event_time) {
+                        (_, None) => None,
+                        (Some(tracker), Some(_)) => {
+                            Some(tracker.with_delay(plan.config.watermark_delay_ms))
+                        }
+                        (None, Some(_)) => {
+                            Some(BoundedOutOfOrderness::new(plan.config.watermark_delay_ms))
+                        }
+                    };
+                    kept.stats.name.clone_from(&plan.config.name);
                     kept.batch = SourceBatch::new(
                         plan.port.key_fields.clone(),
                         plan.config.event_time.clone(),
@@ -319,9 +335,13 @@ impl Pipeline {
             .into_iter()
             .zip(&plan.sinks)
             .map(|(sink, plan)| match sink {
-                Err(at) => old_sinks[at]
-                    .take()
-                    .unwrap_or_else(|| unreachable!("a kept sink is taken once")),
+                Err(at) => {
+                    let (sink, mut stats) = old_sinks[at]
+                        .take()
+                        .unwrap_or_else(|| unreachable!("a kept sink is taken once"));
+                    stats.name.clone_from(&plan.config.name);
+                    (sink, stats)
+                }
                 Ok(fresh) => {
                     log.push(format!("added sink `{}`", plan.config.name));
                     (

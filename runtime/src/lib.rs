@@ -13,6 +13,7 @@ mod native;
 pub mod plan;
 pub mod reload;
 pub mod sandbox;
+pub mod shape;
 pub mod sink;
 pub mod source;
 mod stage;
@@ -73,6 +74,21 @@ pub fn native_module_path(wasm: &Path) -> std::path::PathBuf {
     let dir = wasm.parent().unwrap_or(Path::new("."));
     dir.join("native")
         .join(format!("lib{stem}{}", std::env::consts::DLL_SUFFIX))
+}
+
+/// How many instances the sandbox must hold at once for the pipeline at `path`: every partition
+/// of every stage twice (a reload prepares its new set while the old one runs), and one more per
+/// module (describing it). A file that does not load needs no more than the smallest pool.
+pub fn instances_needed(path: &Path, options: Options) -> usize {
+    let (Some(config), _) = config::load(path) else {
+        return 0;
+    };
+    let partitions: usize = config
+        .operators
+        .iter()
+        .map(|op| op.parallelism.unwrap_or(options.parallelism))
+        .sum();
+    partitions.saturating_mul(2) + config.operators.len() + 16
 }
 
 /// Loads the pipeline file at `path` and prepares it, reporting every problem at once.

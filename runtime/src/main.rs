@@ -11,6 +11,9 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 
+/// The most partitions a stage may have (each is a sandboxed instance of its module).
+const MAX_PARALLELISM: usize = 256;
+
 #[derive(Parser)]
 #[command(
     name = "flumen",
@@ -37,6 +40,14 @@ enum Command {
         /// Serve GET /status and POST /reload on this address (e.g. 127.0.0.1:9090).
         #[arg(long, value_name = "ADDRESS")]
         admin: Option<String>,
+        /// The bearer token the admin endpoint requires (needed off loopback).
+        #[arg(
+            long,
+            env = "FLUMEN_ADMIN_TOKEN",
+            value_name = "TOKEN",
+            hide_env_values = true
+        )]
+        admin_token: Option<String>,
         /// Run operators as sandboxed Wasm, or natively (built by `flumen build --native`).
         #[arg(long, value_enum, default_value_t = Backend::Wasm)]
         backend: Backend,
@@ -117,16 +128,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             parallelism,
             watch,
             admin,
+            admin_token,
             backend,
             summary_json,
         } => {
-            if parallelism == 0 {
-                anyhow::bail!("--parallelism is at least 1");
+            if !(1..=MAX_PARALLELISM).contains(&parallelism) {
+                anyhow::bail!("--parallelism is between 1 and {MAX_PARALLELISM}");
             }
             let stop = Arc::new(AtomicBool::new(false));
             let (trigger_sender, triggers) = mpsc::channel();
             handle_signals(stop.clone(), trigger_sender.clone())?;
-            let sandbox = Arc::new(Sandbox::new()?);
             let options = flumen::Options {
                 parallelism,
                 backend: match backend {
@@ -134,6 +145,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Backend::Native => flumen::BackendKind::Native,
                 },
             };
+            let capacity = flumen::instances_needed(&pipeline, options);
+            let sandbox = Arc::new(Sandbox::with_capacity(capacity)?);
             let prepared = match flumen::prepare(&pipeline, &sandbox, options) {
                 Ok(prepared) => prepared,
                 Err(errors) => {
@@ -149,7 +162,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }))
             });
             if let (Some(address), Some(status)) = (&admin, &status) {
-                flumen::admin::serve(address, status.clone(), trigger_sender.clone())?;
+                let config = flumen::admin::AdminConfig {
+                    address: address.clone(),
+                    token: admin_token,
+                };
+                flumen::admin::serve(&config, status.clone(), trigger_sender.clone())?;
             }
             let (prepared_sender, reloads) = mpsc::channel();
             flumen::reload::spawn(

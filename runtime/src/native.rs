@@ -102,9 +102,8 @@ impl NativeGuest {
         };
         match status {
             codes::OK => Ok(reply),
-            _ => Err(GuestFailure(format!(
-                "panicked at {}",
-                String::from_utf8_lossy(reply)
+            _ => Err(GuestFailure(crate::sandbox::panic_failure(
+                &String::from_utf8_lossy(reply),
             ))),
         }
     }

@@ -28,6 +28,8 @@ pub enum NodeRef {
 pub struct PortPlan {
     pub name: String,
     pub type_name: String,
+    /// The shape of its records' type, where its module could trace it.
+    pub shape: Option<flumen_sdk::abi::Shape>,
     pub encoding: Encoding,
     pub consumers: Vec<Consumer>,
     /// The fields the producer extracts as keys, one per distinct `key_by` of its consumers.
@@ -139,6 +141,7 @@ pub fn plan(
                     crate::config::SourceKind::Bench { .. } => BENCH_ORDER.into(),
                     _ => JSON_TEXT.into(),
                 },
+                shape: None,
                 encoding: match s.kind {
                     crate::config::SourceKind::Bench { .. } => Encoding::Bincode,
                     _ => Encoding::Json,
@@ -156,6 +159,8 @@ pub fn plan(
         output_type: String::new(),
         side_outputs: Vec::new(),
         state_type: None,
+        input_shape: None,
+        output_shape: None,
     };
     let mut operators: Vec<OperatorPlan> = order
         .iter()
@@ -165,9 +170,10 @@ pub fn plan(
                 .get(&config.name)
                 .cloned()
                 .unwrap_or(placeholder.clone());
-            let port = |name: &str, type_name: &str| PortPlan {
+            let port = |name: &str, type_name: &str, shape: &Option<_>| PortPlan {
                 name: name.to_string(),
                 type_name: type_name.to_string(),
+                shape: shape.clone(),
                 encoding: Encoding::Bincode,
                 consumers: Vec::new(),
                 key_fields: Vec::new(),
@@ -175,17 +181,18 @@ pub fn plan(
             };
             let late = config.window.is_some().then(|| PortPlan {
                 encoding: Encoding::Json,
-                ..port(LATE_PORT, JSON_TEXT)
+                ..port(LATE_PORT, JSON_TEXT, &None)
             });
-            let ports = std::iter::once(port("main", &describe.output_type))
-                .chain(
-                    describe
-                        .side_outputs
-                        .iter()
-                        .map(|s| port(&s.name, &s.type_name)),
-                )
-                .chain(late)
-                .collect();
+            let ports =
+                std::iter::once(port("main", &describe.output_type, &describe.output_shape))
+                    .chain(
+                        describe
+                            .side_outputs
+                            .iter()
+                            .map(|s| port(&s.name, &s.type_name, &s.shape)),
+                    )
+                    .chain(late)
+                    .collect();
             // A keyed stage spreads its keys; a stateless one spreads its records (like
             // Flink's rebalance); an unkeyed stateful one has one state, so one partition.
             let stateless = !matches!(
@@ -297,18 +304,32 @@ pub fn plan(
                 key,
             });
             let carried = port.type_name.clone();
+            let carried_shape = port.shape.clone();
             if let NodeRef::Operator(o) = consumer {
                 let expected = &operators[o].describe.input_type;
                 let consumer_loaded = modules.contains_key(&operators[o].config.name);
-                if consumer_loaded
-                    && carried != JSON_TEXT
-                    && !carried.is_empty()
-                    && &carried != expected
-                {
-                    errors.push(error(format!(
-                        "input `{input}` carries `{carried}`, but `{}` takes `{expected}`",
-                        operators[o].config.name
-                    )));
+                let name = &operators[o].config.name;
+                // JSON is read by field name: only bincode edges need the same shape.
+                let checked = consumer_loaded && carried != JSON_TEXT && !carried.is_empty();
+                match (&carried_shape, &operators[o].describe.input_shape) {
+                    (Some(written), Some(read)) if checked => {
+                        if let Err(mismatch) = crate::shape::compare(written, read) {
+                            errors.push(error(format!(
+                                "input `{input}` carries `{carried}`, but `{name}` takes \
+                                 `{expected}`, which does not read it: {mismatch} (written \
+                                 `{}`, read `{}`); values travel between stages by position, \
+                                 so fields must match in order, name and type",
+                                crate::shape::render(written, 0, 1),
+                                crate::shape::render(read, 0, 1),
+                            )));
+                        }
+                    }
+                    _ if checked && &carried != expected => {
+                        errors.push(error(format!(
+                            "input `{input}` carries `{carried}`, but `{name}` takes `{expected}`"
+                        )));
+                    }
+                    _ => {}
                 }
             }
         }
@@ -359,6 +380,15 @@ pub fn plan(
             errors.push(config.error(
                 &key("parallelism"),
                 "a stateful stage runs in partitions only when keyed (`key_by`)",
+            ));
+        }
+        if op.describe.kind == OperatorKind::Process && op.config.key_by.is_none() {
+            errors.push(config.error(
+                &key("module"),
+                format!(
+                    "`{name}` is a process operator, whose state is per key: give the stage a \
+                     `key_by`"
+                ),
             ));
         }
         if op.config.state_ttl_ms.is_some() && op.describe.kind != OperatorKind::Process {
@@ -460,9 +490,12 @@ mod tests {
                 .map(|(n, t)| SideOutput {
                     name: n.to_string(),
                     type_name: t.to_string(),
+                    shape: None,
                 })
                 .collect(),
             state_type: None,
+            input_shape: None,
+            output_shape: None,
         }
     }
 
@@ -510,13 +543,31 @@ mod tests {
     }
 
     #[test]
+    fn a_process_stage_needs_a_key() {
+        let config = pipeline("[operators.count]\nmodule = \"a.wasm\"\ninputs = [\"src\"]\n");
+        let process = Describe {
+            kind: OperatorKind::Process,
+            state_type: Some("u64".into()),
+            ..describe("T", "T", &[])
+        };
+        let errors = plan(&config, &modules(&[("count", process)]), 1).unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        assert!(
+            errors.0[0].message.contains("give the stage a `key_by`"),
+            "{errors}"
+        );
+        assert_eq!(errors.0[0].key, "operators.count.module");
+    }
+
+    #[test]
     fn only_a_stateful_stage_needs_a_key_to_run_in_partitions() {
         let config = pipeline(
             "[operators.spread]\nmodule = \"a.wasm\"\ninputs = [\"src\"]\nparallelism = 2\n\
-             [operators.global]\nmodule = \"b.wasm\"\ninputs = [\"spread\"]\nparallelism = 2\n",
+             [operators.global]\nmodule = \"b.wasm\"\ninputs = [\"spread\"]\nparallelism = 2\n\
+             window = { type = \"tumbling\", size_ms = 1000 }\n",
         );
         let stateful = Describe {
-            kind: OperatorKind::Process,
+            kind: OperatorKind::Aggregate,
             state_type: Some("u64".into()),
             ..describe("T", "T", &[])
         };
@@ -612,7 +663,8 @@ mod keyed_tests {
             [operators.by_sku]\nmodule = \"c.wasm\"\ninputs = [\"a\"]\nkey_by = \"sku\"\nparallelism = 3\n\
             window = { type = \"tumbling\", size_ms = 1000 }\n\
             [operators.again]\nmodule = \"b.wasm\"\ninputs = [\"a\"]\nkey_by = \"user_id\"\n\
-            [operators.global]\nmodule = \"b.wasm\"\ninputs = [\"a\"]\n";
+            [operators.global]\nmodule = \"b.wasm\"\ninputs = [\"a\"]\n\
+            window = { type = \"tumbling\", size_ms = 1000 }\n";
         let config = config::parse(Path::new("p.toml"), text, &|_| None).unwrap();
         let d = |kind| Describe {
             abi_version: ABI_VERSION,
@@ -621,13 +673,15 @@ mod keyed_tests {
             output_type: "T".into(),
             side_outputs: Vec::new(),
             state_type: None,
+            input_shape: None,
+            output_shape: None,
         };
         let modules: BTreeMap<String, Describe> = [
             ("a", d(OperatorKind::Map)),
             ("by_user", d(OperatorKind::Process)),
             ("by_sku", d(OperatorKind::Aggregate)),
             ("again", d(OperatorKind::Process)),
-            ("global", d(OperatorKind::Process)),
+            ("global", d(OperatorKind::Aggregate)),
         ]
         .into_iter()
         .map(|(n, d)| (n.to_string(), d))

@@ -99,7 +99,13 @@ pub fn spawn(
                     }
                 }
                 tracing::info!(pipeline = %path.display(), "reloading");
-                match crate::prepare(&path, &sandbox, options) {
+                // Whatever a module or a file does, the reloader keeps watching: a panic while
+                // preparing is a failed reload like any other.
+                let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    crate::prepare(&path, &sandbox, options)
+                }))
+                .unwrap_or_else(|panic| Err(ConfigErrors::internal(&path, panic_text(&panic))));
+                match attempt {
                     Ok(next) => {
                         let files = watched_files(&path, &next);
                         if let Some((watcher, names, dirs)) = watcher.as_mut() {
@@ -123,6 +129,15 @@ pub fn spawn(
             }
         })?;
     Ok(())
+}
+
+/// The message of a caught panic.
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// Watches the folder of every file (not the file: an editor's rename-save replaces it).

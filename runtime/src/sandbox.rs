@@ -19,6 +19,11 @@ use wasmtime::{
 
 /// How often the engine's epoch advances; call deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// The smallest instance pool: room for small pipelines and a reload's second set.
+pub const MIN_POOL: usize = 256;
+/// The largest instance pool (each slot reserves 4 GiB of address space, not memory); a pipeline
+/// needing more instances allocates them one by one.
+pub const MAX_POOL: usize = 8192;
 /// Longest panic message kept from a guest.
 const MAX_PANIC_MESSAGE: usize = 4096;
 
@@ -59,6 +64,11 @@ pub enum ModuleError {
     Init { path: PathBuf, message: String },
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
+    #[error(
+        "no room for another instance in the sandbox ({0}); flumen sizes its instance pool at \
+         start from the pipeline's stages and partitions, so restart it to run this many"
+    )]
+    Capacity(String),
 }
 
 /// A guest call that did not complete: what to tell the dead letters.
@@ -73,6 +83,8 @@ impl std::fmt::Display for GuestFailure {
 
 /// The host state of one store.
 struct GuestState {
+    /// Whether the instance only describes its module (under [`DESCRIBE_LIMITS`]).
+    describing: bool,
     memory_limit: usize,
     memory_limit_hit: bool,
     panic_message: Option<String>,
@@ -105,6 +117,8 @@ pub struct Sandbox {
     engine: Engine,
     linker: Linker<GuestState>,
     stop: Arc<AtomicBool>,
+    /// How many instances can live at once.
+    capacity: usize,
 }
 
 impl Drop for Sandbox {
@@ -114,19 +128,38 @@ impl Drop for Sandbox {
 }
 
 impl Sandbox {
-    /// Sets up the engine: pooling allocator, epoch interruption, a compiled-module cache on disk
-    /// keyed by content hash (wasmtime's own, in the user's cache folder).
+    /// How many instances can live at once.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Sets up the engine for at most [`MIN_POOL`] instances at once; see [`Self::with_capacity`].
     pub fn new() -> Result<Self, ModuleError> {
+        Self::with_capacity(MIN_POOL)
+    }
+
+    /// Sets up the engine: a pool of instances for `instances` at once (at least [`MIN_POOL`];
+    /// past [`MAX_POOL`], instances are allocated one by one instead), epoch interruption, a
+    /// compiled-module cache on disk keyed by content hash (wasmtime's own, in the user's cache
+    /// folder).
+    pub fn with_capacity(instances: usize) -> Result<Self, ModuleError> {
         let engine_error = |e: wasmtime::Error| ModuleError::Engine(format!("{e:#}"));
+        let capacity = instances.max(MIN_POOL);
         let mut pool = PoolingAllocationConfig::new();
-        pool.total_core_instances(256)
-            .total_memories(256)
-            .total_tables(256)
+        let slots = u32::try_from(capacity.min(MAX_POOL)).unwrap_or(u32::MAX);
+        pool.total_core_instances(slots)
+            .total_memories(slots)
+            .total_tables(slots)
             .max_memory_size(4 << 30);
+        let strategy = if capacity <= MAX_POOL {
+            InstanceAllocationStrategy::Pooling(pool)
+        } else {
+            InstanceAllocationStrategy::OnDemand
+        };
         let mut config = Config::new();
         config
             .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .allocation_strategy(strategy)
             .cranelift_opt_level(wasmtime::OptLevel::Speed);
         if std::env::var_os("FLUMEN_PERFMAP").is_some() {
             // `/tmp/perf-PID.map`: lets `perf report` name the functions of guest code.
@@ -170,6 +203,7 @@ impl Sandbox {
             engine,
             linker,
             stop,
+            capacity,
         })
     }
 
@@ -257,6 +291,9 @@ impl LoadedModule {
                 expected: ABI_VERSION,
             });
         }
+        if let Err(why) = check_describe(&describe) {
+            return Err(self.guest_error(format!("describe: {why}")));
+        }
         if let Backend::Wasm { pre, .. } = &loaded.backend
             && describe.kind == abi::OperatorKind::Aggregate
         {
@@ -272,6 +309,58 @@ impl LoadedModule {
         self.describe = Some(describe);
         Ok(Arc::new(self))
     }
+}
+
+/// Checks what a module says of itself against the limits on ports and names.
+fn check_describe(describe: &Describe) -> Result<(), String> {
+    if describe.side_outputs.len() > abi::MAX_SIDE_OUTPUTS {
+        return Err(format!(
+            "declares {} side outputs, more than the {} allowed",
+            describe.side_outputs.len(),
+            abi::MAX_SIDE_OUTPUTS
+        ));
+    }
+    let names = [&describe.input_type, &describe.output_type]
+        .into_iter()
+        .chain(describe.state_type.as_ref())
+        .chain(
+            describe
+                .side_outputs
+                .iter()
+                .flat_map(|side| [&side.name, &side.type_name]),
+        );
+    for name in names {
+        if name.len() > abi::MAX_NAME_BYTES {
+            return Err(format!(
+                "declares a name of {} bytes, more than the {} allowed",
+                name.len(),
+                abi::MAX_NAME_BYTES
+            ));
+        }
+    }
+    let shapes = [&describe.input_shape, &describe.output_shape]
+        .into_iter()
+        .chain(describe.side_outputs.iter().map(|side| &side.shape))
+        .flatten();
+    for shape in shapes {
+        crate::shape::check(shape)?;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for side in &describe.side_outputs {
+        let valid = !side.name.is_empty()
+            && side
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid || side.name == "main" || !seen.insert(side.name.as_str()) {
+            return Err(format!(
+                "declares a side output named {:?}: side outputs need distinct names of \
+                 letters, digits, `_` and `-`, other than `main`",
+                side.name
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `flumen.panic(ptr, len)`: keeps the guest's panic message for the failure report.
@@ -339,17 +428,12 @@ impl LoadedModule {
     }
 
     fn describe_now(&self) -> Result<Describe, ModuleError> {
-        let limits = Limits {
-            memory_bytes: 64 << 20,
-            timeout: Duration::from_secs(5),
-        };
-        let mut guest = Guest::instantiate(self, limits)?;
+        let mut guest = Guest::instantiate(self, DESCRIBE_LIMITS, Purpose::Describe)?;
         let reply = guest
             .call(Call::Describe, &[])
             .map_err(|GuestFailure(message)| self.guest_error(format!("describe: {message}")))?;
-        let (describe, _) =
-            bincode::serde::decode_from_slice::<Describe, _>(reply, abi::BINCODE)
-                .map_err(|e| self.guest_error(format!("describe returned garbage: {e}")))?;
+        let describe = abi::decode_control::<Describe>(reply)
+            .map_err(|e| self.guest_error(format!("describe returned garbage: {e}")))?;
         Ok(describe)
     }
 
@@ -359,6 +443,21 @@ impl LoadedModule {
             message,
         }
     }
+}
+
+/// The limits a module describes itself under (not configurable: no stage is known yet).
+const DESCRIBE_LIMITS: Limits = Limits {
+    memory_bytes: 64 << 20,
+    timeout: Duration::from_secs(5),
+};
+
+/// What an instance is for: its limits' names in messages differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// Only to describe its module, under [`DESCRIBE_LIMITS`].
+    Describe,
+    /// To run a stage, under the stage's limits.
+    Operator,
 }
 
 /// Resource limits of one instance.
@@ -385,10 +484,16 @@ enum Guest {
 }
 
 impl Guest {
-    fn instantiate(module: &LoadedModule, limits: Limits) -> Result<Self, ModuleError> {
+    fn instantiate(
+        module: &LoadedModule,
+        limits: Limits,
+        purpose: Purpose,
+    ) -> Result<Self, ModuleError> {
         match &module.backend {
-            Backend::Wasm { pre, engine } => WasmGuest::instantiate(module, pre, engine, limits)
-                .map(|g| Guest::Wasm(Box::new(g))),
+            Backend::Wasm { pre, engine } => {
+                WasmGuest::instantiate(module, pre, engine, limits, purpose)
+                    .map(|g| Guest::Wasm(Box::new(g)))
+            }
             Backend::Native(library) => Ok(Guest::Native(NativeGuest::new(library.clone()))),
         }
     }
@@ -432,8 +537,10 @@ impl WasmGuest {
         pre: &InstancePre<GuestState>,
         engine: &Engine,
         limits: Limits,
+        purpose: Purpose,
     ) -> Result<Self, ModuleError> {
         let state = GuestState {
+            describing: purpose == Purpose::Describe,
             memory_limit: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
             memory_limit_hit: false,
             panic_message: None,
@@ -444,6 +551,11 @@ impl WasmGuest {
         let deadline_ticks = (limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(deadline_ticks);
         let instance = pre.instantiate(&mut store).map_err(|e| {
+            let message = format!("{e:#}");
+            if message.contains("maximum concurrent") {
+                // Not the module's fault: the pool is full.
+                return ModuleError::Capacity(message);
+            }
             module.guest_error(format!(
                 "cannot instantiate it: {}",
                 failure(&store, &e, limits)
@@ -543,23 +655,44 @@ impl WasmGuest {
     }
 }
 
+/// A guest's panic message as a failure: `panicked at …` once, whether or not the guest's own
+/// message already starts so (Rust's panic messages do).
+pub(crate) fn panic_failure(message: &str) -> String {
+    let message = message.strip_prefix("panicked at ").unwrap_or(message);
+    format!("panicked at {message}")
+}
+
 /// What a failed call tells the user: the guest's panic message, the limit it hit, or the trap.
 fn failure(store: &Store<GuestState>, error: &wasmtime::Error, limits: Limits) -> String {
     let state = store.data();
     if let Some(message) = &state.panic_message {
-        return format!("panicked at {message}");
+        return panic_failure(message);
     }
+    // Describe runs under the runtime's own limits, every other call under the stage's.
+    let describing = state.describing;
     if state.memory_limit_hit {
-        return format!(
-            "exceeded its memory limit of {} MiB (memory_limit_mib)",
-            limits.memory_bytes >> 20
-        );
+        return match describing {
+            true => format!(
+                "exceeded the {} MiB of memory a module has to describe itself",
+                limits.memory_bytes >> 20
+            ),
+            false => format!(
+                "exceeded its memory limit of {} MiB (memory_limit_mib)",
+                limits.memory_bytes >> 20
+            ),
+        };
     }
     if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-        return format!(
-            "exceeded its time limit of {} ms per batch (timeout_ms)",
-            limits.timeout.as_millis()
-        );
+        return match describing {
+            true => format!(
+                "exceeded the {} ms a module has to describe itself",
+                limits.timeout.as_millis()
+            ),
+            false => format!(
+                "exceeded its time limit of {} ms per call (timeout_ms)",
+                limits.timeout.as_millis()
+            ),
+        };
     }
     match error.downcast_ref::<Trap>() {
         Some(trap) => format!("trapped: {trap}"),
@@ -598,7 +731,7 @@ impl OperatorInstance {
     }
 
     fn start(module: &LoadedModule, config: &InstanceConfig) -> Result<Guest, ModuleError> {
-        let mut guest = Guest::instantiate(module, config.limits)?;
+        let mut guest = Guest::instantiate(module, config.limits, Purpose::Operator)?;
         let request = InitRequest {
             stage: config.stage.clone(),
             params_json: config.params.to_string(),
@@ -613,9 +746,8 @@ impl OperatorInstance {
         let reply = guest
             .call(Call::Init, &[&request])
             .map_err(|GuestFailure(message)| init_error(message))?;
-        let (outcome, _) =
-            bincode::serde::decode_from_slice::<Result<(), String>, _>(reply, abi::BINCODE)
-                .map_err(|e| init_error(format!("init returned garbage: {e}")))?;
+        let outcome = abi::decode_control::<Result<(), String>>(reply)
+            .map_err(|e| init_error(format!("init returned garbage: {e}")))?;
         outcome.map_err(init_error)?;
         Ok(guest)
     }

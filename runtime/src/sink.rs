@@ -18,6 +18,17 @@ pub trait Sink {
     fn flush(&mut self) -> std::io::Result<()>;
 }
 
+/// Whether two sink configurations write the same destination, so a reload keeps the open sink
+/// (renaming it, or changing its inputs, never truncates its file).
+pub fn same_output(old: &SinkConfig, new: &SinkConfig) -> bool {
+    match (&old.kind, &new.kind) {
+        (SinkKind::File { path: a }, SinkKind::File { path: b }) => crate::source::same_path(a, b),
+        (SinkKind::Stdout, SinkKind::Stdout) => true,
+        (SinkKind::Blackhole, SinkKind::Blackhole) => old.name == new.name,
+        _ => false,
+    }
+}
+
 /// Opens (creating or truncating) the sink `config` describes.
 pub fn open(config: &SinkConfig) -> anyhow::Result<Box<dyn Sink>> {
     Ok(match &config.kind {

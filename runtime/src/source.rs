@@ -169,6 +169,35 @@ pub enum Pull {
 pub trait Source {
     /// Appends up to one batch of records to `out` (already cleared).
     fn next_batch(&mut self, out: &mut SourceBatch) -> std::io::Result<Pull>;
+
+    /// Takes a reloaded configuration of the same input (see [`same_input`]): its tunables
+    /// apply from the next batch on, and the source keeps its place.
+    fn retune(&mut self, config: &SourceConfig);
+}
+
+/// Whether two source configurations read the same input, so a reload keeps the running source
+/// (and its place in it) and only retunes it: the same file, or the same generated sequence.
+pub fn same_input(old: &SourceConfig, new: &SourceConfig) -> bool {
+    match (&old.kind, &new.kind) {
+        (SourceKind::File { path: a, .. }, SourceKind::File { path: b, .. }) => same_path(a, b),
+        (a @ (SourceKind::Generator { .. } | SourceKind::Bench { .. }), b) => {
+            a == b && old.name == new.name
+        }
+        _ => false,
+    }
+}
+
+/// Whether two paths name the same file: compared absolute, and as files when both exist.
+pub fn same_path(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.into());
+    if absolute(a) == absolute(b) {
+        return true;
+    }
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
 }
 
 /// Opens the source `config` describes.
@@ -274,6 +303,13 @@ impl Source for FileSource {
             (true, false) => Pull::Finished,
         })
     }
+
+    fn retune(&mut self, config: &SourceConfig) {
+        self.batch_size = config.batch_size;
+        if let SourceKind::File { follow, .. } = config.kind {
+            self.follow = follow;
+        }
+    }
 }
 
 fn trim_line_break(line: &[u8]) -> &[u8] {
@@ -300,6 +336,10 @@ impl<I: Iterator<Item = String>> Source for GeneratorSource<I> {
         } else {
             Pull::Batch
         })
+    }
+
+    fn retune(&mut self, config: &SourceConfig) {
+        self.batch_size = config.batch_size;
     }
 }
 
@@ -331,6 +371,10 @@ impl Source for BenchSource {
         } else {
             Pull::Batch
         })
+    }
+
+    fn retune(&mut self, config: &SourceConfig) {
+        self.batch_size = config.batch_size;
     }
 }
 

@@ -551,29 +551,49 @@ impl Partition {
         if records.is_empty() {
             return;
         }
+        if let Behaviour::Window { spec, .. } = ctx.behaviour
+            && records.iter().any(|r| spec.fits(r.ts).is_err())
+        {
+            // Records whose windows cannot be represented are not windowed: dead letters.
+            let (mut kept, mut kept_globals) = (Vec::new(), Vec::new());
+            for (i, record) in records.iter().enumerate() {
+                let global = globals.get(i).copied().unwrap_or(u64::MAX);
+                match spec.fits(record.ts) {
+                    Ok(()) => {
+                        kept.push(*record);
+                        kept_globals.push(global);
+                    }
+                    Err(e) => self.dead_letter(ctx, record, global, &e.to_string()),
+                }
+            }
+            return self.run(ctx, &kept, &kept_globals);
+        }
         let Err(failure) = self.try_run(ctx, records, globals) else {
             return;
         };
         tracing::debug!(stage = %ctx.name, %failure, "batch failed; retrying record by record");
-        let encoding = ctx.encoding;
         for (i, record) in records.iter().enumerate() {
             let global = [globals.get(i).copied().unwrap_or(u64::MAX)];
             if let Err(failure) = self.try_run(ctx, std::slice::from_ref(record), &global) {
-                let raw = match encoding {
-                    Encoding::Json => record.value.to_vec(),
-                    Encoding::Bincode => {
-                        self.batch.clear(encoding);
-                        self.batch.push(record.key, record.ts, record.value);
-                        render_json(&mut self.instance, self.batch.as_bytes()).unwrap_or_else(
-                            || format!("<{} bytes>", record.value.len()).into_bytes(),
-                        )
-                    }
-                };
-                self.counts.dead_letters += 1;
-                self.pending.failed.push(global[0]);
-                self.dead.push(ctx.name, &failure.0, &raw);
+                self.dead_letter(ctx, record, global[0], &failure.0);
             }
         }
+    }
+
+    /// Sends `record` (at position `global`) to the dead letters, rendered as JSON.
+    fn dead_letter(&mut self, ctx: &Ctx, record: &RecordRef, global: u64, error: &str) {
+        let raw = match ctx.encoding {
+            Encoding::Json => record.value.to_vec(),
+            Encoding::Bincode => {
+                self.batch.clear(ctx.encoding);
+                self.batch.push(record.key, record.ts, record.value);
+                render_json(&mut self.instance, self.batch.as_bytes())
+                    .unwrap_or_else(|| format!("<{} bytes>", record.value.len()).into_bytes())
+            }
+        };
+        self.counts.dead_letters += 1;
+        self.pending.failed.push(global);
+        self.dead.push(ctx.name, error, &raw);
     }
 
     fn try_run(
@@ -1111,16 +1131,40 @@ fn take_due_panes(
     ) else {
         return Ok(Vec::new());
     };
-    let first = partition.panes_fired_until.map_or(min_end, |f| f + slide);
-    let last = watermark.saturating_add(1).min(max_end - slide + size);
-    let last = last - last.rem_euclid(slide);
+    // Window ends are multiples of the slide; the watermark completes those up to `last`.
+    let first = partition
+        .panes_fired_until
+        .map_or(min_end, |f| f.saturating_add(slide));
+    let last = watermark
+        .saturating_add(1)
+        .min(max_end.saturating_add(size - slide));
+    let Some(last) = last.checked_sub(last.rem_euclid(slide)) else {
+        return Ok(Vec::new());
+    };
+    if last < first {
+        return Ok(Vec::new());
+    }
+    // Only windows holding at least one pane: the work is proportional to the panes that exist,
+    // never to the span of time between them.
+    let mut ends = BTreeSet::new();
+    for (&pane, _) in partition.windows.range(first.saturating_sub(size)..) {
+        let mut end = pane.max(first);
+        let until = pane.saturating_add(size - slide).min(last);
+        while end <= until {
+            ends.insert(end);
+            let Some(next) = end.checked_add(slide) else {
+                break;
+            };
+            end = next;
+        }
+    }
     let mut request = BatchWriter::new(Encoding::Bincode);
     let mut slots = SlotWriter::default();
     let mut windows: Vec<(Bounds, Bytes, u32)> = Vec::new();
-    let mut end = first;
-    while end <= last {
+    for end in ends {
         let mut per_key: BTreeMap<&[u8], Vec<&[u8]>> = BTreeMap::new();
-        for (_, keyed) in partition.windows.range(end - size + slide..=end) {
+        let from = end.saturating_sub(size).saturating_add(slide);
+        for (_, keyed) in partition.windows.range(from..=end) {
             for (key, pane) in keyed {
                 per_key.entry(key).or_default().push(&pane.acc);
             }
@@ -1133,20 +1177,17 @@ fn take_due_panes(
             request.push_with(key, end - 1, &refs, |_| {});
             windows.push((
                 Bounds {
-                    start: end - size,
+                    start: end.saturating_sub(size),
                     end,
                 },
                 Bytes::from_slice(key),
                 target,
             ));
         }
-        end += slide;
     }
-    if last >= first {
-        partition.panes_fired_until = Some(last);
-        let keep_from = last + slide - size;
-        partition.windows = partition.windows.split_off(&(keep_from + 1));
-    }
+    partition.panes_fired_until = Some(last);
+    let keep_from = last.saturating_add(slide).saturating_sub(size);
+    partition.windows = partition.windows.split_off(&keep_from.saturating_add(1));
     if windows.is_empty() {
         return Ok(Vec::new());
     }
@@ -1223,7 +1264,7 @@ fn take_due(
             .collect();
         for end in ends {
             let bounds = Bounds {
-                start: end - size,
+                start: end.saturating_sub(size),
                 end,
             };
             let purge = bounds.is_fired(watermark, lateness);

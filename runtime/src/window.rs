@@ -17,6 +17,29 @@ pub enum WindowSpec {
     Session { gap_ms: i64 },
 }
 
+/// A record whose windows cannot be represented in i64 milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutOfRange {
+    pub ts: i64,
+    pub spec: WindowSpec,
+}
+
+impl std::fmt::Display for OutOfRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "event time {} ms is out of range: its {} window would start or end beyond the \
+             range of i64 milliseconds",
+            self.ts,
+            match self.spec {
+                WindowSpec::Tumbling { .. } => "tumbling",
+                WindowSpec::Sliding { .. } => "sliding",
+                WindowSpec::Session { .. } => "session",
+            }
+        )
+    }
+}
+
 /// A window's bounds, `[start, end)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Bounds {
@@ -69,10 +92,39 @@ impl WindowSpec {
         }
     }
 
+    /// Whether every window a record at `ts` belongs to can be represented: its start and end
+    /// in the i64 range of milliseconds. A record whose windows cannot be is not windowed at
+    /// all (it goes to the dead letters), so no window arithmetic ever overflows.
+    pub fn fits(&self, ts: i64) -> Result<(), OutOfRange> {
+        let fits = match *self {
+            WindowSpec::Tumbling { size_ms } => ts
+                .checked_sub(ts.rem_euclid(size_ms))
+                .and_then(|start| start.checked_add(size_ms))
+                .is_some(),
+            WindowSpec::Sliding { size_ms, slide_ms } => ts
+                .checked_sub(ts.rem_euclid(slide_ms))
+                .and_then(|last| {
+                    last.checked_add(size_ms)?;
+                    last.checked_sub(size_ms)?.checked_add(slide_ms)
+                })
+                .is_some(),
+            WindowSpec::Session { gap_ms } => ts.checked_add(gap_ms).is_some(),
+        };
+        if fits {
+            Ok(())
+        } else {
+            Err(OutOfRange { ts, spec: *self })
+        }
+    }
+
     /// The windows a record at `ts` belongs to, earliest first. A session record's own window is
-    /// `[ts, ts + gap)`, to be merged with the key's other sessions.
+    /// `[ts, ts + gap)`, to be merged with the key's other sessions. Assigns nothing to a record
+    /// whose windows do not [fit](Self::fits).
     pub fn assign(&self, ts: i64, into: &mut Vec<Bounds>) {
         into.clear();
+        if self.fits(ts).is_err() {
+            return;
+        }
         match *self {
             WindowSpec::Tumbling { size_ms } => {
                 let start = ts - ts.rem_euclid(size_ms);
@@ -89,12 +141,15 @@ impl WindowSpec {
                         start,
                         end: start + size_ms,
                     });
-                    start += slide_ms;
+                    match start.checked_add(slide_ms) {
+                        Some(next) => start = next,
+                        None => break,
+                    }
                 }
             }
             WindowSpec::Session { gap_ms } => into.push(Bounds {
                 start: ts,
-                end: ts.saturating_add(gap_ms),
+                end: ts + gap_ms,
             }),
         }
     }
@@ -171,6 +226,14 @@ impl BoundedOutOfOrderness {
         BoundedOutOfOrderness {
             delay: delay_ms.max(0),
             max_seen: None,
+        }
+    }
+
+    /// The same progress with another delay (a reloaded `watermark_delay_ms`).
+    pub fn with_delay(self, delay_ms: i64) -> Self {
+        BoundedOutOfOrderness {
+            delay: delay_ms.max(0),
+            ..self
         }
     }
 
@@ -318,6 +381,51 @@ mod tests {
                 assigned(WindowSpec::Tumbling { size_ms: size }, ts),
                 assigned(WindowSpec::Sliding { size_ms: size, slide_ms: size }, ts)
             );
+        }
+    }
+
+    #[test]
+    fn records_whose_windows_overflow_are_refused_not_wrapped() {
+        let specs = [
+            WindowSpec::Tumbling { size_ms: 60_000 },
+            WindowSpec::Sliding {
+                size_ms: 600_000,
+                slide_ms: 60_000,
+            },
+            WindowSpec::Session { gap_ms: 1_800_000 },
+        ];
+        for spec in specs {
+            for ts in [i64::MAX, i64::MAX - 1, i64::MIN] {
+                let refused = spec.fits(ts);
+                // A session window starts at its record, so only its end can overflow.
+                if matches!(spec, WindowSpec::Session { .. }) && ts == i64::MIN {
+                    assert!(refused.is_ok());
+                    continue;
+                }
+                assert_eq!(refused, Err(OutOfRange { ts, spec }), "{spec:?} at {ts}");
+                assert!(refused.unwrap_err().to_string().contains("out of range"));
+                assert!(assigned(spec, ts).is_empty());
+            }
+            assert!(spec.fits(1_000_000_000_000_000).is_ok());
+        }
+    }
+
+    proptest! {
+        /// Over the whole i64 range: assignment never panics, and a record that fits lies in
+        /// every window it is given, each of the spec's size.
+        #[test]
+        fn assignment_is_total_and_exact(ts in any::<i64>(), slide in 1i64..1_000_000, factor in 1i64..12) {
+            for spec in [
+                WindowSpec::Tumbling { size_ms: slide * factor },
+                WindowSpec::Sliding { size_ms: slide * factor, slide_ms: slide },
+                WindowSpec::Session { gap_ms: slide },
+            ] {
+                let windows = assigned(spec, ts);
+                prop_assert_eq!(windows.is_empty(), spec.fits(ts).is_err());
+                for w in windows {
+                    prop_assert!(w.start <= ts && ts < w.end);
+                }
+            }
         }
     }
 

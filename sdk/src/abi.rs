@@ -35,7 +35,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every incompatible change of anything in this module.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// The names of the functions a flumen module exports.
 pub mod exports {
@@ -104,6 +104,40 @@ pub const BINCODE: bincode::config::Configuration<
     bincode::config::Fixint,
 > = bincode::config::standard().with_fixed_int_encoding();
 
+/// The largest control reply (`describe`, `init`) a host accepts, in bytes. Lengths claimed
+/// inside it are checked against this before anything is allocated.
+pub const MAX_CONTROL_REPLY: usize = 1 << 20;
+
+/// The most side outputs a module may declare.
+pub const MAX_SIDE_OUTPUTS: usize = 64;
+
+/// The longest type or port name a module may declare, in bytes.
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// Decodes a control message (`describe`'s or `init`'s reply, an init request) from untrusted
+/// bytes: at most [`MAX_CONTROL_REPLY`] of them, every claimed length checked against that limit
+/// before anything is allocated, and nothing left over.
+pub fn decode_control<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    if bytes.len() > MAX_CONTROL_REPLY {
+        return Err(format!(
+            "{} bytes, more than the {MAX_CONTROL_REPLY} a control reply may have",
+            bytes.len()
+        ));
+    }
+    let config = BINCODE.with_limit::<MAX_CONTROL_REPLY>();
+    let (value, used) =
+        bincode::serde::decode_from_slice::<T, _>(bytes, config).map_err(|e| match e {
+            bincode::error::DecodeError::LimitExceeded => {
+                "a length in it is larger than the whole reply".to_string()
+            }
+            e => e.to_string(),
+        })?;
+    if used != bytes.len() {
+        return Err(format!("{} bytes left over", bytes.len() - used));
+    }
+    Ok(value)
+}
+
 /// What kind of operator a module implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OperatorKind {
@@ -150,6 +184,10 @@ pub struct Describe {
     pub side_outputs: Vec<SideOutput>,
     /// The type of its keyed state (a `process`) or accumulator (an `aggregate`).
     pub state_type: Option<String>,
+    /// The shape of the input type, if the SDK could trace it.
+    pub input_shape: Option<Shape>,
+    /// The shape of the main output's type, if the SDK could trace it.
+    pub output_shape: Option<Shape>,
 }
 
 /// A named side output and its type.
@@ -159,6 +197,99 @@ pub struct SideOutput {
     pub name: String,
     /// The type of its records.
     pub type_name: String,
+    /// Its shape, if the SDK could trace it.
+    pub shape: Option<Shape>,
+}
+
+/// The shape of a type as its values travel in bincode between stages: what the host compares
+/// along an edge, since bincode is positional and two types with the same name but fields in
+/// another order would swap values silently. A flat list of nodes, the root first, children by
+/// index (so decoding it never recurses, and recursive types are cycles).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shape {
+    /// The nodes; the root is the first.
+    pub nodes: Vec<ShapeNode>,
+}
+
+/// One node of a [`Shape`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShapeNode {
+    /// What the node is.
+    pub kind: ShapeKind,
+    /// A container's type name (structs, enums), a variant's name, or an opaque type's name.
+    pub name: String,
+    /// Child nodes: a struct's fields and an enum's variants by name, others by position.
+    pub children: Vec<(String, u32)>,
+}
+
+/// What a [`ShapeNode`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShapeKind {
+    /// `()`.
+    Unit,
+    /// `bool`.
+    Bool,
+    /// `i8`.
+    I8,
+    /// `i16`.
+    I16,
+    /// `i32`.
+    I32,
+    /// `i64`.
+    I64,
+    /// `i128`.
+    I128,
+    /// `u8`.
+    U8,
+    /// `u16`.
+    U16,
+    /// `u32`.
+    U32,
+    /// `u64`.
+    U64,
+    /// `u128`.
+    U128,
+    /// `f32`.
+    F32,
+    /// `f64`.
+    F64,
+    /// `char`.
+    Char,
+    /// A string.
+    Str,
+    /// A byte string.
+    Bytes,
+    /// `Option<child>`.
+    Option,
+    /// A sequence of its child.
+    Seq,
+    /// A map from its first child to its second.
+    Map,
+    /// A tuple of its children.
+    Tuple,
+    /// An array of this many of its child.
+    Array(u64),
+    /// A struct without fields.
+    UnitStruct,
+    /// A struct with one unnamed field.
+    NewType,
+    /// A struct with unnamed fields (its children).
+    TupleStruct,
+    /// A struct with named fields (its children, in order).
+    Struct,
+    /// An enum (its children are its variants, in index order).
+    Enum,
+    /// An enum variant without fields.
+    UnitVariant,
+    /// An enum variant with one unnamed field.
+    NewTypeVariant,
+    /// An enum variant with unnamed fields.
+    TupleVariant,
+    /// An enum variant with named fields.
+    StructVariant,
+    /// A type the SDK could not trace (self-describing serde features such as untagged enums or
+    /// `serde_json::Value`): compared by name.
+    Opaque,
 }
 
 /// How the values of a batch or an output port are encoded.

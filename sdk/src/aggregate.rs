@@ -54,6 +54,12 @@ pub trait Aggregate: Sized + 'static {
     /// Parameters, from the stage's `params` table.
     type Params: DeserializeOwned;
 
+    /// The shape of [`Self::Output`] (see [`crate::Operator::output_shape`]); the
+    /// [`aggregate`](crate::aggregate) macro fills it in.
+    fn output_shape() -> Option<crate::abi::Shape> {
+        None
+    }
+
     /// Builds the aggregate from its parameters.
     fn new(params: Self::Params) -> Result<Self, String>;
     /// An empty accumulator.

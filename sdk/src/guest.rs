@@ -21,6 +21,8 @@ pub fn describe<Op: Operator>() -> Describe {
         output_type: crate::type_name::<Op::Output>(),
         side_outputs: Op::side_outputs(),
         state_type: (Op::KIND == OperatorKind::Process).then(<Op::State as KeyedState>::type_name),
+        input_shape: crate::shape::of::<Op::Input>(),
+        output_shape: Op::output_shape(),
     }
 }
 
@@ -33,6 +35,8 @@ pub fn describe_aggregate<A: Aggregate>() -> Describe {
         output_type: crate::type_name::<A::Output>(),
         side_outputs: Vec::new(),
         state_type: Some(crate::type_name::<A::Acc>()),
+        input_shape: crate::shape::of::<A::Input>(),
+        output_shape: A::output_shape(),
     }
 }
 
@@ -118,6 +122,22 @@ impl Buffers {
     }
 }
 
+/// Decodes a stage's `params` into the UDF's type. A key the type does not read is an error,
+/// whatever the type's serde attributes say: a misspelt parameter must not silently keep its
+/// default.
+fn decode_params<P: DeserializeOwned>(json: &str) -> Result<P, String> {
+    let mut unknown = Vec::new();
+    let mut deserializer = serde_json::Deserializer::from_str(json);
+    let params =
+        serde_ignored::deserialize(&mut deserializer, |path| unknown.push(path.to_string()))
+            .map_err(|e| format!("invalid params: {e}"))?;
+    match unknown.as_slice() {
+        [] => Ok(params),
+        [one] => Err(format!("unknown params key `{one}`")),
+        more => Err(format!("unknown params keys `{}`", more.join("`, `"))),
+    }
+}
+
 /// The batch in the first `len` bytes of `input`, and its slots, with `output` cleared for the
 /// answer; a framing error is written there as an error entry and gives `None`.
 fn read_batch<'a>(
@@ -177,8 +197,7 @@ impl<Op: Operator> GuestRunner for Runner<Op> {
     fn init(&mut self, len: usize) -> &[u8] {
         let sides = Op::side_outputs().into_iter().map(|s| s.name).collect();
         let outcome = self.buffers.init(len, sides).and_then(|params| {
-            let params: Op::Params =
-                serde_json::from_str(&params).map_err(|e| format!("invalid params: {e}"))?;
+            let params: Op::Params = decode_params(&params)?;
             self.op = Some(Op::new(params)?);
             Ok(())
         });
@@ -370,8 +389,7 @@ impl<A: Aggregate> GuestRunner for AggregateRunner<A> {
     /// Answers [`abi::exports::INIT`].
     fn init(&mut self, len: usize) -> &[u8] {
         let outcome = self.buffers.init(len, Vec::new()).and_then(|params| {
-            let params: A::Params =
-                serde_json::from_str(&params).map_err(|e| format!("invalid params: {e}"))?;
+            let params: A::Params = decode_params(&params)?;
             self.aggregate = Some(A::new(params)?);
             Ok(())
         });

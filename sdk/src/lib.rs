@@ -39,6 +39,7 @@ pub mod aggregate;
 mod fields;
 pub mod guest;
 mod operator;
+pub mod shape;
 pub mod state;
 pub mod testing;
 

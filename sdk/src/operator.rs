@@ -56,6 +56,13 @@ pub trait Operator: Sized + 'static {
     /// Its side outputs, in port order.
     fn side_outputs() -> Vec<SideOutput>;
 
+    /// The shape of [`Self::Output`], which the host compares with what consumers take; `None`
+    /// (the default) compares type names only. The macros fill it in wherever the output type
+    /// is `Deserialize` too.
+    fn output_shape() -> Option<crate::abi::Shape> {
+        None
+    }
+
     /// Builds the operator from its parameters.
     fn new(params: Self::Params) -> Result<Self, String>;
 

@@ -263,8 +263,11 @@ fn trap_in_init() -> String {
         side_outputs: vec![flumen_sdk::abi::SideOutput {
             name: "rejected".into(),
             type_name: "Reject".into(),
+            shape: None,
         }],
         state_type: Some("ValueState<bool>".into()),
+        input_shape: None,
+        output_shape: None,
     };
     crate::sandbox::fake_module(&describe, "", "unreachable")
 }

@@ -64,6 +64,8 @@ fn describe(abi_version: u32) -> Describe {
         output_type: "Probe".into(),
         side_outputs: Vec::new(),
         state_type: None,
+        input_shape: None,
+        output_shape: None,
     }
 }
 

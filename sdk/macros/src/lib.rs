@@ -78,7 +78,20 @@ pub fn aggregate(attr: TokenStream, item: TokenStream) -> TokenStream {
             .to_compile_error()
             .into();
     }
-    let block = syn::parse_macro_input!(item as syn::ItemImpl);
+    let mut block = syn::parse_macro_input!(item as syn::ItemImpl);
+    let output = block.items.iter().find_map(|item| match item {
+        syn::ImplItem::Type(t) if t.ident == "Output" => Some(t.ty.clone()),
+        _ => None,
+    });
+    if let Some(output) = output {
+        block.items.push(syn::parse_quote! {
+            fn output_shape() -> ::core::option::Option<::flumen_sdk::abi::Shape> {
+                #[allow(unused_imports)]
+                use ::flumen_sdk::shape::{Traced as _, Untraced as _};
+                (&::flumen_sdk::shape::Probe::<#output>::new()).shape()
+            }
+        });
+    }
     let self_ty = &block.self_ty;
     quote!(
         #block
@@ -363,10 +376,19 @@ fn generate(kind: Kind, attr: Attr, func: ItemFn) -> syn::Result<TokenStream2> {
             const KIND: ::flumen_sdk::abi::OperatorKind = ::flumen_sdk::abi::OperatorKind::#variant;
 
             fn side_outputs() -> ::std::vec::Vec<::flumen_sdk::abi::SideOutput> {
+                #[allow(unused_imports)]
+                use ::flumen_sdk::shape::{Traced as _, Untraced as _};
                 ::std::vec![#(::flumen_sdk::abi::SideOutput {
                     name: ::std::string::String::from(#side_names),
                     type_name: ::flumen_sdk::type_name::<#side_types>(),
+                    shape: (&::flumen_sdk::shape::Probe::<#side_types>::new()).shape(),
                 }),*]
+            }
+
+            fn output_shape() -> ::core::option::Option<::flumen_sdk::abi::Shape> {
+                #[allow(unused_imports)]
+                use ::flumen_sdk::shape::{Traced as _, Untraced as _};
+                (&::flumen_sdk::shape::Probe::<#output_ty>::new()).shape()
             }
 
             fn new(params: #params_ty) -> ::core::result::Result<Self, ::std::string::String> {
