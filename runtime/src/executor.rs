@@ -8,7 +8,7 @@
 
 use crate::Prepared;
 use crate::admin::{ReloadOutcome, SharedStatus, StageStatus};
-use crate::config::{ConfigErrors, SourceConfig};
+use crate::config::{ConfigErrors, SinkKind, SourceConfig};
 use crate::plan::{Consumer, NodeRef, Plan, PortPlan};
 use crate::sandbox::OperatorInstance;
 use crate::sink::{self, FLUSH_INTERVAL, Sink};
@@ -308,10 +308,13 @@ impl Pipeline {
                         }
                     };
                     kept.stats.name.clone_from(&plan.config.name);
+                    let newest = kept.batch.newest;
                     kept.batch = SourceBatch::new(
                         plan.port.key_fields.clone(),
                         plan.config.event_time.clone(),
-                    );
+                    )
+                    .with_max_future(plan.config.max_future_ms);
+                    kept.batch.newest = newest;
                     kept
                 }
                 Ok(fresh) => {
@@ -451,6 +454,7 @@ impl Pipeline {
                         self.emit_source_batch(s)?;
                     }
                     Pull::Idle => {}
+                    Pull::Busy => progressed = true,
                     Pull::Finished => {
                         self.sources[s].finished = true;
                         self.sources[s].watermark = i64::MAX;
@@ -487,9 +491,17 @@ impl Pipeline {
     fn emit_source_batch(&mut self, s: usize) -> anyhow::Result<()> {
         let runtime = &mut self.sources[s];
         let count = runtime.batch.len() as u64;
-        runtime.stats.records_in += count;
+        let refused = runtime.batch.rejected.len() as u64;
+        runtime.stats.records_in += count + refused;
         runtime.stats.outputs[0].1 += count;
+        runtime.stats.dead_letters += refused;
+        for (why, raw) in runtime.batch.rejected.drain(..) {
+            self.dead.push(&runtime.stats.name, &why, &raw);
+        }
         runtime.unobserved.extend_from_slice(&runtime.batch.times);
+        if count == 0 {
+            return self.write_dead_letters();
+        }
         let batch = Rc::new(runtime.batch.out.take());
         self.deliver((NodeRef::Source(s), 0), batch, Some(s))
     }
@@ -527,11 +539,14 @@ impl Pipeline {
             queues,
             sinks,
             sink_stats,
+            dead,
             ..
         } = self;
-        let port = match from {
-            (NodeRef::Source(s), _) => &plan.sources[s].port,
-            (NodeRef::Operator(o), p) => &plan.operators[o].ports[p],
+        let (port, producer) = match from {
+            (NodeRef::Source(s), _) => (&plan.sources[s].port, &plan.sources[s].config.name),
+            (NodeRef::Operator(o), p) => {
+                (&plan.operators[o].ports[p], &plan.operators[o].config.name)
+            }
             (NodeRef::Sink(_), _) => return Ok(()),
         };
         for &Consumer { node, key } in &port.consumers {
@@ -543,10 +558,24 @@ impl Pipeline {
                     origin,
                 }),
                 NodeRef::Sink(k) => {
+                    // A JSON Lines sink takes only what is one line of JSON: whatever a module
+                    // hands over, it cannot forge lines or write what is not JSON.
+                    let text = port.encoding == Encoding::Json
+                        && plan.sinks[k].config.kind != SinkKind::Blackhole;
                     for entry in OutputReader::new(&batch) {
                         if let OutputEntry::Record { value, .. } = entry? {
-                            sinks[k].write(value)?;
                             sink_stats[k].records_in += 1;
+                            if text && !sink::is_json_line(value) {
+                                sink_stats[k].dead_letters += 1;
+                                let why = format!(
+                                    "wrote a value for sink `{}` that is not one line of JSON",
+                                    plan.sinks[k].config.name
+                                );
+                                let raw = &value[..value.len().min(1024)];
+                                dead.push(producer, &why, raw);
+                                continue;
+                            }
+                            sinks[k].write(value)?;
                         }
                     }
                 }
@@ -659,7 +688,8 @@ fn new_source_runtime(
         stats: StageStats::new(&config.name, StageKind::Source, &["main"]),
         unobserved: Vec::new(),
         unreadable: std::collections::HashSet::new(),
-        batch: SourceBatch::new(port.key_fields.clone(), config.event_time.clone()),
+        batch: SourceBatch::new(port.key_fields.clone(), config.event_time.clone())
+            .with_max_future(config.max_future_ms),
     }
 }
 

@@ -24,6 +24,9 @@ pub const MIN_POOL: usize = 256;
 /// The largest instance pool (each slot reserves 4 GiB of address space, not memory); a pipeline
 /// needing more instances allocates them one by one.
 pub const MAX_POOL: usize = 8192;
+/// The largest module loaded: flumen's modules are a few hundred KiB, and compiling one takes
+/// time in proportion to its size.
+pub const MAX_MODULE_BYTES: usize = 16 << 20;
 /// Longest panic message kept from a guest.
 const MAX_PANIC_MESSAGE: usize = 4096;
 
@@ -62,6 +65,11 @@ pub enum ModuleError {
     Guest { path: PathBuf, message: String },
     #[error("module {path}: init failed: {message}")]
     Init { path: PathBuf, message: String },
+    #[error(
+        "module {path}: {size} bytes, more than the {MAX_MODULE_BYTES} a module may have \
+         (compiling a module takes time in proportion to its size)"
+    )]
+    TooLarge { path: PathBuf, size: usize },
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
     #[error(
@@ -209,16 +217,19 @@ impl Sandbox {
 
     /// Loads, checks and describes the module at `path`.
     pub fn load(&self, path: &Path) -> Result<Arc<LoadedModule>, ModuleError> {
-        let bytes = std::fs::read(path).map_err(|source| ModuleError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = read_module(path)?;
         self.load_bytes(path, &bytes)
     }
 
     /// Loads, checks and describes a module from its bytes; `path` names it in messages.
     pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Arc<LoadedModule>, ModuleError> {
         let path = path.to_path_buf();
+        if bytes.len() > MAX_MODULE_BYTES {
+            return Err(ModuleError::TooLarge {
+                path,
+                size: bytes.len(),
+            });
+        }
         let module =
             Module::from_binary(&self.engine, bytes).map_err(|e| ModuleError::Compile {
                 path: path.clone(),
@@ -361,6 +372,28 @@ fn check_describe(describe: &Describe) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Reads a module file, refusing one larger than [`MAX_MODULE_BYTES`] before reading it all.
+fn read_module(path: &Path) -> Result<Vec<u8>, ModuleError> {
+    use std::io::Read;
+    let read_error = |source| ModuleError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_MODULE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() > MAX_MODULE_BYTES {
+        let size = std::fs::metadata(path).map_or(bytes.len(), |m| m.len() as usize);
+        return Err(ModuleError::TooLarge {
+            path: path.to_path_buf(),
+            size,
+        });
+    }
+    Ok(bytes)
 }
 
 /// `flumen.panic(ptr, len)`: keeps the guest's panic message for the failure report.

@@ -17,11 +17,20 @@ use std::path::PathBuf;
 pub struct SourceBatch {
     pub out: OutputWriter,
     pub times: Vec<(u64, i64)>,
+    /// Records refused at the source: why, and (a prefix of) what they were.
+    pub rejected: Vec<(String, Vec<u8>)>,
     count: u64,
     key_fields: Vec<String>,
     event_time: Option<String>,
     found: Vec<Option<serde_json::Value>>,
+    /// The far-future guard: the most a record's event time may be ahead of `newest`.
+    max_future_ms: Option<i64>,
+    /// The newest event time seen so far (kept up to date by [`Self::push_json`]).
+    pub newest: Option<i64>,
 }
+
+/// How much of a refused record's text its dead letter keeps.
+pub const REJECTED_PREFIX: usize = 256;
 
 impl SourceBatch {
     /// An empty batch whose records carry keys `key_fields` and event time `event_time`.
@@ -33,11 +42,28 @@ impl SourceBatch {
         }
     }
 
+    /// Guards against far-future event times: see [`crate::config::SourceConfig::max_future_ms`].
+    pub fn with_max_future(mut self, max_future_ms: Option<i64>) -> Self {
+        self.max_future_ms = max_future_ms;
+        self
+    }
+
     /// Empties the batch, keeping its allocations.
     pub fn clear(&mut self) {
         self.out.clear();
         self.times.clear();
+        self.rejected.clear();
         self.count = 0;
+    }
+
+    /// Refuses a record: it becomes a dead letter of the source with `why` and the start of
+    /// `raw`.
+    pub fn reject(&mut self, why: String, raw: &[u8]) {
+        let mut prefix = raw[..raw.len().min(REJECTED_PREFIX)].to_vec();
+        if raw.len() > REJECTED_PREFIX {
+            prefix.extend_from_slice("…".as_bytes());
+        }
+        self.rejected.push((why, prefix));
     }
 
     /// How many records it holds.
@@ -75,6 +101,22 @@ impl SourceBatch {
             .event_time
             .as_ref()
             .and_then(|_| self.found.get(keys)?.as_ref()?.as_i64());
+        if let (Some(ts), Some(limit), Some(newest)) = (ts, self.max_future_ms, self.newest)
+            && ts.saturating_sub(newest) > limit
+        {
+            self.reject(
+                format!(
+                    "event time {ts} is {} ms ahead of the newest seen ({newest}), more than \
+                     max_future_ms = {limit}",
+                    ts.saturating_sub(newest)
+                ),
+                line,
+            );
+            return;
+        }
+        if let Some(ts) = ts {
+            self.newest = Some(self.newest.map_or(ts, |n| n.max(ts)));
+        }
         let index = self.count;
         if let Some(ts) = ts {
             self.times.push((index, ts));
@@ -161,6 +203,8 @@ pub enum Pull {
     Batch,
     /// Nothing now; try again later (a followed file that has not grown).
     Idle,
+    /// Nothing yet, but work was done (a long line skipped): call again soon.
+    Busy,
     /// Nothing ever again.
     Finished,
 }
@@ -203,9 +247,10 @@ pub fn same_path(a: &std::path::Path, b: &std::path::Path) -> bool {
 /// Opens the source `config` describes.
 pub fn open(config: &SourceConfig) -> anyhow::Result<Box<dyn Source>> {
     Ok(match &config.kind {
-        SourceKind::File { path, follow } => {
-            Box::new(FileSource::open(path.clone(), *follow, config.batch_size)?)
-        }
+        SourceKind::File { path, follow } => Box::new(
+            FileSource::open(path.clone(), *follow, config.batch_size)?
+                .with_max_record_bytes(config.max_record_bytes),
+        ),
         SourceKind::Generator { count, seed } => Box::new(GeneratorSource {
             lines: OrderGenerator::new(*seed).take(*count as usize),
             batch_size: config.batch_size,
@@ -220,14 +265,24 @@ pub fn open(config: &SourceConfig) -> anyhow::Result<Box<dyn Source>> {
 }
 
 /// JSON Lines from a file: one record per non-blank line, the line (without its line break) as
-/// the value.
+/// the value. A line longer than `max_record_bytes` is a dead letter (with its first bytes) and
+/// the rest of it is skipped without being kept; a followed file's unfinished last line is kept
+/// until it ends, and only the new bytes are read while waiting.
 pub struct FileSource {
     path: PathBuf,
     reader: BufReader<File>,
     follow: bool,
     batch_size: usize,
+    max_record_bytes: usize,
+    /// The line being read (complete lines are taken at once; an unfinished one waits here).
     line: Vec<u8>,
+    /// Whether the current line was too long: its bytes are dropped until its end.
+    skipping: bool,
 }
+
+/// The most bytes one call reads, so a huge line (or `/dev/zero`) never keeps the executor from
+/// its other work.
+const READ_BUDGET: usize = 8 << 20;
 
 impl FileSource {
     pub fn open(path: PathBuf, follow: bool, batch_size: usize) -> anyhow::Result<Self> {
@@ -238,16 +293,22 @@ impl FileSource {
             reader: BufReader::with_capacity(1 << 16, file),
             follow,
             batch_size,
+            max_record_bytes: crate::config::DEFAULT_MAX_RECORD_BYTES,
             line: Vec::with_capacity(256),
+            skipping: false,
         })
     }
-}
 
-impl FileSource {
+    /// Sets the longest line taken.
+    pub fn with_max_record_bytes(mut self, max: usize) -> Self {
+        self.max_record_bytes = max;
+        self
+    }
+
     /// At the end of a followed file: if the path now names another file (rotation), continue
     /// with that one from its start; if the file shrank (truncation), start it again. A path
     /// that is gone for now is waited for.
-    fn reopen_if_replaced(&mut self) -> std::io::Result<bool> {
+    fn reopen_if_replaced(&mut self, out: &mut SourceBatch) -> std::io::Result<bool> {
         use std::io::Seek;
         use std::os::unix::fs::MetadataExt;
         let Ok(now) = std::fs::metadata(&self.path) else {
@@ -257,6 +318,12 @@ impl FileSource {
         if (now.dev(), now.ino()) != (ours.dev(), ours.ino()) {
             if let Ok(file) = File::open(&self.path) {
                 tracing::info!(path = %self.path.display(), "source file replaced; reading the new one");
+                // The old file's unfinished last line will never end: it is a record as it is.
+                if !self.line.is_empty() && !self.skipping {
+                    push_line(&self.line, out);
+                }
+                self.line.clear();
+                self.skipping = false;
                 self.reader = BufReader::with_capacity(1 << 16, file);
                 return Ok(true);
             }
@@ -265,56 +332,141 @@ impl FileSource {
         if now.len() < self.reader.stream_position()? {
             tracing::info!(path = %self.path.display(), "source file truncated; reading it from its start");
             self.reader.seek(std::io::SeekFrom::Start(0))?;
+            self.line.clear();
+            self.skipping = false;
             return Ok(true);
         }
         Ok(false)
     }
 }
 
+/// The line being assembled by a [`FileSource`]: bytes of an unfinished line, or the knowledge
+/// that the current line was too long and is being skipped.
+struct PartialLine<'a> {
+    line: &'a mut Vec<u8>,
+    skipping: &'a mut bool,
+    max: usize,
+    path: &'a std::path::Path,
+}
+
+impl PartialLine<'_> {
+    /// Takes the line just completed (or a bounded file's last, unterminated one).
+    fn take(&mut self, out: &mut SourceBatch) {
+        if !std::mem::take(self.skipping) {
+            push_line(self.line, out);
+        }
+        self.line.clear();
+    }
+
+    /// Adds `bytes` (no line break) to the current line, refusing the line once it is too
+    /// long: its first bytes go to the dead letters, the rest is dropped as it comes.
+    fn extend(&mut self, bytes: &[u8], out: &mut SourceBatch) {
+        if *self.skipping {
+            return;
+        }
+        if self.line.len() + bytes.len() <= self.max {
+            self.line.extend_from_slice(bytes);
+            return;
+        }
+        let room = REJECTED_PREFIX
+            .saturating_sub(self.line.len())
+            .min(bytes.len());
+        self.line.extend_from_slice(&bytes[..room]);
+        out.reject(
+            format!(
+                "line longer than max_record_bytes ({} bytes) in {}; skipped",
+                self.max,
+                self.path.display()
+            ),
+            self.line,
+        );
+        self.line.clear();
+        *self.skipping = true;
+    }
+}
+
+/// A complete line (without its `\n`) as a record, unless it is blank.
+fn push_line(line: &[u8], out: &mut SourceBatch) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if !line.iter().all(u8::is_ascii_whitespace) {
+        out.push_json(line);
+    }
+}
+
 impl Source for FileSource {
     fn next_batch(&mut self, out: &mut SourceBatch) -> std::io::Result<Pull> {
-        while out.len() < self.batch_size {
-            self.line.clear();
-            let read = self.reader.read_until(b'\n', &mut self.line).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("reading {}: {e}", self.path.display()))
+        let mut budget = READ_BUDGET;
+        let mut ended = false;
+        while out.len() < self.batch_size && budget > 0 {
+            let FileSource {
+                path,
+                reader,
+                follow,
+                max_record_bytes,
+                line,
+                skipping,
+                ..
+            } = &mut *self;
+            let mut partial = PartialLine {
+                line,
+                skipping,
+                max: *max_record_bytes,
+                path,
+            };
+            let buffer = reader.fill_buf().map_err(|e| {
+                std::io::Error::new(e.kind(), format!("reading {}: {e}", path.display()))
             })?;
-            if read == 0 {
-                if self.follow && self.reopen_if_replaced()? {
-                    continue;
+            if buffer.is_empty() {
+                if *follow {
+                    if self.reopen_if_replaced(out)? {
+                        continue;
+                    }
+                } else {
+                    // A bounded file's last line needs no line break.
+                    if !partial.line.is_empty() || *partial.skipping {
+                        partial.take(out);
+                    }
+                    ended = true;
                 }
                 break;
             }
-            let complete = self.line.last() == Some(&b'\n');
-            if !complete && self.follow {
-                // A line still being written: wait for its end. The partial bytes are kept in
-                // the reader's place by seeking back.
-                self.reader.seek_relative(-(read as i64))?;
-                break;
+            match buffer.iter().position(|&b| b == b'\n') {
+                // The usual case: a whole line in the buffer, taken in place.
+                Some(at) if partial.line.is_empty() && !*partial.skipping && at <= partial.max => {
+                    push_line(&buffer[..at], out);
+                    reader.consume(at + 1);
+                    budget = budget.saturating_sub(at + 1);
+                }
+                Some(at) => {
+                    partial.extend(&buffer[..at], out);
+                    partial.take(out);
+                    reader.consume(at + 1);
+                    budget = budget.saturating_sub(at + 1);
+                }
+                None => {
+                    let len = buffer.len();
+                    partial.extend(buffer, out);
+                    reader.consume(len);
+                    budget = budget.saturating_sub(len);
+                }
             }
-            let line = trim_line_break(&self.line);
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            out.push_json(line);
         }
-        Ok(match (out.is_empty(), self.follow) {
-            (false, _) => Pull::Batch,
-            (true, true) => Pull::Idle,
-            (true, false) => Pull::Finished,
+        let read_something = !out.is_empty() || !out.rejected.is_empty();
+        Ok(match (read_something, ended, budget == 0) {
+            (true, _, _) => Pull::Batch,
+            (false, true, _) => Pull::Finished,
+            (false, false, true) => Pull::Busy,
+            (false, false, false) => Pull::Idle,
         })
     }
 
     fn retune(&mut self, config: &SourceConfig) {
         self.batch_size = config.batch_size;
+        self.max_record_bytes = config.max_record_bytes;
         if let SourceKind::File { follow, .. } = config.kind {
             self.follow = follow;
         }
     }
-}
-
-fn trim_line_break(line: &[u8]) -> &[u8] {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 /// Generated orders, as `flumen gen orders` writes them.
@@ -445,6 +597,65 @@ mod tests {
         writeln!(file, "ial").unwrap();
         assert_eq!(source.next_batch(&mut batch).unwrap(), Pull::Batch);
         assert_eq!(values(&batch), ["partial"]);
+    }
+
+    #[test]
+    fn an_over_long_line_is_refused_with_its_start_and_skipped_without_being_kept() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        let long = "x".repeat(100_000);
+        write!(file, "a\n{long}\nb\n{long}").unwrap();
+        let mut source = FileSource::open(file.path().to_path_buf(), false, 10)
+            .unwrap()
+            .with_max_record_bytes(1000);
+        let mut batch = SourceBatch::default();
+        assert_eq!(source.next_batch(&mut batch).unwrap(), Pull::Batch);
+        assert_eq!(values(&batch), ["a", "b"]);
+        assert_eq!(batch.rejected.len(), 2);
+        let (why, raw) = &batch.rejected[0];
+        assert!(why.contains("max_record_bytes (1000 bytes)"), "{why}");
+        assert!(raw.starts_with(&[b'x'; REJECTED_PREFIX]) && raw.len() < 300);
+        assert!(source.line.capacity() < 10_000, "the long line was kept");
+        batch.clear();
+        assert_eq!(source.next_batch(&mut batch).unwrap(), Pull::Finished);
+    }
+
+    #[test]
+    fn a_followed_unfinished_line_is_read_once_and_an_endless_one_is_bounded() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        let mut source = FileSource::open(file.path().to_path_buf(), true, 10)
+            .unwrap()
+            .with_max_record_bytes(1 << 20);
+        let mut batch = SourceBatch::default();
+        // Far more than a call reads, with no line break: refused once, then skipped in
+        // bounded steps, each returning to the caller.
+        file.write_all(&vec![b'z'; 3 * READ_BUDGET]).unwrap();
+        let (mut pulls, mut refused) = (Vec::new(), 0);
+        for _ in 0..5 {
+            batch.clear();
+            pulls.push(source.next_batch(&mut batch).unwrap());
+            refused += batch.rejected.len();
+        }
+        assert_eq!(refused, 1);
+        assert_eq!(pulls[0], Pull::Batch);
+        assert!(pulls[1..].contains(&Pull::Busy));
+        assert_eq!(pulls[4], Pull::Idle);
+        writeln!(file, "tail").unwrap();
+        writeln!(file, "{{\"ok\":1}}").unwrap();
+        batch.clear();
+        assert_eq!(source.next_batch(&mut batch).unwrap(), Pull::Batch);
+        assert_eq!(values(&batch), [r#"{"ok":1}"#]);
+    }
+
+    #[test]
+    fn far_future_event_times_are_refused_when_guarded() {
+        let mut batch = SourceBatch::new(Vec::new(), Some("ts".into())).with_max_future(Some(1000));
+        batch.push_json(br#"{"ts": 5000}"#);
+        batch.push_json(br#"{"ts": 5999}"#);
+        batch.push_json(br#"{"ts": 1000000000000000000}"#);
+        batch.push_json(br#"{"ts": 6500}"#);
+        assert_eq!(batch.times, vec![(0, 5000), (1, 5999), (2, 6500)]);
+        assert_eq!(batch.rejected.len(), 1);
+        assert!(batch.rejected[0].0.contains("max_future_ms = 1000"));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! applied only when the whole call succeeded; a failed call is retried record by record, so a
 //! poison record changes nothing and loses nothing but itself.
 
-use crate::config::{OnStateChange, OperatorConfig};
+use crate::config::{OnStateChange, OperatorConfig, StageLimits};
 use crate::executor::DeadLetters;
 use crate::plan::OperatorPlan;
 use crate::sandbox::{GuestFailure, OperatorInstance};
@@ -92,6 +92,8 @@ struct Partition {
     pending: Pending,
     counts: Counts,
     dead: DeadLetters,
+    /// Bytes of keyed state (keys and values) this partition keeps.
+    state_bytes: usize,
 }
 
 /// What a partition reads of its stage during a step.
@@ -102,12 +104,24 @@ struct Ctx<'a> {
     behaviour: Behaviour,
     /// How the values of the step's records are encoded.
     encoding: Encoding,
+    kind: OperatorKind,
+    limits: StageLimits,
+    /// The most state bytes one partition may keep.
+    max_partition_state: usize,
 }
 
 /// Counts of a partition's step, added to the stage's statistics afterwards.
 #[derive(Default)]
 struct Counts {
     dead_letters: u64,
+    /// Input records that led to at least one record.
+    produced: u64,
+    /// Input records that led to nothing (filtered out, or only changed state).
+    filtered: u64,
+    /// Input records added to windows.
+    windowed: u64,
+    /// Input records too late for every window.
+    late: u64,
     /// Records emitted, per port.
     outputs: Vec<u64>,
 }
@@ -170,6 +184,7 @@ pub(crate) struct Stage {
     config: OperatorConfig,
     module_hash: String,
     state_type: Option<String>,
+    kind: OperatorKind,
 }
 
 impl Stage {
@@ -211,10 +226,11 @@ impl Stage {
                         ..Pending::default()
                     },
                     counts: Counts {
-                        dead_letters: 0,
                         outputs: vec![0; ports.len()],
+                        ..Counts::default()
                     },
                     dead: DeadLetters::default(),
+                    state_bytes: 0,
                 })
                 .collect(),
             watermark: i64::MIN,
@@ -230,6 +246,7 @@ impl Stage {
             config: plan.config.clone(),
             module_hash: module_hash.to_string(),
             state_type: plan.describe.state_type.clone(),
+            kind: plan.describe.kind,
         }
     }
 
@@ -305,7 +322,9 @@ impl Stage {
         }
         for partition in old.partitions {
             for (key, entry) in partition.state {
-                self.partitions[home(&key)].state.insert(key, entry);
+                let target = &mut self.partitions[home(&key)];
+                target.state_bytes += key.len() + entry.value.len();
+                target.state.insert(key, entry);
             }
             for (end, keyed) in partition.windows {
                 for (key, acc) in keyed {
@@ -410,6 +429,9 @@ impl Stage {
             guest_ports: self.guest_ports,
             behaviour: self.behaviour,
             encoding,
+            kind: self.kind,
+            limits: self.config.limits,
+            max_partition_state: self.config.limits.max_state_bytes / self.partitions.len().max(1),
         };
         let busy = records.iter().filter(|r| !r.is_empty()).count();
         // Handing a partition to a worker thread costs some microseconds: worth it only when
@@ -442,6 +464,10 @@ impl Stage {
         for partition in &mut self.partitions {
             let counts = &mut partition.counts;
             self.stats.dead_letters += std::mem::take(&mut counts.dead_letters);
+            self.stats.produced += std::mem::take(&mut counts.produced);
+            self.stats.filtered += std::mem::take(&mut counts.filtered);
+            self.stats.windowed += std::mem::take(&mut counts.windowed);
+            self.stats.late += std::mem::take(&mut counts.late);
             for (total, n) in self.stats.outputs.iter_mut().zip(&mut counts.outputs) {
                 total.1 += std::mem::take(n);
             }
@@ -481,9 +507,14 @@ impl Stage {
                 if watermark.saturating_sub(self.last_sweep) >= ttl / 2 {
                     self.last_sweep = watermark;
                     for partition in &mut self.partitions {
-                        partition
-                            .state
-                            .retain(|_, e| e.expires.is_none_or(|at| at > watermark));
+                        let bytes = &mut partition.state_bytes;
+                        partition.state.retain(|key, e| {
+                            let keep = e.expires.is_none_or(|at| at > watermark);
+                            if !keep {
+                                *bytes = bytes.saturating_sub(key.len() + e.value.len());
+                            }
+                            keep
+                        });
                     }
                 }
             }
@@ -527,6 +558,10 @@ impl Stage {
                     guest_ports: self.guest_ports,
                     behaviour: self.behaviour,
                     encoding: Encoding::Bincode,
+                    kind: self.kind,
+                    limits: self.config.limits,
+                    max_partition_state: self.config.limits.max_state_bytes
+                        / self.partitions.len().max(1),
                 };
                 let work = self.partitions.iter_mut().zip(per_partition).zip(&ranks);
                 if ranks.iter().filter(|r| !r.is_empty()).count() > 1 {
@@ -568,14 +603,53 @@ impl Partition {
             }
             return self.run(ctx, &kept, &kept_globals);
         }
-        let Err(failure) = self.try_run(ctx, records, globals) else {
-            return;
-        };
-        tracing::debug!(stage = %ctx.name, %failure, "batch failed; retrying record by record");
-        for (i, record) in records.iter().enumerate() {
-            let global = [globals.get(i).copied().unwrap_or(u64::MAX)];
-            if let Err(failure) = self.try_run(ctx, std::slice::from_ref(record), &global) {
-                self.dead_letter(ctx, record, global[0], &failure.0);
+        if let Err(failure) = self.try_run(ctx, records, globals) {
+            tracing::debug!(stage = %ctx.name, %failure, "batch failed; retrying it in halves");
+            self.bisect(ctx, records, globals, failure);
+        }
+    }
+
+    /// After a call on `records` failed with `failure`: runs each half again, and so on, until
+    /// the records that fail alone are found; they become dead letters. Order is kept (halves
+    /// run left first) and a failed call changes nothing, so the outcome is that of a record by
+    /// record retry — at the cost of about 2·k·log2(n) failed calls for k poison records among
+    /// n, instead of n + 1 (what bounds a looping module to a few timeouts per batch).
+    fn bisect(&mut self, ctx: &Ctx, records: &[RecordRef], globals: &[u64], failure: GuestFailure) {
+        if let [record] = records {
+            let global = globals.first().copied().unwrap_or(u64::MAX);
+            return self.dead_letter(ctx, record, global, &failure.0);
+        }
+        let middle = records.len() / 2;
+        let (left, right) = records.split_at(middle);
+        let (left_at, right_at) = globals.split_at(middle.min(globals.len()));
+        for (half, at) in [(left, left_at), (right, right_at)] {
+            if let Err(failure) = self.try_run(ctx, half, at) {
+                self.bisect(ctx, half, at, failure);
+            }
+        }
+    }
+
+    /// Counts what became of the inputs of a successful call (`flags` per input): those that
+    /// led to records, and those that led to nothing — filtered out, except under a `map`,
+    /// which must answer every record: there, a record left unanswered is a dead letter.
+    fn account(&mut self, ctx: &Ctx, records: &[RecordRef], globals: &[u64], flags: &[u8]) {
+        for (i, &flag) in flags.iter().enumerate() {
+            match flag {
+                0 if ctx.kind == OperatorKind::Map => {
+                    let global = globals.get(i).copied().unwrap_or(u64::MAX);
+                    if let Some(record) = records.get(i) {
+                        self.dead_letter(
+                            ctx,
+                            record,
+                            global,
+                            "module returned nothing for this record; a map emits one record \
+                             per input (a protocol error)",
+                        );
+                    }
+                }
+                0 => self.counts.filtered += 1,
+                f if f & FAILED == 0 => self.counts.produced += 1,
+                _ => {}
             }
         }
     }
@@ -609,7 +683,7 @@ impl Partition {
                     self.batch.push(record.key, record.ts, record.value);
                 }
                 let output = self.instance.process(&[self.batch.as_bytes()])?;
-                let checked = check(output, ctx.guest_ports, 0)?;
+                let checked = check(output, Expect::of(ctx, ctx.guest_ports, 0, records.len()))?;
                 apply_records(
                     output,
                     &checked,
@@ -620,6 +694,7 @@ impl Partition {
                     ctx.name,
                     |_, _| {},
                 );
+                self.account(ctx, records, globals, &checked.inputs);
                 Ok(())
             }
             Behaviour::Keyed { ttl } => self.run_keyed(ctx, records, globals, ttl),
@@ -668,7 +743,27 @@ impl Partition {
         let output = self
             .instance
             .process(&[rebuilt.as_bytes(), slots.as_bytes()])?;
-        let checked = check(output, ctx.guest_ports, slots.len())?;
+        let checked = check(
+            output,
+            Expect::of(ctx, ctx.guest_ports, slots.len(), records.len()),
+        )?;
+        // The state the call leaves, measured before anything is applied.
+        let mut bytes = self.state_bytes as i64;
+        for entry in OutputReader::new(output).flatten() {
+            if let OutputEntry::State { slot, value } = entry {
+                let key = slot_keys[slot as usize];
+                let old = self.state.get(key).map_or(0, |e| key.len() + e.value.len());
+                let new = value.map_or(0, |v| key.len() + v.len());
+                bytes += new as i64 - old as i64;
+            }
+        }
+        if bytes > ctx.max_partition_state as i64 {
+            return Err(GuestFailure(format!(
+                "the stage's state would grow past max_state_bytes ({} bytes)",
+                ctx.limits.max_state_bytes
+            )));
+        }
+        self.state_bytes = bytes.max(0) as usize;
         let state = &mut self.state;
         apply_records(
             output,
@@ -698,6 +793,7 @@ impl Partition {
                 }
             },
         );
+        self.account(ctx, records, globals, &checked.inputs);
         Ok(())
     }
 
@@ -769,7 +865,9 @@ impl Partition {
             let output = self
                 .instance
                 .process(&[rebuilt.as_bytes(), slots.as_bytes()])?;
-            let checked = check(output, 0, slots.len())?;
+            let checked = check(output, Expect::of(ctx, 0, slots.len(), rebuilt.len()))?;
+            self.counts.windowed +=
+                checked.inputs.iter().filter(|f| *f & FAILED == 0).count() as u64;
             let windows = &mut self.windows;
             apply_records(
                 output,
@@ -894,7 +992,7 @@ impl Partition {
                 }
             }
         }
-        let merged = self.accumulate(ctx, OperatorInstance::merge, &merges, &merge_slots)?;
+        let merged = self.accumulate(ctx, OperatorInstance::merge, &merges, &merge_slots, false)?;
         let asked = starts
             .iter()
             .filter(|(_, start)| matches!(start, Start::Merged(_)))
@@ -913,7 +1011,8 @@ impl Partition {
             };
             add_slots.push(key, stored);
         }
-        let mut new_accs = self.accumulate(ctx, OperatorInstance::process, &adds, &add_slots)?;
+        let mut new_accs =
+            self.accumulate(ctx, OperatorInstance::process, &adds, &add_slots, true)?;
 
         // Success: the working sessions become the stored ones.
         let mut refire = Vec::new();
@@ -961,62 +1060,94 @@ impl Partition {
         call: GuestCall,
         batch: &BatchWriter,
         slots: &SlotWriter,
+        adds: bool,
     ) -> Result<FxHashMap<u32, Bytes>, GuestFailure> {
         if batch.is_empty() {
             return Ok(FxHashMap::default());
         }
         let output = call(&mut self.instance, &[batch.as_bytes(), slots.as_bytes()])?;
-        new_slot_contents(
-            output,
-            slots.len(),
-            &mut self.counts,
-            &mut self.dead,
-            ctx.name,
-        )
+        let expect = Expect::of(ctx, 0, slots.len(), batch.len());
+        let (contents, checked) =
+            new_slot_contents(output, expect, &mut self.counts, &mut self.dead, ctx.name)?;
+        if adds {
+            self.counts.windowed +=
+                checked.inputs.iter().filter(|f| *f & FAILED == 0).count() as u64;
+        }
+        Ok(contents)
     }
 
     /// Sends records too late for every window to the `late` port, rendered as JSON by the
-    /// module: `{"stage": …, "record": …}`.
+    /// module: `{"stage": …, "record": …}`. A late record the module cannot render is a dead
+    /// letter, never lost.
     fn emit_late(&mut self, ctx: &Ctx, late: &BatchWriter, globals: &[u64]) {
         if late.is_empty() {
             return;
         }
         let late_port = self.pending.outputs.len() - 1;
         let stage = serde_json::to_string(ctx.name).unwrap_or_default();
-        let rendered = match late.as_bytes().first() {
-            Some(&b) if b == Encoding::Json as u8 => None,
-            _ => self.instance.to_json(late.as_bytes()).ok(),
+        let records: Vec<RecordRef> = match BatchReader::new(late.as_bytes()) {
+            Ok(reader) => reader.flatten().collect(),
+            Err(_) => Vec::new(),
         };
-        let mut records = BatchReader::new(late.as_bytes())
-            .into_iter()
-            .flatten()
-            .flatten();
-        let json: Vec<(i64, Vec<u8>)> = match rendered {
-            Some(output) => OutputReader::new(output)
-                .flatten()
-                .filter_map(|e| match e {
-                    OutputEntry::Record { ts, value, .. } => Some((ts, value.to_vec())),
-                    _ => None,
-                })
-                .collect(),
-            None => records.by_ref().map(|r| (r.ts, r.value.to_vec())).collect(),
+        // Each late record's JSON text, or why there is none.
+        let mut json: Vec<Result<Vec<u8>, String>> = match ctx.encoding {
+            Encoding::Json => records.iter().map(|r| Ok(r.value.to_vec())).collect(),
+            Encoding::Bincode => {
+                let unanswered = Err("module did not render this late record as JSON".into());
+                let mut json = vec![unanswered; records.len()];
+                match self.instance.to_json(late.as_bytes()) {
+                    Ok(output) => {
+                        for entry in OutputReader::new(output).flatten() {
+                            let (index, rendered) = match entry {
+                                OutputEntry::Record {
+                                    input_index, value, ..
+                                } => (input_index, Ok(value.to_vec())),
+                                OutputEntry::Error {
+                                    input_index,
+                                    message,
+                                    ..
+                                } => (input_index, Err(message.to_string())),
+                                OutputEntry::State { .. } => continue,
+                            };
+                            if let Some(slot) = json.get_mut(index as usize) {
+                                *slot = rendered;
+                            }
+                        }
+                    }
+                    Err(failure) => {
+                        json.fill(Err(format!("late, and cannot render it: {failure}")))
+                    }
+                }
+                json
+            }
         };
-        for (i, (ts, record)) in json.into_iter().enumerate() {
-            let mut line = Vec::with_capacity(record.len() + stage.len() + 24);
+        for (i, (record, rendered)) in records.iter().zip(json.drain(..)).enumerate() {
+            let position = globals.get(i).copied().unwrap_or(u64::MAX);
+            let rendered = match rendered {
+                Ok(rendered) => rendered,
+                Err(why) => {
+                    self.counts.dead_letters += 1;
+                    self.pending.failed.push(position);
+                    let raw = format!("<late record of {} bytes>", record.value.len());
+                    self.dead.push(ctx.name, &why, raw.as_bytes());
+                    continue;
+                }
+            };
+            let mut line = Vec::with_capacity(rendered.len() + stage.len() + 24);
             line.extend_from_slice(b"{\"stage\":");
             line.extend_from_slice(stage.as_bytes());
             line.extend_from_slice(b",\"record\":");
-            line.extend_from_slice(&record);
+            line.extend_from_slice(&rendered);
             line.push(b'}');
-            let position = globals.get(i).copied().unwrap_or(u64::MAX);
             self.pending.record(late_port as u16, position, |writer| {
-                let entry = writer.record(late_port as u16, i as u32, ts, 0);
+                let entry = writer.record(late_port as u16, i as u32, record.ts, 0);
                 let _ = entry.value(|b| {
                     b.extend_from_slice(&line);
                     Ok::<_, ()>(())
                 });
             });
             self.counts.outputs[late_port] += 1;
+            self.counts.late += 1;
         }
     }
 
@@ -1043,7 +1174,7 @@ impl Partition {
             .instance
             .finish(&[request.as_bytes()])
             .and_then(|output| {
-                let checked = check(output, ctx.guest_ports, 0)?;
+                let checked = check(output, Expect::of(ctx, ctx.guest_ports, 0, windows.len()))?;
                 apply_records(
                     output,
                     &checked,
@@ -1305,51 +1436,120 @@ struct Checked {
     /// The port of every entry, when all are records of one port.
     single_port: Option<u16>,
     records: u64,
+    /// Per input record: [`EMITTED`] if it led to a record, [`FAILED`] if to an error entry.
+    inputs: Vec<u8>,
 }
 
-/// Checks a guest's whole output before any of it is used: framing, port numbers, slot numbers.
-fn check(output: &[u8], ports: usize, slots: usize) -> Result<Checked, GuestFailure> {
+const EMITTED: u8 = 1;
+const FAILED: u8 = 2;
+
+/// What a guest call's output may hold.
+#[derive(Clone, Copy)]
+struct Expect {
+    /// Ports the module writes.
+    ports: usize,
+    /// State slots it was given.
+    slots: usize,
+    /// Input records (or windows) of the call.
+    inputs: usize,
+    /// The most bytes the whole output may take.
+    max_bytes: usize,
+    /// The most bytes one slot's new state may take.
+    max_state: usize,
+}
+
+impl Expect {
+    /// What a call of `ctx`'s stage on `inputs` records may return.
+    fn of(ctx: &Ctx, ports: usize, slots: usize, inputs: usize) -> Self {
+        let limits = ctx.limits;
+        Expect {
+            ports,
+            slots,
+            inputs,
+            max_bytes: limits
+                .max_output_bytes
+                .min(limits.max_record_output_bytes.saturating_mul(inputs.max(1))),
+            max_state: limits.max_state_bytes_per_key,
+        }
+    }
+}
+
+/// Checks a guest's whole output before any of it is used: its size, framing, port and slot
+/// numbers, input indices, and the size of each new state.
+fn check(output: &[u8], expect: Expect) -> Result<Checked, GuestFailure> {
+    if output.len() > expect.max_bytes {
+        return Err(GuestFailure(format!(
+            "module returned {} bytes for {} records, more than its limit of {} \
+             (max_output_bytes, max_record_output_bytes)",
+            output.len(),
+            expect.inputs,
+            expect.max_bytes
+        )));
+    }
     let mut checked = Checked {
         single_port: None,
         records: 0,
+        inputs: vec![0; expect.inputs],
     };
     let mut mixed = false;
     for entry in OutputReader::new(output) {
-        match &entry {
-            Ok(OutputEntry::Record { port, .. }) => {
+        let entry =
+            entry.map_err(|e| GuestFailure(format!("module returned a malformed output: {e}")))?;
+        let (index, flag) = match entry {
+            OutputEntry::Record {
+                port, input_index, ..
+            } => {
+                if usize::from(port) >= expect.ports {
+                    return Err(GuestFailure(format!(
+                        "module wrote to port {port}, which it does not have"
+                    )));
+                }
                 checked.records += 1;
-                mixed |= checked.single_port.is_some_and(|p| p != *port);
-                checked.single_port = Some(*port);
+                mixed |= checked.single_port.is_some_and(|p| p != port);
+                checked.single_port = Some(port);
+                (input_index, EMITTED)
             }
-            Ok(_) => mixed = true,
-            Err(_) => {}
-        }
-        match entry {
-            Err(e) => {
-                return Err(GuestFailure(format!(
-                    "module returned a malformed output: {e}"
-                )));
+            OutputEntry::State { slot, value } => {
+                if slot as usize >= expect.slots {
+                    return Err(GuestFailure(format!(
+                        "module wrote to state slot {slot}, which it was not given"
+                    )));
+                }
+                if let Some(value) = value
+                    && value.len() > expect.max_state
+                {
+                    return Err(GuestFailure(format!(
+                        "module wrote a state of {} bytes for one key, more than \
+                         max_state_bytes_per_key ({})",
+                        value.len(),
+                        expect.max_state
+                    )));
+                }
+                mixed = true;
+                continue;
             }
-            Ok(OutputEntry::Record { port, .. }) if usize::from(port) >= ports => {
-                return Err(GuestFailure(format!(
-                    "module wrote to port {port}, which it does not have"
-                )));
-            }
-            Ok(OutputEntry::State { slot, .. }) if slot as usize >= slots => {
-                return Err(GuestFailure(format!(
-                    "module wrote to state slot {slot}, which it was not given"
-                )));
-            }
-            Ok(OutputEntry::Error {
+            OutputEntry::Error {
                 input_index: u32::MAX,
                 message,
                 ..
-            }) => {
+            } => {
                 return Err(GuestFailure(format!(
                     "module failed the whole batch: {message}"
                 )));
             }
-            Ok(_) => {}
+            OutputEntry::Error { input_index, .. } => {
+                mixed = true;
+                (input_index, FAILED)
+            }
+        };
+        match checked.inputs.get_mut(index as usize) {
+            Some(flags) => *flags |= flag,
+            None => {
+                return Err(GuestFailure(format!(
+                    "module answered for input record {index} of a call with {} records",
+                    expect.inputs
+                )));
+            }
         }
     }
     if mixed {
@@ -1362,12 +1562,12 @@ fn check(output: &[u8], ports: usize, slots: usize) -> Result<Checked, GuestFail
 /// its per-record errors go to the dead letters).
 fn new_slot_contents(
     output: &[u8],
-    slots: usize,
+    expect: Expect,
     stats: &mut Counts,
     dead: &mut DeadLetters,
     stage: &str,
-) -> Result<FxHashMap<u32, Bytes>, GuestFailure> {
-    let checked = check(output, 0, slots)?;
+) -> Result<(FxHashMap<u32, Bytes>, Checked), GuestFailure> {
+    let checked = check(output, expect)?;
     let mut contents = FxHashMap::default();
     let mut no_records = Pending::default();
     apply_records(
@@ -1384,7 +1584,7 @@ fn new_slot_contents(
             }
         },
     );
-    Ok(contents)
+    Ok((contents, checked))
 }
 
 /// Applies a checked output: records to the pending outputs (at the position `positions` gives

@@ -9,7 +9,10 @@ pub enum StageKind {
     Sink,
 }
 
-/// What one stage saw and produced.
+/// What one stage saw and produced. Every record is accounted for: an operator's
+/// `records_in` = `produced + filtered + windowed + late + dead_letters` (see
+/// [`StageStats::unaccounted`]); a source's `records_in` = main output + `dead_letters`; a sink's
+/// `records_in` = lines written + `dead_letters`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StageStats {
     pub name: String,
@@ -20,11 +23,32 @@ pub struct StageStats {
     pub outputs: Vec<(String, u64)>,
     /// Records that went to the dead letters here.
     pub dead_letters: u64,
+    /// Operators: input records that led to at least one output record.
+    pub produced: u64,
+    /// Operators: input records that led to no record (filtered out, or only changed state).
+    pub filtered: u64,
+    /// Window operators: input records added to windows.
+    pub windowed: u64,
+    /// Window operators: input records too late for every window (sent to `late`).
+    pub late: u64,
     /// Time spent in this stage (operators: processing and firing).
     pub busy: std::time::Duration,
 }
 
 impl StageStats {
+    /// Records that came in and went nowhere that is counted (zero when all is well): what a
+    /// test asserts after every run.
+    pub fn unaccounted(&self) -> i128 {
+        let accounted = match self.kind {
+            StageKind::Operator => {
+                self.produced + self.filtered + self.windowed + self.late + self.dead_letters
+            }
+            StageKind::Source => self.outputs.first().map_or(0, |(_, n)| *n) + self.dead_letters,
+            StageKind::Sink => self.records_in,
+        };
+        i128::from(self.records_in) - i128::from(accounted)
+    }
+
     pub fn new(name: &str, kind: StageKind, ports: &[&str]) -> Self {
         StageStats {
             name: name.to_string(),
@@ -32,6 +56,10 @@ impl StageStats {
             records_in: 0,
             outputs: ports.iter().map(|p| (p.to_string(), 0)).collect(),
             dead_letters: 0,
+            produced: 0,
+            filtered: 0,
+            windowed: 0,
+            late: 0,
             busy: std::time::Duration::ZERO,
         }
     }
@@ -68,6 +96,10 @@ impl Summary {
                         "records_in": s.records_in,
                         "outputs": outputs,
                         "dead_letters": s.dead_letters,
+                        "produced": s.produced,
+                        "filtered": s.filtered,
+                        "windowed": s.windowed,
+                        "late": s.late,
                         "busy_s": s.busy.as_secs_f64(),
                     }),
                 )
@@ -112,8 +144,17 @@ impl fmt::Display for Summary {
                 .iter()
                 .map(|(port, n)| format!("{port}={n}"))
                 .collect();
-            if stage.kind == StageKind::Operator {
-                out.push(format!("dead_letter={}", stage.dead_letters));
+            match stage.kind {
+                StageKind::Operator => {
+                    out.push(format!("dead_letter={}", stage.dead_letters));
+                    if stage.filtered > 0 {
+                        out.push(format!("(filtered {})", stage.filtered));
+                    }
+                }
+                _ if stage.dead_letters > 0 => {
+                    out.push(format!("dead_letter={}", stage.dead_letters))
+                }
+                _ => {}
             }
             writeln!(
                 f,
