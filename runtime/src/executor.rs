@@ -297,6 +297,13 @@ impl Pipeline {
                         .unwrap_or_else(|| unreachable!("a kept source is taken once"));
                     // Same input: its place is kept, its settings are the new ones, and its
                     // consumers may key it differently now.
+                    let old = &self.plan.sources[at].config;
+                    if old.name != plan.config.name || old != &plan.config {
+                        log.push(format!(
+                            "retuned source `{}`, keeping its place in its input",
+                            plan.config.name
+                        ));
+                    }
                     kept.source.retune(&plan.config);
                     kept.watermarks = match (kept.watermarks, &plan.config.event_time) {
                         (_, None) => None,
@@ -342,6 +349,12 @@ impl Pipeline {
                     let (sink, mut stats) = old_sinks[at]
                         .take()
                         .unwrap_or_else(|| unreachable!("a kept sink is taken once"));
+                    if stats.name != plan.config.name {
+                        log.push(format!(
+                            "renamed sink `{}` to `{}`, writing on to the same output",
+                            stats.name, plan.config.name
+                        ));
+                    }
                     stats.name.clone_from(&plan.config.name);
                     (sink, stats)
                 }

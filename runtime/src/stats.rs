@@ -93,6 +93,11 @@ impl Summary {
                 (
                     s.name.clone(),
                     serde_json::json!({
+                        "kind": match s.kind {
+                            StageKind::Source => "source",
+                            StageKind::Operator => "operator",
+                            StageKind::Sink => "sink",
+                        },
                         "records_in": s.records_in,
                         "outputs": outputs,
                         "dead_letters": s.dead_letters,

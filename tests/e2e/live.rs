@@ -388,3 +388,51 @@ fn stages_and_sinks_are_added_and_removed_live() {
         assert_same_set(name, sink(&out, name), expected[name].clone());
     }
 }
+
+/// A reload that changes only a source's settings keeps its place in the file, and a sink renamed
+/// but writing the same file keeps it open: under appends, no record is read twice, none is lost,
+/// no output is truncated.
+#[test]
+fn a_source_setting_reload_under_appends_neither_repeats_nor_loses() {
+    modules();
+    let scenario = Scenario::new();
+    let Following {
+        live,
+        parts: [first, second, third],
+        orders,
+        toml,
+        original,
+        out,
+        scores,
+    } = follow_reference(&scenario, "6000", "29");
+    let retuned = original.replace(
+        "watermark_delay_ms = 5000",
+        "watermark_delay_ms = 5000\nbatch_size = 7\nmax_record_bytes = 65536",
+    );
+    write_atomically(&toml, &retuned);
+    live.wait_for_log("reloaded:", 1);
+    append(&orders, &second);
+    let first_two = format!("{first}{second}");
+    wait_until(
+        "the second part",
+        || line_count(&scores) >= accepted(&first_two),
+        || live.log(),
+    );
+    write_atomically(
+        &toml,
+        &retuned.replace("[sinks.scores]", "[sinks.risk_scores]"),
+    );
+    live.wait_for_log("reloaded:", 2);
+    append(&orders, &third);
+    let everything = format!("{first_two}{third}");
+    wait_until(
+        "the third part",
+        || line_count(&scores) >= accepted(&everything),
+        || live.log(),
+    );
+    assert!(live.terminate().success());
+    let expected = oracle(&everything);
+    for name in EXACT_SINKS {
+        assert_same_set(name, sink(&out, name), expected[name].clone());
+    }
+}

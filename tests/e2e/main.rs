@@ -5,6 +5,7 @@
 
 mod cli;
 mod config_errors;
+mod hardening;
 mod live;
 mod native;
 mod orders_pipeline;

@@ -3,10 +3,11 @@
 //! and session edges exactly one gap apart, checked sink by sink against an oracle written here
 //! from the spec alone; and the same output sets whatever the parallelism.
 
-use crate::support::{Scenario, assert_same_set, flumen, modules, read_jsonl, text};
+use crate::support::{Scenario, assert_same_set, flumen, modules, read_jsonl};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 const BATCH: usize = 1024;
 const DELAY: i64 = 5_000;
@@ -301,14 +302,74 @@ pub(crate) fn oracle(input: &str) -> BTreeMap<&'static str, Vec<Value>> {
 }
 
 fn run_pipeline(orders: &Path, out: &Path, parallelism: &str) {
-    let output = flumen()
-        .args(["run", "pipelines/orders.toml"])
+    let summary = run_with_summary(orders, out, parallelism, Duration::from_secs(600));
+    assert_accounted(&summary);
+}
+
+/// Runs the reference pipeline on `orders` into `out`, failing if it takes longer than
+/// `limit`; returns its `--summary-json`.
+pub(crate) fn run_with_summary(
+    orders: &Path,
+    out: &Path,
+    parallelism: &str,
+    limit: Duration,
+) -> Value {
+    let summary = out.with_extension("summary.json");
+    let stderr = out.with_extension("stderr.log");
+    let mut child = flumen()
+        .args(["run", "pipelines/orders.toml", "--summary-json"])
+        .arg(&summary)
         .env("ORDERS", orders)
         .env("OUT_DIR", out)
         .env("FLUMEN_PARALLELISM", parallelism)
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
         .unwrap();
-    assert!(output.status.success(), "{}", text(&output.stderr));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!(
+                "the run took longer than {limit:?}: {}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&stderr).unwrap_or_default()
+    );
+    serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap()
+}
+
+/// Asserts that a run's summary accounts for every record, stage by stage: an operator's input
+/// records were produced from, filtered, windowed, late or dead letters; a source's were
+/// passed on or dead letters.
+pub(crate) fn assert_accounted(summary: &Value) {
+    let count = |stage: &Value, key: &str| stage[key].as_u64().unwrap_or(0);
+    for (name, stage) in summary["stages"].as_object().unwrap() {
+        let records_in = count(stage, "records_in");
+        let accounted = match stage["kind"].as_str() {
+            Some("operator") => ["produced", "filtered", "windowed", "late", "dead_letters"]
+                .iter()
+                .map(|k| count(stage, k))
+                .sum(),
+            Some("source") => {
+                stage["outputs"]["main"].as_u64().unwrap() + count(stage, "dead_letters")
+            }
+            _ => records_in,
+        };
+        assert_eq!(
+            records_in, accounted,
+            "stage `{name}` does not add up: {stage}"
+        );
+    }
 }
 
 pub(crate) fn sink(out: &Path, name: &str) -> Vec<Value> {

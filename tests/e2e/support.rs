@@ -186,6 +186,11 @@ impl Live {
         Live { child, stderr }
     }
 
+    /// The process id of the running `flumen`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
