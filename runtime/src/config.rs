@@ -184,7 +184,7 @@ pub struct OperatorConfig {
 pub struct StageLimits {
     /// Output bytes of one guest call.
     pub max_output_bytes: usize,
-    /// Output bytes per input record of a call (a call of n records may return n times this).
+    /// Bytes of records one input record may lead to.
     pub max_record_output_bytes: usize,
     /// Bytes of keyed state and window accumulators (keys included) of the whole stage.
     pub max_state_bytes: usize,
@@ -1326,6 +1326,36 @@ type = "stdout"
             .iter()
             .map(ToString::to_string)
             .collect()
+    }
+
+    #[test]
+    fn oversized_params_and_pipeline_files_are_refused() {
+        let big = "x".repeat(MAX_PARAMS_BYTES + 1);
+        let text = format!(
+            "[sources.s]\ntype = \"file\"\npath = \"x\"\n[operators.o]\nmodule = \"m.wasm\"\n\
+             inputs = [\"s\"]\nparams = {{ blob = \"{big}\" }}\n"
+        );
+        let errors = errors(&text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("`operators.o.params`"), "{}", errors[0]);
+        assert!(
+            errors[0].contains("more than 1048576 bytes"),
+            "{}",
+            errors[0]
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.toml");
+        let mut file = std::fs::File::create(&path).unwrap();
+        std::io::Write::write_all(&mut file, &vec![b'#'; MAX_PIPELINE_BYTES as usize + 10])
+            .unwrap();
+        let (config, errors) = load(&path);
+        assert!(config.is_none());
+        assert!(
+            errors[0].to_string().contains("larger than"),
+            "{}",
+            errors[0]
+        );
     }
 
     #[test]

@@ -832,3 +832,65 @@ impl OperatorInstance {
         self.call(Call::ToJson, &[batch])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_module_past_the_size_limit_is_refused_before_it_is_compiled() {
+        let sandbox = Sandbox::new().unwrap();
+        let error = sandbox
+            .load_bytes(Path::new("big.wasm"), &vec![0; MAX_MODULE_BYTES + 1])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("module big.wasm: 16777217 bytes, more than"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn describe_replies_past_the_limits_are_refused() {
+        let mut describe = Describe {
+            abi_version: ABI_VERSION,
+            kind: abi::OperatorKind::Map,
+            input_type: "T".into(),
+            output_type: "T".into(),
+            side_outputs: Vec::new(),
+            state_type: None,
+            input_shape: None,
+            output_shape: None,
+        };
+        assert_eq!(check_describe(&describe), Ok(()));
+        describe.input_type = "T".repeat(abi::MAX_NAME_BYTES + 1);
+        assert!(
+            check_describe(&describe)
+                .unwrap_err()
+                .contains("a name of 1025 bytes")
+        );
+        describe.input_type = "T".into();
+        describe.side_outputs = ["late", "late"]
+            .iter()
+            .map(|name| abi::SideOutput {
+                name: name.to_string(),
+                type_name: "T".into(),
+                shape: None,
+            })
+            .collect();
+        assert!(
+            check_describe(&describe)
+                .unwrap_err()
+                .contains("distinct names")
+        );
+    }
+
+    #[test]
+    fn a_guest_panic_message_says_panicked_at_once() {
+        assert_eq!(
+            panic_failure("panicked at src/lib.rs:3:5:\nboom"),
+            "panicked at src/lib.rs:3:5:\nboom"
+        );
+        assert_eq!(panic_failure("boom"), "panicked at boom");
+    }
+}

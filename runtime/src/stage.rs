@@ -1454,6 +1454,8 @@ struct Expect {
     inputs: usize,
     /// The most bytes the whole output may take.
     max_bytes: usize,
+    /// The most bytes of records one input record may lead to.
+    max_record: usize,
     /// The most bytes one slot's new state may take.
     max_state: usize,
 }
@@ -1466,9 +1468,8 @@ impl Expect {
             ports,
             slots,
             inputs,
-            max_bytes: limits
-                .max_output_bytes
-                .min(limits.max_record_output_bytes.saturating_mul(inputs.max(1))),
+            max_bytes: limits.max_output_bytes,
+            max_record: limits.max_record_output_bytes,
             max_state: limits.max_state_bytes_per_key,
         }
     }
@@ -1479,8 +1480,7 @@ impl Expect {
 fn check(output: &[u8], expect: Expect) -> Result<Checked, GuestFailure> {
     if output.len() > expect.max_bytes {
         return Err(GuestFailure(format!(
-            "module returned {} bytes for {} records, more than its limit of {} \
-             (max_output_bytes, max_record_output_bytes)",
+            "module returned {} bytes for {} records, more than max_output_bytes ({})",
             output.len(),
             expect.inputs,
             expect.max_bytes
@@ -1492,9 +1492,28 @@ fn check(output: &[u8], expect: Expect) -> Result<Checked, GuestFailure> {
         inputs: vec![0; expect.inputs],
     };
     let mut mixed = false;
+    // Bytes of records per input, counted only when one input could be over its limit.
+    let mut sizes = (output.len() > expect.max_record).then(|| vec![0usize; expect.inputs]);
     for entry in OutputReader::new(output) {
         let entry =
             entry.map_err(|e| GuestFailure(format!("module returned a malformed output: {e}")))?;
+        if let (
+            Some(sizes),
+            OutputEntry::Record {
+                input_index, value, ..
+            },
+        ) = (&mut sizes, &entry)
+            && let Some(size) = sizes.get_mut(*input_index as usize)
+        {
+            *size += value.len();
+            if *size > expect.max_record {
+                return Err(GuestFailure(format!(
+                    "module returned {size} bytes or more for one record, more than \
+                     max_record_output_bytes ({})",
+                    expect.max_record
+                )));
+            }
+        }
         let (index, flag) = match entry {
             OutputEntry::Record {
                 port, input_index, ..

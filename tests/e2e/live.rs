@@ -436,3 +436,37 @@ fn a_source_setting_reload_under_appends_neither_repeats_nor_loses() {
         assert_same_set(name, sink(&out, name), expected[name].clone());
     }
 }
+
+/// The instance pool is sized from the pipeline and `--parallelism`: at 43 partitions per stage
+/// (over 300 instances) the reference pipeline starts, and a reload, which prepares a second set
+/// while the first runs, swaps a stage.
+#[test]
+fn the_instance_pool_has_room_for_high_parallelism_and_a_reload() {
+    modules();
+    let scenario = Scenario::new();
+    let orders = scenario.path("orders.jsonl");
+    std::fs::write(&orders, input(&scenario, "300", "5")).unwrap();
+    let toml = scenario.path("pipeline.toml");
+    let original = pipeline_copy();
+    std::fs::write(&toml, &original).unwrap();
+    let out = scenario.path("out");
+    let live = Live::start(
+        &[toml.to_str().unwrap(), "--watch"],
+        &[
+            ("FOLLOW", "true".as_ref()),
+            ("ORDERS", orders.as_os_str()),
+            ("OUT_DIR", out.as_os_str()),
+            ("FLUMEN_PARALLELISM", "43".as_ref()),
+        ],
+        scenario.path("stderr.log"),
+    );
+    let scores = out.join("scores.jsonl");
+    wait_until("the scores", || line_count(&scores) > 0, || live.log());
+    write_atomically(
+        &toml,
+        &original.replace("flag_threshold = 50", "flag_threshold = 30"),
+    );
+    live.wait_for_log("swapped operator `score`", 1);
+    assert!(!live.log().contains("no room"), "{}", live.log());
+    assert!(live.terminate().success());
+}

@@ -1,5 +1,6 @@
 //! A test module: passes each probe on unchanged, unless its `action` asks it to fail in one of
-//! the ways a real UDF can — return an error, panic, loop forever, allocate without bound. The
+//! the ways a real UDF can — return an error, panic, loop forever, allocate without bound, flood
+//! its output. The
 //! end-to-end tests use it to show that one bad record never takes the pipeline down.
 
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,11 @@ pub fn misbehave(probe: Probe, settings: &Settings) -> Result<Probe, String> {
                 n = std::hint::black_box(n.wrapping_mul(31).wrapping_add(7));
             }
         }
+        // An output far larger than its input (100 000 bytes).
+        "flood" => Ok(Probe {
+            action: "x".repeat(100_000),
+            ..probe
+        }),
         "alloc" => {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
             loop {
