@@ -322,8 +322,8 @@ impl LoadedModule {
     }
 }
 
-/// Checks what a module says of itself against the limits on ports and names.
-fn check_describe(describe: &Describe) -> Result<(), String> {
+/// Checks what a module says of itself against the limits on ports, names and type shapes.
+pub fn check_describe(describe: &Describe) -> Result<(), String> {
     if describe.side_outputs.len() > abi::MAX_SIDE_OUTPUTS {
         return Err(format!(
             "declares {} side outputs, more than the {} allowed",

@@ -322,9 +322,7 @@ impl Stage {
         }
         for partition in old.partitions {
             for (key, entry) in partition.state {
-                let target = &mut self.partitions[home(&key)];
-                target.state_bytes += key.len() + entry.value.len();
-                target.state.insert(key, entry);
+                self.partitions[home(&key)].state.insert(key, entry);
             }
             for (end, keyed) in partition.windows {
                 for (key, acc) in keyed {
@@ -341,6 +339,9 @@ impl Stage {
                 }
                 target.sessions.insert(key, set);
             }
+        }
+        for partition in &mut self.partitions {
+            partition.state_bytes = state_bytes(partition);
         }
         true
     }
@@ -757,13 +758,7 @@ impl Partition {
                 bytes += new as i64 - old as i64;
             }
         }
-        if bytes > ctx.max_partition_state as i64 {
-            return Err(GuestFailure(format!(
-                "the stage's state would grow past max_state_bytes ({} bytes)",
-                ctx.limits.max_state_bytes
-            )));
-        }
-        self.state_bytes = bytes.max(0) as usize;
+        self.state_bytes = within_state_limit(ctx, bytes)?;
         let state = &mut self.state;
         apply_records(
             output,
@@ -866,6 +861,24 @@ impl Partition {
                 .instance
                 .process(&[rebuilt.as_bytes(), slots.as_bytes()])?;
             let checked = check(output, Expect::of(ctx, 0, slots.len(), rebuilt.len()))?;
+            // The accumulators the call leaves, measured before anything is applied.
+            let mut bytes = self.state_bytes as i64;
+            for entry in OutputReader::new(output).flatten() {
+                if let OutputEntry::State {
+                    slot,
+                    value: Some(acc),
+                } = entry
+                {
+                    let (window, key) = slot_windows[slot as usize];
+                    let old = self
+                        .windows
+                        .get(&window.end)
+                        .and_then(|keyed| keyed.get(key))
+                        .map_or(0, |w| key.len() + w.acc.len());
+                    bytes += (key.len() + acc.len()) as i64 - old as i64;
+                }
+            }
+            self.state_bytes = within_state_limit(ctx, bytes)?;
             self.counts.windowed +=
                 checked.inputs.iter().filter(|f| *f & FAILED == 0).count() as u64;
             let windows = &mut self.windows;
@@ -992,7 +1005,7 @@ impl Partition {
                 }
             }
         }
-        let merged = self.accumulate(ctx, OperatorInstance::merge, &merges, &merge_slots, false)?;
+        let (merged, _) = self.accumulate(ctx, OperatorInstance::merge, &merges, &merge_slots)?;
         let asked = starts
             .iter()
             .filter(|(_, start)| matches!(start, Start::Merged(_)))
@@ -1011,8 +1024,30 @@ impl Partition {
             };
             add_slots.push(key, stored);
         }
-        let mut new_accs =
-            self.accumulate(ctx, OperatorInstance::process, &adds, &add_slots, true)?;
+        let (mut new_accs, windowed) =
+            self.accumulate(ctx, OperatorInstance::process, &adds, &add_slots)?;
+
+        // The sessions the call leaves, measured before anything is applied.
+        let mut bytes = self.state_bytes as i64;
+        let mut slot = 0;
+        for (key, sessions) in &work {
+            if let Some(stored) = self.sessions.get(*key) {
+                for (_, w) in &stored.sessions {
+                    bytes -= (key.len() + w.acc.len()) as i64;
+                }
+            }
+            for (_, session) in &sessions.sessions {
+                let acc = if session.records.is_empty() {
+                    session.accs.first()
+                } else {
+                    slot += 1;
+                    new_accs.get(&(slot - 1))
+                };
+                bytes += acc.map_or(0, |acc| (key.len() + acc.len()) as i64);
+            }
+        }
+        self.state_bytes = within_state_limit(ctx, bytes)?;
+        self.counts.windowed += windowed;
 
         // Success: the working sessions become the stored ones.
         let mut refire = Vec::new();
@@ -1053,27 +1088,23 @@ impl Partition {
     }
 
     /// Runs an aggregate's `call` (add or merge) over `batch` and its `slots`, unless the batch
-    /// is empty; the accumulators it returns, by slot.
+    /// is empty; the accumulators it returns, by slot, and how many records it took.
     fn accumulate(
         &mut self,
         ctx: &Ctx,
         call: GuestCall,
         batch: &BatchWriter,
         slots: &SlotWriter,
-        adds: bool,
-    ) -> Result<FxHashMap<u32, Bytes>, GuestFailure> {
+    ) -> Result<(FxHashMap<u32, Bytes>, u64), GuestFailure> {
         if batch.is_empty() {
-            return Ok(FxHashMap::default());
+            return Ok((FxHashMap::default(), 0));
         }
         let output = call(&mut self.instance, &[batch.as_bytes(), slots.as_bytes()])?;
         let expect = Expect::of(ctx, 0, slots.len(), batch.len());
         let (contents, checked) =
             new_slot_contents(output, expect, &mut self.counts, &mut self.dead, ctx.name)?;
-        if adds {
-            self.counts.windowed +=
-                checked.inputs.iter().filter(|f| *f & FAILED == 0).count() as u64;
-        }
-        Ok(contents)
+        let taken = checked.inputs.iter().filter(|f| *f & FAILED == 0).count();
+        Ok((contents, taken as u64))
     }
 
     /// Sends records too late for every window to the `late` port, rendered as JSON by the
@@ -1318,7 +1349,14 @@ fn take_due_panes(
     }
     partition.panes_fired_until = Some(last);
     let keep_from = last.saturating_add(slide).saturating_sub(size);
-    partition.windows = partition.windows.split_off(&keep_from.saturating_add(1));
+    let kept = partition.windows.split_off(&keep_from.saturating_add(1));
+    let gone = std::mem::replace(&mut partition.windows, kept);
+    let bytes: usize = gone
+        .values()
+        .flat_map(|keyed| keyed.iter())
+        .map(|(k, w)| k.len() + w.acc.len())
+        .sum();
+    partition.state_bytes = partition.state_bytes.saturating_sub(bytes);
     if windows.is_empty() {
         return Ok(Vec::new());
     }
@@ -1375,7 +1413,10 @@ fn take_due(
                 due.push((bounds, key.clone(), acc.acc.clone()));
             }
             if bounds.is_fired(watermark, lateness) {
-                set.sessions.remove(at);
+                let (_, gone) = set.sessions.remove(at);
+                partition.state_bytes = partition
+                    .state_bytes
+                    .saturating_sub(key.len() + gone.acc.len());
                 partition.session_ends.remove(&(end, key.clone(), start));
                 if set.sessions.is_empty() {
                     partition.sessions.remove(&key);
@@ -1408,12 +1449,50 @@ fn take_due(
                     due.push((bounds, key.clone(), window.acc.clone()));
                 }
             }
-            if purge {
-                partition.windows.remove(&end);
+            if purge && let Some(gone) = partition.windows.remove(&end) {
+                let bytes: usize = gone.iter().map(|(k, w)| k.len() + w.acc.len()).sum();
+                partition.state_bytes = partition.state_bytes.saturating_sub(bytes);
             }
         }
     }
     due
+}
+
+/// `bytes` of state in a partition, if that is within the stage's limit.
+fn within_state_limit(ctx: &Ctx, bytes: i64) -> Result<usize, GuestFailure> {
+    if bytes > ctx.max_partition_state as i64 {
+        return Err(GuestFailure(format!(
+            "the stage's state would grow past max_state_bytes ({} bytes)",
+            ctx.limits.max_state_bytes
+        )));
+    }
+    Ok(bytes.max(0) as usize)
+}
+
+/// The bytes a partition's state takes: keyed state, window accumulators and sessions, keys
+/// included.
+fn state_bytes(partition: &Partition) -> usize {
+    let keyed: usize = partition
+        .state
+        .iter()
+        .map(|(key, e)| key.len() + e.value.len())
+        .sum();
+    let windows: usize = partition
+        .windows
+        .values()
+        .flat_map(|keyed| keyed.iter())
+        .map(|(key, w)| key.len() + w.acc.len())
+        .sum();
+    let sessions: usize = partition
+        .sessions
+        .iter()
+        .flat_map(|(key, set)| {
+            set.sessions
+                .iter()
+                .map(move |(_, w)| key.len() + w.acc.len())
+        })
+        .sum();
+    keyed + windows + sessions
 }
 
 /// Where a key goes among `count` partitions: a fixed hash, the same on every run.

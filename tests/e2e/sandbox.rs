@@ -305,6 +305,49 @@ path = "{{dir}}/dead.jsonl"
         "{dead:#?}"
     );
     crate::orders_pipeline::assert_accounted(
-        &serde_json::from_slice(&std::fs::read(summary).unwrap()).unwrap(),
+        &serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap(),
+    );
+
+    // Window accumulators count too: one sku per order, a stage limit of 300 bytes.
+    let orders = orders.replace("\"sku\": \"SKU-0500\"", "\"sku\": \"SKU-0{id}\"");
+    let orders: String = orders
+        .lines()
+        .enumerate()
+        .map(|(id, line)| format!("{}\n", line.replace("{id}", &format!("{:03}", id))))
+        .collect();
+    scenario.write("orders.jsonl", &orders);
+    let windowed = std::fs::read_to_string(&pipeline).unwrap().replace(
+        "[operators.dedupe]\nmodule = \"",
+        "[operators.sales]\nmodule = \"",
+    );
+    let windowed = windowed
+        .replace(&format!("{}/dedupe.wasm", modules().display()), &format!("{}/sales_per_sku.wasm", modules().display()))
+        .replace("key_by = \"order_id\"\nmax_state_bytes = 200", "key_by = \"sku\"\nmax_state_bytes = 300\nwindow = { type = \"tumbling\", size_ms = 60000 }")
+        .replace("inputs = [\"dedupe\"]", "inputs = [\"sales\"]");
+    std::fs::write(&pipeline, windowed).unwrap();
+    let output = scenario.flumen(
+        &[
+            "run",
+            pipeline.to_str().unwrap(),
+            "--summary-json",
+            summary.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        crate::support::text(&output.stderr)
+    );
+    let sales = scenario.jsonl("passed.jsonl").len();
+    let dead = scenario.jsonl("dead.jsonl");
+    assert!(sales > 3 && sales < 200, "{sales} windows");
+    assert_eq!(sales + dead.len(), 200);
+    assert!(
+        dead.iter()
+            .all(|d| d["error"].as_str().unwrap().contains("max_state_bytes"))
+    );
+    crate::orders_pipeline::assert_accounted(
+        &serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap(),
     );
 }
