@@ -83,6 +83,16 @@ pub enum ModuleError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestFailure(pub String);
 
+/// How a time-out failure starts (see [`GuestFailure::is_timeout`]).
+const TIMEOUT: &str = "exceeded its time limit of ";
+
+impl GuestFailure {
+    /// Whether the call ran out of time (rather than trapping, which is instant).
+    pub fn is_timeout(&self) -> bool {
+        self.0.starts_with(TIMEOUT)
+    }
+}
+
 impl std::fmt::Display for GuestFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -722,7 +732,7 @@ fn failure(store: &Store<GuestState>, error: &wasmtime::Error, limits: Limits) -
                 limits.timeout.as_millis()
             ),
             false => format!(
-                "exceeded its time limit of {} ms per call (timeout_ms)",
+                "{TIMEOUT}{} ms per call (timeout_ms)",
                 limits.timeout.as_millis()
             ),
         };

@@ -62,6 +62,21 @@ struct SessionWork {
     fired: bool,
 }
 
+/// The time-outs a failed batch may still spend on retries.
+struct Timeouts {
+    left: usize,
+    spent: usize,
+}
+
+impl Timeouts {
+    fn note(&mut self, failure: &GuestFailure) {
+        if failure.is_timeout() {
+            self.left = self.left.saturating_sub(1);
+            self.spent += 1;
+        }
+    }
+}
+
 /// A call of an instance on a request (its parts), like [`OperatorInstance::process`].
 type GuestCall = for<'a> fn(&'a mut OperatorInstance, &[&[u8]]) -> Result<&'a [u8], GuestFailure>;
 
@@ -606,7 +621,15 @@ impl Partition {
         }
         if let Err(failure) = self.try_run(ctx, records, globals) {
             tracing::debug!(stage = %ctx.name, %failure, "batch failed; retrying it in halves");
-            self.bisect(ctx, records, globals, failure);
+            // Time-outs a batch may spend finding its poison records: two per level of halving,
+            // and one for the whole batch.
+            let levels = usize::BITS - records.len().leading_zeros();
+            let mut timeouts = Timeouts {
+                left: 2 * levels as usize + 1,
+                spent: 0,
+            };
+            timeouts.note(&failure);
+            self.bisect(ctx, records, globals, failure, &mut timeouts);
         }
     }
 
@@ -615,17 +638,42 @@ impl Partition {
     /// run left first) and a failed call changes nothing, so the outcome is that of a record by
     /// record retry — at the cost of about 2·k·log2(n) failed calls for k poison records among
     /// n, instead of n + 1 (what bounds a looping module to a few timeouts per batch).
-    fn bisect(&mut self, ctx: &Ctx, records: &[RecordRef], globals: &[u64], failure: GuestFailure) {
+    ///
+    /// Time-outs are what make a retry slow (a trap is instant), so a batch spends at most
+    /// 2·⌈log2(n + 1)⌉ + 1 of them — enough to find two looping records — and the records still
+    /// undecided after that are dead letters without another call: a module that loops on
+    /// every record costs a batch of 1024 at most 23 time-outs, not 2047.
+    fn bisect(
+        &mut self,
+        ctx: &Ctx,
+        records: &[RecordRef],
+        globals: &[u64],
+        failure: GuestFailure,
+        timeouts: &mut Timeouts,
+    ) {
+        let at = |i: usize| globals.get(i).copied().unwrap_or(u64::MAX);
         if let [record] = records {
-            let global = globals.first().copied().unwrap_or(u64::MAX);
-            return self.dead_letter(ctx, record, global, &failure.0);
+            return self.dead_letter(ctx, record, at(0), &failure.0);
         }
         let middle = records.len() / 2;
         let (left, right) = records.split_at(middle);
         let (left_at, right_at) = globals.split_at(middle.min(globals.len()));
-        for (half, at) in [(left, left_at), (right, right_at)] {
-            if let Err(failure) = self.try_run(ctx, half, at) {
-                self.bisect(ctx, half, at, failure);
+        for (half, half_at) in [(left, left_at), (right, right_at)] {
+            if timeouts.left == 0 {
+                let why = format!(
+                    "not retried: the module exceeded its time limit on {} calls of this batch \
+                     (timeout_ms)",
+                    timeouts.spent
+                );
+                for (i, record) in half.iter().enumerate() {
+                    let global = half_at.get(i).copied().unwrap_or(u64::MAX);
+                    self.dead_letter(ctx, record, global, &why);
+                }
+                continue;
+            }
+            if let Err(failure) = self.try_run(ctx, half, half_at) {
+                timeouts.note(&failure);
+                self.bisect(ctx, half, half_at, failure, timeouts);
             }
         }
     }

@@ -351,3 +351,50 @@ path = "{{dir}}/dead.jsonl"
         &serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap(),
     );
 }
+
+/// A module that loops on every record costs a batch a bounded number of time-outs: the batch
+/// is retried in halves until two levels' worth of time-outs are spent, then the records still
+/// undecided are dead letters without another call. Every record is accounted for.
+#[test]
+fn a_module_looping_on_every_record_costs_a_bounded_number_of_timeouts() {
+    let scenario = Scenario::new();
+    let lines: Vec<String> = (0..8)
+        .map(|id| json!({"id": id, "action": "loop"}).to_string())
+        .collect();
+    scenario.write("probes.jsonl", lines.join("\n"));
+    scenario.run(&pipeline_with(&format!(
+        "{}/misbehave.wasm",
+        modules().display()
+    )));
+    assert!(scenario.jsonl("out.jsonl").is_empty());
+    let dead = scenario.jsonl("dead.jsonl");
+    assert_eq!(dead.len(), 8, "{dead:#?}");
+    let error = |d: &Value| d["error"].as_str().unwrap().to_string();
+    let timed_out = dead
+        .iter()
+        .filter(|d| error(d).starts_with("exceeded its time limit of 300 ms"))
+        .count();
+    let skipped = dead
+        .iter()
+        .filter(|d| {
+            error(d).starts_with("not retried: the module exceeded its time limit on 9 calls")
+        })
+        .count();
+    // 8 records: 2·4 + 1 = 9 time-outs (the batch, halves, quarters, four records alone), and
+    // the last four records are not called again.
+    assert_eq!((timed_out, skipped), (4, 4), "{dead:#?}");
+}
+
+/// A misspelt parameter is refused at load, even by a UDF whose parameter type would silently
+/// ignore it (no `deny_unknown_fields`): it must not keep its default unnoticed.
+#[test]
+fn unknown_params_keys_are_refused_whatever_the_udf_says() {
+    let scenario = Scenario::new();
+    let toml = pipeline_with(&format!("{}/misbehave.wasm", modules().display())).replace(
+        "params = { stamp = \"passed\" }",
+        "params = { stamp = \"passed\", stmap = 1 }",
+    );
+    let errors = scenario.validate_errors(&toml);
+    assert!(errors.contains("`operators.probe.params`"), "{errors}");
+    assert!(errors.contains("unknown params key `stmap`"), "{errors}");
+}

@@ -11,8 +11,8 @@ pub struct Probe {
     pub action: String,
 }
 
+/// Without `deny_unknown_fields` on purpose: the SDK refuses unknown keys all the same.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Written into every probe that passes, to show typed parameters arrive.
     #[serde(default)]
