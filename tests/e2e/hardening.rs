@@ -3,8 +3,11 @@
 //! output lines, and hostile requests to the admin endpoint. Each one: no crash, no hang,
 //! nothing lost or repeated, and a message that says what was wrong.
 
-use crate::orders_pipeline::{assert_accounted, run_with_summary};
-use crate::support::{Live, Scenario, modules, read_jsonl, text, wait_until, workspace};
+use crate::orders_pipeline::run_with_summary;
+use crate::sandbox::pipeline_with;
+use crate::support::{
+    Live, Scenario, assert_accounted, modules, read_jsonl, text, wait_until, workspace,
+};
 use flumen_sdk::abi::{ABI_VERSION, BINCODE, Describe, OperatorKind, SideOutput};
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -51,29 +54,6 @@ fn encode(describe: &Describe) -> Vec<u8> {
 
 /// `Ok(())` as `init` answers it.
 const INIT_OK: [u8; 4] = [0, 0, 0, 0];
-
-/// A pipeline reading `probes.jsonl` through the module at `module` into `out.jsonl`.
-fn probe_pipeline(module: &str) -> String {
-    format!(
-        r#"
-[pipeline]
-dead_letter = "dead"
-[sources.probes]
-type = "file"
-path = "{{dir}}/probes.jsonl"
-[operators.probe]
-module = "{module}"
-inputs = ["probes"]
-[sinks.out]
-type = "file"
-path = "{{dir}}/out.jsonl"
-inputs = ["probe"]
-[sinks.dead]
-type = "file"
-path = "{{dir}}/dead.jsonl"
-"#
-    )
-}
 
 #[test]
 fn hostile_describe_and_init_replies_are_refused_naming_the_module() {
@@ -133,7 +113,7 @@ fn hostile_describe_and_init_replies_are_refused_naming_the_module() {
     ];
     for (name, wat, expected) in cases {
         let path = scenario.write(name, wat::parse_str(&wat).unwrap());
-        let errors = scenario.validate_errors(&probe_pipeline(&path.display().to_string()));
+        let errors = scenario.validate_errors(&pipeline_with(&path.display().to_string()));
         assert!(errors.contains(name), "{name}: {errors}");
         assert!(
             errors.contains(expected),
@@ -151,7 +131,7 @@ fn a_hostile_module_saved_live_fails_its_reload_and_the_reloader_goes_on() {
     std::fs::copy(modules().join("misbehave.wasm"), &module).unwrap();
     let probes = scenario.path("probes.jsonl");
     std::fs::write(&probes, "{\"id\": 1, \"action\": \"ok\"}\n").unwrap();
-    let toml = scenario.pipeline(&probe_pipeline(&module.display().to_string()).replace(
+    let toml = scenario.pipeline(&pipeline_with(&module.display().to_string()).replace(
         "path = \"{dir}/probes.jsonl\"",
         "path = \"{dir}/probes.jsonl\"\nfollow = true",
     ));
@@ -350,18 +330,8 @@ fn a_map_that_answers_nothing_sends_every_record_to_the_dead_letters() {
     );
     let lines: String = (0..50).map(|i| format!("{{\"n\": {i}}}\n")).collect();
     scenario.write("probes.jsonl", &lines);
-    let pipeline = scenario.pipeline(&probe_pipeline(&module.display().to_string()));
-    let summary = scenario.path("summary.json");
-    let output = scenario.flumen(
-        &[
-            "run",
-            pipeline.to_str().unwrap(),
-            "--summary-json",
-            summary.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(output.status.success(), "{}", text(&output.stderr));
+    let pipeline = scenario.pipeline(&pipeline_with(&module.display().to_string()));
+    scenario.run_accounted(&pipeline);
     let dead = scenario.jsonl("dead.jsonl");
     assert_eq!(dead.len(), 50);
     assert!(dead.iter().all(|d| {
@@ -370,7 +340,6 @@ fn a_map_that_answers_nothing_sends_every_record_to_the_dead_letters() {
             .unwrap()
             .contains("a map emits one record")
     }));
-    assert_accounted(&serde_json::from_slice(&std::fs::read(summary).unwrap()).unwrap());
 }
 
 /// A module that writes a value with a line break, or bytes that are not JSON, for a JSON Lines
@@ -404,7 +373,7 @@ fn a_module_cannot_forge_lines_in_a_json_sink() {
     );
     let module = scenario.write("forger.wasm", wat::parse_str(&wat).unwrap());
     scenario.write("probes.jsonl", "{\"n\": 0}\n{\"n\": 1}\n{\"n\": 2}\n");
-    scenario.run(&probe_pipeline(&module.display().to_string()));
+    scenario.run(&pipeline_with(&module.display().to_string()));
     let out = std::fs::read_to_string(scenario.path("out.jsonl")).unwrap();
     assert_eq!(out, "{\"fine\":true}\n");
     let dead = scenario.jsonl("dead.jsonl");
@@ -426,7 +395,7 @@ fn the_admin_endpoint_bounds_what_a_client_can_hold() {
     let scenario = Scenario::new();
     scenario.write("probes.jsonl", "{\"id\": 1, \"action\": \"ok\"}\n");
     let toml = scenario.pipeline(
-        &probe_pipeline(&modules().join("misbehave.wasm").display().to_string()).replace(
+        &pipeline_with(&modules().join("misbehave.wasm").display().to_string()).replace(
             "path = \"{dir}/probes.jsonl\"",
             "path = \"{dir}/probes.jsonl\"\nfollow = true",
         ),

@@ -374,18 +374,24 @@ fn stages_and_sinks_are_added_and_removed_live() {
     live.wait_for_log("removed operator `score_copy`", 1);
     append(&orders, &third);
     let everything = format!("{first_two}{third}");
-    wait_until(
-        "the third part",
-        || line_count(&scores) >= accepted(&everything),
-        || live.log(),
-    );
-    assert!(live.terminate().success());
+    ends_exact(live, &out, &scores, &everything);
     // The copy saw exactly the orders accepted while it was wired in: the second part's.
     let copies = line_count(&out.join("copies.jsonl"));
     assert_eq!(copies, accepted(&first_two) - accepted(&first));
-    let expected = oracle(&everything);
+}
+
+/// Waits until every order of `everything` is scored, stops the pipeline, and checks that each
+/// non-window sink holds exactly what the spec says for `everything`: nothing lost or repeated.
+fn ends_exact(live: Live, out: &Path, scores: &Path, everything: &str) {
+    wait_until(
+        "the last part",
+        || line_count(scores) >= accepted(everything),
+        || live.log(),
+    );
+    assert!(live.terminate().success());
+    let expected = oracle(everything);
     for name in EXACT_SINKS {
-        assert_same_set(name, sink(&out, name), expected[name].clone());
+        assert_same_set(name, sink(out, name), expected[name].clone());
     }
 }
 
@@ -424,17 +430,7 @@ fn a_source_setting_reload_under_appends_neither_repeats_nor_loses() {
     );
     live.wait_for_log("reloaded:", 2);
     append(&orders, &third);
-    let everything = format!("{first_two}{third}");
-    wait_until(
-        "the third part",
-        || line_count(&scores) >= accepted(&everything),
-        || live.log(),
-    );
-    assert!(live.terminate().success());
-    let expected = oracle(&everything);
-    for name in EXACT_SINKS {
-        assert_same_set(name, sink(&out, name), expected[name].clone());
-    }
+    ends_exact(live, &out, &scores, &format!("{first_two}{third}"));
 }
 
 /// The instance pool is sized from the pipeline and `--parallelism`: at 43 partitions per stage

@@ -3,7 +3,7 @@
 //! and session edges exactly one gap apart, checked sink by sink against an oracle written here
 //! from the spec alone; and the same output sets whatever the parallelism.
 
-use crate::support::{Scenario, assert_same_set, flumen, modules, read_jsonl};
+use crate::support::{Scenario, assert_accounted, assert_same_set, flumen, modules, read_jsonl};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -346,30 +346,6 @@ pub(crate) fn run_with_summary(
         std::fs::read_to_string(&stderr).unwrap_or_default()
     );
     serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap()
-}
-
-/// Asserts that a run's summary accounts for every record, stage by stage: an operator's input
-/// records were produced from, filtered, windowed, late or dead letters; a source's were
-/// passed on or dead letters.
-pub(crate) fn assert_accounted(summary: &Value) {
-    let count = |stage: &Value, key: &str| stage[key].as_u64().unwrap_or(0);
-    for (name, stage) in summary["stages"].as_object().unwrap() {
-        let records_in = count(stage, "records_in");
-        let accounted = match stage["kind"].as_str() {
-            Some("operator") => ["produced", "filtered", "windowed", "late", "dead_letters"]
-                .iter()
-                .map(|k| count(stage, k))
-                .sum(),
-            Some("source") => {
-                stage["outputs"]["main"].as_u64().unwrap() + count(stage, "dead_letters")
-            }
-            _ => records_in,
-        };
-        assert_eq!(
-            records_in, accounted,
-            "stage `{name}` does not add up: {stage}"
-        );
-    }
 }
 
 pub(crate) fn sink(out: &Path, name: &str) -> Vec<Value> {

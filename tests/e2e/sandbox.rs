@@ -6,7 +6,9 @@ use crate::support::{Scenario, modules, sorted};
 use flumen_sdk::abi::{ABI_VERSION, BINCODE, Describe, OperatorKind};
 use serde_json::{Value, json};
 
-fn pipeline_with(module: &str) -> String {
+/// A pipeline reading `probes.jsonl` through the module at `module` into `out.jsonl`, with
+/// dead letters in `dead.jsonl`.
+pub(crate) fn pipeline_with(module: &str) -> String {
     format!(
         r#"
 [pipeline]
@@ -255,7 +257,6 @@ fn host_memory_spent_for_a_module_is_bounded() {
         })
         .collect();
     scenario.write("orders.jsonl", &orders);
-    let summary = scenario.path("summary.json");
     let pipeline = scenario.pipeline(&format!(
         r#"
 [pipeline]
@@ -281,20 +282,7 @@ path = "{{dir}}/dead.jsonl"
 "#,
         modules = modules().display()
     ));
-    let output = scenario.flumen(
-        &[
-            "run",
-            pipeline.to_str().unwrap(),
-            "--summary-json",
-            summary.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        crate::support::text(&output.stderr)
-    );
+    scenario.run_accounted(&pipeline);
     let passed = scenario.jsonl("passed.jsonl").len();
     let dead = scenario.jsonl("dead.jsonl");
     assert!(passed > 10 && passed < 200, "{passed} passed");
@@ -303,9 +291,6 @@ path = "{{dir}}/dead.jsonl"
         dead.iter()
             .all(|d| d["error"].as_str().unwrap().contains("max_state_bytes")),
         "{dead:#?}"
-    );
-    crate::orders_pipeline::assert_accounted(
-        &serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap(),
     );
 
     // Window accumulators count too: one sku per order, a stage limit of 300 bytes.
@@ -325,20 +310,7 @@ path = "{{dir}}/dead.jsonl"
         .replace("key_by = \"order_id\"\nmax_state_bytes = 200", "key_by = \"sku\"\nmax_state_bytes = 300\nwindow = { type = \"tumbling\", size_ms = 60000 }")
         .replace("inputs = [\"dedupe\"]", "inputs = [\"sales\"]");
     std::fs::write(&pipeline, windowed).unwrap();
-    let output = scenario.flumen(
-        &[
-            "run",
-            pipeline.to_str().unwrap(),
-            "--summary-json",
-            summary.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        crate::support::text(&output.stderr)
-    );
+    scenario.run_accounted(&pipeline);
     let sales = scenario.jsonl("passed.jsonl").len();
     let dead = scenario.jsonl("dead.jsonl");
     assert!(sales > 3 && sales < 200, "{sales} windows");
@@ -346,9 +318,6 @@ path = "{{dir}}/dead.jsonl"
     assert!(
         dead.iter()
             .all(|d| d["error"].as_str().unwrap().contains("max_state_bytes"))
-    );
-    crate::orders_pipeline::assert_accounted(
-        &serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap(),
     );
 }
 

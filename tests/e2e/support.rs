@@ -110,9 +110,52 @@ impl Scenario {
         output
     }
 
+    /// `flumen run PIPELINE --summary-json …`, expected to succeed with every record accounted
+    /// for (see [`assert_accounted`]).
+    pub fn run_accounted(&self, pipeline: &Path) {
+        let summary = self.path("summary.json");
+        let output = flumen()
+            .arg("run")
+            .arg(pipeline)
+            .arg("--summary-json")
+            .arg(&summary)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "flumen run failed: {}",
+            text(&output.stderr)
+        );
+        assert_accounted(&serde_json::from_slice(&std::fs::read(summary).unwrap()).unwrap());
+    }
+
     /// The JSON values of a JSON Lines file of this scenario.
     pub fn jsonl(&self, name: &str) -> Vec<Value> {
         read_jsonl(&self.path(name))
+    }
+}
+
+/// Asserts that a run's summary accounts for every record, stage by stage: an operator's input
+/// records were produced from, filtered, windowed, late or dead letters; a source's were
+/// passed on or dead letters.
+pub fn assert_accounted(summary: &Value) {
+    let count = |stage: &Value, key: &str| stage[key].as_u64().unwrap_or(0);
+    for (name, stage) in summary["stages"].as_object().unwrap() {
+        let records_in = count(stage, "records_in");
+        let accounted = match stage["kind"].as_str() {
+            Some("operator") => ["produced", "filtered", "windowed", "late", "dead_letters"]
+                .iter()
+                .map(|k| count(stage, k))
+                .sum(),
+            Some("source") => {
+                stage["outputs"]["main"].as_u64().unwrap() + count(stage, "dead_letters")
+            }
+            _ => records_in,
+        };
+        assert_eq!(
+            records_in, accounted,
+            "stage `{name}` does not add up: {stage}"
+        );
     }
 }
 
