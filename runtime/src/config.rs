@@ -597,7 +597,10 @@ impl Context {
     /// produces a value, never a key, a comment or the end of a string.
     fn paste(self, value: &str) -> Result<String, String> {
         match self {
-            Context::Comment => Ok(value.replace('\n', " ")),
+            Context::Comment => Ok(value
+                .chars()
+                .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
+                .collect()),
             Context::Basic { .. } => {
                 let mut escaped = String::with_capacity(value.len());
                 for c in value.chars() {
@@ -611,14 +614,17 @@ impl Context {
                 Ok(escaped)
             }
             Context::Literal { multiline } => {
+                // A literal string holds no escapes: a quote would end it, and TOML allows no
+                // control character in it but a tab (and, multi-line, line breaks).
+                let control = |c: char| c.is_control() && c != '\t' && (!multiline || c != '\n');
                 let closes = match multiline {
                     true => value.contains("'''"),
-                    false => value.contains('\'') || value.contains('\n'),
-                };
+                    false => value.contains('\''),
+                } || value.chars().any(control);
                 match closes {
                     true => Err(
                         "would end the literal string it is in (it holds a quote or a \
-                                 line break); write it inside \"…\" there"
+                                 control character); write it inside \"…\" there"
                             .into(),
                     ),
                     false => Ok(value.to_string()),
@@ -1428,6 +1434,35 @@ type = "stdout"
         let out = substitute_env("a = \"$$ ${EMPTY:-d} ${EMPTY} $x\"\n", &env, &mut report);
         assert_eq!(out, "a = \"$ d  $x\"\n");
         assert!(report.errors.is_empty());
+    }
+
+    proptest::proptest! {
+        /// Whatever a variable holds, inside a basic string it reads back as itself; inside a
+        /// literal string or bare, it is that value or refused — never another key.
+        #[test]
+        fn any_value_reads_back_as_itself_or_is_refused(value in ".*") {
+            let env = |_: &str| Some(value.clone());
+            for (template, quoted) in [("a = \"${V}\"\n", true), ("a = '${V}'\n", false), ("a = ${V}\n", false)] {
+                let mut report = Report {
+                    file: "f".into(),
+                    text: String::new(),
+                    errors: Vec::new(),
+                };
+                let out = substitute_env(template, &env, &mut report);
+                if quoted {
+                    proptest::prop_assert!(report.errors.is_empty());
+                }
+                if !report.errors.is_empty() {
+                    continue;
+                }
+                let table: toml::Table = toml::from_str(&out)
+                    .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{out:?}: {e}")))?;
+                proptest::prop_assert_eq!(table.len(), 1, "{:?}", out);
+                if template.contains('"') || template.contains('\'') {
+                    proptest::prop_assert_eq!(table["a"].as_str(), Some(value.as_str()));
+                }
+            }
+        }
     }
 
     #[test]
