@@ -125,7 +125,7 @@ impl Buffers {
 /// Decodes a stage's `params` into the UDF's type. A key the type does not read is an error,
 /// whatever the type's serde attributes say: a misspelt parameter must not silently keep its
 /// default.
-fn decode_params<P: DeserializeOwned>(json: &str) -> Result<P, String> {
+pub(crate) fn decode_params<P: DeserializeOwned>(json: &str) -> Result<P, String> {
     let mut unknown = Vec::new();
     let mut deserializer = serde_json::Deserializer::from_str(json);
     let params =

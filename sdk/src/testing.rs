@@ -89,10 +89,10 @@ pub struct Harness<Op: Operator> {
 }
 
 impl<Op: Operator> Harness<Op> {
-    /// Builds the operator from `params`, the stage's `params` table as JSON.
+    /// Builds the operator from `params`, the stage's `params` table as JSON (decoded as the
+    /// runtime decodes them: an unknown key is an error).
     pub fn new(params: Value) -> Result<Self, String> {
-        let params: Op::Params =
-            serde_json::from_value(params).map_err(|e| format!("invalid params: {e}"))?;
+        let params: Op::Params = crate::guest::decode_params(&params.to_string())?;
         Ok(Harness {
             op: Op::new(params)?,
             side_names: Op::side_outputs().into_iter().map(|s| s.name).collect(),
