@@ -10,15 +10,15 @@
 //! must then present as `Authorization: Bearer <token>`.
 
 use crate::reload::Trigger;
+use crate::status::SharedStatus;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Serialize;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Connections served at once; more are closed as soon as they are accepted.
@@ -31,48 +31,6 @@ pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 pub const MAX_HEADER_BYTES: usize = 16 << 10;
 /// The largest request body accepted (none of the endpoints reads one).
 pub const MAX_BODY_BYTES: u64 = 64 << 10;
-
-/// What `GET /status` answers.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Status {
-    pub pipeline: String,
-    pub stages: Vec<StageStatus>,
-    pub last_reload: Option<ReloadOutcome>,
-}
-
-/// One stage in the status.
-#[derive(Debug, Clone, Serialize)]
-pub struct StageStatus {
-    pub name: String,
-    pub kind: &'static str,
-    pub module_hash: Option<String>,
-    pub records_in: u64,
-    pub outputs: std::collections::BTreeMap<String, u64>,
-    pub dead_letters: u64,
-    pub watermark: Option<i64>,
-}
-
-/// The result of the last reload.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReloadOutcome {
-    /// Milliseconds since the Unix epoch.
-    pub at: u128,
-    pub ok: bool,
-    /// What changed, or why nothing did.
-    pub lines: Vec<String>,
-}
-
-impl ReloadOutcome {
-    pub fn now(ok: bool, lines: Vec<String>) -> Self {
-        let at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        ReloadOutcome { at, ok, lines }
-    }
-}
-
-/// Shared between the executor (which fills it), the reloader and the endpoint.
-pub type SharedStatus = Arc<Mutex<Status>>;
 
 /// Where and how the endpoint is served.
 #[derive(Debug, Clone)]

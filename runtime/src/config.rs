@@ -76,6 +76,16 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 impl ConfigErrors {
+    /// One line for a failed reload: `<file>:<line>:<column>: <why>`, the first problem and how
+    /// many more there are.
+    pub fn first_line(&self) -> String {
+        match self.0.split_first() {
+            Some((first, [])) => first.to_string(),
+            Some((first, rest)) => format!("{first} (and {} more problems)", rest.len()),
+            None => "unknown problem".into(),
+        }
+    }
+
     /// One problem with `file` as a whole that is flumen's, not the file's (a caught panic).
     pub fn internal(file: &Path, message: String) -> Self {
         ConfigErrors(vec![ConfigError {

@@ -7,14 +7,15 @@
 //! record becomes a dead letter.
 
 use crate::Prepared;
-use crate::admin::{ReloadOutcome, SharedStatus, StageStatus};
 use crate::config::{ConfigErrors, SinkKind, SourceConfig};
+use crate::dead_letter::DeadLetters;
 use crate::plan::{Consumer, NodeRef, Plan, PortPlan};
 use crate::sandbox::OperatorInstance;
 use crate::sink::{self, FLUSH_INTERVAL, Sink};
 use crate::source::{self, Pull, Source, SourceBatch};
 use crate::stage::Stage;
 use crate::stats::{StageKind, StageStats, Summary};
+use crate::status::{ReloadOutcome, SharedStatus, StageStatus};
 use crate::window::BoundedOutOfOrderness;
 use flumen_sdk::abi::{Encoding, OutputEntry, OutputReader};
 use std::collections::VecDeque;
@@ -25,38 +26,6 @@ use std::time::{Duration, Instant};
 
 /// How long to wait before polling sources again when none has anything.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
-
-/// A record a stage failed on, as the dead-letter sink writes it.
-#[derive(serde::Serialize)]
-struct DeadLetter<'a> {
-    stage: &'a str,
-    error: &'a str,
-    raw: std::borrow::Cow<'a, str>,
-}
-
-/// Dead letters waiting to be written: JSON objects `{"stage", "error", "raw"}`.
-#[derive(Default)]
-pub(crate) struct DeadLetters {
-    lines: Vec<Vec<u8>>,
-}
-
-impl DeadLetters {
-    /// Moves `other`'s letters to the end of these.
-    pub(crate) fn append(&mut self, other: &mut DeadLetters) {
-        self.lines.append(&mut other.lines);
-    }
-
-    pub(crate) fn push(&mut self, stage: &str, error: &str, raw: &[u8]) {
-        let letter = DeadLetter {
-            stage,
-            error,
-            raw: String::from_utf8_lossy(raw),
-        };
-        // Serializing plain strings cannot fail.
-        self.lines
-            .push(serde_json::to_vec(&letter).unwrap_or_default());
-    }
-}
 
 /// A batch waiting for a stage: output-entry framing, which key of its entries is the stage's,
 /// and how its values are encoded.
@@ -446,7 +415,7 @@ impl Pipeline {
                         self.record_reload(ReloadOutcome::now(true, changes));
                     }
                     Err(errors) => {
-                        let line = crate::reload::failure_line(&errors);
+                        let line = errors.first_line();
                         tracing::error!("reload failed: {line}");
                         self.record_reload(ReloadOutcome::now(false, vec![line]));
                     }

@@ -7,7 +7,9 @@
 
 pub mod admin;
 pub mod config;
+mod dead_letter;
 pub mod executor;
+mod failure;
 pub mod generator;
 mod native;
 pub mod plan;
@@ -18,6 +20,7 @@ pub mod sink;
 pub mod source;
 mod stage;
 pub mod stats;
+pub mod status;
 pub mod toolchain;
 pub mod window;
 

@@ -156,7 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let files = flumen::reload::watched_files(&pipeline, &prepared);
             let status = admin.as_ref().map(|_| {
-                Arc::new(std::sync::Mutex::new(flumen::admin::Status {
+                Arc::new(std::sync::Mutex::new(flumen::status::Status {
                     pipeline: pipeline.display().to_string(),
                     ..Default::default()
                 }))

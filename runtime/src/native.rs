@@ -4,7 +4,7 @@
 //! sandbox: no memory cap, no deadline, and a UDF that aborts takes the process down; a panic is
 //! caught and reported like a trap.
 
-use crate::sandbox::GuestFailure;
+use crate::failure::{GuestFailure, panic_failure};
 use flumen_sdk::abi::native as codes;
 use std::ffi::c_void;
 use std::path::Path;
@@ -102,9 +102,7 @@ impl NativeGuest {
         };
         match status {
             codes::OK => Ok(reply),
-            _ => Err(GuestFailure(crate::sandbox::panic_failure(
-                &String::from_utf8_lossy(reply),
-            ))),
+            _ => Err(GuestFailure(panic_failure(&String::from_utf8_lossy(reply)))),
         }
     }
 }

@@ -5,9 +5,9 @@
 //! batch boundary ([`crate::executor::Pipeline::apply`]). A version that does not load leaves the
 //! running pipeline alone and says why in one line.
 
-use crate::admin::{ReloadOutcome, SharedStatus};
 use crate::config::ConfigErrors;
 use crate::sandbox::Sandbox;
+use crate::status::{ReloadOutcome, SharedStatus};
 use crate::{Options, Prepared};
 use notify::{RecursiveMode, Watcher};
 use std::collections::BTreeSet;
@@ -26,16 +26,6 @@ pub enum Trigger {
     FileChanged,
     /// SIGHUP, or the admin endpoint.
     Asked,
-}
-
-/// One line for a failed reload: `<file>:<line>:<column>: <why>`, the first problem and how many
-/// more there are.
-pub fn failure_line(errors: &ConfigErrors) -> String {
-    match errors.0.split_first() {
-        Some((first, [])) => first.to_string(),
-        Some((first, rest)) => format!("{first} (and {} more problems)", rest.len()),
-        None => "unknown problem".into(),
-    }
 }
 
 /// The files a pipeline depends on: the pipeline file and its modules.
@@ -119,7 +109,7 @@ pub fn spawn(
                         }
                     }
                     Err(errors) => {
-                        let line = failure_line(&errors);
+                        let line = errors.first_line();
                         tracing::error!("reload failed: {line}");
                         if let Some(Ok(mut status)) = status.as_ref().map(|s| s.lock()) {
                             status.last_reload = Some(ReloadOutcome::now(false, vec![line]));

@@ -6,6 +6,8 @@
 //! trap (a panic, an out-of-memory, a deadline) is reported as a [`GuestFailure`] for the caller
 //! to recover from, never as a crash.
 
+pub use crate::failure::GuestFailure;
+use crate::failure::{TIMEOUT, panic_failure};
 use crate::native::{NativeGuest, NativeLibrary};
 use flumen_sdk::abi::{self, ABI_VERSION, Describe, InitRequest, PortSpec, imports};
 use std::path::{Path, PathBuf};
@@ -77,26 +79,6 @@ pub enum ModuleError {
          start from the pipeline's stages and partitions, so restart it to run this many"
     )]
     Capacity(String),
-}
-
-/// A guest call that did not complete: what to tell the dead letters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GuestFailure(pub String);
-
-/// How a time-out failure starts (see [`GuestFailure::is_timeout`]).
-const TIMEOUT: &str = "exceeded its time limit of ";
-
-impl GuestFailure {
-    /// Whether the call ran out of time (rather than trapping, which is instant).
-    pub fn is_timeout(&self) -> bool {
-        self.0.starts_with(TIMEOUT)
-    }
-}
-
-impl std::fmt::Display for GuestFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 /// The host state of one store.
@@ -696,13 +678,6 @@ impl WasmGuest {
                 ))
             })
     }
-}
-
-/// A guest's panic message as a failure: `panicked at …` once, whether or not the guest's own
-/// message already starts so (Rust's panic messages do).
-pub(crate) fn panic_failure(message: &str) -> String {
-    let message = message.strip_prefix("panicked at ").unwrap_or(message);
-    format!("panicked at {message}")
 }
 
 /// What a failed call tells the user: the guest's panic message, the limit it hit, or the trap.

@@ -8,7 +8,7 @@
 //! poison record changes nothing and loses nothing but itself.
 
 use crate::config::{OnStateChange, OperatorConfig, StageLimits};
-use crate::executor::DeadLetters;
+use crate::dead_letter::DeadLetters;
 use crate::plan::OperatorPlan;
 use crate::sandbox::{GuestFailure, OperatorInstance};
 use crate::stats::{StageKind, StageStats};
