@@ -58,17 +58,18 @@ pub fn serve(
     reload: Sender<Trigger>,
 ) -> anyhow::Result<SocketAddr> {
     let address = &config.address;
+    let token = config.token.as_deref().filter(|t| !t.is_empty());
+    // Checked before binding: an address off loopback is never listened on without a token.
+    if token.is_none() && !is_loopback(address)? {
+        anyhow::bail!(
+            "refusing to serve the admin endpoint on {address} without a token: anyone who \
+             reaches it could reload the pipeline; give one with --admin-token or \
+             FLUMEN_ADMIN_TOKEN, or bind to 127.0.0.1"
+        );
+    }
     let listener = TcpListener::bind(address)
         .map_err(|e| anyhow::anyhow!("cannot serve the admin endpoint on {address}: {e}"))?;
     let bound = listener.local_addr()?;
-    let token = config.token.as_deref().filter(|t| !t.is_empty());
-    if !bound.ip().is_loopback() && token.is_none() {
-        anyhow::bail!(
-            "refusing to serve the admin endpoint on {bound} without a token: anyone who reaches \
-             it could reload the pipeline; give one with --admin-token or FLUMEN_ADMIN_TOKEN, or \
-             bind to 127.0.0.1"
-        );
-    }
     if !bound.ip().is_loopback() {
         tracing::warn!(address = %bound, "admin endpoint off loopback: the token travels in plain HTTP");
     }
@@ -93,6 +94,16 @@ pub fn serve(
         })?;
     tracing::info!(address = %bound, "admin endpoint: GET /status, POST /reload");
     Ok(bound)
+}
+
+/// Whether every address `address` names is a loopback one.
+fn is_loopback(address: &str) -> anyhow::Result<bool> {
+    use std::net::ToSocketAddrs;
+    let resolved: Vec<SocketAddr> = address
+        .to_socket_addrs()
+        .map_err(|e| anyhow::anyhow!("cannot serve the admin endpoint on {address}: {e}"))?
+        .collect();
+    Ok(!resolved.is_empty() && resolved.iter().all(|a| a.ip().is_loopback()))
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -240,7 +251,11 @@ mod tests {
     fn an_address_off_loopback_needs_a_token() {
         let error = serve_on("0.0.0.0:0", None).unwrap_err().to_string();
         assert!(error.contains("without a token"), "{error}");
-        assert!(serve_on("0.0.0.0:0", Some("s3cret")).is_ok());
+        assert!(!is_loopback("0.0.0.0:9090").unwrap());
+        assert!(!is_loopback("192.0.2.1:9090").unwrap());
+        assert!(is_loopback("localhost:9090").unwrap());
+        assert!(is_loopback("[::1]:9090").unwrap());
         assert!(serve_on("127.0.0.1:0", None).is_ok());
+        assert!(serve_on("127.0.0.1:0", Some("s3cret")).is_ok());
     }
 }
