@@ -309,18 +309,22 @@ impl<Op: Operator> GuestRunner for Runner<Op> {
     }
 
     fn merge(&mut self, _: usize) -> &[u8] {
-        not_an_aggregate(&mut self.buffers.output)
+        refuse(&mut self.buffers.output, "this module is not an aggregate")
     }
 
     fn finish(&mut self, _: usize) -> &[u8] {
-        not_an_aggregate(&mut self.buffers.output)
+        refuse(&mut self.buffers.output, "this module is not an aggregate")
+    }
+
+    fn refuse(&mut self, why: &str) -> &[u8] {
+        refuse(&mut self.buffers.output, why)
     }
 }
 
-/// The answer of an operator's module to an aggregate's call.
-fn not_an_aggregate(output: &mut OutputWriter) -> &[u8] {
+/// An answer failing the whole call with `why`.
+fn refuse<'a>(output: &'a mut OutputWriter, why: &str) -> &'a [u8] {
     output.clear();
-    output.error(u32::MAX, "this module is not an aggregate", b"");
+    output.error(u32::MAX, why, b"");
     output.as_bytes()
 }
 
@@ -376,6 +380,10 @@ impl<A: Aggregate> AggregateRunner<A> {
 }
 
 impl<A: Aggregate> GuestRunner for AggregateRunner<A> {
+    fn refuse(&mut self, why: &str) -> &[u8] {
+        refuse(&mut self.buffers.output, why)
+    }
+
     /// A buffer of `len` bytes for the next request.
     fn input_buffer(&mut self, len: usize) -> &mut [u8] {
         self.buffers.input_buffer(len)
@@ -609,6 +617,8 @@ pub trait GuestRunner: Default + 'static {
     fn merge(&mut self, len: usize) -> &[u8];
     fn finish(&mut self, len: usize) -> &[u8];
     fn to_json(&mut self, len: usize) -> &[u8];
+    /// Fails a call it cannot answer, saying why.
+    fn refuse(&mut self, why: &str) -> &[u8];
 
     /// The native form of a call: by code (see [`abi::native`]), on a request.
     fn native_call(&mut self, call: u32, request: &[u8]) -> &[u8] {
@@ -623,7 +633,8 @@ pub trait GuestRunner: Default + 'static {
             native::PROCESS => self.process(len),
             native::MERGE => self.merge(len),
             native::FINISH => self.finish(len),
-            _ => self.to_json(len),
+            native::TO_JSON => self.to_json(len),
+            other => self.refuse(&format!("unknown call code {other}")),
         }
     }
 }
@@ -836,4 +847,62 @@ macro_rules! __export_runner {
         }
         $crate::__export_native!($runner);
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::{OutputReader, native};
+    use crate::state::NoState;
+
+    struct Double;
+
+    impl Operator for Double {
+        type Input = i64;
+        type Output = i64;
+        type Params = crate::NoParams;
+        type State = NoState;
+        const KIND: OperatorKind = OperatorKind::Map;
+
+        fn side_outputs() -> Vec<abi::SideOutput> {
+            Vec::new()
+        }
+        fn new(_: Self::Params) -> Result<Self, String> {
+            Ok(Double)
+        }
+        fn process(
+            &mut self,
+            i: i64,
+            _: &mut NoState,
+            out: &mut Outputs<'_>,
+        ) -> Result<(), String> {
+            out.emit_main(&(i * 2));
+            Ok(())
+        }
+    }
+
+    fn whole_call_error(reply: &[u8]) -> String {
+        match OutputReader::new(reply).next() {
+            Some(Ok(abi::OutputEntry::Error {
+                input_index: u32::MAX,
+                message,
+                ..
+            })) => message.to_string(),
+            other => panic!("not a whole-call error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_calls_and_calls_before_init_are_refused() {
+        let mut runner = Runner::<Double>::default();
+        assert_eq!(
+            whole_call_error(runner.native_call(99, &[])),
+            "unknown call code 99"
+        );
+        assert_eq!(
+            whole_call_error(runner.native_call(native::MERGE, &[])),
+            "this module is not an aggregate"
+        );
+        assert!(whole_call_error(runner.native_call(native::PROCESS, &[])).contains("before init"));
+    }
 }
