@@ -246,6 +246,28 @@ fn host_memory_spent_for_a_module_is_bounded() {
             .contains("max_record_output_bytes")
     );
 
+    // Per call: three floods of 100 000 bytes pass a 250 000-byte call limit once the batch is
+    // halved; under a 50 000-byte one, each flood alone is too much and is a dead letter.
+    let floods: Vec<String> = (0..3)
+        .map(|id| json!({"id": id, "action": "flood"}).to_string())
+        .collect();
+    scenario.write("probes.jsonl", floods.join("\n"));
+    for (limit, passed) in [(250_000, 3), (50_000, 0)] {
+        scenario.run(
+            &pipeline_with(&format!("{}/misbehave.wasm", modules().display())).replace(
+                "memory_limit_mib = 16",
+                &format!("memory_limit_mib = 16\nmax_output_bytes = {limit}"),
+            ),
+        );
+        assert_eq!(scenario.jsonl("out.jsonl").len(), passed, "limit {limit}");
+        let dead = scenario.jsonl("dead.jsonl");
+        assert_eq!(dead.len(), 3 - passed, "limit {limit}");
+        assert!(
+            dead.iter()
+                .all(|d| d["error"].as_str().unwrap().contains("max_output_bytes"))
+        );
+    }
+
     // dedupe keeps one small entry per order id: a stage limit of 200 bytes holds a few
     // dozen ids; the orders past it are dead letters and leave the state as it was.
     let orders: String = (0..200)
