@@ -266,8 +266,7 @@ impl Pipeline {
                         .unwrap_or_else(|| unreachable!("a kept source is taken once"));
                     // Same input: its place is kept, its settings are the new ones, and its
                     // consumers may key it differently now.
-                    let old = &self.plan.sources[at].config;
-                    if old.name != plan.config.name || old != &plan.config {
+                    if self.plan.sources[at].config != plan.config {
                         log.push(format!(
                             "retuned source `{}`, keeping its place in its input",
                             plan.config.name

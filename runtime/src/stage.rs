@@ -4,7 +4,7 @@
 //!
 //! Per key, records are processed in arrival order: a key always hashes to the same partition,
 //! and a partition processes its records in order. State changes returned by the guest are
-//! applied only when the whole call succeeded; a failed call is retried record by record, so a
+//! applied only when the whole call succeeded; a failed call is retried in halves, so a
 //! poison record changes nothing and loses nothing but itself.
 
 use crate::config::{OnStateChange, OperatorConfig, StageLimits};
@@ -119,9 +119,15 @@ struct Ctx<'a> {
     behaviour: Behaviour,
     /// How the values of the step's records are encoded.
     encoding: Encoding,
+    rules: Rules,
+}
+
+/// What a stage's module may do and must answer, fixed when the stage is built.
+#[derive(Clone, Copy)]
+struct Rules {
     kind: OperatorKind,
     limits: StageLimits,
-    /// The most state bytes one partition may keep.
+    /// The most state bytes one partition may keep (the stage's limit split evenly).
     max_partition_state: usize,
 }
 
@@ -199,7 +205,7 @@ pub(crate) struct Stage {
     config: OperatorConfig,
     module_hash: String,
     state_type: Option<String>,
-    kind: OperatorKind,
+    rules: Rules,
 }
 
 impl Stage {
@@ -261,7 +267,11 @@ impl Stage {
             config: plan.config.clone(),
             module_hash: module_hash.to_string(),
             state_type: plan.describe.state_type.clone(),
-            kind: plan.describe.kind,
+            rules: Rules {
+                kind: plan.describe.kind,
+                limits: plan.config.limits,
+                max_partition_state: plan.config.limits.max_state_bytes / plan.partitions.max(1),
+            },
         }
     }
 
@@ -445,9 +455,7 @@ impl Stage {
             guest_ports: self.guest_ports,
             behaviour: self.behaviour,
             encoding,
-            kind: self.kind,
-            limits: self.config.limits,
-            max_partition_state: self.config.limits.max_state_bytes / self.partitions.len().max(1),
+            rules: self.rules,
         };
         let busy = records.iter().filter(|r| !r.is_empty()).count();
         // Handing a partition to a worker thread costs some microseconds: worth it only when
@@ -574,10 +582,7 @@ impl Stage {
                     guest_ports: self.guest_ports,
                     behaviour: self.behaviour,
                     encoding: Encoding::Bincode,
-                    kind: self.kind,
-                    limits: self.config.limits,
-                    max_partition_state: self.config.limits.max_state_bytes
-                        / self.partitions.len().max(1),
+                    rules: self.rules,
                 };
                 let work = self.partitions.iter_mut().zip(per_partition).zip(&ranks);
                 if ranks.iter().filter(|r| !r.is_empty()).count() > 1 {
@@ -597,7 +602,7 @@ impl Stage {
 
 impl Partition {
     /// Runs the partition over `records` (the positions of which in the stage's input are
-    /// `globals`); if the call fails, record by record.
+    /// `globals`); if the call fails, in halves (see [`Partition::bisect`]).
     fn run(&mut self, ctx: &Ctx, records: &[RecordRef], globals: &[u64]) {
         if records.is_empty() {
             return;
@@ -684,7 +689,7 @@ impl Partition {
     fn account(&mut self, ctx: &Ctx, records: &[RecordRef], globals: &[u64], flags: &[u8]) {
         for (i, &flag) in flags.iter().enumerate() {
             match flag {
-                0 if ctx.kind == OperatorKind::Map => {
+                0 if ctx.rules.kind == OperatorKind::Map => {
                     let global = globals.get(i).copied().unwrap_or(u64::MAX);
                     if let Some(record) = records.get(i) {
                         self.dead_letter(
@@ -798,13 +803,11 @@ impl Partition {
         )?;
         // The state the call leaves, measured before anything is applied.
         let mut bytes = self.state_bytes as i64;
-        for entry in OutputReader::new(output).flatten() {
-            if let OutputEntry::State { slot, value } = entry {
-                let key = slot_keys[slot as usize];
-                let old = self.state.get(key).map_or(0, |e| key.len() + e.value.len());
-                let new = value.map_or(0, |v| key.len() + v.len());
-                bytes += new as i64 - old as i64;
-            }
+        for &(slot, len) in &checked.states {
+            let key = slot_keys[slot as usize];
+            let old = self.state.get(key).map_or(0, |e| key.len() + e.value.len());
+            let new = len.map_or(0, |len| key.len() + len);
+            bytes += new as i64 - old as i64;
         }
         self.state_bytes = within_state_limit(ctx, bytes)?;
         let state = &mut self.state;
@@ -911,20 +914,16 @@ impl Partition {
             let checked = check(output, Expect::of(ctx, 0, slots.len(), rebuilt.len()))?;
             // The accumulators the call leaves, measured before anything is applied.
             let mut bytes = self.state_bytes as i64;
-            for entry in OutputReader::new(output).flatten() {
-                if let OutputEntry::State {
-                    slot,
-                    value: Some(acc),
-                } = entry
-                {
-                    let (window, key) = slot_windows[slot as usize];
-                    let old = self
-                        .windows
-                        .get(&window.end)
-                        .and_then(|keyed| keyed.get(key))
-                        .map_or(0, |w| key.len() + w.acc.len());
-                    bytes += (key.len() + acc.len()) as i64 - old as i64;
-                }
+            for &(slot, len) in &checked.states {
+                // A cleared accumulator is left as it was (see the apply below).
+                let Some(len) = len else { continue };
+                let (window, key) = slot_windows[slot as usize];
+                let old = self
+                    .windows
+                    .get(&window.end)
+                    .and_then(|keyed| keyed.get(key))
+                    .map_or(0, |w| key.len() + w.acc.len());
+                bytes += (key.len() + len) as i64 - old as i64;
             }
             self.state_bytes = within_state_limit(ctx, bytes)?;
             self.counts.windowed +=
@@ -1508,10 +1507,10 @@ fn take_due(
 
 /// `bytes` of state in a partition, if that is within the stage's limit.
 fn within_state_limit(ctx: &Ctx, bytes: i64) -> Result<usize, GuestFailure> {
-    if bytes > ctx.max_partition_state as i64 {
+    if bytes > ctx.rules.max_partition_state as i64 {
         return Err(GuestFailure(format!(
             "the stage's state would grow past max_state_bytes ({} bytes)",
-            ctx.limits.max_state_bytes
+            ctx.rules.limits.max_state_bytes
         )));
     }
     Ok(bytes.max(0) as usize)
@@ -1565,6 +1564,9 @@ struct Checked {
     records: u64,
     /// Per input record: [`EMITTED`] if it led to a record, [`FAILED`] if to an error entry.
     inputs: Vec<u8>,
+    /// Each state entry's slot and the length of its new value (`None`: cleared), so the state
+    /// limits are checked without reading the output again.
+    states: Vec<(u32, Option<usize>)>,
 }
 
 const EMITTED: u8 = 1;
@@ -1590,7 +1592,7 @@ struct Expect {
 impl Expect {
     /// What a call of `ctx`'s stage on `inputs` records may return.
     fn of(ctx: &Ctx, ports: usize, slots: usize, inputs: usize) -> Self {
-        let limits = ctx.limits;
+        let limits = ctx.rules.limits;
         Expect {
             ports,
             slots,
@@ -1617,6 +1619,7 @@ fn check(output: &[u8], expect: Expect) -> Result<Checked, GuestFailure> {
         single_port: None,
         records: 0,
         inputs: vec![0; expect.inputs],
+        states: Vec::new(),
     };
     let mut mixed = false;
     // Bytes of records per input, counted only when one input could be over its limit.
@@ -1671,6 +1674,7 @@ fn check(output: &[u8], expect: Expect) -> Result<Checked, GuestFailure> {
                         expect.max_state
                     )));
                 }
+                checked.states.push((slot, value.map(<[u8]>::len)));
                 mixed = true;
                 continue;
             }

@@ -410,12 +410,7 @@ fn the_admin_endpoint_bounds_what_a_client_can_hold() {
         text(&refused.stderr)
     );
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let address = format!("127.0.0.1:{port}");
+    let address = crate::support::free_loopback_address();
     let live = Live::start(
         &[toml, "--admin", &address],
         &[("FLUMEN_ADMIN_TOKEN", "s3cret".as_ref())],

@@ -282,12 +282,7 @@ fn the_admin_endpoint_reports_and_reloads() {
     std::fs::write(&orders, input(&scenario, "500", "3")).unwrap();
     let toml = scenario.path("pipeline.toml");
     std::fs::write(&toml, pipeline_copy()).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let address = format!("127.0.0.1:{port}");
+    let address = crate::support::free_loopback_address();
     let out = scenario.path("out");
     let live = Live::start(
         &[toml.to_str().unwrap(), "--admin", &address],

@@ -265,6 +265,12 @@ impl Drop for Live {
     }
 }
 
+/// `127.0.0.1:PORT` with a port free right now, for an admin endpoint.
+pub fn free_loopback_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("127.0.0.1:{}", listener.local_addr().unwrap().port())
+}
+
 /// Polls `done` until it holds; after a minute, fails with `what` and `context()`.
 pub fn wait_until(what: &str, mut done: impl FnMut() -> bool, context: impl Fn() -> String) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
