@@ -3,7 +3,7 @@
 //! Run: `make udfs && cargo bench -p flumen --bench hot_paths`.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use flumen::sandbox::{InstanceConfig, Limits, OperatorInstance, Sandbox};
+use flumen::guest::{Guest, InstanceConfig, Limits, OperatorInstance, Sandbox};
 use flumen::source::SourceBatch;
 use flumen::window::{Bounds, WindowSpec};
 use flumen_sdk::abi::{BINCODE, BatchWriter, Encoding, PortSpec};

@@ -7,7 +7,7 @@
 //! load).
 
 use flumen::executor::Pipeline;
-use flumen::sandbox::Sandbox;
+use flumen::guest::Sandbox;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, mpsc};

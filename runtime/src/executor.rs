@@ -9,8 +9,8 @@
 use crate::Prepared;
 use crate::config::{ConfigErrors, SinkKind, SourceConfig};
 use crate::dead_letter::DeadLetters;
+use crate::guest::{Guest, OperatorInstance};
 use crate::plan::{Consumer, NodeRef, Plan, PortPlan};
-use crate::sandbox::OperatorInstance;
 use crate::sink::{self, FLUSH_INTERVAL, Sink};
 use crate::source::{self, Pull, Source, SourceBatch};
 use crate::stage::Stage;
@@ -127,7 +127,7 @@ impl Pipeline {
         let stages: Vec<Stage> = instances
             .into_iter()
             .zip(&plan.operators)
-            .map(|(instances, op)| Stage::new(op, instances))
+            .map(|(instances, op)| Stage::new(op, boxed(instances)))
             .collect();
         let upstream = upstream_of(&plan);
         let sources = plan
@@ -179,7 +179,7 @@ impl Pipeline {
         } = new;
         let hash_of = |i: &Vec<OperatorInstance>| {
             i.first()
-                .map(|i| i.module().hash.clone())
+                .map(|i| i.module_hash().to_string())
                 .unwrap_or_default()
         };
         let mut errors = Vec::new();
@@ -359,7 +359,7 @@ impl Pipeline {
             let stage = match old {
                 Some(old) if old.is_same_as(op, &hash) => old,
                 Some(old) => {
-                    let mut stage = Stage::new(op, partitions);
+                    let mut stage = Stage::new(op, boxed(partitions));
                     let kept = stage.adopt(old);
                     swapped.push(format!(
                         "swapped operator `{name}` (module {}, state {})",
@@ -370,7 +370,7 @@ impl Pipeline {
                 }
                 None => {
                     log.push(format!("added operator `{name}`"));
-                    Stage::new(op, partitions)
+                    Stage::new(op, boxed(partitions))
                 }
             };
             self.stages.push(stage);
@@ -697,4 +697,12 @@ fn upstream_of(plan: &Plan) -> Vec<Vec<NodeRef>> {
         }
     }
     upstream
+}
+
+/// Instances as the guests of a stage.
+fn boxed(instances: Vec<OperatorInstance>) -> Vec<Box<dyn Guest>> {
+    instances
+        .into_iter()
+        .map(|i| Box::new(i) as Box<dyn Guest>)
+        .collect()
 }

@@ -1,7 +1,7 @@
 //! flumen: a stream runtime whose operators are Rust functions compiled to WebAssembly.
 //!
 //! The control plane is `load → validate → plan → build → run`: [`config`] parses and checks the
-//! pipeline file, [`sandbox`] loads each module and asks it what it is, [`plan`] wires and
+//! pipeline file, [`guest`] loads each module and asks it what it is, [`plan`] wires and
 //! type-checks the graph, [`prepare`] initialises every operator, and [`executor`] runs it. See
 //! ARCHITECTURE.md for the whole map.
 
@@ -9,16 +9,15 @@ pub mod admin;
 pub mod config;
 mod dead_letter;
 pub mod executor;
-mod failure;
 pub mod generator;
-mod native;
+pub mod guest;
 pub mod plan;
 pub mod reload;
-pub mod sandbox;
 pub mod shape;
 pub mod sink;
 pub mod source;
 mod stage;
+mod state;
 pub mod stats;
 pub mod status;
 pub mod toolchain;
@@ -26,7 +25,7 @@ pub mod window;
 
 use config::{ConfigError, ConfigErrors, PipelineConfig};
 use flumen_sdk::abi::PortSpec;
-use sandbox::{InstanceConfig, Limits, ModuleError, OperatorInstance, Sandbox};
+use guest::{InstanceConfig, Limits, ModuleError, OperatorInstance, Sandbox};
 use std::collections::BTreeMap;
 use std::path::Path;
 

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use flumen::executor::Pipeline;
 use flumen::generator::OrderGenerator;
-use flumen::sandbox::Sandbox;
+use flumen::guest::Sandbox;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;

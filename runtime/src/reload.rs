@@ -6,7 +6,7 @@
 //! running pipeline alone and says why in one line.
 
 use crate::config::ConfigErrors;
-use crate::sandbox::Sandbox;
+use crate::guest::Sandbox;
 use crate::status::{ReloadOutcome, SharedStatus};
 use crate::{Options, Prepared};
 use notify::{RecursiveMode, Watcher};

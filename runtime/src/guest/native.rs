@@ -4,7 +4,7 @@
 //! sandbox: no memory cap, no deadline, and a UDF that aborts takes the process down; a panic is
 //! caught and reported like a trap.
 
-use crate::failure::{GuestFailure, panic_failure};
+use super::failure::{GuestFailure, panic_failure};
 use flumen_sdk::abi::native as codes;
 use std::ffi::c_void;
 use std::path::Path;

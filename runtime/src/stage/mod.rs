@@ -1,0 +1,497 @@
+//! One operator stage at run time: its partitions (each a guest with its share of the keys and
+//! their host-owned state), what the stage has emitted but not yet handed downstream, and its
+//! watermark.
+//!
+//! Per key, records are processed in arrival order: a key always hashes to the same partition,
+//! and a partition processes its records in order. State changes returned by the guest are
+//! applied only when the whole call succeeded; a failed call is retried in halves, so a
+//! poison record changes nothing and loses nothing but itself.
+//!
+//! - this file: routing a batch to partitions, the worker pool, the ordered merge of the
+//!   partitions' outputs, watermarks and firing, reload adoption;
+//! - `partition`: one partition's step — retries, accounting, late records, window results;
+//! - `keyed`, `windows`, `sessions`: the step of each kind of stateful stage;
+//! - `output`: checking a guest's reply and applying it.
+
+mod keyed;
+mod output;
+mod partition;
+mod sessions;
+#[cfg(test)]
+mod tests;
+mod windows;
+
+use crate::config::{OnStateChange, OperatorConfig, StageLimits};
+use crate::dead_letter::DeadLetters;
+use crate::guest::Guest;
+use crate::plan::OperatorPlan;
+use crate::state::keyed::KeyedStore;
+use crate::state::sessions::SessionStore;
+use crate::state::windows::WindowStore;
+use crate::state::{Bytes, Fired, Store, partition_of};
+use crate::stats::{StageKind, StageStats};
+use crate::window::{Bounds, WindowSpec};
+use flumen_sdk::abi::{
+    Encoding, OperatorKind, OutputEntry, OutputReader, OutputWriter, RecordRef, SlotRefs,
+};
+use partition::Partition;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// The shortest step (expected, in nanoseconds) whose partitions run on worker threads.
+const PARALLEL_STEP_NS: f64 = 300_000.0;
+
+/// What a partition reads of its stage during a step.
+struct Ctx<'a> {
+    name: &'a str,
+    watermark: i64,
+    guest_ports: usize,
+    behaviour: Behaviour,
+    /// How the values of the step's records are encoded.
+    encoding: Encoding,
+    rules: Rules,
+}
+
+impl Ctx<'_> {
+    /// What a call of this stage with `ports` ports and `slots` state slots on `inputs` records
+    /// may return.
+    fn expect(&self, ports: usize, slots: usize, inputs: usize) -> output::Expect {
+        output::Expect::of(self.rules.limits, ports, slots, inputs)
+    }
+}
+
+/// What a stage's module may do and must answer, fixed when the stage is built.
+#[derive(Clone, Copy)]
+struct Rules {
+    kind: OperatorKind,
+    limits: StageLimits,
+    /// The most state bytes one partition may keep (the stage's limit split evenly).
+    max_partition_state: usize,
+}
+
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Stateless,
+    Keyed { ttl: Option<i64> },
+    Window { spec: WindowSpec, lateness: i64 },
+}
+
+/// One operator stage.
+pub(crate) struct Stage {
+    pub name: String,
+    behaviour: Behaviour,
+    partitions: Vec<Partition>,
+    /// The stage's current watermark.
+    pub watermark: i64,
+    pub stats: StageStats,
+    guest_ports: usize,
+    last_sweep: i64,
+    /// With several partitions: what the stage emitted, per port, merged in order from the
+    /// partitions' pending records (`order` is the merge's buffer).
+    outputs: Vec<OutputWriter>,
+    order: Vec<(u64, usize, u16, usize, usize)>,
+    /// Positions of the input records of the last step that went to the dead letters.
+    failed: Vec<u64>,
+    /// What a record has cost this stage, on average over recent sequential steps.
+    ns_per_record: f64,
+    /// What the stage was built from, to tell on reload whether it changed.
+    config: OperatorConfig,
+    module_hash: String,
+    state_type: Option<String>,
+    rules: Rules,
+}
+
+impl Stage {
+    /// A stage running `guests` (one per partition) as `plan` says.
+    pub fn new(plan: &OperatorPlan, guests: Vec<Box<dyn Guest>>) -> Self {
+        let module_hash = guests
+            .first()
+            .map(|g| g.module_hash().to_string())
+            .unwrap_or_default();
+        let behaviour = match (plan.describe.kind, plan.config.window) {
+            (OperatorKind::Aggregate, Some(spec)) => Behaviour::Window {
+                spec,
+                lateness: plan.config.allowed_lateness_ms,
+            },
+            (OperatorKind::Process, _) => Behaviour::Keyed {
+                ttl: plan.config.state_ttl_ms,
+            },
+            _ => Behaviour::Stateless,
+        };
+        let ports: Vec<&str> = plan.ports.iter().map(|p| p.name.as_str()).collect();
+        let writers = || plan.ports.iter().map(|_| OutputWriter::default()).collect();
+        Stage {
+            name: plan.config.name.clone(),
+            behaviour,
+            partitions: guests
+                .into_iter()
+                .map(|guest| Partition::new(guest, writers(), plan.partitions == 1))
+                .collect(),
+            watermark: i64::MIN,
+            stats: StageStats::new(&plan.config.name, StageKind::Operator, &ports),
+            guest_ports: plan.guest_ports().len(),
+            last_sweep: i64::MIN,
+            outputs: writers(),
+            order: Vec::new(),
+            failed: Vec::new(),
+            // Unknown at first: assume records are costly (the first steps of a keyed stage
+            // run in parallel), and learn.
+            ns_per_record: PARALLEL_STEP_NS,
+            config: plan.config.clone(),
+            module_hash,
+            state_type: plan.describe.state_type.clone(),
+            rules: Rules {
+                kind: plan.describe.kind,
+                limits: plan.config.limits,
+                max_partition_state: plan.config.limits.max_state_bytes / plan.partitions.max(1),
+            },
+        }
+    }
+
+    /// Whether the stage `plan` describes is this one: same module bytes, same settings (its
+    /// inputs may differ), same partitions.
+    pub fn is_same_as(&self, plan: &OperatorPlan, module_hash: &str) -> bool {
+        let mut old = self.config.clone();
+        let mut new = plan.config.clone();
+        old.inputs.clear();
+        new.inputs.clear();
+        old == new && self.module_hash == module_hash && self.partitions.len() == plan.partitions
+    }
+
+    /// Why this stage's state cannot carry over to the stage `plan` describes, if it cannot and
+    /// the new stage does not ask for a reset.
+    pub fn state_conflict(&self, plan: &OperatorPlan) -> Option<String> {
+        if plan.config.on_state_change == OnStateChange::Reset {
+            return None;
+        }
+        state_conflict(
+            &self.config,
+            self.state_type.as_deref(),
+            &plan.config,
+            plan.describe.state_type.as_deref(),
+        )
+    }
+
+    /// Takes over `old`'s keyed state, windows, watermark and counts (the state spread over this
+    /// stage's partitions by key), unless the state no longer fits and the new stage asks for a
+    /// reset. Returns whether the state was kept.
+    pub fn adopt(&mut self, old: Stage) -> bool {
+        self.watermark = old.watermark;
+        self.last_sweep = old.last_sweep;
+        self.stats.records_in = old.stats.records_in;
+        self.stats.dead_letters = old.stats.dead_letters;
+        for (new, (name, n)) in self.stats.outputs.iter_mut().zip(&old.stats.outputs) {
+            if new.0 == *name {
+                new.1 = *n;
+            }
+        }
+        let conflict = state_conflict(
+            &old.config,
+            old.state_type.as_deref(),
+            &self.config,
+            self.state_type.as_deref(),
+        );
+        if self.config.on_state_change == OnStateChange::Reset && conflict.is_some() {
+            return false;
+        }
+        let count = self.partitions.len();
+        let (mut keyed, mut windows, mut sessions) = (Vec::new(), Vec::new(), Vec::new());
+        for partition in old.partitions {
+            keyed.push(partition.keyed);
+            windows.push(partition.windows);
+            sessions.push(partition.sessions);
+        }
+        let keyed = KeyedStore::redistribute(keyed, count);
+        let windows = WindowStore::redistribute(windows, count);
+        let sessions = SessionStore::redistribute(sessions, count);
+        for (partition, ((keyed, windows), sessions)) in self
+            .partitions
+            .iter_mut()
+            .zip(keyed.into_iter().zip(windows).zip(sessions))
+        {
+            partition.keyed = keyed;
+            partition.windows = windows;
+            partition.sessions = sessions;
+        }
+        true
+    }
+
+    /// What the stage emitted, per port, not yet handed downstream (output-entry framing).
+    pub fn outputs(&mut self) -> &mut [OutputWriter] {
+        match self.partitions.as_mut_slice() {
+            [only] => &mut only.out.pending.outputs,
+            _ => &mut self.outputs,
+        }
+    }
+
+    /// The hash of the module this stage runs.
+    pub fn module_hash(&self) -> &str {
+        &self.module_hash
+    }
+
+    /// Takes a batch from upstream (output-entry framing, values in `encoding`), keyed by the
+    /// port's key number `key`, and processes it partition by partition. Returns the indices of
+    /// the batch's records that went to the dead letters.
+    pub fn accept(
+        &mut self,
+        batch: &[u8],
+        key: Option<usize>,
+        encoding: Encoding,
+        dead: &mut DeadLetters,
+    ) -> Vec<u64> {
+        let count = self.partitions.len();
+        // Each partition's records, borrowed from the batch, and their positions in it.
+        let mut records: Vec<Vec<RecordRef<'_>>> = vec![Vec::new(); count];
+        let mut globals: Vec<Vec<u64>> = vec![Vec::new(); count];
+        // A stateless stage without a key takes contiguous runs of the batch instead (below).
+        let runs = matches!(self.behaviour, Behaviour::Stateless) && key.is_none() && count > 1;
+        // A plain loop: this is the hottest one of a cheap stage, and iterator adapters over
+        // `Result<OutputEntry>` showed up in its profile moving entries around.
+        let mut reader = OutputReader::new(batch);
+        let mut next = 0;
+        while let Some(Ok(entry)) = reader.next() {
+            let index = next;
+            next += 1;
+            let OutputEntry::Record {
+                ts, keys, value, ..
+            } = entry
+            else {
+                continue;
+            };
+            let k = key.and_then(|k| keys.get(k)).unwrap_or_default();
+            let p = if runs { 0 } else { partition_of(k, count) };
+            records[p].push(RecordRef {
+                key: k,
+                ts,
+                slots: SlotRefs::default(),
+                value,
+            });
+            globals[p].push(index);
+        }
+        if runs {
+            let (all, positions) = (
+                std::mem::take(&mut records[0]),
+                std::mem::take(&mut globals[0]),
+            );
+            let run = all.len().div_ceil(count).max(1);
+            for (p, (all, positions)) in all.chunks(run).zip(positions.chunks(run)).enumerate() {
+                records[p] = all.to_vec();
+                globals[p] = positions.to_vec();
+            }
+        }
+        let total: usize = records.iter().map(Vec::len).sum();
+        self.stats.records_in += total as u64;
+        let ctx = Ctx {
+            name: &self.name,
+            watermark: self.watermark,
+            guest_ports: self.guest_ports,
+            behaviour: self.behaviour,
+            encoding,
+            rules: self.rules,
+        };
+        let busy = records.iter().filter(|r| !r.is_empty()).count();
+        // Handing a partition to a worker thread costs some microseconds: worth it only when
+        // the step is long enough, judged from what records of this stage have cost so far.
+        let expected = total as f64 * self.ns_per_record;
+        let work = self.partitions.iter_mut().zip(&records).zip(&globals);
+        let started = Instant::now();
+        let threads = if busy > 1 && expected >= PARALLEL_STEP_NS {
+            in_parallel(work, |((partition, records), globals)| {
+                partition.run(&ctx, records, globals)
+            })
+        } else {
+            for ((partition, records), globals) in work {
+                partition.run(&ctx, records, globals);
+            }
+            1
+        };
+        if total > 0 {
+            // Time on every thread used, per record (parallel steps are assumed even).
+            let ns = (started.elapsed().as_nanos() as f64) * threads as f64 / total as f64;
+            self.ns_per_record = 0.8 * self.ns_per_record + 0.2 * ns;
+        }
+        self.collect(dead);
+        std::mem::take(&mut self.failed)
+    }
+
+    /// Gathers what the partitions did in a step: counts, dead letters, failed positions, and
+    /// (with several partitions) their records, merged in position order into the stage's ports.
+    fn collect(&mut self, dead: &mut DeadLetters) {
+        for partition in &mut self.partitions {
+            let counts = &mut partition.out.counts;
+            self.stats.dead_letters += std::mem::take(&mut counts.dead_letters);
+            self.stats.produced += std::mem::take(&mut counts.produced);
+            self.stats.filtered += std::mem::take(&mut counts.filtered);
+            self.stats.windowed += std::mem::take(&mut counts.windowed);
+            self.stats.late += std::mem::take(&mut counts.late);
+            for (total, n) in self.stats.outputs.iter_mut().zip(&mut counts.outputs) {
+                total.1 += std::mem::take(n);
+            }
+            dead.append(&mut partition.out.dead);
+            self.failed.append(&mut partition.out.pending.failed);
+        }
+        if self.partitions.len() == 1 {
+            return;
+        }
+        for (p, partition) in self.partitions.iter().enumerate() {
+            let order = partition.out.pending.order.iter();
+            self.order
+                .extend(order.map(|&(at, port, start, end)| (at, p, port, start, end)));
+        }
+        // Stable: entries at one position (fired windows, late records) keep partition order.
+        self.order.sort_by_key(|(position, ..)| *position);
+        for &(_, p, port, start, end) in &self.order {
+            let scratch = &self.partitions[p].out.pending.scratch;
+            self.outputs[usize::from(port)].append_encoded(&scratch.as_bytes()[start..end]);
+        }
+        self.order.clear();
+        for partition in &mut self.partitions {
+            partition.out.pending.order.clear();
+            partition.out.pending.scratch.clear();
+        }
+    }
+
+    /// Advances the stage's watermark: fires the windows it completes, forgets expired state.
+    pub fn advance(&mut self, watermark: i64, dead: &mut DeadLetters) {
+        if watermark <= self.watermark {
+            return;
+        }
+        self.watermark = watermark;
+        match self.behaviour {
+            Behaviour::Stateless => {}
+            Behaviour::Keyed { ttl: Some(ttl) } => {
+                if watermark.saturating_sub(self.last_sweep) >= ttl / 2 {
+                    self.last_sweep = watermark;
+                    for partition in &mut self.partitions {
+                        partition.keyed.expire(watermark);
+                    }
+                }
+            }
+            Behaviour::Keyed { ttl: None } => {}
+            Behaviour::Window { spec, lateness } => {
+                // Fire in (end, key) order across partitions, so the order of results does not
+                // depend on how keys are spread.
+                let mut due: Vec<(Bounds, Bytes, Bytes, usize)> = Vec::new();
+                for p in 0..self.partitions.len() {
+                    let fired = match (windows::pane_size(spec, lateness), spec) {
+                        (Some(slide), WindowSpec::Sliding { size_ms, .. }) => {
+                            match self.partitions[p].fire_panes(size_ms, slide, watermark) {
+                                Ok(fired) => fired,
+                                Err(failure) => {
+                                    self.stats.dead_letters += 1;
+                                    let raw = format!("windows of partition {p} up to {watermark}");
+                                    dead.push(
+                                        &self.name,
+                                        &format!("merge {}", failure.0),
+                                        raw.as_bytes(),
+                                    );
+                                    Vec::new()
+                                }
+                            }
+                        }
+                        (_, WindowSpec::Session { .. }) => {
+                            self.partitions[p].sessions.fire(watermark, lateness)
+                        }
+                        (
+                            _,
+                            WindowSpec::Tumbling { size_ms } | WindowSpec::Sliding { size_ms, .. },
+                        ) => self.partitions[p]
+                            .windows
+                            .fire(size_ms, watermark, lateness),
+                    };
+                    due.extend(fired.into_iter().map(|(b, k, a)| (b, k, a, p)));
+                }
+                due.sort_by(|a, b| (a.0.end, &a.1, a.0.start).cmp(&(b.0.end, &b.1, b.0.start)));
+                let mut per_partition: Vec<Vec<Fired>> = vec![Vec::new(); self.partitions.len()];
+                let mut ranks: Vec<Vec<u64>> = vec![Vec::new(); self.partitions.len()];
+                for (rank, (bounds, key, acc, p)) in due.into_iter().enumerate() {
+                    per_partition[p].push((bounds, key, acc));
+                    ranks[p].push(rank as u64);
+                }
+                let ctx = Ctx {
+                    name: &self.name,
+                    watermark: self.watermark,
+                    guest_ports: self.guest_ports,
+                    behaviour: self.behaviour,
+                    encoding: Encoding::Bincode,
+                    rules: self.rules,
+                };
+                let work = self.partitions.iter_mut().zip(per_partition).zip(&ranks);
+                if ranks.iter().filter(|r| !r.is_empty()).count() > 1 {
+                    in_parallel(work, |((partition, windows), ranks)| {
+                        partition.finish_ranked(&ctx, windows, ranks)
+                    });
+                } else {
+                    for ((partition, windows), ranks) in work {
+                        partition.finish_ranked(&ctx, windows, ranks);
+                    }
+                }
+                self.collect(dead);
+            }
+        }
+    }
+}
+
+/// Runs `task` on each of `items`: the first on this thread, the others on the worker pool, and
+/// returns when all are done, with how many threads could run them at once. The pool has one
+/// thread fewer than the machine has cores, so the calling thread and the workers together use
+/// every core without competing for one.
+fn in_parallel<T: Send>(items: impl Iterator<Item = T>, task: impl Fn(T) + Sync) -> usize {
+    static WORKERS: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    let workers = WORKERS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(cores.saturating_sub(1).max(1))
+            .thread_name(|i| format!("flumen-worker-{i}"))
+            .build()
+            .inspect_err(|e| tracing::warn!("no worker threads, partitions run in turn: {e}"))
+            .ok()
+    });
+    let mut items = items;
+    let Some(workers) = workers else {
+        items.for_each(task);
+        return 1;
+    };
+    let task = &task;
+    workers.in_place_scope(|scope| {
+        let first = items.next();
+        for item in items {
+            scope.spawn(move |_| task(item));
+        }
+        if let Some(first) = first {
+            task(first);
+        }
+    });
+    workers.current_num_threads() + 1
+}
+
+/// Why the state a stage built from `old` keeps (of type `old_state`) cannot carry over to a stage
+/// built from `new` (keeping `new_state`), if it cannot: the one rule of reloads and restarts.
+/// Keyed state fits while its type and its key do; windows while the window and the allowed
+/// lateness do (lateness decides which windows are still kept).
+pub(crate) fn state_conflict(
+    old: &OperatorConfig,
+    old_state: Option<&str>,
+    new: &OperatorConfig,
+    new_state: Option<&str>,
+) -> Option<String> {
+    if old_state != new_state {
+        return Some(format!(
+            "the new module keeps `{}` where the running one keeps `{}`",
+            new_state.unwrap_or("no state"),
+            old_state.unwrap_or("no state"),
+        ));
+    }
+    if old_state.is_some() && old.key_by != new.key_by {
+        return Some("the stage's `key_by` changed, so its state is keyed differently".into());
+    }
+    let windowed = old.window.is_some() || new.window.is_some();
+    if old.window != new.window || (windowed && old.allowed_lateness_ms != new.allowed_lateness_ms)
+    {
+        return Some(
+            "the stage's `window` or `allowed_lateness_ms` changed, so its windows no longer fit"
+                .into(),
+        );
+    }
+    None
+}

@@ -1,0 +1,215 @@
+//! The step of a session window stage: records are grouped into sessions per key, sessions a
+//! record bridges are merged (the guest merges their accumulators), then the records are added.
+//! The store changes only when every call succeeded.
+
+use super::Ctx;
+use super::output::FAILED;
+use super::partition::{Partition, within_state_limit};
+use crate::guest::{Call, GuestFailure};
+use crate::state::{Bytes, WindowAcc};
+use crate::window::{SessionSet, WindowSpec};
+use flumen_sdk::abi::{BatchWriter, RecordRef, SlotWriter};
+use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
+
+/// A session being worked on during one call: the stored accumulators it merges, and the new
+/// records it takes.
+#[derive(Default)]
+struct SessionWork {
+    accs: Vec<Bytes>,
+    records: Vec<usize>,
+    fired: bool,
+}
+
+/// Where the accumulator of a session's add slot starts from: the stored one (none yet), or the
+/// target of a merge.
+#[derive(Clone, Copy)]
+enum Start<'a> {
+    Stored(Option<&'a [u8]>),
+    Merged(u32),
+}
+
+impl Partition {
+    pub(super) fn run_sessions(
+        &mut self,
+        ctx: &Ctx,
+        records: &[RecordRef],
+        globals: &[u64],
+        spec: WindowSpec,
+        lateness: i64,
+    ) -> Result<(), GuestFailure> {
+        let encoding = ctx.encoding;
+        let watermark = ctx.watermark;
+        // Work on copies of the touched keys' sessions; the store changes only on success.
+        let mut work: BTreeMap<&[u8], SessionSet<SessionWork>> = BTreeMap::new();
+        let mut late = BatchWriter::new(encoding);
+        let mut late_globals = Vec::new();
+        let mut bounds = Vec::new();
+        for (index, record) in records.iter().enumerate() {
+            let sessions = work.entry(record.key).or_insert_with(|| SessionSet {
+                sessions: self
+                    .sessions
+                    .get(record.key)
+                    .map(|set| {
+                        set.sessions
+                            .iter()
+                            .map(|(b, w)| {
+                                (
+                                    *b,
+                                    SessionWork {
+                                        accs: vec![w.acc.clone()],
+                                        records: Vec::new(),
+                                        fired: w.fired,
+                                    },
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            });
+            spec.assign(record.ts, &mut bounds);
+            let window = bounds[0];
+            let merged_would_be_late =
+                !sessions.touches(&window) && window.is_fired(watermark, lateness);
+            if merged_would_be_late {
+                late.push(record.key, record.ts, record.value);
+                late_globals.push(globals.get(index).copied().unwrap_or(u64::MAX));
+                continue;
+            }
+            sessions.merge_in(window, |parts| {
+                let mut merged = SessionWork::default();
+                for part in parts {
+                    merged.accs.extend(part.accs);
+                    merged.records.extend(part.records);
+                    merged.fired |= part.fired;
+                }
+                merged.records.push(index);
+                merged
+            });
+        }
+
+        // Merge the stored accumulators of sessions a record bridged, then add the records. The
+        // add slots are the sessions that take records, numbered in `work` order.
+        let mut merge_slots = SlotWriter::default();
+        let mut merges = BatchWriter::new(encoding);
+        let mut adds = BatchWriter::new(encoding);
+        let mut starts: Vec<(&[u8], Start)> = Vec::new();
+        for (key, sessions) in &work {
+            for (window, session) in &sessions.sessions {
+                if session.records.is_empty() {
+                    continue;
+                }
+                let slot = starts.len() as u32;
+                let start = if session.accs.len() >= 2 {
+                    let target = merge_slots.push(key, None);
+                    let sources = session
+                        .accs
+                        .iter()
+                        .map(|acc| merge_slots.push(key, Some(acc)));
+                    let refs: Vec<u32> = std::iter::once(target).chain(sources).collect();
+                    merges.push_with(key, window.end - 1, &refs, |_| {});
+                    Start::Merged(target)
+                } else {
+                    Start::Stored(session.accs.first().map(|acc| &acc[..]))
+                };
+                starts.push((key, start));
+                for &index in &session.records {
+                    let record = &records[index];
+                    adds.push_with(key, record.ts, &[slot], |b| {
+                        b.extend_from_slice(record.value)
+                    });
+                }
+            }
+        }
+        let (merged, _) = self.accumulate(ctx, Call::Merge, &merges, &merge_slots)?;
+        let asked = starts
+            .iter()
+            .filter(|(_, start)| matches!(start, Start::Merged(_)))
+            .count();
+        if merged.len() < asked {
+            return Err(GuestFailure(
+                "merge returned fewer accumulators than asked".into(),
+            ));
+        }
+        // The add call starts from the stored or the merged accumulators.
+        let mut add_slots = SlotWriter::default();
+        for &(key, start) in &starts {
+            let stored = match start {
+                Start::Stored(acc) => acc,
+                Start::Merged(target) => merged.get(&target).map(|acc| &acc[..]),
+            };
+            add_slots.push(key, stored);
+        }
+        let (mut new_accs, windowed) = self.accumulate(ctx, Call::Process, &adds, &add_slots)?;
+
+        // The sessions the call leaves, measured before anything is applied.
+        let mut bytes = self.state_bytes() as i64;
+        let mut slot = 0;
+        for (key, sessions) in &work {
+            bytes -= self.sessions.footprint(key) as i64;
+            for (_, session) in &sessions.sessions {
+                let acc = if session.records.is_empty() {
+                    session.accs.first()
+                } else {
+                    slot += 1;
+                    new_accs.get(&(slot - 1))
+                };
+                bytes += acc.map_or(0, |acc| (key.len() + acc.len()) as i64);
+            }
+        }
+        within_state_limit(ctx, bytes)?;
+        self.out.counts.windowed += windowed;
+
+        // Success: the working sessions become the stored ones.
+        let mut refire = Vec::new();
+        drop(starts);
+        let mut slot = 0;
+        for (key, sessions) in work {
+            let mut stored = Vec::with_capacity(sessions.sessions.len());
+            for (window, session) in sessions.sessions {
+                let acc = if session.records.is_empty() {
+                    session.accs.into_iter().next()
+                } else {
+                    slot += 1;
+                    new_accs.remove(&(slot - 1))
+                };
+                let Some(acc) = acc else { continue };
+                if session.fired && !session.records.is_empty() {
+                    refire.push((window, Bytes::from_slice(key), acc.clone()));
+                }
+                stored.push((
+                    window,
+                    WindowAcc {
+                        acc,
+                        fired: session.fired,
+                    },
+                ));
+            }
+            self.sessions.replace(key, stored);
+        }
+        self.emit_late(ctx, &late, &late_globals);
+        self.finish(ctx, refire, u64::MAX);
+        Ok(())
+    }
+
+    /// Runs an aggregate's `call` (add or merge) over `batch` and its `slots`, unless the batch
+    /// is empty; the accumulators it returns, by slot, and how many records it took.
+    fn accumulate(
+        &mut self,
+        ctx: &Ctx,
+        call: Call,
+        batch: &BatchWriter,
+        slots: &SlotWriter,
+    ) -> Result<(FxHashMap<u32, Bytes>, u64), GuestFailure> {
+        if batch.is_empty() {
+            return Ok((FxHashMap::default(), 0));
+        }
+        let output = self
+            .guest
+            .call(call, &[batch.as_bytes(), slots.as_bytes()])?;
+        let expect = ctx.expect(0, slots.len(), batch.len());
+        let (contents, checked) = self.out.slot_contents(ctx.name, output, expect)?;
+        let taken = checked.inputs.iter().filter(|f| *f & FAILED == 0).count();
+        Ok((contents, taken as u64))
+    }
+}

@@ -1,0 +1,220 @@
+//! The step of a tumbling or sliding window stage: each record is added to the accumulator of
+//! every window it belongs to (or, for sliding windows kept as panes, of its one pane), and the
+//! windows a watermark completes fire.
+
+use super::Ctx;
+use super::output::{FAILED, check};
+use super::partition::{Partition, within_state_limit};
+use crate::guest::GuestFailure;
+use crate::state::{Bytes, Fired};
+use crate::window::{Bounds, WindowSpec};
+use flumen_sdk::abi::{BatchWriter, Encoding, OutputEntry, OutputReader, RecordRef, SlotWriter};
+use rustc_hash::FxHashMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+impl Partition {
+    pub(super) fn run_windows(
+        &mut self,
+        ctx: &Ctx,
+        records: &[RecordRef],
+        globals: &[u64],
+        spec: WindowSpec,
+        lateness: i64,
+    ) -> Result<(), GuestFailure> {
+        let held = self.state_bytes() as i64;
+        let encoding = ctx.encoding;
+        let watermark = ctx.watermark;
+        let slots = &mut self.slots;
+        slots.clear();
+        let mut slot_of: FxHashMap<(i64, &[u8]), u32> =
+            FxHashMap::with_capacity_and_hasher(records.len() * 2, Default::default());
+        let mut slot_windows: Vec<(Bounds, &[u8])> = Vec::new();
+        let rebuilt = &mut self.batch;
+        rebuilt.clear(encoding);
+        let mut late = BatchWriter::new(encoding);
+        let mut bounds = Vec::new();
+        let mut refs = Vec::new();
+        let mut late_globals = Vec::new();
+        let panes = pane_size(spec, lateness);
+        for (i, record) in records.iter().enumerate() {
+            match (panes, spec) {
+                (Some(slide), WindowSpec::Sliding { size_ms, .. }) => {
+                    // The record goes to its pane; it is late when the last window holding the
+                    // pane has fired.
+                    let start = record.ts - record.ts.rem_euclid(slide);
+                    bounds.clear();
+                    if start.saturating_add(size_ms - 1) > watermark {
+                        bounds.push(Bounds {
+                            start,
+                            end: start + slide,
+                        });
+                    }
+                }
+                _ => spec.assign(record.ts, &mut bounds),
+            }
+            refs.clear();
+            for window in bounds
+                .iter()
+                .filter(|w| panes.is_some() || !w.is_fired(watermark, lateness))
+            {
+                let slot = *slot_of.entry((window.end, record.key)).or_insert_with(|| {
+                    let stored = self.windows.acc(window.end, record.key);
+                    slot_windows.push((*window, record.key));
+                    slots.push(record.key, stored)
+                });
+                refs.push(slot);
+            }
+            if refs.is_empty() {
+                late.push(record.key, record.ts, record.value);
+                late_globals.push(globals.get(i).copied().unwrap_or(u64::MAX));
+            } else {
+                rebuilt.push_with(record.key, record.ts, &refs, |b| {
+                    b.extend_from_slice(record.value)
+                });
+            }
+        }
+        let mut refire = Vec::new();
+        if !rebuilt.is_empty() {
+            let output = self
+                .guest
+                .process(&[rebuilt.as_bytes(), slots.as_bytes()])?;
+            let checked = check(output, ctx.expect(0, slots.len(), rebuilt.len()))?;
+            // The accumulators the call leaves, measured before anything is applied.
+            let mut bytes = held;
+            for &(slot, len) in &checked.states {
+                // A cleared accumulator is left as it was (see the apply below).
+                let Some(len) = len else { continue };
+                let (window, key) = slot_windows[slot as usize];
+                let old = self.windows.footprint(window.end, key);
+                bytes += (key.len() + len) as i64 - old as i64;
+            }
+            within_state_limit(ctx, bytes)?;
+            self.out.counts.windowed +=
+                checked.inputs.iter().filter(|f| *f & FAILED == 0).count() as u64;
+            let windows = &mut self.windows;
+            self.out
+                .apply(ctx.name, output, &checked, globals, |slot, value| {
+                    let (window, key) = slot_windows[slot as usize];
+                    // A cleared accumulator is left as it was.
+                    let Some(acc) = value else { return };
+                    if windows.set(window.end, key, acc) {
+                        refire.push((window, Bytes::from_slice(key), Bytes::from_slice(acc)));
+                    }
+                });
+        }
+        self.emit_late(ctx, &late, &late_globals);
+        self.finish(ctx, refire, u64::MAX);
+        Ok(())
+    }
+
+    /// Fires the sliding windows `watermark` completes from the panes of `partition`: each window's
+    /// panes are merged (one guest call for all of them); panes no window needs any more are dropped.
+    pub(super) fn fire_panes(
+        &mut self,
+        size: i64,
+        slide: i64,
+        watermark: i64,
+    ) -> Result<Vec<Fired>, GuestFailure> {
+        let partition = self;
+        let Some((min_end, max_end)) = partition.windows.span() else {
+            return Ok(Vec::new());
+        };
+        // Window ends are multiples of the slide; the watermark completes those up to `last`.
+        let first = partition
+            .windows
+            .panes_fired_until
+            .map_or(min_end, |f| f.saturating_add(slide));
+        let last = watermark
+            .saturating_add(1)
+            .min(max_end.saturating_add(size - slide));
+        let Some(last) = last.checked_sub(last.rem_euclid(slide)) else {
+            return Ok(Vec::new());
+        };
+        if last < first {
+            return Ok(Vec::new());
+        }
+        // Only windows holding at least one pane: the work is proportional to the panes that exist,
+        // never to the span of time between them.
+        let mut ends = BTreeSet::new();
+        for (&pane, _) in partition.windows.range(first.saturating_sub(size)..) {
+            let mut end = pane.max(first);
+            let until = pane.saturating_add(size - slide).min(last);
+            while end <= until {
+                ends.insert(end);
+                let Some(next) = end.checked_add(slide) else {
+                    break;
+                };
+                end = next;
+            }
+        }
+        let mut request = BatchWriter::new(Encoding::Bincode);
+        let mut slots = SlotWriter::default();
+        let mut windows: Vec<(Bounds, Bytes, u32)> = Vec::new();
+        for end in ends {
+            let mut per_key: BTreeMap<&[u8], Vec<&[u8]>> = BTreeMap::new();
+            let from = end.saturating_sub(size).saturating_add(slide);
+            for (_, keyed) in partition.windows.range(from..=end) {
+                for (key, pane) in keyed {
+                    per_key.entry(key).or_default().push(&pane.acc);
+                }
+            }
+            for (key, accs) in per_key {
+                let target = slots.push(key, None);
+                let refs: Vec<u32> = std::iter::once(target)
+                    .chain(accs.iter().map(|acc| slots.push(key, Some(acc))))
+                    .collect();
+                request.push_with(key, end - 1, &refs, |_| {});
+                windows.push((
+                    Bounds {
+                        start: end.saturating_sub(size),
+                        end,
+                    },
+                    Bytes::from_slice(key),
+                    target,
+                ));
+            }
+        }
+        partition.windows.panes_fired_until = Some(last);
+        let keep_from = last.saturating_add(slide).saturating_sub(size);
+        partition.windows.drop_through(keep_from);
+        if windows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let output = partition
+            .guest
+            .merge(&[request.as_bytes(), slots.as_bytes()])?;
+        let mut merged: FxHashMap<u32, Bytes> = FxHashMap::default();
+        for entry in OutputReader::new(output) {
+            match entry
+                .map_err(|e| GuestFailure(format!("module returned a malformed output: {e}")))?
+            {
+                OutputEntry::State {
+                    slot,
+                    value: Some(acc),
+                } => {
+                    merged.insert(slot, Bytes::from_slice(acc));
+                }
+                OutputEntry::Error { message, .. } => {
+                    return Err(GuestFailure(message.to_string()));
+                }
+                _ => {}
+            }
+        }
+        Ok(windows
+            .into_iter()
+            .filter_map(|(bounds, key, slot)| Some((bounds, key, merged.remove(&slot)?)))
+            .collect())
+    }
+}
+
+/// The pane size when sliding windows are kept as panes (one accumulator per slide, merged into
+/// windows when they fire): each record is added once instead of `size / slide` times. Only
+/// without allowed lateness, where a fired window never changes again.
+pub(super) fn pane_size(spec: WindowSpec, lateness: i64) -> Option<i64> {
+    match spec {
+        WindowSpec::Sliding { size_ms, slide_ms } if lateness == 0 && size_ms > slide_ms => {
+            Some(slide_ms)
+        }
+        _ => None,
+    }
+}
