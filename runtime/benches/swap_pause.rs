@@ -9,8 +9,8 @@
 use flumen::executor::Pipeline;
 use flumen::guest::Sandbox;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 fn main() -> anyhow::Result<()> {
@@ -50,7 +50,8 @@ fn main() -> anyhow::Result<()> {
     let options = flumen::Options::default();
     let prepared = flumen::prepare(&path, &sandbox, options).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut pipeline = Pipeline::build(prepared)?;
-    let (sender, reloads) = mpsc::channel();
+    let (link, reloads) = flumen::reload::link();
+    let sender = link.versions;
     let preparer = {
         let (sandbox, path, version) = (sandbox.clone(), path.clone(), version.clone());
         std::thread::spawn(move || -> anyhow::Result<()> {

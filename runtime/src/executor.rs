@@ -9,8 +9,10 @@
 use crate::Prepared;
 use crate::config::{ConfigErrors, SinkKind, SourceConfig};
 use crate::dead_letter::DeadLetters;
+use crate::diff::{Conflict, OperatorStep, SinkStep, SourceStep, StateStep, diff};
 use crate::guest::{Guest, OperatorInstance};
-use crate::plan::{Consumer, NodeRef, Plan, PortPlan};
+use crate::plan::{Consumer, NodeRef, Plan, PortPlan, SourcePlan};
+use crate::reload::Reloads;
 use crate::sink::{self, FLUSH_INTERVAL, Sink};
 use crate::source::{self, Pull, Source, SourceBatch};
 use crate::stage::Stage;
@@ -21,7 +23,6 @@ use flumen_sdk::abi::{Encoding, OutputEntry, OutputReader};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 /// How long to wait before polling sources again when none has anything.
@@ -164,12 +165,12 @@ impl Pipeline {
         })
     }
 
-    /// Swaps in a newly prepared version of the pipeline, at a batch boundary. What did not
-    /// change keeps running untouched (sources keep their place in their files, sinks their open
-    /// files, stages their instances); a changed stage gets its new instances with the old
-    /// stage's keyed state, windows and watermark; added and removed stages, sources and sinks are
-    /// wired in and out. If anything cannot be done — a state that no longer fits, a sink that
-    /// cannot be opened — nothing changes and the reason is returned.
+    /// Swaps in a newly prepared version of the pipeline, at a batch boundary, as the reload
+    /// [`diff`] decides: what did not change keeps running untouched (sources keep their place in
+    /// their inputs, sinks their open files, stages their instances); a changed stage gets its
+    /// new instances with the old stage's keyed state, windows and watermark; added and removed
+    /// stages, sources and sinks are wired in and out. If anything cannot be done — a state that
+    /// no longer fits, a sink that cannot be opened — nothing changes and the reason is returned.
     pub fn apply(&mut self, new: Prepared) -> Result<Vec<String>, ConfigErrors> {
         let started = Instant::now();
         let Prepared {
@@ -177,72 +178,52 @@ impl Pipeline {
             plan,
             instances,
         } = new;
-        let hash_of = |i: &Vec<OperatorInstance>| {
-            i.first()
-                .map(|i| i.module_hash().to_string())
-                .unwrap_or_default()
-        };
+        let steps = diff(&self.plan, &plan);
         let mut errors = Vec::new();
-        for (op, partitions) in plan.operators.iter().zip(&instances) {
-            let name = &op.config.name;
-            let Some(old) = self.stages.iter().find(|s| s.name == *name) else {
-                continue;
-            };
-            if !old.is_same_as(op, &hash_of(partitions))
-                && let Some(why) = old.state_conflict(op)
-            {
+        for Conflict { stage, why } in &steps.conflicts {
+            errors.push(config.error(
+                &format!("operators.{stage}.module"),
+                format!(
+                    "{why}; set on_state_change = \"reset\" to start `{stage}` with empty state"
+                ),
+            ));
+        }
+        for (i, op) in plan.operators.iter().enumerate() {
+            if steps.needs_instances(i) && instances.get(i).is_none_or(Vec::is_empty) {
                 errors.push(config.error(
-                    &format!("operators.{name}.module"),
-                    format!(
-                        "{why}; set on_state_change = \"reset\" to start `{name}` with empty state"
-                    ),
+                    &format!("operators.{}.module", op.config.name),
+                    "this version was prepared against another running version; save the file \
+                     again to reload it",
                 ));
             }
         }
         // Open what is new before touching anything, so a failure leaves the pipeline as it is.
-        let mut sources = Vec::new();
-        for source in &plan.sources {
-            let kept = (0..self.plan.sources.len()).find(|&at| {
-                source::same_input(&self.plan.sources[at].config, &source.config)
-                    && !sources
-                        .iter()
-                        .any(|s| matches!(s, Err(taken) if *taken == at))
-            });
-            sources.push(match kept {
-                Some(at) => Err(at),
-                None => {
-                    match source::open(&source.config) {
-                        Ok(opened) => Ok(new_source_runtime(&source.config, &source.port, opened)),
-                        Err(e) => {
-                            errors.push(config.error(
-                                &format!("sources.{}", source.config.name),
-                                format!("{e:#}"),
-                            ));
-                            continue;
-                        }
-                    }
-                }
-            });
-        }
-        let mut sinks = Vec::new();
-        for sink in &plan.sinks {
-            let kept = (0..self.plan.sinks.len()).find(|&at| {
-                sink::same_output(&self.plan.sinks[at].config, &sink.config)
-                    && !sinks
-                        .iter()
-                        .any(|s| matches!(s, Err(taken) if *taken == at))
-            });
-            sinks.push(match kept {
-                Some(at) => Err(at),
-                None => match sink::open(&sink.config) {
-                    Ok(opened) => Ok(opened),
+        let mut opened_sources = Vec::new();
+        for (source, step) in plan.sources.iter().zip(&steps.sources) {
+            opened_sources.push(match step {
+                SourceStep::Open => match source::open(&source.config) {
+                    Ok(opened) => Some(new_source_runtime(&source.config, &source.port, opened)),
                     Err(e) => {
-                        errors.push(
-                            config.error(&format!("sinks.{}", sink.config.name), format!("{e:#}")),
-                        );
-                        continue;
+                        let at = format!("sources.{}", source.config.name);
+                        errors.push(config.error(&at, format!("{e:#}")));
+                        None
                     }
                 },
+                SourceStep::Keep { .. } => None,
+            });
+        }
+        let mut opened_sinks = Vec::new();
+        for (sink, step) in plan.sinks.iter().zip(&steps.sinks) {
+            opened_sinks.push(match step {
+                SinkStep::Open => match sink::open(&sink.config) {
+                    Ok(opened) => Some(opened),
+                    Err(e) => {
+                        let at = format!("sinks.{}", sink.config.name);
+                        errors.push(config.error(&at, format!("{e:#}")));
+                        None
+                    }
+                },
+                SinkStep::Keep { .. } => None,
             });
         }
         if !errors.is_empty() {
@@ -252,56 +233,41 @@ impl Pipeline {
         // Commit.
         let mut log = Vec::new();
         self.flush().ok();
+        let gone = |what: &str, name: &str| format!("{what} `{name}` was taken twice by the diff");
         let mut old_sources: Vec<Option<SourceRuntime>> = std::mem::take(&mut self.sources)
             .into_iter()
             .map(Some)
             .collect();
-        self.sources = sources
-            .into_iter()
-            .zip(&plan.sources)
-            .map(|(source, plan)| match source {
-                Err(at) => {
-                    let mut kept = old_sources[at]
+        for ((step, source), opened) in steps.sources.iter().zip(&plan.sources).zip(opened_sources)
+        {
+            let name = &source.config.name;
+            let runtime = match *step {
+                SourceStep::Keep { old, retuned } => {
+                    let mut kept = old_sources[old]
                         .take()
-                        .unwrap_or_else(|| unreachable!("a kept source is taken once"));
+                        .unwrap_or_else(|| unreachable!("{}", gone("source", name)));
                     // Same input: its place is kept, its settings are the new ones, and its
                     // consumers may key it differently now.
-                    if self.plan.sources[at].config != plan.config {
+                    if retuned {
                         log.push(format!(
-                            "retuned source `{}`, keeping its place in its input",
-                            plan.config.name
+                            "retuned source `{name}`, keeping its place in its input"
                         ));
                     }
-                    kept.source.retune(&plan.config);
-                    kept.watermarks = match (kept.watermarks, &plan.config.event_time) {
-                        (_, None) => None,
-                        (Some(tracker), Some(_)) => {
-                            Some(tracker.with_delay(plan.config.watermark_delay_ms))
-                        }
-                        (None, Some(_)) => {
-                            Some(BoundedOutOfOrderness::new(plan.config.watermark_delay_ms))
-                        }
-                    };
-                    kept.stats.name.clone_from(&plan.config.name);
-                    let newest = kept.batch.newest;
-                    kept.batch = SourceBatch::new(
-                        plan.port.key_fields.clone(),
-                        plan.config.event_time.clone(),
-                    )
-                    .with_max_future(plan.config.max_future_ms);
-                    kept.batch.newest = newest;
+                    retune(&mut kept, source);
                     kept
                 }
-                Ok(fresh) => {
-                    log.push(format!("added source `{}`", plan.config.name));
-                    fresh
+                SourceStep::Open => {
+                    log.push(format!("added source `{name}`"));
+                    opened.unwrap_or_else(|| unreachable!("source `{name}` was opened above"))
                 }
-            })
-            .collect();
-        for (old, plan) in old_sources.iter().zip(&self.plan.sources) {
-            if old.is_some() {
-                log.push(format!("removed source `{}`", plan.config.name));
-            }
+            };
+            self.sources.push(runtime);
+        }
+        for &at in &steps.removed_sources {
+            log.push(format!(
+                "removed source `{}`",
+                self.plan.sources[at].config.name
+            ));
         }
         let mut old_sinks: Vec<Option<(Box<dyn Sink>, StageStats)>> =
             std::mem::take(&mut self.sinks)
@@ -309,74 +275,83 @@ impl Pipeline {
                 .zip(std::mem::take(&mut self.sink_stats))
                 .map(Some)
                 .collect();
-        let (new_sinks, new_stats): (Vec<_>, Vec<_>) = sinks
-            .into_iter()
-            .zip(&plan.sinks)
-            .map(|(sink, plan)| match sink {
-                Err(at) => {
-                    let (sink, mut stats) = old_sinks[at]
+        for ((step, sink), opened) in steps.sinks.iter().zip(&plan.sinks).zip(opened_sinks) {
+            let name = &sink.config.name;
+            let (sink, stats) = match *step {
+                SinkStep::Keep { old } => {
+                    let (sink, mut stats) = old_sinks[old]
                         .take()
-                        .unwrap_or_else(|| unreachable!("a kept sink is taken once"));
-                    if stats.name != plan.config.name {
+                        .unwrap_or_else(|| unreachable!("{}", gone("sink", name)));
+                    if stats.name != *name {
                         log.push(format!(
-                            "renamed sink `{}` to `{}`, writing on to the same output",
-                            stats.name, plan.config.name
+                            "renamed sink `{}` to `{name}`, writing on to the same output",
+                            stats.name
                         ));
                     }
-                    stats.name.clone_from(&plan.config.name);
+                    stats.name.clone_from(name);
                     (sink, stats)
                 }
-                Ok(fresh) => {
-                    log.push(format!("added sink `{}`", plan.config.name));
-                    (
-                        fresh,
-                        StageStats::new(&plan.config.name, StageKind::Sink, &[]),
-                    )
+                SinkStep::Open => {
+                    log.push(format!("added sink `{name}`"));
+                    let opened =
+                        opened.unwrap_or_else(|| unreachable!("sink `{name}` was opened above"));
+                    (opened, StageStats::new(name, StageKind::Sink, &[]))
                 }
-            })
-            .unzip();
-        for (old, plan) in old_sinks.iter_mut().zip(&self.plan.sinks) {
-            if let Some((sink, _)) = old {
-                sink.flush().ok();
-                log.push(format!("removed sink `{}`", plan.config.name));
-            }
+            };
+            self.sinks.push(sink);
+            self.sink_stats.push(stats);
         }
-        self.sinks = new_sinks;
-        self.sink_stats = new_stats;
+        for &at in &steps.removed_sinks {
+            if let Some((sink, _)) = &mut old_sinks[at] {
+                sink.flush().ok();
+            }
+            log.push(format!(
+                "removed sink `{}`",
+                self.plan.sinks[at].config.name
+            ));
+        }
 
         let mut old_stages: Vec<Option<Stage>> = std::mem::take(&mut self.stages)
             .into_iter()
             .map(Some)
             .collect();
         let mut swapped = Vec::new();
-        for (op, partitions) in plan.operators.iter().zip(instances) {
+        let instances = instances
+            .into_iter()
+            .chain(std::iter::repeat_with(Vec::new));
+        for ((op, step), partitions) in plan.operators.iter().zip(&steps.operators).zip(instances) {
             let name = &op.config.name;
-            let old = old_stages
-                .iter_mut()
-                .find(|s| s.as_ref().is_some_and(|s| s.name == *name))
-                .and_then(Option::take);
-            let hash = hash_of(&partitions);
-            let stage = match old {
-                Some(old) if old.is_same_as(op, &hash) => old,
-                Some(old) => {
+            let mut take = |old: usize| {
+                old_stages[old]
+                    .take()
+                    .unwrap_or_else(|| unreachable!("{}", gone("operator", name)))
+            };
+            let stage = match *step {
+                OperatorStep::Keep { old } => take(old),
+                OperatorStep::Swap { old, state } => {
                     let mut stage = Stage::new(op, boxed(partitions));
-                    let kept = stage.adopt(old);
+                    let keep = state == StateStep::Keep;
+                    stage.adopt(take(old), keep);
+                    let hash = &op.module_hash;
                     swapped.push(format!(
                         "swapped operator `{name}` (module {}, state {})",
                         &hash[..hash.len().min(12)],
-                        if kept { "kept" } else { "reset" }
+                        if keep { "kept" } else { "reset" }
                     ));
                     stage
                 }
-                None => {
+                OperatorStep::Add => {
                     log.push(format!("added operator `{name}`"));
                     Stage::new(op, boxed(partitions))
                 }
             };
             self.stages.push(stage);
         }
-        for old in old_stages.into_iter().flatten() {
-            log.push(format!("removed operator `{}`", old.name));
+        for &at in &steps.removed_operators {
+            log.push(format!(
+                "removed operator `{}`",
+                self.plan.operators[at].config.name
+            ));
         }
         self.upstream = upstream_of(&plan);
         self.queues = self.stages.iter().map(|_| VecDeque::new()).collect();
@@ -395,15 +370,16 @@ impl Pipeline {
     /// fires — or until `stop` is set — then what was read is drained and windows that have not
     /// fired are not emitted. Flushes every sink and returns the per-stage counts.
     /// Between batches it swaps in every new version `reloads` delivers.
-    pub fn run(
-        &mut self,
-        stop: &AtomicBool,
-        reloads: Option<&Receiver<Prepared>>,
-    ) -> anyhow::Result<Summary> {
+    pub fn run(&mut self, stop: &AtomicBool, reloads: Option<&Reloads>) -> anyhow::Result<Summary> {
         let mut last_flush = Instant::now();
         loop {
-            while let Some(next) = reloads.and_then(|r| r.try_recv().ok()) {
-                match self.apply(next) {
+            while let Some(next) = reloads.and_then(|r| r.versions.try_recv().ok()) {
+                let applied = self.apply(next);
+                if let Some(reloads) = reloads {
+                    // The reloader diffs its next version against what runs: tell it.
+                    let _ = reloads.outcomes.send(applied.is_ok());
+                }
+                match applied {
                     Ok(changes) => {
                         if changes.is_empty() {
                             tracing::info!("reloaded: nothing changed");
@@ -651,6 +627,22 @@ impl Pipeline {
         }
         Ok(())
     }
+}
+
+/// Gives a kept source the settings of its new version (`plan`), keeping its place in its input
+/// and its watermark progress.
+fn retune(kept: &mut SourceRuntime, plan: &SourcePlan) {
+    kept.source.retune(&plan.config);
+    kept.watermarks = match (kept.watermarks.take(), &plan.config.event_time) {
+        (_, None) => None,
+        (Some(tracker), Some(_)) => Some(tracker.with_delay(plan.config.watermark_delay_ms)),
+        (None, Some(_)) => Some(BoundedOutOfOrderness::new(plan.config.watermark_delay_ms)),
+    };
+    kept.stats.name.clone_from(&plan.config.name);
+    let newest = kept.batch.newest;
+    kept.batch = SourceBatch::new(plan.port.key_fields.clone(), plan.config.event_time.clone())
+        .with_max_future(plan.config.max_future_ms);
+    kept.batch.newest = newest;
 }
 
 fn new_source_runtime(

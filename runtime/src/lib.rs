@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod config;
 mod dead_letter;
+pub mod diff;
 pub mod executor;
 pub mod generator;
 pub mod guest;
@@ -34,7 +35,8 @@ use std::path::Path;
 pub struct Prepared {
     pub config: PipelineConfig,
     pub plan: plan::Plan,
-    /// Initialised instances of every operator (one per partition), in `plan.operators` order.
+    /// Initialised instances of every operator (one per partition), in `plan.operators` order;
+    /// none for an operator a reload keeps running (see [`prepare_reload`]).
     pub instances: Vec<Vec<OperatorInstance>>,
 }
 
@@ -101,13 +103,39 @@ pub fn prepare(path: &Path, sandbox: &Sandbox, options: Options) -> Result<Prepa
     }
 }
 
+/// Loads the new version of a pipeline at `path` to replace `running`, and prepares what the
+/// reload changes: only the operators the [`diff`] swaps or adds get instances.
+pub fn prepare_reload(
+    path: &Path,
+    sandbox: &Sandbox,
+    options: Options,
+    running: &plan::Plan,
+) -> Result<Prepared, ConfigErrors> {
+    match config::load(path) {
+        (Some(config), errors) => prepare_against(config, errors, sandbox, options, Some(running)),
+        (None, errors) => Err(ConfigErrors(errors)),
+    }
+}
+
 /// Prepares a parsed pipeline: loads its modules, plans the graph, initialises every operator.
 /// `errors` are the problems already found in its file, reported with any found here.
 pub fn prepare_config(
     config: PipelineConfig,
+    errors: Vec<ConfigError>,
+    sandbox: &Sandbox,
+    options: Options,
+) -> Result<Prepared, ConfigErrors> {
+    prepare_against(config, errors, sandbox, options, None)
+}
+
+/// Prepares a parsed pipeline; with `running`, instantiates only the operators a reload from it
+/// swaps or adds.
+fn prepare_against(
+    config: PipelineConfig,
     mut errors: Vec<ConfigError>,
     sandbox: &Sandbox,
     options: Options,
+    running: Option<&plan::Plan>,
 ) -> Result<Prepared, ConfigErrors> {
     let mut modules = BTreeMap::new();
     for op in &config.operators {
@@ -140,7 +168,14 @@ pub fn prepare_config(
         .map(|(name, m)| (name.clone(), m.describe().clone()))
         .collect();
     let plan = match plan::plan(&config, &describes, options.parallelism) {
-        Ok(plan) => Some(plan),
+        Ok(mut plan) => {
+            for op in &mut plan.operators {
+                if let Some(module) = modules.get(&op.config.name) {
+                    op.module_hash.clone_from(&module.hash);
+                }
+            }
+            Some(plan)
+        }
         Err(ConfigErrors(more)) => {
             errors.extend(more);
             None
@@ -148,10 +183,18 @@ pub fn prepare_config(
     };
     let mut instances = Vec::new();
     if let Some(plan) = &plan {
-        for op in &plan.operators {
+        let steps = running.map(|running| diff::diff(running, plan));
+        for (i, op) in plan.operators.iter().enumerate() {
             let Some(module) = modules.get(&op.config.name) else {
                 continue;
             };
+            if steps
+                .as_ref()
+                .is_some_and(|steps| !steps.needs_instances(i))
+            {
+                instances.push(Vec::new());
+                continue;
+            }
             let instance_config = InstanceConfig {
                 stage: op.config.name.clone(),
                 params: op.config.params.clone(),

@@ -168,18 +168,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 };
                 flumen::admin::serve(&config, status.clone(), trigger_sender.clone())?;
             }
-            let (prepared_sender, reloads) = mpsc::channel();
-            flumen::reload::spawn(
-                pipeline.clone(),
-                sandbox.clone(),
+            let (link, reloads) = flumen::reload::link();
+            let reloader = flumen::reload::Reloader {
+                path: pipeline.clone(),
+                sandbox: sandbox.clone(),
                 options,
                 watch,
-                files,
-                triggers,
-                trigger_sender,
-                prepared_sender,
-                status.clone(),
-            )?;
+                running: prepared.plan.clone(),
+                status: status.clone(),
+            };
+            flumen::reload::spawn(reloader, files, triggers, trigger_sender, link)?;
             let mut running = Pipeline::build(prepared)?;
             if let Some(status) = status {
                 running.report_to(status);

@@ -73,6 +73,9 @@ pub struct OperatorPlan {
     pub ports: Vec<PortPlan>,
     /// How many partitions run this stage, each with its share of the keys.
     pub partitions: usize,
+    /// The hash of its module's bytes (set once the module is loaded; a reload keeps a stage whose
+    /// module and settings are unchanged).
+    pub module_hash: String,
 }
 
 impl OperatorPlan {
@@ -209,6 +212,7 @@ pub fn plan(
                 describe,
                 ports,
                 partitions,
+                module_hash: String::new(),
             }
         })
         .collect();

@@ -7,6 +7,7 @@
 
 use crate::config::ConfigErrors;
 use crate::guest::Sandbox;
+use crate::plan::Plan;
 use crate::status::{ReloadOutcome, SharedStatus};
 use crate::{Options, Prepared};
 use notify::{RecursiveMode, Watcher};
@@ -40,20 +41,62 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// Starts the reloader thread. It reads `triggers` (which the watcher, if `watch`, also feeds)
-/// and sends each successfully prepared version on `prepared`.
-#[allow(clippy::too_many_arguments)]
+/// The executor's end of the reloader: the versions to swap in, and where it says whether each
+/// one was (the reloader diffs the next version against the one running).
+pub struct Reloads {
+    pub versions: Receiver<Prepared>,
+    pub outcomes: Sender<bool>,
+}
+
+/// The reloader's end: where it sends versions and hears whether they were swapped in.
+pub struct Link {
+    pub versions: Sender<Prepared>,
+    pub outcomes: Receiver<bool>,
+}
+
+/// A connected pair of ends.
+pub fn link() -> (Link, Reloads) {
+    let (versions, versions_in) = std::sync::mpsc::channel();
+    let (outcomes_out, outcomes) = std::sync::mpsc::channel();
+    let link = Link { versions, outcomes };
+    let reloads = Reloads {
+        versions: versions_in,
+        outcomes: outcomes_out,
+    };
+    (link, reloads)
+}
+
+/// What the reloader reloads, and how.
+pub struct Reloader {
+    pub path: PathBuf,
+    pub sandbox: Arc<Sandbox>,
+    pub options: Options,
+    /// Whether to watch the pipeline file and its modules (else only `Trigger::Asked` reloads).
+    pub watch: bool,
+    /// The plan running at start: each version is diffed against the one running, so only the
+    /// stages it swaps or adds are instantiated.
+    pub running: Plan,
+    pub status: Option<SharedStatus>,
+}
+
+/// Starts the reloader thread. It reads `triggers` (which the watcher, if `watch`, also feeds),
+/// sends each successfully prepared version over `link`, and waits to hear whether it was
+/// swapped in before preparing the next.
 pub fn spawn(
-    path: PathBuf,
-    sandbox: Arc<Sandbox>,
-    options: Options,
-    watch: bool,
+    reloader: Reloader,
     files: BTreeSet<PathBuf>,
     triggers: Receiver<Trigger>,
     trigger_sender: Sender<Trigger>,
-    prepared: Sender<Prepared>,
-    status: Option<SharedStatus>,
+    link: Link,
 ) -> anyhow::Result<()> {
+    let Reloader {
+        path,
+        sandbox,
+        options,
+        watch,
+        mut running,
+        status,
+    } = reloader;
     let mut watcher = if watch {
         let sender = trigger_sender.clone();
         let names = Arc::new(std::sync::Mutex::new(files.clone()));
@@ -92,7 +135,7 @@ pub fn spawn(
                 // Whatever a module or a file does, the reloader keeps watching: a panic while
                 // preparing is a failed reload like any other.
                 let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    crate::prepare(&path, &sandbox, options)
+                    crate::prepare_reload(&path, &sandbox, options, &running)
                 }))
                 .unwrap_or_else(|panic| Err(ConfigErrors::internal(&path, panic_text(&panic))));
                 match attempt {
@@ -104,8 +147,14 @@ pub fn spawn(
                             }
                             watch_folders(watcher, dirs, &files);
                         }
-                        if prepared.send(next).is_err() {
+                        let plan = next.plan.clone();
+                        if link.versions.send(next).is_err() {
                             return;
+                        }
+                        match link.outcomes.recv() {
+                            Ok(true) => running = plan,
+                            Ok(false) => {}
+                            Err(_) => return,
                         }
                     }
                     Err(errors) => {

@@ -21,7 +21,7 @@ mod sessions;
 mod tests;
 mod windows;
 
-use crate::config::{OnStateChange, OperatorConfig, StageLimits};
+use crate::config::StageLimits;
 use crate::dead_letter::DeadLetters;
 use crate::guest::Guest;
 use crate::plan::OperatorPlan;
@@ -94,10 +94,8 @@ pub(crate) struct Stage {
     failed: Vec<u64>,
     /// What a record has cost this stage, on average over recent sequential steps.
     ns_per_record: f64,
-    /// What the stage was built from, to tell on reload whether it changed.
-    config: OperatorConfig,
+    /// The hash of the module it runs.
     module_hash: String,
-    state_type: Option<String>,
     rules: Rules,
 }
 
@@ -137,9 +135,7 @@ impl Stage {
             // Unknown at first: assume records are costly (the first steps of a keyed stage
             // run in parallel), and learn.
             ns_per_record: PARALLEL_STEP_NS,
-            config: plan.config.clone(),
             module_hash,
-            state_type: plan.describe.state_type.clone(),
             rules: Rules {
                 kind: plan.describe.kind,
                 limits: plan.config.limits,
@@ -148,34 +144,10 @@ impl Stage {
         }
     }
 
-    /// Whether the stage `plan` describes is this one: same module bytes, same settings (its
-    /// inputs may differ), same partitions.
-    pub fn is_same_as(&self, plan: &OperatorPlan, module_hash: &str) -> bool {
-        let mut old = self.config.clone();
-        let mut new = plan.config.clone();
-        old.inputs.clear();
-        new.inputs.clear();
-        old == new && self.module_hash == module_hash && self.partitions.len() == plan.partitions
-    }
-
-    /// Why this stage's state cannot carry over to the stage `plan` describes, if it cannot and
-    /// the new stage does not ask for a reset.
-    pub fn state_conflict(&self, plan: &OperatorPlan) -> Option<String> {
-        if plan.config.on_state_change == OnStateChange::Reset {
-            return None;
-        }
-        state_conflict(
-            &self.config,
-            self.state_type.as_deref(),
-            &plan.config,
-            plan.describe.state_type.as_deref(),
-        )
-    }
-
-    /// Takes over `old`'s keyed state, windows, watermark and counts (the state spread over this
-    /// stage's partitions by key), unless the state no longer fits and the new stage asks for a
-    /// reset. Returns whether the state was kept.
-    pub fn adopt(&mut self, old: Stage) -> bool {
+    /// Takes over `old`'s watermark and counts, and, if `keep_state`, its keyed state, windows
+    /// and sessions, spread over this stage's partitions by key (what to keep is the reload diff's
+    /// decision: [`crate::diff::state_conflict`]).
+    pub fn adopt(&mut self, old: Stage, keep_state: bool) {
         self.watermark = old.watermark;
         self.last_sweep = old.last_sweep;
         self.stats.records_in = old.stats.records_in;
@@ -185,14 +157,8 @@ impl Stage {
                 new.1 = *n;
             }
         }
-        let conflict = state_conflict(
-            &old.config,
-            old.state_type.as_deref(),
-            &self.config,
-            self.state_type.as_deref(),
-        );
-        if self.config.on_state_change == OnStateChange::Reset && conflict.is_some() {
-            return false;
+        if !keep_state {
+            return;
         }
         let count = self.partitions.len();
         let (mut keyed, mut windows, mut sessions) = (Vec::new(), Vec::new(), Vec::new());
@@ -213,7 +179,6 @@ impl Stage {
             partition.windows = windows;
             partition.sessions = sessions;
         }
-        true
     }
 
     /// What the stage emitted, per port, not yet handed downstream (output-entry framing).
@@ -463,35 +428,4 @@ fn in_parallel<T: Send>(items: impl Iterator<Item = T>, task: impl Fn(T) + Sync)
         }
     });
     workers.current_num_threads() + 1
-}
-
-/// Why the state a stage built from `old` keeps (of type `old_state`) cannot carry over to a stage
-/// built from `new` (keeping `new_state`), if it cannot: the one rule of reloads and restarts.
-/// Keyed state fits while its type and its key do; windows while the window and the allowed
-/// lateness do (lateness decides which windows are still kept).
-pub(crate) fn state_conflict(
-    old: &OperatorConfig,
-    old_state: Option<&str>,
-    new: &OperatorConfig,
-    new_state: Option<&str>,
-) -> Option<String> {
-    if old_state != new_state {
-        return Some(format!(
-            "the new module keeps `{}` where the running one keeps `{}`",
-            new_state.unwrap_or("no state"),
-            old_state.unwrap_or("no state"),
-        ));
-    }
-    if old_state.is_some() && old.key_by != new.key_by {
-        return Some("the stage's `key_by` changed, so its state is keyed differently".into());
-    }
-    let windowed = old.window.is_some() || new.window.is_some();
-    if old.window != new.window || (windowed && old.allowed_lateness_ms != new.allowed_lateness_ms)
-    {
-        return Some(
-            "the stage's `window` or `allowed_lateness_ms` changed, so its windows no longer fit"
-                .into(),
-        );
-    }
-    None
 }
