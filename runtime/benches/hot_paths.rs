@@ -3,8 +3,8 @@
 //! Run: `make udfs && cargo bench -p flumen --bench hot_paths`.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use flumen::connectors::SourceBatch;
 use flumen::guest::{Guest, InstanceConfig, Limits, OperatorInstance, Sandbox};
-use flumen::source::SourceBatch;
 use flumen::window::{Bounds, WindowSpec};
 use flumen_sdk::abi::{BINCODE, BatchWriter, Encoding, PortSpec};
 use flumen_sdk::state::{KeyedState, ValueState};

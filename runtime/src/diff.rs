@@ -12,8 +12,8 @@
 //! And one state rule ([`state_conflict`]) for every swap, which checkpoint recovery will share.
 
 use crate::config::{OnStateChange, OperatorConfig};
+use crate::connectors::SourceKind;
 use crate::plan::{OperatorPlan, Plan};
-use crate::{sink, source};
 
 /// What becomes of one source of the new plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,8 +88,9 @@ pub fn diff(old: &Plan, new: &Plan) -> ReloadPlan {
         .sources
         .iter()
         .map(|s| {
-            let found = (0..old.sources.len())
-                .find(|&at| !taken[at] && source::same_input(&old.sources[at].config, &s.config));
+            let found = (0..old.sources.len()).find(|&at| {
+                !taken[at] && SourceKind::same_input(&old.sources[at].config, &s.config)
+            });
             match found {
                 Some(at) => {
                     taken[at] = true;
@@ -107,8 +108,13 @@ pub fn diff(old: &Plan, new: &Plan) -> ReloadPlan {
         .sinks
         .iter()
         .map(|s| {
-            let found = (0..old.sinks.len())
-                .find(|&at| !taken[at] && sink::same_output(&old.sinks[at].config, &s.config));
+            let found = (0..old.sinks.len()).find(|&at| {
+                let old = &old.sinks[at].config;
+                !taken[at]
+                    && old
+                        .kind
+                        .same_output(&old.name, &s.config.kind, &s.config.name)
+            });
             match found {
                 Some(at) => {
                     taken[at] = true;

@@ -7,14 +7,13 @@
 //! record becomes a dead letter.
 
 use crate::Prepared;
-use crate::config::{ConfigErrors, SinkKind, SourceConfig};
+use crate::config::{ConfigErrors, SourceConfig, SourceKind};
+use crate::connectors::{FLUSH_INTERVAL, Pull, Sink, Source, SourceBatch, is_json_line};
 use crate::dead_letter::DeadLetters;
 use crate::diff::{Conflict, OperatorStep, SinkStep, SourceStep, StateStep, diff};
 use crate::guest::{Guest, OperatorInstance};
 use crate::plan::{Consumer, NodeRef, Plan, PortPlan, SourcePlan};
 use crate::reload::Reloads;
-use crate::sink::{self, FLUSH_INTERVAL, Sink};
-use crate::source::{self, Pull, Source, SourceBatch};
 use crate::stage::Stage;
 use crate::stats::{StageKind, StageStats, Summary};
 use crate::status::{ReloadOutcome, SharedStatus, StageStatus};
@@ -138,14 +137,14 @@ impl Pipeline {
                 Ok(new_source_runtime(
                     &s.config,
                     &s.port,
-                    source::open(&s.config)?,
+                    SourceKind::open(&s.config)?,
                 ))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let sinks = plan
             .sinks
             .iter()
-            .map(|s| sink::open(&s.config))
+            .map(|s| s.config.kind.open())
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Pipeline {
             queues: stages.iter().map(|_| VecDeque::new()).collect(),
@@ -201,7 +200,7 @@ impl Pipeline {
         let mut opened_sources = Vec::new();
         for (source, step) in plan.sources.iter().zip(&steps.sources) {
             opened_sources.push(match step {
-                SourceStep::Open => match source::open(&source.config) {
+                SourceStep::Open => match SourceKind::open(&source.config) {
                     Ok(opened) => Some(new_source_runtime(&source.config, &source.port, opened)),
                     Err(e) => {
                         let at = format!("sources.{}", source.config.name);
@@ -215,7 +214,7 @@ impl Pipeline {
         let mut opened_sinks = Vec::new();
         for (sink, step) in plan.sinks.iter().zip(&steps.sinks) {
             opened_sinks.push(match step {
-                SinkStep::Open => match sink::open(&sink.config) {
+                SinkStep::Open => match sink.config.kind.open() {
                     Ok(opened) => Some(opened),
                     Err(e) => {
                         let at = format!("sinks.{}", sink.config.name);
@@ -517,12 +516,12 @@ impl Pipeline {
                 NodeRef::Sink(k) => {
                     // A JSON Lines sink takes only what is one line of JSON: whatever a module
                     // hands over, it cannot forge lines or write what is not JSON.
-                    let text = port.encoding == Encoding::Json
-                        && plan.sinks[k].config.kind != SinkKind::Blackhole;
+                    let text =
+                        port.encoding == Encoding::Json && plan.sinks[k].config.kind.writes_lines();
                     for entry in OutputReader::new(&batch) {
                         if let OutputEntry::Record { value, .. } = entry? {
                             sink_stats[k].records_in += 1;
-                            if text && !sink::is_json_line(value) {
+                            if text && !is_json_line(value) {
                                 sink_stats[k].dead_letters += 1;
                                 let why = format!(
                                     "wrote a value for sink `{}` that is not one line of JSON",

@@ -7,16 +7,14 @@
 
 pub mod admin;
 pub mod config;
+pub mod connectors;
 mod dead_letter;
 pub mod diff;
 pub mod executor;
-pub mod generator;
 pub mod guest;
 pub mod plan;
 pub mod reload;
 pub mod shape;
-pub mod sink;
-pub mod source;
 mod stage;
 mod state;
 pub mod stats;

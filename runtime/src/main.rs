@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use flumen::connectors::generator::OrderGenerator;
 use flumen::executor::Pipeline;
-use flumen::generator::OrderGenerator;
 use flumen::guest::Sandbox;
 use std::io::Write;
 use std::path::PathBuf;

@@ -9,11 +9,7 @@ use crate::config::{ConfigError, ConfigErrors, PipelineConfig};
 use flumen_sdk::abi::{Describe, Encoding, OperatorKind};
 use std::collections::BTreeMap;
 
-/// The type name of what a JSON source produces: raw JSON text, which any operator can decode.
-pub const JSON_TEXT: &str = "json";
-/// The type name of the bench source's records: six `i64`s, `order_id, user_id, sku, qty,
-/// price_cents, ts`, in bincode.
-pub const BENCH_ORDER: &str = "BenchOrder";
+pub use crate::connectors::JSON_TEXT;
 
 /// A stage of the plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -140,15 +136,9 @@ pub fn plan(
             config: s.clone(),
             port: PortPlan {
                 name: "main".into(),
-                type_name: match s.kind {
-                    crate::config::SourceKind::Bench { .. } => BENCH_ORDER.into(),
-                    _ => JSON_TEXT.into(),
-                },
+                type_name: s.kind.output().0.into(),
                 shape: None,
-                encoding: match s.kind {
-                    crate::config::SourceKind::Bench { .. } => Encoding::Bincode,
-                    _ => Encoding::Json,
-                },
+                encoding: s.kind.output().1,
                 consumers: Vec::new(),
                 key_fields: Vec::new(),
                 ts_field: None,
@@ -343,10 +333,7 @@ pub fn plan(
     for op in &mut operators {
         for port in &mut op.ports {
             let text_sink = port.consumers.iter().any(|c| match c.node {
-                NodeRef::Sink(k) => config
-                    .sinks
-                    .get(k)
-                    .is_some_and(|s| s.kind != crate::config::SinkKind::Blackhole),
+                NodeRef::Sink(k) => config.sinks.get(k).is_some_and(|s| s.kind.writes_lines()),
                 _ => false,
             });
             if text_sink {

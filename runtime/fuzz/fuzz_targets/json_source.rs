@@ -2,7 +2,7 @@
 //! ends, keeps no line longer than the limit, and every record or refusal is within the input.
 #![no_main]
 
-use flumen::source::{FileSource, Pull, Source, SourceBatch};
+use flumen::connectors::{FileSource, Pull, Source, SourceBatch};
 use libfuzzer_sys::fuzz_target;
 use std::io::Write;
 

@@ -4,6 +4,7 @@
 //! re-send of an earlier line), out-of-order and far-late event times, extra fields and blank
 //! lines.
 
+use super::{Options, Pull, Source, SourceBatch, SourceConfig, SourceKind};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use std::collections::VecDeque;
@@ -208,6 +209,100 @@ impl BenchGenerator {
             .iter()
             .position(|f| *f == name)
             .map(|i| order[i])
+    }
+}
+
+/// The type name of the bench source's records: six `i64`s, `order_id, user_id, sku, qty,
+/// price_cents, ts`, in bincode.
+pub const BENCH_ORDER: &str = "BenchOrder";
+
+/// The options of a generator (or bench) source, besides those of every source.
+pub(super) const SOURCE_OPTIONS: &[&str] = &["count", "seed"];
+
+/// A generator source's kind (`bench` when `typed`), from its options.
+pub(super) fn source_kind(options: &mut dyn Options, typed: bool) -> Option<SourceKind> {
+    let count = options.positive("count", 1000, u64::MAX >> 1);
+    let seed = options.integer("seed").unwrap_or(0) as u64;
+    Some(match typed {
+        true => SourceKind::Bench { count, seed },
+        false => SourceKind::Generator { count, seed },
+    })
+}
+
+/// A source of `count` generated orders from `seed`; typed (bincode `BenchOrder`s) for `bench`.
+pub(super) fn open(count: u64, seed: u64, typed: bool, config: &SourceConfig) -> Box<dyn Source> {
+    match typed {
+        false => Box::new(GeneratorSource {
+            lines: OrderGenerator::new(seed).take(count as usize),
+            batch_size: config.batch_size,
+        }),
+        true => Box::new(BenchSource {
+            generator: BenchGenerator::new(seed),
+            left: count,
+            batch_size: config.batch_size,
+            value: Vec::with_capacity(48),
+        }),
+    }
+}
+
+/// Generated orders, as `flumen gen orders` writes them.
+struct GeneratorSource<I> {
+    lines: I,
+    batch_size: usize,
+}
+
+impl<I: Iterator<Item = String>> Source for GeneratorSource<I> {
+    fn next_batch(&mut self, out: &mut SourceBatch) -> std::io::Result<Pull> {
+        while out.len() < self.batch_size {
+            let Some(line) = self.lines.next() else { break };
+            if !line.trim().is_empty() {
+                out.push_json(line.as_bytes());
+            }
+        }
+        Ok(if out.is_empty() {
+            Pull::Finished
+        } else {
+            Pull::Batch
+        })
+    }
+
+    fn retune(&mut self, config: &SourceConfig) {
+        self.batch_size = config.batch_size;
+    }
+}
+
+/// The benchmark's orders, made in memory as bincode `BenchOrder`s (six `i64`s).
+struct BenchSource {
+    generator: BenchGenerator,
+    left: u64,
+    batch_size: usize,
+    value: Vec<u8>,
+}
+
+impl Source for BenchSource {
+    fn next_batch(&mut self, out: &mut SourceBatch) -> std::io::Result<Pull> {
+        while out.len() < self.batch_size && self.left > 0 {
+            self.left -= 1;
+            let order = self.generator.next_order();
+            self.value.clear();
+            for field in order {
+                self.value.extend_from_slice(&field.to_le_bytes());
+            }
+            out.push_typed(
+                |name| BenchGenerator::field(&order, name),
+                order[5],
+                &self.value,
+            );
+        }
+        Ok(if out.is_empty() {
+            Pull::Finished
+        } else {
+            Pull::Batch
+        })
+    }
+
+    fn retune(&mut self, config: &SourceConfig) {
+        self.batch_size = config.batch_size;
     }
 }
 

@@ -1,0 +1,232 @@
+//! One batch being read by a source: records in output-entry framing, each with the keys its
+//! consumers need and its event time, read from JSON without decoding the rest of it.
+
+use flumen_sdk::abi::OutputWriter;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+/// One batch being read: records in output-entry framing, each with one key per field in
+/// `key_fields`, and the event times seen (by record index) for the watermark.
+#[derive(Debug, Default)]
+pub struct SourceBatch {
+    pub out: OutputWriter,
+    pub times: Vec<(u64, i64)>,
+    /// Records refused at the source: why, and (a prefix of) what they were.
+    pub rejected: Vec<(String, Vec<u8>)>,
+    count: u64,
+    key_fields: Vec<String>,
+    event_time: Option<String>,
+    found: Vec<Option<serde_json::Value>>,
+    /// The far-future guard: the most a record's event time may be ahead of `newest`.
+    max_future_ms: Option<i64>,
+    /// The newest event time seen so far (kept up to date by [`Self::push_json`]).
+    pub newest: Option<i64>,
+}
+
+/// How much of a refused record's text its dead letter keeps.
+pub const REJECTED_PREFIX: usize = 256;
+
+impl SourceBatch {
+    /// An empty batch whose records carry keys `key_fields` and event time `event_time`.
+    pub fn new(key_fields: Vec<String>, event_time: Option<String>) -> Self {
+        SourceBatch {
+            key_fields,
+            event_time,
+            ..SourceBatch::default()
+        }
+    }
+
+    /// Guards against far-future event times: see [`crate::config::SourceConfig::max_future_ms`].
+    pub fn with_max_future(mut self, max_future_ms: Option<i64>) -> Self {
+        self.max_future_ms = max_future_ms;
+        self
+    }
+
+    /// Empties the batch, keeping its allocations.
+    pub fn clear(&mut self) {
+        self.out.clear();
+        self.times.clear();
+        self.rejected.clear();
+        self.count = 0;
+    }
+
+    /// Refuses a record: it becomes a dead letter of the source with `why` and the start of
+    /// `raw`.
+    pub fn reject(&mut self, why: String, raw: &[u8]) {
+        let mut prefix = raw[..raw.len().min(REJECTED_PREFIX)].to_vec();
+        if raw.len() > REJECTED_PREFIX {
+            prefix.extend_from_slice("…".as_bytes());
+        }
+        self.rejected.push((why, prefix));
+    }
+
+    /// How many records it holds.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Appends a JSON Lines record, reading its keys and event time from the JSON. A line that
+    /// is not an object, or lacks a field, gets empty keys and no event time: the first operator
+    /// will send it to the dead letters.
+    pub fn push_json(&mut self, line: &[u8]) {
+        let wanted: Vec<&str> = self
+            .key_fields
+            .iter()
+            .map(String::as_str)
+            .chain(self.event_time.as_deref())
+            .collect();
+        self.found.clear();
+        self.found.resize(wanted.len(), None);
+        if !wanted.is_empty() {
+            let mut deserializer = serde_json::Deserializer::from_slice(line);
+            let _ = FieldPicker {
+                wanted: &wanted,
+                found: &mut self.found,
+            }
+            .deserialize(&mut deserializer);
+        }
+        let keys = self.key_fields.len();
+        let ts = self
+            .event_time
+            .as_ref()
+            .and_then(|_| self.found.get(keys)?.as_ref()?.as_i64());
+        if let (Some(ts), Some(limit), Some(newest)) = (ts, self.max_future_ms, self.newest)
+            && ts.saturating_sub(newest) > limit
+        {
+            self.reject(
+                format!(
+                    "event time {ts} is {} ms ahead of the newest seen ({newest}), more than \
+                     max_future_ms = {limit}",
+                    ts.saturating_sub(newest)
+                ),
+                line,
+            );
+            return;
+        }
+        if let Some(ts) = ts {
+            self.newest = Some(self.newest.map_or(ts, |n| n.max(ts)));
+        }
+        let index = self.count;
+        if let Some(ts) = ts {
+            self.times.push((index, ts));
+        }
+        let mut entry = self
+            .out
+            .record(0, index as u32, ts.unwrap_or(0), keys as u8);
+        for value in &self.found[..keys] {
+            entry.key(|b| match value {
+                Some(serde_json::Value::String(s)) => b.extend_from_slice(s.as_bytes()),
+                Some(other) => b.extend_from_slice(other.to_string().as_bytes()),
+                None => {}
+            });
+        }
+        let _ = entry.value(|b| {
+            b.extend_from_slice(line);
+            Ok::<_, ()>(())
+        });
+        self.count += 1;
+    }
+
+    /// Appends a typed record: `field` gives each field's integer value by name.
+    pub fn push_typed(&mut self, field: impl Fn(&str) -> Option<i64>, ts: i64, value: &[u8]) {
+        let index = self.count;
+        if self.event_time.is_some() {
+            self.times.push((index, ts));
+        }
+        let mut entry = self
+            .out
+            .record(0, index as u32, ts, self.key_fields.len() as u8);
+        for name in &self.key_fields {
+            entry.key(|b| {
+                if let Some(v) = field(name) {
+                    b.extend_from_slice(v.to_string().as_bytes());
+                }
+            });
+        }
+        let _ = entry.value(|b| {
+            b.extend_from_slice(value);
+            Ok::<_, ()>(())
+        });
+        self.count += 1;
+    }
+}
+
+/// Deserializes only the wanted top-level fields of a JSON object, skipping the rest unparsed.
+struct FieldPicker<'a, 'b> {
+    wanted: &'a [&'b str],
+    found: &'a mut [Option<serde_json::Value>],
+}
+
+impl<'de> DeserializeSeed<'de> for FieldPicker<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldPicker<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match self.wanted.iter().position(|w| *w == key) {
+                Some(i) => self.found[i] = Some(map.next_value()?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flumen_sdk::abi::{OutputEntry, OutputReader};
+
+    #[test]
+    fn json_records_carry_the_keys_and_event_time_they_name() {
+        let mut batch = SourceBatch::new(vec!["sku".into(), "user".into()], Some("ts".into()));
+        batch.push_json(br#"{"ts": 7, "sku": "S-1", "user": 42, "other": [1, {"x": 2}]}"#);
+        batch.push_json(b"not json");
+        batch.push_json(br#"{"ts": "late", "sku": "S-2"}"#);
+        assert_eq!(batch.times, vec![(0, 7)]);
+        let entries: Vec<_> = OutputReader::new(batch.out.as_bytes())
+            .map(Result::unwrap)
+            .collect();
+        match &entries[0] {
+            OutputEntry::Record { ts, keys, .. } => {
+                assert_eq!(*ts, 7);
+                assert_eq!(keys.get(0), Some(&b"S-1"[..]));
+                assert_eq!(keys.get(1), Some(&b"42"[..]));
+            }
+            other => panic!("{other:?}"),
+        }
+        match &entries[2] {
+            OutputEntry::Record { keys, .. } => assert_eq!(keys.get(1), Some(&b""[..])),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn far_future_event_times_are_refused_when_guarded() {
+        let mut batch = SourceBatch::new(Vec::new(), Some("ts".into())).with_max_future(Some(1000));
+        batch.push_json(br#"{"ts": 5000}"#);
+        batch.push_json(br#"{"ts": 5999}"#);
+        batch.push_json(br#"{"ts": 1000000000000000000}"#);
+        batch.push_json(br#"{"ts": 6500}"#);
+        assert_eq!(batch.times, vec![(0, 5000), (1, 5999), (2, 6500)]);
+        assert_eq!(batch.rejected.len(), 1);
+        assert!(batch.rejected[0].0.contains("max_future_ms = 1000"));
+    }
+}

@@ -1,0 +1,33 @@
+//! Standard output (JSON Lines) and the blackhole sink (benchmarks).
+
+use super::Sink;
+use std::io::{BufWriter, Write};
+
+/// Drops every record (the executor counts them).
+pub(super) struct Blackhole;
+
+impl Sink for Blackhole {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// JSON Lines to any writer (standard output).
+pub(super) struct LineSink<W: Write> {
+    pub out: BufWriter<W>,
+}
+
+impl<W: Write> Sink for LineSink<W> {
+    fn write(&mut self, value: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(value)?;
+        self.out.write_all(b"\n")
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
