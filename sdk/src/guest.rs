@@ -207,11 +207,7 @@ impl<Op: Operator> GuestRunner for Runner<Op> {
     /// Answers [`abi::exports::PROCESS`] for the batch in the first `len` input bytes.
     fn process(&mut self, len: usize) -> &[u8] {
         let Some(op) = self.op.as_mut() else {
-            self.buffers.output.clear();
-            self.buffers
-                .output
-                .error(u32::MAX, "process called before init", b"");
-            return self.buffers.output.as_bytes();
+            return refuse(&mut self.buffers.output, "process called before init");
         };
         let Buffers {
             ports,
@@ -407,7 +403,7 @@ impl<A: Aggregate> GuestRunner for AggregateRunner<A> {
     /// Answers [`abi::exports::PROCESS`]: adds each record to the accumulators of its slots.
     fn process(&mut self, len: usize) -> &[u8] {
         let Some(aggregate) = self.aggregate.as_ref() else {
-            return self.buffers.output.as_bytes();
+            return refuse(&mut self.buffers.output, "process called before init");
         };
         let is_struct = self.input_is_struct;
         let accs = &mut self.accs;
@@ -458,7 +454,7 @@ impl<A: Aggregate> GuestRunner for AggregateRunner<A> {
     /// Answers [`abi::exports::MERGE`]: merges each record's slots `1..` into its slot 0.
     fn merge(&mut self, len: usize) -> &[u8] {
         let Some(aggregate) = self.aggregate.as_ref() else {
-            return self.buffers.output.as_bytes();
+            return refuse(&mut self.buffers.output, "merge called before init");
         };
         let accs = &mut self.accs;
         let Buffers { input, output, .. } = &mut self.buffers;
@@ -515,7 +511,7 @@ impl<A: Aggregate> GuestRunner for AggregateRunner<A> {
     /// Answers [`abi::exports::FINISH`]: the result of each fired window.
     fn finish(&mut self, len: usize) -> &[u8] {
         let Some(aggregate) = self.aggregate.as_ref() else {
-            return self.buffers.output.as_bytes();
+            return refuse(&mut self.buffers.output, "finish called before init");
         };
         let Buffers {
             ports,
@@ -904,5 +900,45 @@ mod tests {
             "this module is not an aggregate"
         );
         assert!(whole_call_error(runner.native_call(native::PROCESS, &[])).contains("before init"));
+    }
+
+    struct Sum;
+
+    impl crate::aggregate::Aggregate for Sum {
+        type Input = i64;
+        type Acc = i64;
+        type Output = i64;
+        type Params = crate::NoParams;
+
+        fn new(_: Self::Params) -> Result<Self, String> {
+            Ok(Sum)
+        }
+        fn create(&self) -> i64 {
+            0
+        }
+        fn add(&self, acc: &mut i64, input: &i64) {
+            *acc += input;
+        }
+        fn merge(&self, acc: &mut i64, other: i64) {
+            *acc += other;
+        }
+        fn finish(&self, _: &str, _: crate::aggregate::Window, acc: i64) -> Option<i64> {
+            Some(acc)
+        }
+    }
+
+    #[test]
+    fn aggregate_calls_before_init_are_refused() {
+        let mut runner = AggregateRunner::<Sum>::default();
+        for (call, name) in [
+            (native::PROCESS, "process"),
+            (native::MERGE, "merge"),
+            (native::FINISH, "finish"),
+        ] {
+            assert_eq!(
+                whole_call_error(runner.native_call(call, &[])),
+                format!("{name} called before init")
+            );
+        }
     }
 }
