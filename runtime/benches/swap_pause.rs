@@ -60,7 +60,10 @@ fn main() -> anyhow::Result<()> {
                 std::fs::write(&path, version(51 + i % 40))?;
                 let next = flumen::prepare(&path, &sandbox, options)
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
-                if sender.send(next).is_err() {
+                if sender
+                    .send(flumen::reload::Version::Ready(Box::new(next)))
+                    .is_err()
+                {
                     break;
                 }
             }

@@ -10,7 +10,7 @@
 //! must then present as `Authorization: Bearer <token>`.
 
 use crate::reload::Trigger;
-use crate::status::SharedStatus;
+use crate::telemetry::SharedStatus;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;

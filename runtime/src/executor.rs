@@ -13,10 +13,10 @@ use crate::dead_letter::DeadLetters;
 use crate::diff::{Conflict, OperatorStep, SinkStep, SourceStep, StateStep, diff};
 use crate::guest::{Guest, OperatorInstance};
 use crate::plan::{Consumer, NodeRef, Plan, PortPlan, SourcePlan};
-use crate::reload::Reloads;
+use crate::reload::{Reloads, Version};
 use crate::stage::Stage;
-use crate::stats::{StageKind, StageStats, Summary};
-use crate::status::{ReloadOutcome, SharedStatus, StageStatus};
+use crate::telemetry::{ReloadOutcome, SharedStatus, StageStatus};
+use crate::telemetry::{StageKind, StageStats, Summary};
 use crate::window::BoundedOutOfOrderness;
 use flumen_sdk::abi::{Encoding, OutputEntry, OutputReader};
 use std::collections::VecDeque;
@@ -79,32 +79,19 @@ impl Pipeline {
 
     fn publish_status(&self) {
         let Some(shared) = &self.status else { return };
-        let stage = |s: &StageStats, hash: Option<String>, watermark: Option<i64>| StageStatus {
-            name: s.name.clone(),
-            kind: match s.kind {
-                StageKind::Source => "source",
-                StageKind::Operator => "operator",
-                StageKind::Sink => "sink",
-            },
-            module_hash: hash,
-            records_in: s.records_in,
-            outputs: s.outputs.iter().cloned().collect(),
-            dead_letters: s.dead_letters,
-            watermark,
-        };
-        let finite = |w: i64| (w != i64::MIN).then_some(w);
         let stages = self
             .sources
             .iter()
-            .map(|s| stage(&s.stats, None, finite(s.watermark)))
+            .map(|s| StageStatus::of(&s.stats, None, s.watermark))
             .chain(self.stages.iter().map(|s| {
-                stage(
-                    &s.stats,
-                    Some(s.module_hash().to_string()),
-                    finite(s.watermark),
-                )
+                let hash = Some(s.module_hash().to_string());
+                StageStatus::of(&s.stats, hash, s.watermark)
             }))
-            .chain(self.sink_stats.iter().map(|s| stage(s, None, None)))
+            .chain(
+                self.sink_stats
+                    .iter()
+                    .map(|s| StageStatus::of(s, None, i64::MIN)),
+            )
             .collect();
         if let Ok(mut status) = shared.lock() {
             status.stages = stages;
@@ -372,7 +359,16 @@ impl Pipeline {
     pub fn run(&mut self, stop: &AtomicBool, reloads: Option<&Reloads>) -> anyhow::Result<Summary> {
         let mut last_flush = Instant::now();
         loop {
-            while let Some(next) = reloads.and_then(|r| r.versions.try_recv().ok()) {
+            while let Some(version) = reloads.and_then(|r| r.versions.try_recv().ok()) {
+                let next = match version {
+                    Version::Ready(next) => *next,
+                    Version::Failed(line) => {
+                        tracing::error!("reload failed: {line}");
+                        self.record_reload(ReloadOutcome::now(false, vec![line]));
+                        self.publish_status();
+                        continue;
+                    }
+                };
                 let applied = self.apply(next);
                 if let Some(reloads) = reloads {
                     // The reloader diffs its next version against what runs: tell it.

@@ -5,11 +5,13 @@
 //! type-checks the graph, [`prepare`] initialises every operator, and [`executor`] runs it. See
 //! ARCHITECTURE.md for the whole map.
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod config;
 pub mod connectors;
 mod dead_letter;
-pub mod diff;
+mod diff;
 pub mod executor;
 pub mod guest;
 pub mod plan;
@@ -17,8 +19,7 @@ pub mod reload;
 pub mod shape;
 mod stage;
 mod state;
-pub mod stats;
-pub mod status;
+pub mod telemetry;
 pub mod toolchain;
 pub mod window;
 
@@ -31,7 +32,9 @@ use std::path::Path;
 /// A pipeline whose every module is loaded, type-checked and initialised: what `flumen validate`
 /// checks and what `flumen run` starts.
 pub struct Prepared {
+    /// The checked pipeline file.
     pub config: PipelineConfig,
+    /// Its graph, wired and type-checked.
     pub plan: plan::Plan,
     /// Initialised instances of every operator (one per partition), in `plan.operators` order;
     /// none for an operator a reload keeps running (see [`prepare_reload`]).
@@ -57,9 +60,9 @@ impl Default for Options {
 }
 
 /// How operators run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum BackendKind {
-    /// Sandboxed WebAssembly modules.
+    /// Sandboxed WebAssembly.
     #[default]
     Wasm,
     /// The same UDF crates built for the host: `dir/name.wasm` runs as `dir/native/libname.so`

@@ -14,19 +14,26 @@ pub use crate::connectors::JSON_TEXT;
 /// A stage of the plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum NodeRef {
+    /// Index in `Plan::sources`.
     Source(usize),
+    /// Index in `Plan::operators`.
     Operator(usize),
+    /// Index in `Plan::sinks`.
     Sink(usize),
 }
 
 /// One output of a stage and the stages that read it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PortPlan {
+    /// `main`, a side output's name, or `late`.
     pub name: String,
+    /// The type of its records.
     pub type_name: String,
     /// The shape of its records' type, where its module could trace it.
     pub shape: Option<flumen_sdk::abi::Shape>,
+    /// How its records' values are written.
     pub encoding: Encoding,
+    /// The stages reading it.
     pub consumers: Vec<Consumer>,
     /// The fields the producer extracts as keys, one per distinct `key_by` of its consumers.
     pub key_fields: Vec<String>,
@@ -37,6 +44,7 @@ pub struct PortPlan {
 /// A stage reading a port, and which of the port's keys is its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Consumer {
+    /// The reading stage.
     pub node: NodeRef,
     /// Index into the port's `key_fields`; `None` for an unkeyed stage.
     pub key: Option<usize>,
@@ -48,22 +56,31 @@ pub const LATE_PORT: &str = "late";
 /// The executable graph. `operators` is in topological order; [`NodeRef::Operator`] indexes it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
+    /// Sources, in the configuration's order.
     pub sources: Vec<SourcePlan>,
+    /// Operators, each after every operator it reads.
     pub operators: Vec<OperatorPlan>,
+    /// Sinks, in the configuration's order.
     pub sinks: Vec<SinkPlan>,
     /// The sink of every stage's failed records.
     pub dead_letter: Option<usize>,
 }
 
+/// A source and its one port.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourcePlan {
+    /// The source as configured.
     pub config: crate::config::SourceConfig,
+    /// What it emits.
     pub port: PortPlan,
 }
 
+/// An operator, its module's description, its ports and partitions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OperatorPlan {
+    /// The operator as configured.
     pub config: crate::config::OperatorConfig,
+    /// What its module said of itself.
     pub describe: Describe,
     /// Main first, then the side outputs in [`Describe`] order, then (a window stage) `late`.
     pub ports: Vec<PortPlan>,
@@ -82,8 +99,10 @@ impl OperatorPlan {
     }
 }
 
+/// A sink.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SinkPlan {
+    /// The sink as configured.
     pub config: crate::config::SinkConfig,
 }
 

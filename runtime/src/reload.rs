@@ -8,7 +8,6 @@
 use crate::config::ConfigErrors;
 use crate::guest::Sandbox;
 use crate::plan::Plan;
-use crate::status::{ReloadOutcome, SharedStatus};
 use crate::{Options, Prepared};
 use notify::{RecursiveMode, Watcher};
 use std::collections::BTreeSet;
@@ -41,16 +40,28 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
+/// What the reloader made of the files as they are now.
+pub enum Version {
+    /// A version ready to swap in.
+    Ready(Box<Prepared>),
+    /// Why the files do not make one (its first line), for the executor to report.
+    Failed(String),
+}
+
 /// The executor's end of the reloader: the versions to swap in, and where it says whether each
 /// one was (the reloader diffs the next version against the one running).
 pub struct Reloads {
-    pub versions: Receiver<Prepared>,
+    /// Versions to swap in, in order.
+    pub versions: Receiver<Version>,
+    /// Whether each `Version::Ready` was swapped in.
     pub outcomes: Sender<bool>,
 }
 
 /// The reloader's end: where it sends versions and hears whether they were swapped in.
 pub struct Link {
-    pub versions: Sender<Prepared>,
+    /// Where versions go.
+    pub versions: Sender<Version>,
+    /// Whether each `Version::Ready` was swapped in.
     pub outcomes: Receiver<bool>,
 }
 
@@ -68,15 +79,17 @@ pub fn link() -> (Link, Reloads) {
 
 /// What the reloader reloads, and how.
 pub struct Reloader {
+    /// The pipeline file.
     pub path: PathBuf,
+    /// The sandbox modules load into.
     pub sandbox: Arc<Sandbox>,
+    /// How stages are prepared (as at start).
     pub options: Options,
     /// Whether to watch the pipeline file and its modules (else only `Trigger::Asked` reloads).
     pub watch: bool,
     /// The plan running at start: each version is diffed against the one running, so only the
     /// stages it swaps or adds are instantiated.
     pub running: Plan,
-    pub status: Option<SharedStatus>,
 }
 
 /// Starts the reloader thread. It reads `triggers` (which the watcher, if `watch`, also feeds),
@@ -95,7 +108,6 @@ pub fn spawn(
         options,
         watch,
         mut running,
-        status,
     } = reloader;
     let mut watcher = if watch {
         let sender = trigger_sender.clone();
@@ -148,7 +160,7 @@ pub fn spawn(
                             watch_folders(watcher, dirs, &files);
                         }
                         let plan = next.plan.clone();
-                        if link.versions.send(next).is_err() {
+                        if link.versions.send(Version::Ready(Box::new(next))).is_err() {
                             return;
                         }
                         match link.outcomes.recv() {
@@ -158,10 +170,12 @@ pub fn spawn(
                         }
                     }
                     Err(errors) => {
-                        let line = errors.first_line();
-                        tracing::error!("reload failed: {line}");
-                        if let Some(Ok(mut status)) = status.as_ref().map(|s| s.lock()) {
-                            status.last_reload = Some(ReloadOutcome::now(false, vec![line]));
+                        if link
+                            .versions
+                            .send(Version::Failed(errors.first_line()))
+                            .is_err()
+                        {
+                            return;
                         }
                     }
                 }

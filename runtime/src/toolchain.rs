@@ -22,7 +22,10 @@ pub enum Toolchain {
     /// rustup's toolchain with its `wasm32-unknown-unknown` target.
     Rustup,
     /// Debian's rustc-web and cargo-web building `std` from source, linked by `linker`.
-    DebianBuildStd { linker: PathBuf },
+    DebianBuildStd {
+        /// The linker for `wasm32-unknown-unknown` (`rust-lld` or `lld`).
+        linker: PathBuf,
+    },
 }
 
 /// Finds a way to build for `wasm32-unknown-unknown`, or says what to install.
@@ -84,7 +87,9 @@ fn find_rust_lld() -> Option<PathBuf> {
 /// A UDF crate to build.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UdfCrate {
+    /// The crate's `Cargo.toml`.
     pub manifest: PathBuf,
+    /// Its package name.
     pub package: String,
 }
 

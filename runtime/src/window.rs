@@ -10,17 +10,30 @@ use serde::Deserialize;
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum WindowSpec {
     /// Back-to-back windows of `size_ms`.
-    Tumbling { size_ms: i64 },
+    Tumbling {
+        /// Window length.
+        size_ms: i64,
+    },
     /// Windows of `size_ms` starting every `slide_ms`.
-    Sliding { size_ms: i64, slide_ms: i64 },
+    Sliding {
+        /// Window length.
+        size_ms: i64,
+        /// Time between two windows' starts.
+        slide_ms: i64,
+    },
     /// A key's records closer than `gap_ms` to one another.
-    Session { gap_ms: i64 },
+    Session {
+        /// The longest quiet time within one session.
+        gap_ms: i64,
+    },
 }
 
 /// A record whose windows cannot be represented in i64 milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutOfRange {
+    /// The record's event time.
     pub ts: i64,
+    /// The windows it would go to.
     pub spec: WindowSpec,
 }
 
@@ -43,7 +56,9 @@ impl std::fmt::Display for OutOfRange {
 /// A window's bounds, `[start, end)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Bounds {
+    /// The first instant in the window.
     pub start: i64,
+    /// The first instant after it.
     pub end: i64,
 }
 
@@ -164,6 +179,7 @@ impl WindowSpec {
 /// a payload (what the executor accumulates for it).
 #[derive(Debug, Clone)]
 pub struct SessionSet<T> {
+    /// The sessions, in start order, with their payloads.
     pub sessions: Vec<(Bounds, T)>,
 }
 
@@ -222,6 +238,7 @@ pub struct BoundedOutOfOrderness {
 }
 
 impl BoundedOutOfOrderness {
+    /// A tracker whose watermark trails the largest event time by `delay_ms`.
     pub fn new(delay_ms: i64) -> Self {
         BoundedOutOfOrderness {
             delay: delay_ms.max(0),

@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(describe) = decode_control::<Describe>(data) else {
         return;
     };
-    if flumen::sandbox::check_describe(&describe).is_err() {
+    if flumen::guest::check_describe(&describe).is_err() {
         return;
     }
     let shapes = [&describe.input_shape, &describe.output_shape];

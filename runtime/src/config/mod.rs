@@ -43,17 +43,22 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
 /// A position in the pipeline file, 1-based.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Location {
+    /// Line, from 1.
     pub line: usize,
+    /// Column (in characters), from 1.
     pub column: usize,
 }
 
 /// One problem in a pipeline file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
+    /// The pipeline file.
     pub file: PathBuf,
+    /// Where in it, when known.
     pub location: Option<Location>,
     /// The dotted key the problem is about (`operators.validate.inputs`), empty if none.
     pub key: String,
+    /// What is wrong.
     pub message: String,
 }
 
@@ -115,11 +120,15 @@ impl ConfigErrors {
 pub struct PipelineConfig {
     /// The file it came from.
     pub file: PathBuf,
+    /// The pipeline's name (`[pipeline] name`, else the file's stem).
     pub name: String,
     /// The sink every stage's failed records go to.
     pub dead_letter: Option<String>,
+    /// Sources, in name order.
     pub sources: Vec<SourceConfig>,
+    /// Operators, in name order.
     pub operators: Vec<OperatorConfig>,
+    /// Sinks, in name order.
     pub sinks: Vec<SinkConfig>,
     /// Where each dotted key is written, for errors found after parsing.
     pub locations: BTreeMap<String, Location>,
@@ -147,15 +156,20 @@ impl PipelineConfig {
     }
 }
 
+/// An operator stage, checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OperatorConfig {
+    /// Its name, unique among the stages.
     pub name: String,
     /// The module file, resolved against the pipeline file's folder.
     pub module: PathBuf,
+    /// What it reads.
     pub inputs: Vec<InputRef>,
     /// The `params` table, as JSON for the guest.
     pub params: serde_json::Value,
+    /// The most memory its module may use (`memory_limit_mib`).
     pub memory_limit_bytes: u64,
+    /// The longest one guest call may take (`timeout_ms`).
     pub timeout: Duration,
     /// The field whose value keys this stage's records (partitioning, state, windows).
     pub key_by: Option<String>,
@@ -211,17 +225,23 @@ pub enum OnStateChange {
     Reset,
 }
 
+/// A sink stage, checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SinkConfig {
+    /// Its name, unique among the stages.
     pub name: String,
+    /// Where it writes.
     pub kind: SinkKind,
+    /// What it reads.
     pub inputs: Vec<InputRef>,
 }
 
 /// An entry of `inputs`: `stage` (its main output) or `stage.port`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct InputRef {
+    /// The stage read.
     pub stage: String,
+    /// Its port (`None`: the main output).
     pub port: Option<String>,
     /// Where it is written, for later errors.
     pub location: Option<Location>,

@@ -8,7 +8,9 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 /// `key_fields`, and the event times seen (by record index) for the watermark.
 #[derive(Debug, Default)]
 pub struct SourceBatch {
+    /// The records, in output-entry framing.
     pub out: OutputWriter,
+    /// `(record index, event time)` of the records that have one.
     pub times: Vec<(u64, i64)>,
     /// Records refused at the source: why, and (a prefix of) what they were.
     pub rejected: Vec<(String, Vec<u8>)>,

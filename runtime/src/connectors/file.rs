@@ -82,6 +82,7 @@ pub struct FileSource {
 const READ_BUDGET: usize = 8 << 20;
 
 impl FileSource {
+    /// Opens `path`, to read `batch_size` lines at a time; following it if `follow`.
     pub fn open(path: PathBuf, follow: bool, batch_size: usize) -> anyhow::Result<Self> {
         let file = File::open(&path)
             .map_err(|e| anyhow::anyhow!("cannot open source file {}: {e}", path.display()))?;
@@ -282,6 +283,7 @@ pub struct FileSink {
 const SINK_BUFFER: usize = 1 << 16;
 
 impl FileSink {
+    /// Creates (or truncates) the file at `path`, and its folder.
     pub fn create(path: PathBuf) -> anyhow::Result<Self> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {

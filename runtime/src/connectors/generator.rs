@@ -24,6 +24,7 @@ pub struct OrderGenerator {
 }
 
 impl OrderGenerator {
+    /// The generator of seed `seed`.
     pub fn new(seed: u64) -> Self {
         OrderGenerator {
             rng: Pcg64Mcg::seed_from_u64(seed),
@@ -182,6 +183,7 @@ pub struct BenchGenerator {
 pub const BENCH_FIELDS: [&str; 6] = ["order_id", "user_id", "sku", "qty", "price_cents", "ts"];
 
 impl BenchGenerator {
+    /// The generator of seed `seed`.
     pub fn new(seed: u64) -> Self {
         BenchGenerator {
             rng: Pcg64Mcg::seed_from_u64(seed),

@@ -36,8 +36,11 @@ pub const JSON_TEXT: &str = "json";
 /// A source: its settings and its kind.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceConfig {
+    /// Its name, unique among the stages.
     pub name: String,
+    /// What it reads.
     pub kind: SourceKind,
+    /// Records per batch, at most.
     pub batch_size: usize,
     /// The top-level integer field that holds each record's event time.
     pub event_time: Option<String>,
@@ -54,18 +57,36 @@ pub struct SourceConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceKind {
     /// JSON Lines from a file.
-    File { path: PathBuf, follow: bool },
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Whether to wait for more lines at its end (and follow rotation), instead of ending.
+        follow: bool,
+    },
     /// Seeded generated orders, the same as `flumen gen orders`.
-    Generator { count: u64, seed: u64 },
+    Generator {
+        /// How many orders.
+        count: u64,
+        /// The seed: the same seed gives the same orders.
+        seed: u64,
+    },
     /// The benchmark's orders, made in memory (no JSON): typed `BenchOrder` records.
-    Bench { count: u64, seed: u64 },
+    Bench {
+        /// How many orders.
+        count: u64,
+        /// The seed: the same seed gives the same orders.
+        seed: u64,
+    },
 }
 
 /// Where a sink writes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SinkKind {
     /// JSON Lines to a file (its folder is created).
-    File { path: PathBuf },
+    File {
+        /// The file (created or truncated when the sink opens).
+        path: PathBuf,
+    },
     /// JSON Lines to standard output.
     Stdout,
     /// Counts and drops every record (benchmarks).

@@ -11,9 +11,13 @@ use std::sync::Arc;
 /// How an operator instance is set up.
 #[derive(Debug, Clone)]
 pub struct InstanceConfig {
+    /// The stage's name, for messages.
     pub stage: String,
+    /// The stage's `params`, as JSON.
     pub params: serde_json::Value,
+    /// How each port's records are written: main first, then the side outputs.
     pub ports: Vec<PortSpec>,
+    /// Memory and time allowed.
     pub limits: Limits,
 }
 

@@ -27,6 +27,10 @@ pub const MAX_MODULE_BYTES: usize = 16 << 20;
 
 /// Why a module cannot be used.
 #[derive(Debug, thiserror::Error)]
+#[expect(
+    missing_docs,
+    reason = "each variant is documented by its message, which names its fields"
+)]
 pub enum ModuleError {
     #[error("module {path}: cannot read it: {source}")]
     Read {
@@ -361,6 +365,7 @@ fn content_hash(bytes: &[u8]) -> String {
 
 /// A compiled, checked module, ready to instantiate any number of times.
 pub struct LoadedModule {
+    /// Where it was loaded from.
     pub path: PathBuf,
     /// A hash of the module's bytes.
     pub hash: String,
@@ -433,7 +438,9 @@ pub(super) enum Purpose {
 /// Resource limits of one instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// The most memory the instance may grow to.
     pub memory_bytes: u64,
+    /// The longest one call may take.
     pub timeout: Duration,
 }
 

@@ -29,7 +29,7 @@ use crate::state::keyed::KeyedStore;
 use crate::state::sessions::SessionStore;
 use crate::state::windows::WindowStore;
 use crate::state::{Bytes, Fired, Store, partition_of};
-use crate::stats::{StageKind, StageStats};
+use crate::telemetry::{StageKind, StageStats};
 use crate::window::{Bounds, WindowSpec};
 use flumen_sdk::abi::{
     Encoding, OperatorKind, OutputEntry, OutputReader, OutputWriter, RecordRef, SlotRefs,

@@ -2,11 +2,26 @@
 
 use std::fmt;
 
+/// What a stage is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StageKind {
+    /// Where records enter.
     Source,
+    /// A module run on records.
     Operator,
+    /// Where records leave.
     Sink,
+}
+
+impl StageKind {
+    /// `source`, `operator` or `sink`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageKind::Source => "source",
+            StageKind::Operator => "operator",
+            StageKind::Sink => "sink",
+        }
+    }
 }
 
 /// What one stage saw and produced. Every record is accounted for: an operator's
@@ -15,7 +30,9 @@ pub enum StageKind {
 /// `records_in` = lines written + `dead_letters`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StageStats {
+    /// The stage's name.
     pub name: String,
+    /// What it is.
     pub kind: StageKind,
     /// Records read (a source), received (an operator) or written (a sink).
     pub records_in: u64,
@@ -49,6 +66,7 @@ impl StageStats {
         i128::from(self.records_in) - i128::from(accounted)
     }
 
+    /// Zero counts for stage `name` with output `ports` (main first).
     pub fn new(name: &str, kind: StageKind, ports: &[&str]) -> Self {
         StageStats {
             name: name.to_string(),
@@ -68,6 +86,7 @@ impl StageStats {
 /// The counts of every stage at the end of a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
+    /// Every stage: sources, operators, sinks.
     pub stages: Vec<StageStats>,
 }
 

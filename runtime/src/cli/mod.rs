@@ -1,0 +1,43 @@
+//! The verbs of the command line, one file each, over the library's facade
+//! ([`flumen::prepare`], [`flumen::executor::Pipeline`], [`flumen::reload`]).
+
+mod build;
+mod gen_data;
+mod run;
+mod validate;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "flumen",
+    version,
+    about = "A stream runtime whose operators are Rust functions compiled to WebAssembly"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline until its sources are finished, then print what each stage did.
+    Run(run::Args),
+    /// Check a pipeline file and its modules without running it; every problem is reported.
+    Validate(validate::Args),
+    /// Build UDF crates to WebAssembly modules.
+    Build(build::Args),
+    /// Generate test data.
+    Gen(gen_data::Args),
+}
+
+/// Runs the verb `cli` names.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Validate(args) => validate::run(args),
+        Command::Build(args) => build::run(args),
+        Command::Gen(args) => gen_data::run(args),
+    }
+}

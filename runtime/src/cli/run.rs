@@ -1,0 +1,154 @@
+//! `flumen run`: prepares a pipeline, starts the admin endpoint, the reloader and the signal
+//! handlers, and runs it until its sources end or a signal stops it.
+
+use anyhow::Context;
+use flumen::BackendKind;
+use flumen::executor::Pipeline;
+use flumen::guest::Sandbox;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+
+/// The most partitions a stage may have (each is a sandboxed instance of its module).
+const MAX_PARALLELISM: usize = 256;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The pipeline file (TOML).
+    pipeline: PathBuf,
+    /// Partitions of every keyed stage.
+    #[arg(long, env = "FLUMEN_PARALLELISM", default_value_t = 1)]
+    parallelism: usize,
+    /// Reload when the pipeline file or one of its modules changes (SIGHUP reloads anyway).
+    #[arg(long)]
+    watch: bool,
+    /// Serve GET /status and POST /reload on this address (e.g. 127.0.0.1:9090).
+    #[arg(long, value_name = "ADDRESS")]
+    admin: Option<String>,
+    /// The bearer token the admin endpoint requires (needed off loopback).
+    #[arg(
+        long,
+        env = "FLUMEN_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    admin_token: Option<String>,
+    /// Run operators as sandboxed Wasm, or natively (built by `flumen build --native`).
+    #[arg(long, value_enum, default_value_t = BackendKind::Wasm)]
+    backend: BackendKind,
+    /// Also write the summary as JSON to this file (records, time, per-stage counts, peak RSS).
+    #[arg(long, value_name = "FILE")]
+    summary_json: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let Args {
+        pipeline,
+        parallelism,
+        watch,
+        admin,
+        admin_token,
+        backend,
+        summary_json,
+    } = args;
+    if !(1..=MAX_PARALLELISM).contains(&parallelism) {
+        anyhow::bail!("--parallelism is between 1 and {MAX_PARALLELISM}");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (trigger_sender, triggers) = mpsc::channel();
+    handle_signals(stop.clone(), trigger_sender.clone())?;
+    let options = flumen::Options {
+        parallelism,
+        backend,
+    };
+    let capacity = flumen::instances_needed(&pipeline, options);
+    let sandbox = Arc::new(Sandbox::with_capacity(capacity)?);
+    let prepared = match flumen::prepare(&pipeline, &sandbox, options) {
+        Ok(prepared) => prepared,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let files = flumen::reload::watched_files(&pipeline, &prepared);
+    let status = admin.as_ref().map(|_| {
+        Arc::new(std::sync::Mutex::new(flumen::telemetry::Status {
+            pipeline: pipeline.display().to_string(),
+            ..Default::default()
+        }))
+    });
+    if let (Some(address), Some(status)) = (&admin, &status) {
+        let config = flumen::admin::AdminConfig {
+            address: address.clone(),
+            token: admin_token,
+        };
+        flumen::admin::serve(&config, status.clone(), trigger_sender.clone())?;
+    }
+    let (link, reloads) = flumen::reload::link();
+    let reloader = flumen::reload::Reloader {
+        path: pipeline.clone(),
+        sandbox: sandbox.clone(),
+        options,
+        watch,
+        running: prepared.plan.clone(),
+    };
+    flumen::reload::spawn(reloader, files, triggers, trigger_sender, link)?;
+    let mut running = Pipeline::build(prepared)?;
+    if let Some(status) = status {
+        running.report_to(status);
+    }
+    let started = std::time::Instant::now();
+    let summary = running.run(&stop, Some(&reloads))?;
+    let elapsed = started.elapsed();
+    eprint!("{summary}");
+    if let Some(path) = summary_json {
+        let report = summary.to_json(elapsed);
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT and SIGTERM stop the run gracefully (what was read is drained, sinks are flushed, the
+/// exit code is 0); SIGHUP asks for a reload. The handlers are in place when this returns.
+fn handle_signals(
+    stop: Arc<AtomicBool>,
+    reload: mpsc::Sender<flumen::reload::Trigger>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the signal handler")?;
+    let (mut terminate, mut interrupt, mut hangup) = {
+        let _entered = runtime.enter();
+        (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::hangup())?,
+        )
+    };
+    std::thread::Builder::new()
+        .name("flumen-signals".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                loop {
+                    tokio::select! {
+                        _ = terminate.recv() => {
+                            tracing::info!("SIGTERM: draining and stopping");
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                        _ = interrupt.recv() => {
+                            tracing::info!("SIGINT: draining and stopping");
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                        _ = hangup.recv() => {
+                            let _ = reload.send(flumen::reload::Trigger::Asked);
+                        }
+                    }
+                }
+            })
+        })?;
+    Ok(())
+}
