@@ -1,0 +1,445 @@
+//! The guest side of the ABI: [`Runner`] turns the host's requests into [`Operator`] calls, and
+//! [`export!`](crate::export) wires a runner to the module's exports. The runner is plain Rust, so
+//! the same code runs inside Wasm and natively.
+
+use crate::abi::{
+    self, ABI_VERSION, BatchReader, Describe, Encoding, InitRequest, OperatorKind, OutputWriter,
+    SlotRef,
+};
+use crate::aggregate::{Aggregate, Window};
+use crate::fields::Extracted;
+use crate::operator::{self, Operator, Outputs, Port, Target};
+use crate::state::KeyedState;
+use serde::de::DeserializeOwned;
+
+mod aggregate;
+mod runner;
+
+pub use aggregate::AggregateRunner;
+pub use runner::Runner;
+
+/// The description of `Op` that [`abi::exports::DESCRIBE`] returns.
+pub fn describe<Op: Operator>() -> Describe {
+    Describe {
+        abi_version: ABI_VERSION,
+        kind: Op::KIND,
+        input_type: crate::type_name::<Op::Input>(),
+        output_type: crate::type_name::<Op::Output>(),
+        side_outputs: Op::side_outputs(),
+        state_type: (Op::KIND == OperatorKind::Process).then(<Op::State as KeyedState>::type_name),
+        input_shape: crate::shape::of::<Op::Input>(),
+        output_shape: Op::output_shape(),
+    }
+}
+
+/// The description of aggregate `A`.
+pub fn describe_aggregate<A: Aggregate>() -> Describe {
+    Describe {
+        abi_version: ABI_VERSION,
+        kind: OperatorKind::Aggregate,
+        input_type: crate::type_name::<A::Input>(),
+        output_type: crate::type_name::<A::Output>(),
+        side_outputs: Vec::new(),
+        state_type: Some(crate::type_name::<A::Acc>()),
+        input_shape: crate::shape::of::<A::Input>(),
+        output_shape: A::output_shape(),
+    }
+}
+
+/// What every runner keeps: its request and reply buffers, reused from call to call, and the
+/// ports the host wired.
+struct Buffers {
+    ports: Vec<Port>,
+    input: Vec<u8>,
+    output: OutputWriter,
+    reply: Vec<u8>,
+    extracted: Extracted,
+}
+
+impl Buffers {
+    fn new() -> Self {
+        Buffers {
+            ports: Vec::new(),
+            input: Vec::new(),
+            output: OutputWriter::default(),
+            reply: Vec::new(),
+            extracted: Extracted::default(),
+        }
+    }
+
+    fn input_buffer(&mut self, len: usize) -> &mut [u8] {
+        self.input.resize(len, 0);
+        &mut self.input
+    }
+
+    fn encode_reply<T: serde::Serialize>(&mut self, value: T) -> &[u8] {
+        self.reply.clear();
+        // Encoding plain data into a `Vec` cannot fail.
+        let _ = bincode::serde::encode_into_std_write(value, &mut self.reply, abi::BINCODE);
+        &self.reply
+    }
+
+    /// Decodes an init request, wires the ports, and returns the params as JSON.
+    fn init(&mut self, len: usize, side_names: Vec<String>) -> Result<String, String> {
+        let request = self
+            .input
+            .get(..len)
+            .ok_or("init request past the input buffer")?;
+        let (request, _): (InitRequest, _) =
+            bincode::serde::decode_from_slice(request, abi::BINCODE)
+                .map_err(|e| format!("cannot decode the init request: {e}"))?;
+        if request.ports.len() != side_names.len() + 1 {
+            return Err(format!(
+                "the host wired {} ports, the operator has {}",
+                request.ports.len(),
+                side_names.len() + 1
+            ));
+        }
+        let names = std::iter::once("main".to_string()).chain(side_names);
+        self.ports = names
+            .zip(request.ports)
+            .map(|(name, spec)| Port { name, spec })
+            .collect();
+        Ok(request.params_json)
+    }
+
+    fn render_json<T: DeserializeOwned + serde::Serialize>(&mut self, len: usize) -> &[u8] {
+        let is_struct = operator::is_struct::<T>();
+        self.output.clear();
+        let batch = match self.input.get(..len).map(BatchReader::new) {
+            Some(Ok(batch)) => batch,
+            _ => {
+                self.output.error(u32::MAX, "malformed batch", b"");
+                return self.output.as_bytes();
+            }
+        };
+        let encoding = batch.encoding();
+        for (index, record) in batch.enumerate() {
+            let Ok(record) = record else { break };
+            match operator::decode::<T>(encoding, record.value, is_struct) {
+                Ok(value) => {
+                    let entry = self.output.record(0, index as u32, record.ts, 0);
+                    let _ = entry.value(|buf| operator::encode_into(Encoding::Json, &value, buf));
+                }
+                Err(e) => self.output.error(index as u32, &e, record.value),
+            }
+        }
+        self.output.as_bytes()
+    }
+}
+
+/// Decodes a stage's `params` into the UDF's type. A key the type does not read is an error,
+/// whatever the type's serde attributes say: a misspelt parameter must not silently keep its
+/// default.
+pub(crate) fn decode_params<P: DeserializeOwned>(json: &str) -> Result<P, String> {
+    let mut unknown = Vec::new();
+    let mut deserializer = serde_json::Deserializer::from_str(json);
+    let params =
+        serde_ignored::deserialize(&mut deserializer, |path| unknown.push(path.to_string()))
+            .map_err(|e| format!("invalid params: {e}"))?;
+    match unknown.as_slice() {
+        [] => Ok(params),
+        [one] => Err(format!("unknown params key `{one}`")),
+        more => Err(format!("unknown params keys `{}`", more.join("`, `"))),
+    }
+}
+
+/// The batch in the first `len` bytes of `input`, and its slots, with `output` cleared for the
+/// answer; a framing error is written there as an error entry and gives `None`.
+fn read_batch<'a>(
+    input: &'a [u8],
+    len: usize,
+    output: &mut OutputWriter,
+) -> Option<(BatchReader<'a>, Vec<SlotRef<'a>>)> {
+    output.clear();
+    let parsed = input
+        .get(..len)
+        .ok_or(abi::FrameError("batch past the input buffer"))
+        .and_then(|bytes| {
+            let batch = BatchReader::new(bytes)?;
+            let slots = batch.slots()?;
+            Ok((batch, slots))
+        });
+    match parsed {
+        Ok(parsed) => Some(parsed),
+        Err(e) => {
+            output.error(u32::MAX, &e.to_string(), b"");
+            None
+        }
+    }
+}
+
+/// An answer failing the whole call with `why`.
+fn refuse<'a>(output: &'a mut OutputWriter, why: &str) -> &'a [u8] {
+    output.clear();
+    output.error(u32::MAX, why, b"");
+    output.as_bytes()
+}
+
+/// The failed input as text for a dead letter: JSON input as it came, bincode input decoded and
+/// rendered as JSON.
+fn raw_text<T: DeserializeOwned + serde::Serialize>(
+    encoding: Encoding,
+    value: &[u8],
+    is_struct: bool,
+) -> Vec<u8> {
+    match encoding {
+        Encoding::Json => value.to_vec(),
+        Encoding::Bincode => operator::decode::<T>(encoding, value, is_struct)
+            .ok()
+            .and_then(|v| serde_json::to_vec(&v).ok())
+            .unwrap_or_else(|| format!("<{} undecodable bytes>", value.len()).into_bytes()),
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+mod host {
+    #[link(wasm_import_module = "flumen")]
+    unsafe extern "C" {
+        #[link_name = "panic"]
+        fn host_panic(ptr: *const u8, len: usize);
+    }
+
+    /// Hands every panic's message to the host just before the panic traps, so that the dead
+    /// letter says what the UDF said.
+    pub fn install_panic_hook() {
+        std::panic::set_hook(Box::new(|info| {
+            let message = info.to_string();
+            // SAFETY: the pointer and length describe `message`, alive for the whole call; the
+            // host copies the bytes before returning.
+            unsafe { host_panic(message.as_ptr(), message.len()) }
+        }));
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub use host::install_panic_hook;
+
+/// What a module's exports drive: [`Runner`] for an operator, [`AggregateRunner`] for an
+/// aggregate. Each call reads its request from the first `len` bytes of the input buffer.
+#[doc(hidden)]
+pub trait GuestRunner: Default + 'static {
+    fn input_buffer(&mut self, len: usize) -> &mut [u8];
+    fn describe(&mut self) -> &[u8];
+    fn init(&mut self, len: usize) -> &[u8];
+    fn process(&mut self, len: usize) -> &[u8];
+    fn merge(&mut self, len: usize) -> &[u8];
+    fn finish(&mut self, len: usize) -> &[u8];
+    fn to_json(&mut self, len: usize) -> &[u8];
+    /// Fails a call it cannot answer, saying why.
+    fn refuse(&mut self, why: &str) -> &[u8];
+
+    /// The native form of a call: by code (see [`abi::native`]), on a request.
+    fn native_call(&mut self, call: u32, request: &[u8]) -> &[u8] {
+        use crate::abi::native;
+        if call == native::DESCRIBE {
+            return self.describe();
+        }
+        self.input_buffer(request.len()).copy_from_slice(request);
+        let len = request.len();
+        match call {
+            native::INIT => self.init(len),
+            native::PROCESS => self.process(len),
+            native::MERGE => self.merge(len),
+            native::FINISH => self.finish(len),
+            native::TO_JSON => self.to_json(len),
+            other => self.refuse(&format!("unknown call code {other}")),
+        }
+    }
+}
+
+/// The machinery of the native exports; see [`abi::native`].
+#[doc(hidden)]
+pub mod native;
+
+/// Exports an [`Operator`] as a flumen module: defines the functions of [`abi::exports`] when
+/// compiling for `wasm32`, and nothing natively. The attribute macros call it; a hand-written
+/// operator calls it once per crate.
+///
+/// ```
+/// # use flumen_sdk::{Operator, Outputs, abi::{OperatorKind, SideOutput}};
+/// # struct Identity;
+/// # impl Operator for Identity {
+/// #     type Input = i64; type Output = i64; type Params = flumen_sdk::NoParams;
+/// #     type State = flumen_sdk::state::NoState;
+/// #     const KIND: OperatorKind = OperatorKind::Map;
+/// #     fn side_outputs() -> Vec<SideOutput> { Vec::new() }
+/// #     fn new(_: Self::Params) -> Result<Self, String> { Ok(Identity) }
+/// #     fn process(&mut self, i: i64, _: &mut flumen_sdk::state::NoState, out: &mut Outputs<'_>) -> Result<(), String> {
+/// #         out.emit_main(&i); Ok(())
+/// #     }
+/// # }
+/// flumen_sdk::export!(Identity);
+/// ```
+#[macro_export]
+macro_rules! export {
+    ($op:ty) => {
+        $crate::__export_runner!($crate::guest::Runner<$op>);
+    };
+}
+
+/// Exports an [`Aggregate`] as a flumen module; [`aggregate`](crate::aggregate) calls it.
+#[macro_export]
+macro_rules! export_aggregate {
+    ($agg:ty) => {
+        $crate::__export_runner!($crate::guest::AggregateRunner<$agg>);
+    };
+}
+
+/// The exports of a module driving `$runner` (a [`GuestRunner`]): the Wasm ones on `wasm32`,
+/// the native ones elsewhere.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_runner {
+    ($runner:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        mod __flumen_exports {
+            use super::*;
+            use $crate::guest::GuestRunner as _;
+
+            ::std::thread_local! {
+                static RUNNER: ::std::cell::RefCell<$runner> = ::std::cell::RefCell::default();
+            }
+
+            fn reply(bytes: &[u8]) -> u64 {
+                $crate::abi::pack(bytes.as_ptr() as u32, bytes.len() as u32)
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn flumen_describe() -> u64 {
+                RUNNER.with_borrow_mut(|r| reply(r.describe()))
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn flumen_input(len: u32) -> u32 {
+                RUNNER.with_borrow_mut(|r| r.input_buffer(len as usize).as_mut_ptr() as u32)
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn flumen_init(len: u32) -> u64 {
+                $crate::guest::install_panic_hook();
+                RUNNER.with_borrow_mut(|r| reply(r.init(len as usize)))
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn flumen_process(len: u32) -> u64 {
+                RUNNER.with_borrow_mut(|r| reply(r.process(len as usize)))
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn flumen_merge(len: u32) -> u64 {
+                RUNNER.with_borrow_mut(|r| reply(r.merge(len as usize)))
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn flumen_finish(len: u32) -> u64 {
+                RUNNER.with_borrow_mut(|r| reply(r.finish(len as usize)))
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn flumen_to_json(len: u32) -> u64 {
+                RUNNER.with_borrow_mut(|r| reply(r.to_json(len as usize)))
+            }
+        }
+        $crate::__export_native!($runner);
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::{OutputReader, native};
+    use crate::state::NoState;
+
+    struct Double;
+
+    impl Operator for Double {
+        type Input = i64;
+        type Output = i64;
+        type Params = crate::NoParams;
+        type State = NoState;
+        const KIND: OperatorKind = OperatorKind::Map;
+
+        fn side_outputs() -> Vec<abi::SideOutput> {
+            Vec::new()
+        }
+        fn new(_: Self::Params) -> Result<Self, String> {
+            Ok(Double)
+        }
+        fn process(
+            &mut self,
+            i: i64,
+            _: &mut NoState,
+            out: &mut Outputs<'_>,
+        ) -> Result<(), String> {
+            out.emit_main(&(i * 2));
+            Ok(())
+        }
+    }
+
+    fn whole_call_error(reply: &[u8]) -> String {
+        match OutputReader::new(reply).next() {
+            Some(Ok(abi::OutputEntry::Error {
+                input_index: u32::MAX,
+                message,
+                ..
+            })) => message.to_string(),
+            other => panic!("not a whole-call error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_calls_and_calls_before_init_are_refused() {
+        let mut runner = Runner::<Double>::default();
+        assert_eq!(
+            whole_call_error(runner.native_call(99, &[])),
+            "unknown call code 99"
+        );
+        assert_eq!(
+            whole_call_error(runner.native_call(native::MERGE, &[])),
+            "this module is not an aggregate"
+        );
+        assert!(whole_call_error(runner.native_call(native::PROCESS, &[])).contains("before init"));
+    }
+
+    struct Sum;
+
+    impl crate::aggregate::Aggregate for Sum {
+        type Input = i64;
+        type Acc = i64;
+        type Output = i64;
+        type Params = crate::NoParams;
+
+        fn new(_: Self::Params) -> Result<Self, String> {
+            Ok(Sum)
+        }
+        fn create(&self) -> i64 {
+            0
+        }
+        fn add(&self, acc: &mut i64, input: &i64) {
+            *acc += input;
+        }
+        fn merge(&self, acc: &mut i64, other: i64) {
+            *acc += other;
+        }
+        fn finish(&self, _: &str, _: crate::aggregate::Window, acc: i64) -> Option<i64> {
+            Some(acc)
+        }
+    }
+
+    #[test]
+    fn aggregate_calls_before_init_are_refused() {
+        let mut runner = AggregateRunner::<Sum>::default();
+        for (call, name) in [
+            (native::PROCESS, "process"),
+            (native::MERGE, "merge"),
+            (native::FINISH, "finish"),
+        ] {
+            assert_eq!(
+                whole_call_error(runner.native_call(call, &[])),
+                format!("{name} called before init")
+            );
+        }
+    }
+}
