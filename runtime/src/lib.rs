@@ -244,3 +244,67 @@ fn prepare_against(
         }
     }
 }
+
+#[cfg(test)]
+mod layering {
+    //! The runtime's modules import one another without cycles (ARCHITECTURE.md gives the
+    //! order): found here by reading the `crate::module` paths of each top-level module's code.
+
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::Path;
+
+    /// Each top-level module and the top-level modules its code (not its comments) names.
+    fn imports(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+        let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut pending = vec![src.to_path_buf()];
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    pending.push(path);
+                    continue;
+                }
+                let relative = path.strip_prefix(src).unwrap();
+                let top = relative.iter().next().unwrap().to_string_lossy();
+                let top = top.trim_end_matches(".rs").to_string();
+                if top == "lib" || top == "main" || top == "cli" {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                let code = text
+                    .split("#[cfg(test)]\nmod tests")
+                    .next()
+                    .unwrap_or_default();
+                let names = graph.entry(top.clone()).or_default();
+                for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+                    for (at, _) in line.match_indices("crate::") {
+                        let name: String = line[at + 7..]
+                            .chars()
+                            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                            .collect();
+                        if !name.is_empty() && name != top {
+                            names.insert(name);
+                        }
+                    }
+                }
+            }
+        }
+        graph
+    }
+
+    #[test]
+    fn runtime_modules_import_each_other_without_cycles() {
+        let graph = imports(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+        assert!(graph.len() > 10, "{graph:?}");
+        // Remove modules that import nothing left, until none can be: what stays is a cycle.
+        let mut left = graph.clone();
+        while let Some(leaf) = left
+            .iter()
+            .find(|(_, names)| names.iter().all(|n| !left.contains_key(n)))
+            .map(|(name, _)| name.clone())
+        {
+            left.remove(&leaf);
+        }
+        assert!(left.is_empty(), "modules in an import cycle: {left:?}");
+    }
+}

@@ -36,6 +36,7 @@
 
 pub mod abi;
 pub mod aggregate;
+mod codec;
 mod fields;
 pub mod guest;
 mod operator;

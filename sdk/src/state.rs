@@ -41,12 +41,12 @@ impl KeyedState for NoState {
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    crate::operator::decode(crate::abi::Encoding::Bincode, bytes, false)
+    crate::codec::decode(crate::abi::Encoding::Bincode, bytes, false)
         .map_err(|e| format!("cannot decode the stored state: {e}"))
 }
 
 fn encode<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<(), String> {
-    crate::operator::encode_into(crate::abi::Encoding::Bincode, value, buf)
+    crate::codec::encode_into(crate::abi::Encoding::Bincode, value, buf)
 }
 
 /// One value per key.

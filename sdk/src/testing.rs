@@ -33,9 +33,8 @@ use crate::abi::{
     self, BatchWriter, Encoding, InitRequest, OutputEntry, OutputReader, PortSpec, SlotWriter,
 };
 use crate::guest::{GuestRunner, Runner};
-use crate::operator::{Operator, Outputs, Target};
+use crate::operator::{Collector, Operator, Outputs, Target};
 use crate::state::KeyedState;
-use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -70,13 +69,14 @@ impl Collected {
             .map(|(_, v)| v.clone())
             .collect()
     }
+}
 
-    pub(crate) fn push<T: Serialize + ?Sized>(
-        &mut self,
-        port: usize,
-        value: &T,
-    ) -> Result<(), String> {
-        let value = serde_json::to_value(value).map_err(|e| e.to_string())?;
+impl Collector for Collected {
+    fn side_index(&self, name: &str) -> Option<usize> {
+        self.side_names.iter().position(|p| p == name)
+    }
+
+    fn push(&mut self, port: usize, value: Value) {
         match port.checked_sub(1) {
             None => self.main.push(value),
             Some(side) => {
@@ -84,7 +84,6 @@ impl Collected {
                 self.sides.push((name, value));
             }
         }
-        Ok(())
     }
 }
 
@@ -157,7 +156,7 @@ impl<Op: Operator> Harness<Op> {
                 OutputEntry::Record { port, value, .. } => {
                     let value: Value = serde_json::from_slice(value)
                         .map_err(|e| format!("the module wrote a record that is not JSON: {e}"))?;
-                    collected.push(usize::from(port), &value)?;
+                    collected.push(usize::from(port), value);
                 }
                 OutputEntry::Error { message, .. } => return Err(message.to_string()),
                 OutputEntry::State { value, .. } => new_state = Some(value.map(<[u8]>::to_vec)),

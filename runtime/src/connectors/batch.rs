@@ -37,7 +37,7 @@ impl SourceBatch {
         }
     }
 
-    /// Guards against far-future event times: see [`crate::config::SourceConfig::max_future_ms`].
+    /// Guards against far-future event times: see [`super::SourceConfig::max_future_ms`].
     pub fn with_max_future(mut self, max_future_ms: Option<i64>) -> Self {
         self.max_future_ms = max_future_ms;
         self

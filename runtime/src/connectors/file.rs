@@ -91,7 +91,7 @@ impl FileSource {
             reader: BufReader::with_capacity(1 << 16, file),
             follow,
             batch_size,
-            max_record_bytes: crate::config::DEFAULT_MAX_RECORD_BYTES,
+            max_record_bytes: super::DEFAULT_MAX_RECORD_BYTES,
             line: Vec::with_capacity(256),
             skipping: false,
         })

@@ -15,7 +15,7 @@ impl<A: Aggregate> Default for AggregateRunner<A> {
         AggregateRunner {
             aggregate: None,
             buffers: Buffers::new(),
-            input_is_struct: operator::is_struct::<A::Input>(),
+            input_is_struct: codec::is_struct::<A::Input>(),
             accs: Vec::new(),
         }
     }
@@ -30,7 +30,7 @@ impl<A: Aggregate> AggregateRunner<A> {
     ) -> Result<(), String> {
         if accs[slot].is_none() {
             accs[slot] = Some(match slots[slot].value {
-                Some(bytes) => operator::decode(Encoding::Bincode, bytes, false)
+                Some(bytes) => codec::decode(Encoding::Bincode, bytes, false)
                     .map_err(|e| format!("cannot decode the stored accumulator: {e}"))?,
                 None => aggregate.create(),
             });
@@ -43,7 +43,7 @@ impl<A: Aggregate> AggregateRunner<A> {
             if let Some(acc) = acc {
                 let written = output.state(
                     slot as u32,
-                    Some(|buf: &mut Vec<u8>| operator::encode_into(Encoding::Bincode, acc, buf)),
+                    Some(|buf: &mut Vec<u8>| codec::encode_into(Encoding::Bincode, acc, buf)),
                 );
                 if let Err(e) = written {
                     output.error(u32::MAX, &format!("cannot save an accumulator: {e}"), b"");
@@ -95,7 +95,7 @@ impl<A: Aggregate> GuestRunner for AggregateRunner<A> {
         let encoding = batch.encoding();
         for (index, record) in batch.enumerate() {
             let Ok(record) = record else { break };
-            let input: A::Input = match operator::decode(encoding, record.value, is_struct) {
+            let input: A::Input = match codec::decode(encoding, record.value, is_struct) {
                 Ok(input) => input,
                 Err(e) => {
                     let message = format!("cannot decode {}: {e}", crate::type_name::<A::Input>());
@@ -208,7 +208,7 @@ impl<A: Aggregate> GuestRunner for AggregateRunner<A> {
             let window = |value: &[u8]| -> Option<(Window, A::Acc)> {
                 let start = i64::from_le_bytes(value.get(0..8)?.try_into().ok()?);
                 let end = i64::from_le_bytes(value.get(8..16)?.try_into().ok()?);
-                let acc = operator::decode(Encoding::Bincode, value.get(16..)?, false).ok()?;
+                let acc = codec::decode(Encoding::Bincode, value.get(16..)?, false).ok()?;
                 Some((Window { start, end }, acc))
             };
             let Some((bounds, acc)) = window(record.value) else {
@@ -218,7 +218,7 @@ impl<A: Aggregate> GuestRunner for AggregateRunner<A> {
             let key = std::str::from_utf8(record.key).unwrap_or_default();
             if let Some(result) = aggregate.finish(key, bounds, acc) {
                 let Some(port) = ports.first() else { break };
-                if let Err(e) = operator::write_record(
+                if let Err(e) = crate::operator::write_record(
                     output,
                     port,
                     0,

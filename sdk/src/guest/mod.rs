@@ -7,8 +7,9 @@ use crate::abi::{
     SlotRef,
 };
 use crate::aggregate::{Aggregate, Window};
+use crate::codec;
 use crate::fields::Extracted;
-use crate::operator::{self, Operator, Outputs, Port, Target};
+use crate::operator::{Operator, Outputs, Port, Target};
 use crate::state::KeyedState;
 use serde::de::DeserializeOwned;
 
@@ -104,7 +105,7 @@ impl Buffers {
     }
 
     fn render_json<T: DeserializeOwned + serde::Serialize>(&mut self, len: usize) -> &[u8] {
-        let is_struct = operator::is_struct::<T>();
+        let is_struct = codec::is_struct::<T>();
         self.output.clear();
         let batch = match self.input.get(..len).map(BatchReader::new) {
             Some(Ok(batch)) => batch,
@@ -116,10 +117,10 @@ impl Buffers {
         let encoding = batch.encoding();
         for (index, record) in batch.enumerate() {
             let Ok(record) = record else { break };
-            match operator::decode::<T>(encoding, record.value, is_struct) {
+            match codec::decode::<T>(encoding, record.value, is_struct) {
                 Ok(value) => {
                     let entry = self.output.record(0, index as u32, record.ts, 0);
-                    let _ = entry.value(|buf| operator::encode_into(Encoding::Json, &value, buf));
+                    let _ = entry.value(|buf| codec::encode_into(Encoding::Json, &value, buf));
                 }
                 Err(e) => self.output.error(index as u32, &e, record.value),
             }
@@ -185,7 +186,7 @@ fn raw_text<T: DeserializeOwned + serde::Serialize>(
 ) -> Vec<u8> {
     match encoding {
         Encoding::Json => value.to_vec(),
-        Encoding::Bincode => operator::decode::<T>(encoding, value, is_struct)
+        Encoding::Bincode => codec::decode::<T>(encoding, value, is_struct)
             .ok()
             .and_then(|v| serde_json::to_vec(&v).ok())
             .unwrap_or_else(|| format!("<{} undecodable bytes>", value.len()).into_bytes()),

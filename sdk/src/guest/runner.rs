@@ -15,7 +15,7 @@ impl<Op: Operator> Default for Runner<Op> {
         Runner {
             op: None,
             buffers: Buffers::new(),
-            input_is_struct: operator::is_struct::<Op::Input>(),
+            input_is_struct: codec::is_struct::<Op::Input>(),
             states: Vec::new(),
         }
     }
@@ -71,16 +71,15 @@ impl<Op: Operator> GuestRunner for Runner<Op> {
                 }
             };
             let raw = |is_struct| raw_text::<Op::Input>(encoding, record.value, is_struct);
-            let input: Op::Input =
-                match operator::decode(encoding, record.value, self.input_is_struct) {
-                    Ok(input) => input,
-                    Err(e) => {
-                        let message =
-                            format!("cannot decode {}: {e}", crate::type_name::<Op::Input>());
-                        output.error(index, &message, &raw(self.input_is_struct));
-                        continue;
-                    }
-                };
+            let input: Op::Input = match codec::decode(encoding, record.value, self.input_is_struct)
+            {
+                Ok(input) => input,
+                Err(e) => {
+                    let message = format!("cannot decode {}: {e}", crate::type_name::<Op::Input>());
+                    output.error(index, &message, &raw(self.input_is_struct));
+                    continue;
+                }
+            };
             let mut no_state = Op::State::default();
             let state = match record.slots.get(0).map(|s| s as usize) {
                 Some(slot) if slot < slots.len() => {
