@@ -329,23 +329,24 @@ mod tests {
         )
     }
 
+    /// What a reload of `running()` as it is does: keep everything.
+    fn unchanged() -> ReloadPlan {
+        ReloadPlan {
+            sources: vec![SourceStep::Keep {
+                old: 0,
+                retuned: false,
+            }],
+            operators: vec![OperatorStep::Keep { old: 0 }, OperatorStep::Keep { old: 1 }],
+            sinks: vec![SinkStep::Keep { old: 0 }],
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn each_node_kind_follows_its_identity_rule() {
         type Edit = fn(&mut Plan);
         let cases: Vec<(&str, Edit, ReloadPlan)> = vec![
-            (
-                "nothing changed",
-                |_| {},
-                ReloadPlan {
-                    sources: vec![SourceStep::Keep {
-                        old: 0,
-                        retuned: false,
-                    }],
-                    operators: vec![OperatorStep::Keep { old: 0 }, OperatorStep::Keep { old: 1 }],
-                    sinks: vec![SinkStep::Keep { old: 0 }],
-                    ..Default::default()
-                },
-            ),
+            ("nothing changed", |_| {}, unchanged()),
             (
                 "a source setting changed: retuned in place",
                 |p| {
@@ -356,9 +357,7 @@ mod tests {
                         old: 0,
                         retuned: true,
                     }],
-                    operators: vec![OperatorStep::Keep { old: 0 }, OperatorStep::Keep { old: 1 }],
-                    sinks: vec![SinkStep::Keep { old: 0 }],
-                    ..Default::default()
+                    ..unchanged()
                 },
             ),
             (
@@ -371,9 +370,7 @@ mod tests {
                         old: 0,
                         retuned: true,
                     }],
-                    operators: vec![OperatorStep::Keep { old: 0 }, OperatorStep::Keep { old: 1 }],
-                    sinks: vec![SinkStep::Keep { old: 0 }],
-                    ..Default::default()
+                    ..unchanged()
                 },
             ),
             (
@@ -387,10 +384,8 @@ mod tests {
                 },
                 ReloadPlan {
                     sources: vec![SourceStep::Open],
-                    operators: vec![OperatorStep::Keep { old: 0 }, OperatorStep::Keep { old: 1 }],
-                    sinks: vec![SinkStep::Keep { old: 0 }],
                     removed_sources: vec![0],
-                    ..Default::default()
+                    ..unchanged()
                 },
             ),
             (
@@ -400,13 +395,8 @@ mod tests {
                     p.sinks.push(file_sink("more", "/out/more.jsonl"));
                 },
                 ReloadPlan {
-                    sources: vec![SourceStep::Keep {
-                        old: 0,
-                        retuned: false,
-                    }],
-                    operators: vec![OperatorStep::Keep { old: 0 }, OperatorStep::Keep { old: 1 }],
                     sinks: vec![SinkStep::Keep { old: 0 }, SinkStep::Open],
-                    ..Default::default()
+                    ..unchanged()
                 },
             ),
             (
@@ -419,15 +409,7 @@ mod tests {
                         key: "operators.stock.inputs".into(),
                     }];
                 },
-                ReloadPlan {
-                    sources: vec![SourceStep::Keep {
-                        old: 0,
-                        retuned: false,
-                    }],
-                    operators: vec![OperatorStep::Keep { old: 0 }, OperatorStep::Keep { old: 1 }],
-                    sinks: vec![SinkStep::Keep { old: 0 }],
-                    ..Default::default()
-                },
+                unchanged(),
             ),
             (
                 "a new module, same state type: swapped, state kept",
@@ -435,10 +417,6 @@ mod tests {
                     p.operators[1].module_hash = "h3".into();
                 },
                 ReloadPlan {
-                    sources: vec![SourceStep::Keep {
-                        old: 0,
-                        retuned: false,
-                    }],
                     operators: vec![
                         OperatorStep::Keep { old: 0 },
                         OperatorStep::Swap {
@@ -446,8 +424,7 @@ mod tests {
                             state: StateStep::Keep,
                         },
                     ],
-                    sinks: vec![SinkStep::Keep { old: 0 }],
-                    ..Default::default()
+                    ..unchanged()
                 },
             ),
             (
@@ -456,10 +433,6 @@ mod tests {
                     p.operators[1].partitions = 4;
                 },
                 ReloadPlan {
-                    sources: vec![SourceStep::Keep {
-                        old: 0,
-                        retuned: false,
-                    }],
                     operators: vec![
                         OperatorStep::Keep { old: 0 },
                         OperatorStep::Swap {
@@ -467,8 +440,7 @@ mod tests {
                             state: StateStep::Keep,
                         },
                     ],
-                    sinks: vec![SinkStep::Keep { old: 0 }],
-                    ..Default::default()
+                    ..unchanged()
                 },
             ),
             (
@@ -478,10 +450,6 @@ mod tests {
                     p.operators[1].describe.state_type = Some("StockV2".into());
                 },
                 ReloadPlan {
-                    sources: vec![SourceStep::Keep {
-                        old: 0,
-                        retuned: false,
-                    }],
                     operators: vec![
                         OperatorStep::Keep { old: 0 },
                         OperatorStep::Swap {
@@ -489,13 +457,12 @@ mod tests {
                             state: StateStep::Keep,
                         },
                     ],
-                    sinks: vec![SinkStep::Keep { old: 0 }],
                     conflicts: vec![Conflict {
                         stage: "stock".into(),
                         why: "the new module keeps `StockV2` where the running one keeps `Stock`"
                             .into(),
                     }],
-                    ..Default::default()
+                    ..unchanged()
                 },
             ),
             (
@@ -506,10 +473,6 @@ mod tests {
                     p.operators[1].config.on_state_change = OnStateChange::Reset;
                 },
                 ReloadPlan {
-                    sources: vec![SourceStep::Keep {
-                        old: 0,
-                        retuned: false,
-                    }],
                     operators: vec![
                         OperatorStep::Keep { old: 0 },
                         OperatorStep::Swap {
@@ -517,8 +480,7 @@ mod tests {
                             state: StateStep::Reset,
                         },
                     ],
-                    sinks: vec![SinkStep::Keep { old: 0 }],
-                    ..Default::default()
+                    ..unchanged()
                 },
             ),
             (
@@ -528,14 +490,9 @@ mod tests {
                     p.operators.push(operator("score", "h4", None));
                 },
                 ReloadPlan {
-                    sources: vec![SourceStep::Keep {
-                        old: 0,
-                        retuned: false,
-                    }],
                     operators: vec![OperatorStep::Keep { old: 1 }, OperatorStep::Add],
-                    sinks: vec![SinkStep::Keep { old: 0 }],
                     removed_operators: vec![0],
-                    ..Default::default()
+                    ..unchanged()
                 },
             ),
         ];
