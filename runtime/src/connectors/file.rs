@@ -3,9 +3,10 @@
 //! is deleted or moved away).
 
 use super::batch::{REJECTED_PREFIX, SourceBatch};
-use super::{Options, Pull, Sink, SinkKind, Source, SourceConfig, SourceKind};
+use super::{Options, Position, Pull, Sink, SinkKind, Source, SourceConfig, SourceKind};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Seek, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// The options of a file source, besides those of every source.
@@ -75,6 +76,11 @@ pub struct FileSource {
     line: Vec<u8>,
     /// Whether the current line was too long: its bytes are dropped until its end.
     skipping: bool,
+    /// `(device, inode)` of the file being read.
+    identity: (u64, u64),
+    /// Bytes of that file consumed so far, and where the line not taken yet starts.
+    consumed: u64,
+    line_start: u64,
 }
 
 /// The most bytes one call reads, so a huge line (or `/dev/zero`) never keeps the executor from
@@ -86,6 +92,8 @@ impl FileSource {
     pub fn open(path: PathBuf, follow: bool, batch_size: usize) -> anyhow::Result<Self> {
         let file = File::open(&path)
             .map_err(|e| anyhow::anyhow!("cannot open source file {}: {e}", path.display()))?;
+        let identity = identity(&file)
+            .map_err(|e| anyhow::anyhow!("cannot read source file {}: {e}", path.display()))?;
         Ok(FileSource {
             path,
             reader: BufReader::with_capacity(1 << 16, file),
@@ -94,6 +102,9 @@ impl FileSource {
             max_record_bytes: super::DEFAULT_MAX_RECORD_BYTES,
             line: Vec::with_capacity(256),
             skipping: false,
+            identity,
+            consumed: 0,
+            line_start: 0,
         })
     }
 
@@ -107,8 +118,6 @@ impl FileSource {
     /// with that one from its start; if the file shrank (truncation), start it again. A path
     /// that is gone for now is waited for.
     fn reopen_if_replaced(&mut self, out: &mut SourceBatch) -> std::io::Result<bool> {
-        use std::io::Seek;
-        use std::os::unix::fs::MetadataExt;
         let Ok(now) = std::fs::metadata(&self.path) else {
             return Ok(false);
         };
@@ -120,9 +129,9 @@ impl FileSource {
                 if !self.line.is_empty() && !self.skipping {
                     push_line(&self.line, out);
                 }
-                self.line.clear();
-                self.skipping = false;
+                self.identity = identity(&file)?;
                 self.reader = BufReader::with_capacity(1 << 16, file);
+                self.restart_at(0, false);
                 return Ok(true);
             }
             return Ok(false);
@@ -130,11 +139,19 @@ impl FileSource {
         if now.len() < self.reader.stream_position()? {
             tracing::info!(path = %self.path.display(), "source file truncated; reading it from its start");
             self.reader.seek(std::io::SeekFrom::Start(0))?;
-            self.line.clear();
-            self.skipping = false;
+            self.restart_at(0, false);
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Forgets the line being read: reading goes on at byte `offset` of the file (the reader is
+    /// there already), dropping bytes to the next line break if `skipping`.
+    fn restart_at(&mut self, offset: u64, skipping: bool) {
+        self.line.clear();
+        self.skipping = skipping;
+        self.consumed = offset;
+        self.line_start = offset;
     }
 }
 
@@ -203,6 +220,8 @@ impl Source for FileSource {
                 max_record_bytes,
                 line,
                 skipping,
+                consumed,
+                line_start,
                 ..
             } = &mut *self;
             let mut partial = PartialLine {
@@ -224,6 +243,7 @@ impl Source for FileSource {
                     if !partial.line.is_empty() || *partial.skipping {
                         partial.take(out);
                     }
+                    *line_start = *consumed;
                     ended = true;
                 }
                 break;
@@ -233,18 +253,23 @@ impl Source for FileSource {
                 Some(at) if partial.line.is_empty() && !*partial.skipping && at <= partial.max => {
                     push_line(&buffer[..at], out);
                     reader.consume(at + 1);
+                    *consumed += at as u64 + 1;
+                    *line_start = *consumed;
                     budget = budget.saturating_sub(at + 1);
                 }
                 Some(at) => {
                     partial.extend(&buffer[..at], out);
                     partial.take(out);
                     reader.consume(at + 1);
+                    *consumed += at as u64 + 1;
+                    *line_start = *consumed;
                     budget = budget.saturating_sub(at + 1);
                 }
                 None => {
                     let len = buffer.len();
                     partial.extend(buffer, out);
                     reader.consume(len);
+                    *consumed += len as u64;
                     budget = budget.saturating_sub(len);
                 }
             }
@@ -256,6 +281,45 @@ impl Source for FileSource {
             (false, false, true) => Pull::Busy,
             (false, false, false) => Pull::Idle,
         })
+    }
+
+    fn position(&self) -> std::io::Result<Position> {
+        let (device, inode) = self.identity;
+        // Inside a line too long to take, the rest of it is skipped on resuming too (it was
+        // refused already); inside any other line, that line is read again whole.
+        let (offset, skipping) = match self.skipping {
+            true => (self.consumed, true),
+            false => (self.line_start, false),
+        };
+        Ok(Position::File {
+            offset,
+            skipping,
+            device,
+            inode,
+        })
+    }
+
+    fn seek(&mut self, position: &Position) -> anyhow::Result<()> {
+        let &Position::File {
+            offset,
+            skipping,
+            device,
+            inode,
+        } = position
+        else {
+            anyhow::bail!(
+                "{} is a file; a position of another input cannot resume it",
+                self.path.display()
+            );
+        };
+        anyhow::ensure!(
+            (device, inode) == self.identity,
+            "{} is not the file this position was taken in (device {device}, inode {inode})",
+            self.path.display()
+        );
+        self.reader.seek(std::io::SeekFrom::Start(offset))?;
+        self.restart_at(offset, skipping);
+        Ok(())
     }
 
     fn retune(&mut self, config: &SourceConfig) {
@@ -354,8 +418,8 @@ fn open_no_follow(path: &std::path::Path, truncate: bool) -> anyhow::Result<File
         })
 }
 
+/// `(device, inode)` of an open file.
 fn identity(file: &File) -> std::io::Result<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
     let meta = file.metadata()?;
     Ok((meta.dev(), meta.ino()))
 }
@@ -372,6 +436,13 @@ impl Sink for FileSink {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.write_buffer()
+    }
+
+    fn commit(&mut self) -> std::io::Result<Option<u64>> {
+        self.write_buffer()?;
+        self.file.sync_data().map_err(|e| self.context(e))?;
+        let length = self.file.metadata().map_err(|e| self.context(e))?.len();
+        Ok(Some(length))
     }
 }
 
@@ -489,42 +560,124 @@ mod tests {
         batch.clear();
         assert_eq!(source.next_batch(&mut batch).unwrap(), Pull::Idle);
     }
-}
 
-#[test]
-fn file_sink_creates_its_folder_and_writes_lines() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("deep/er/out.jsonl");
-    let mut sink = FileSink::create(path.clone()).unwrap();
-    sink.write(br#"{"a":1}"#).unwrap();
-    sink.write(b"2").unwrap();
-    sink.flush().unwrap();
-    assert_eq!(std::fs::read_to_string(path).unwrap(), "{\"a\":1}\n2\n");
-}
+    #[test]
+    fn file_sink_creates_its_folder_and_writes_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deep/er/out.jsonl");
+        let mut sink = FileSink::create(path.clone()).unwrap();
+        sink.write(br#"{"a":1}"#).unwrap();
+        sink.write(b"2").unwrap();
+        sink.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(path).unwrap(), "{\"a\":1}\n2\n");
+    }
 
-#[test]
-fn a_deleted_or_moved_file_is_started_again_and_links_are_never_followed() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("out.jsonl");
-    let mut sink = FileSink::create(path.clone()).unwrap();
-    sink.write(b"1").unwrap();
-    sink.flush().unwrap();
-    std::fs::remove_file(&path).unwrap();
-    sink.write(b"2").unwrap();
-    sink.flush().unwrap();
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), "2\n");
-    let moved = dir.path().join("moved.jsonl");
-    std::fs::rename(&path, &moved).unwrap();
-    sink.write(b"3").unwrap();
-    sink.flush().unwrap();
-    assert_eq!(std::fs::read_to_string(&moved).unwrap(), "2\n");
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), "3\n");
+    #[test]
+    fn a_deleted_or_moved_file_is_started_again_and_links_are_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let mut sink = FileSink::create(path.clone()).unwrap();
+        sink.write(b"1").unwrap();
+        sink.flush().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        sink.write(b"2").unwrap();
+        sink.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "2\n");
+        let moved = dir.path().join("moved.jsonl");
+        std::fs::rename(&path, &moved).unwrap();
+        sink.write(b"3").unwrap();
+        sink.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&moved).unwrap(), "2\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "3\n");
 
-    let target = dir.path().join("precious.txt");
-    std::fs::write(&target, "keep me").unwrap();
-    let link = dir.path().join("link.jsonl");
-    std::os::unix::fs::symlink(&target, &link).unwrap();
-    let error = FileSink::create(link).err().unwrap().to_string();
-    assert!(error.contains("symbolic link"), "{error}");
-    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+        let target = dir.path().join("precious.txt");
+        std::fs::write(&target, "keep me").unwrap();
+        let link = dir.path().join("link.jsonl");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let error = FileSink::create(link).err().unwrap().to_string();
+        assert!(error.contains("symbolic link"), "{error}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+    }
+
+    #[test]
+    fn a_source_resumes_at_its_position_even_inside_a_refused_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, "1\n2\n3\n4\n5\n").unwrap();
+        let mut first = FileSource::open(path.clone(), false, 2).unwrap();
+        let mut batch = SourceBatch::new(Vec::new(), None);
+        first.next_batch(&mut batch).unwrap();
+        assert_eq!(values(&batch), ["1", "2"]);
+        let at = first.position().unwrap();
+        let mut again = FileSource::open(path.clone(), false, 10).unwrap();
+        again.seek(&at).unwrap();
+        batch.clear();
+        again.next_batch(&mut batch).unwrap();
+        assert_eq!(values(&batch), ["3", "4", "5"]);
+
+        // Followed, in the middle of a line too long to take: its rest is skipped on resuming.
+        let long = dir.path().join("long.jsonl");
+        std::fs::write(&long, format!("ok\n{}", "x".repeat(100))).unwrap();
+        let open = || {
+            FileSource::open(long.clone(), true, 10)
+                .unwrap()
+                .with_max_record_bytes(10)
+        };
+        let mut first = open();
+        batch.clear();
+        first.next_batch(&mut batch).unwrap();
+        assert_eq!(values(&batch), ["ok"]);
+        assert_eq!(batch.rejected.len(), 1);
+        let at = first.position().unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&long)
+            .unwrap()
+            .write_all(b"yyyy\nnext\n")
+            .unwrap();
+        let mut again = open();
+        again.seek(&at).unwrap();
+        batch.clear();
+        again.next_batch(&mut batch).unwrap();
+        assert_eq!(values(&batch), ["next"]);
+        assert!(batch.rejected.is_empty(), "refused once, not again");
+
+        // An unfinished line is read again whole.
+        let partial = dir.path().join("partial.jsonl");
+        std::fs::write(&partial, "a\nbb").unwrap();
+        let mut first = FileSource::open(partial.clone(), true, 10).unwrap();
+        batch.clear();
+        first.next_batch(&mut batch).unwrap();
+        assert_eq!(values(&batch), ["a"]);
+        let at = first.position().unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&partial)
+            .unwrap()
+            .write_all(b"b\n")
+            .unwrap();
+        let mut again = FileSource::open(partial, true, 10).unwrap();
+        again.seek(&at).unwrap();
+        batch.clear();
+        again.next_batch(&mut batch).unwrap();
+        assert_eq!(values(&batch), ["bbb"]);
+
+        let error = FileSource::open(path, false, 10)
+            .unwrap()
+            .seek(&at)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("is not the file"), "{error}");
+    }
+
+    #[test]
+    fn a_commit_makes_the_lines_durable_and_gives_the_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let mut sink = FileSink::create(path.clone()).unwrap();
+        sink.write(b"1").unwrap();
+        sink.write(b"22").unwrap();
+        assert_eq!(sink.commit().unwrap(), Some(5));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "1\n22\n");
+    }
 }

@@ -4,7 +4,7 @@
 //! re-send of an earlier line), out-of-order and far-late event times, extra fields and blank
 //! lines.
 
-use super::{Options, Pull, Source, SourceBatch, SourceConfig, SourceKind};
+use super::{Options, Position, Pull, Source, SourceBatch, SourceConfig, SourceKind};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use std::collections::VecDeque;
@@ -237,9 +237,11 @@ pub(super) fn open(count: u64, seed: u64, typed: bool, config: &SourceConfig) ->
         false => Box::new(GeneratorSource {
             lines: OrderGenerator::new(seed).take(count as usize),
             batch_size: config.batch_size,
+            drawn: 0,
         }),
         true => Box::new(BenchSource {
             generator: BenchGenerator::new(seed),
+            count,
             left: count,
             batch_size: config.batch_size,
             value: Vec::with_capacity(48),
@@ -251,12 +253,15 @@ pub(super) fn open(count: u64, seed: u64, typed: bool, config: &SourceConfig) ->
 struct GeneratorSource<I> {
     lines: I,
     batch_size: usize,
+    /// Lines drawn from `lines` (blank ones included).
+    drawn: u64,
 }
 
 impl<I: Iterator<Item = String>> Source for GeneratorSource<I> {
     fn next_batch(&mut self, out: &mut SourceBatch) -> std::io::Result<Pull> {
         while out.len() < self.batch_size {
             let Some(line) = self.lines.next() else { break };
+            self.drawn += 1;
             if !line.trim().is_empty() {
                 out.push_json(line.as_bytes());
             }
@@ -271,11 +276,36 @@ impl<I: Iterator<Item = String>> Source for GeneratorSource<I> {
     fn retune(&mut self, config: &SourceConfig) {
         self.batch_size = config.batch_size;
     }
+
+    fn position(&self) -> std::io::Result<Position> {
+        Ok(Position::Sequence { drawn: self.drawn })
+    }
+
+    fn seek(&mut self, position: &Position) -> anyhow::Result<()> {
+        let drawn = sequence_to_resume(position, self.drawn)?;
+        for _ in 0..drawn {
+            self.lines.next();
+        }
+        self.drawn = drawn;
+        Ok(())
+    }
+}
+
+/// How many items a sequence at `position` has drawn, if a fresh one (`drawn` 0) can resume
+/// there.
+fn sequence_to_resume(position: &Position, drawn: u64) -> anyhow::Result<u64> {
+    let &Position::Sequence { drawn: wanted } = position else {
+        anyhow::bail!("a generated sequence cannot resume at a file's position");
+    };
+    anyhow::ensure!(drawn == 0, "a sequence resumes only before it is read");
+    Ok(wanted)
 }
 
 /// The benchmark's orders, made in memory as bincode `BenchOrder`s (six `i64`s).
 struct BenchSource {
     generator: BenchGenerator,
+    /// Orders in all, and left to make.
+    count: u64,
     left: u64,
     batch_size: usize,
     value: Vec<u8>,
@@ -306,11 +336,75 @@ impl Source for BenchSource {
     fn retune(&mut self, config: &SourceConfig) {
         self.batch_size = config.batch_size;
     }
+
+    fn position(&self) -> std::io::Result<Position> {
+        Ok(Position::Sequence {
+            drawn: self.count - self.left,
+        })
+    }
+
+    fn seek(&mut self, position: &Position) -> anyhow::Result<()> {
+        let drawn = sequence_to_resume(position, self.count - self.left)?.min(self.count);
+        for _ in 0..drawn {
+            self.generator.next_order();
+        }
+        self.left = self.count - drawn;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every value a source gives, batch after batch, until it ends.
+    fn drain(source: &mut dyn Source) -> Vec<Vec<u8>> {
+        use flumen_sdk::abi::{OutputEntry, OutputReader};
+        let mut values = Vec::new();
+        let mut batch = SourceBatch::new(Vec::new(), None);
+        loop {
+            batch.clear();
+            if source.next_batch(&mut batch).unwrap() == Pull::Finished {
+                return values;
+            }
+            for entry in OutputReader::new(batch.out.as_bytes()) {
+                if let Ok(OutputEntry::Record { value, .. }) = entry {
+                    values.push(value.to_vec());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_generated_sequence_resumes_where_it_was() {
+        let config = SourceConfig {
+            name: "g".into(),
+            kind: SourceKind::Generator { count: 60, seed: 3 },
+            batch_size: 7,
+            event_time: None,
+            watermark_delay_ms: 0,
+            max_record_bytes: 1 << 20,
+            max_future_ms: None,
+        };
+        for typed in [false, true] {
+            let all = drain(open(60, 3, typed, &config).as_mut());
+            let mut first = open(60, 3, typed, &config);
+            let mut batch = SourceBatch::new(Vec::new(), None);
+            let mut read = 0;
+            for _ in 0..2 {
+                batch.clear();
+                first.next_batch(&mut batch).unwrap();
+                read += batch.len();
+            }
+            let at = first.position().unwrap();
+            let mut again = open(60, 3, typed, &config);
+            again.seek(&at).unwrap();
+            let rest = drain(again.as_mut());
+            assert_eq!(read + rest.len(), all.len(), "typed: {typed}");
+            assert_eq!(rest, all[all.len() - rest.len()..], "typed: {typed}");
+            assert!(again.seek(&at).is_err(), "only before reading");
+        }
+    }
 
     #[test]
     fn the_same_seed_gives_the_same_lines() {

@@ -114,6 +114,36 @@ pub trait Source {
     /// Takes a reloaded configuration of the same input (see [`SourceKind::same_input`]): its
     /// tunables apply from the next batch on, and the source keeps its place.
     fn retune(&mut self, config: &SourceConfig);
+
+    /// Where the source is in its input, between batches: what a checkpoint keeps to resume it
+    /// exactly after the last record it handed out.
+    fn position(&self) -> std::io::Result<Position>;
+
+    /// Resumes at `position` (one this source's input gave), before reading anything; a
+    /// position of another input is refused.
+    fn seek(&mut self, position: &Position) -> anyhow::Result<()>;
+}
+
+/// Where a source is in its input.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Position {
+    /// A file: the byte offset to read on from, in the file with this device and inode.
+    File {
+        /// Bytes of the file already read.
+        offset: u64,
+        /// Whether the bytes from `offset` to the next line break are the rest of a line too
+        /// long to take (already refused), to be skipped.
+        skipping: bool,
+        /// The file's device.
+        device: u64,
+        /// The file's inode.
+        inode: u64,
+    },
+    /// A generated sequence: how many items were drawn from it.
+    Sequence {
+        /// Items drawn.
+        drawn: u64,
+    },
 }
 
 /// A destination of JSON values, one per line. Writes are buffered; the executor calls
@@ -123,6 +153,10 @@ pub trait Sink {
     fn write(&mut self, value: &[u8]) -> std::io::Result<()>;
     /// Pushes buffered lines to their destination.
     fn flush(&mut self) -> std::io::Result<()>;
+    /// Makes everything written so far durable (flushed, and synced to its device where it has
+    /// one) and returns how long the output then is, where that means something (a file's
+    /// length): what a checkpoint records as committed.
+    fn commit(&mut self) -> std::io::Result<Option<u64>>;
 }
 
 /// The options of one source or sink as the pipeline file writes them, read by its kind: each

@@ -14,6 +14,10 @@ impl Sink for Blackhole {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+
+    fn commit(&mut self) -> std::io::Result<Option<u64>> {
+        Ok(None)
+    }
 }
 
 /// JSON Lines to any writer (standard output).
@@ -29,5 +33,10 @@ impl<W: Write> Sink for LineSink<W> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush()
+    }
+
+    /// What was written to a stream is gone: committing it is flushing it.
+    fn commit(&mut self) -> std::io::Result<Option<u64>> {
+        self.out.flush().map(|()| None)
     }
 }
