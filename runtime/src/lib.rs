@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod checkpoint;
 pub mod config;
 pub mod connectors;
 mod dead_letter;

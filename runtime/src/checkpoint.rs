@@ -1,0 +1,264 @@
+//! Checkpoint files: how a checkpoint's bytes reach the disk and come back, whatever is in them.
+//!
+//! A checkpoint is one file, `checkpoint-<id>.ckpt` (ids increase), in its pipeline's checkpoint
+//! folder: a header — magic, format version, content length, SHA-256 of the content — then the
+//! content. It is written to a temporary file, synced, renamed into place, and the folder synced,
+//! so a crash leaves either the previous set of checkpoints or the new one, never a torn file
+//! under a checkpoint's name; a file that is torn or altered anyway (a disk, a hand) fails its
+//! checksum and the one before it is used. The newest [`KEEP`] checkpoints are kept.
+
+use sha2::{Digest, Sha256};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// The version of the checkpoint format this runtime writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// How many checkpoints a folder keeps: the newest, and one to fall back on.
+pub const KEEP: usize = 2;
+
+const MAGIC: &[u8; 8] = b"FLUMENCP";
+const HEADER: usize = 8 + 4 + 8 + 32;
+const PREFIX: &str = "checkpoint-";
+const SUFFIX: &str = ".ckpt";
+
+/// A pipeline's checkpoint folder.
+#[derive(Debug, Clone)]
+pub struct CheckpointDir {
+    dir: PathBuf,
+}
+
+/// A checkpoint file found in a folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// Its id: later checkpoints have larger ones.
+    pub id: u64,
+    /// Its file.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// What [`CheckpointDir::newest`] found.
+#[derive(Debug)]
+pub struct Newest {
+    /// The newest intact checkpoint and its content, if there is one.
+    pub valid: Option<(Found, Vec<u8>)>,
+    /// Each newer checkpoint that is not intact, and why.
+    pub passed_over: Vec<String>,
+}
+
+impl CheckpointDir {
+    /// The checkpoint folder `dir` (created if missing).
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| in_dir(dir, e))?;
+        Ok(CheckpointDir {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The checkpoints in the folder, oldest first (whether their content is intact is for
+    /// [`CheckpointDir::read`] to say).
+    pub fn list(&self) -> std::io::Result<Vec<Found>> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(|e| in_dir(&self.dir, e))? {
+            let entry = entry.map_err(|e| in_dir(&self.dir, e))?;
+            let name = entry.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(PREFIX)?.strip_suffix(SUFFIX))
+                .and_then(|id| id.parse().ok())
+            else {
+                continue;
+            };
+            let size = entry.metadata().map_or(0, |m| m.len());
+            found.push(Found {
+                id,
+                path: entry.path(),
+                size,
+            });
+        }
+        found.sort_by_key(|f| f.id);
+        Ok(found)
+    }
+
+    /// Writes `content` as checkpoint `id` (durably: see the module's documentation), then
+    /// removes all but the newest [`KEEP`]. Returns its file.
+    pub fn write(&self, id: u64, content: &[u8]) -> std::io::Result<PathBuf> {
+        let path = self.dir.join(format!("{PREFIX}{id:020}{SUFFIX}"));
+        let temporary = self.dir.join(format!(".{PREFIX}{id:020}.tmp"));
+        let mut header = Vec::with_capacity(HEADER);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        header.extend_from_slice(&(content.len() as u64).to_le_bytes());
+        header.extend_from_slice(&Sha256::digest(content));
+        let written = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&temporary)?;
+            file.write_all(&header)?;
+            file.write_all(content)?;
+            file.sync_all()?;
+            std::fs::rename(&temporary, &path)?;
+            File::open(&self.dir)?.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("cannot write checkpoint {}: {e}", path.display()),
+            ));
+        }
+        let found = self.list()?;
+        for old in found.iter().take(found.len().saturating_sub(KEEP)) {
+            let _ = std::fs::remove_file(&old.path);
+        }
+        Ok(path)
+    }
+
+    /// The content of checkpoint `found`, if its header and checksum hold; else why not.
+    pub fn read(&self, found: &Found) -> Result<Vec<u8>, String> {
+        let mut bytes = Vec::new();
+        File::open(&found.path)
+            .and_then(|mut file| file.read_to_end(&mut bytes))
+            .map_err(|e| format!("cannot read it: {e}"))?;
+        if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+            return Err("not a flumen checkpoint".into());
+        }
+        let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap_or_default());
+        if version != FORMAT_VERSION {
+            return Err(format!(
+                "format version {version}, this flumen reads version {FORMAT_VERSION}"
+            ));
+        }
+        let length = u64::from_le_bytes(bytes[12..20].try_into().unwrap_or_default());
+        let content = &bytes[HEADER..];
+        if content.len() as u64 != length {
+            return Err(format!(
+                "torn: {} bytes of content where its header says {length}",
+                content.len()
+            ));
+        }
+        if Sha256::digest(content).as_slice() != &bytes[20..HEADER] {
+            return Err("its checksum does not match its content".into());
+        }
+        Ok(content.to_vec())
+    }
+
+    /// The newest checkpoint whose header and checksum hold, and why each newer one was passed
+    /// over (to be logged).
+    pub fn newest(&self) -> std::io::Result<Newest> {
+        let mut passed_over = Vec::new();
+        for found in self.list()?.into_iter().rev() {
+            match self.read(&found) {
+                Ok(content) => {
+                    return Ok(Newest {
+                        valid: Some((found, content)),
+                        passed_over,
+                    });
+                }
+                Err(why) => passed_over.push(format!("{}: {why}", found.path.display())),
+            }
+        }
+        Ok(Newest {
+            valid: None,
+            passed_over,
+        })
+    }
+}
+
+fn in_dir(dir: &Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(
+        e.kind(),
+        format!("checkpoint folder {}: {e}", dir.display()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_two_are_kept_and_the_newest_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoints = CheckpointDir::open(&dir.path().join("cp")).unwrap();
+        for id in 1..=4u64 {
+            checkpoints
+                .write(id, format!("state {id}").as_bytes())
+                .unwrap();
+        }
+        let ids: Vec<u64> = checkpoints.list().unwrap().iter().map(|f| f.id).collect();
+        assert_eq!(ids, [3, 4]);
+        let newest = checkpoints.newest().unwrap();
+        let (found, content) = newest.valid.unwrap();
+        assert_eq!((found.id, content), (4, b"state 4".to_vec()));
+        assert!(newest.passed_over.is_empty());
+        // Temporary files and strangers are not checkpoints.
+        std::fs::write(checkpoints.path().join(".checkpoint-9.tmp"), "x").unwrap();
+        std::fs::write(checkpoints.path().join("notes.txt"), "x").unwrap();
+        assert_eq!(checkpoints.list().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_torn_or_altered_checkpoint_falls_back_to_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoints = CheckpointDir::open(dir.path()).unwrap();
+        checkpoints.write(1, b"good old state").unwrap();
+        let newest = checkpoints.write(2, b"newer state").unwrap();
+        let whole = std::fs::read(&newest).unwrap();
+        let cases: [(&str, Vec<u8>, &str); 4] = [
+            ("torn", whole[..whole.len() - 3].to_vec(), "torn"),
+            (
+                "flipped",
+                {
+                    let mut flipped = whole.clone();
+                    *flipped.last_mut().unwrap() ^= 1;
+                    flipped
+                },
+                "checksum",
+            ),
+            (
+                "another version",
+                {
+                    let mut other = whole.clone();
+                    other[8] = 9;
+                    other
+                },
+                "format version 9",
+            ),
+            ("empty", Vec::new(), "not a flumen checkpoint"),
+        ];
+        for (case, bytes, why) in cases {
+            std::fs::write(&newest, &bytes).unwrap();
+            let Newest { valid, passed_over } = checkpoints.newest().unwrap();
+            let (found, content) = valid.unwrap();
+            assert_eq!(
+                (found.id, content),
+                (1, b"good old state".to_vec()),
+                "{case}"
+            );
+            assert_eq!(passed_over.len(), 1, "{case}");
+            assert!(passed_over[0].contains(why), "{case}: {passed_over:?}");
+        }
+    }
+
+    #[test]
+    fn a_folder_that_cannot_be_written_says_so_and_keeps_what_it_had() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoints = CheckpointDir::open(dir.path()).unwrap();
+        checkpoints.write(1, b"kept").unwrap();
+        // A folder where the temporary file cannot be made: taken by a folder of that name.
+        std::fs::create_dir(dir.path().join(format!(".{PREFIX}{:020}.tmp", 2))).unwrap();
+        let error = checkpoints.write(2, b"lost").unwrap_err().to_string();
+        assert!(error.starts_with("cannot write checkpoint"), "{error}");
+        let newest = checkpoints.newest().unwrap();
+        assert_eq!(newest.valid.unwrap().1, b"kept");
+    }
+}
