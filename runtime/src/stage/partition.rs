@@ -309,9 +309,12 @@ impl Partition {
         }
     }
 
-    /// Emits the results of fired windows, all at one position.
-    pub(super) fn finish(&mut self, ctx: &Ctx, windows: Vec<Fired>, position: u64) {
-        let ranks = vec![position; windows.len()];
+    /// Emits again the results of fired windows that records of this step updated (within
+    /// allowed lateness), each at the position of the last record that updated it: in input
+    /// order, so the order does not depend on how keys are spread over partitions.
+    pub(super) fn refire(&mut self, ctx: &Ctx, mut windows: Vec<(Fired, u64)>) {
+        windows.sort_by_key(|(_, position)| *position);
+        let (windows, ranks): (Vec<Fired>, Vec<u64>) = windows.into_iter().unzip();
         self.finish_ranked(ctx, windows, &ranks);
     }
 

@@ -175,7 +175,9 @@ impl Partition {
                 };
                 let Some(acc) = acc else { continue };
                 if session.fired && !session.records.is_empty() {
-                    refire.push((window, Bytes::from_slice(key), acc.clone()));
+                    let last = session.records.iter().map(|&i| globals.get(i).copied());
+                    let position = last.max().flatten().unwrap_or(u64::MAX);
+                    refire.push(((window, Bytes::from_slice(key), acc.clone()), position));
                 }
                 stored.push((
                     window,
@@ -188,7 +190,7 @@ impl Partition {
             self.sessions.replace(key, stored);
         }
         self.emit_late(ctx, &late, &late_globals);
-        self.finish(ctx, refire, u64::MAX);
+        self.refire(ctx, refire);
         Ok(())
     }
 

@@ -151,6 +151,16 @@ impl Setup {
         }
     }
 
+    /// The same stage kind and window as `other`'s.
+    fn window_of(self, other: &Setup) -> Self {
+        Setup {
+            window: other.window,
+            lateness: other.lateness,
+            ttl: other.ttl,
+            ..self
+        }
+    }
+
     fn partitions(self, partitions: usize) -> Self {
         Setup { partitions, ..self }
     }
@@ -559,4 +569,96 @@ fn keyed_state_expires_after_its_time_to_live() {
         ],
     );
     assert_eq!(out, ["a:1", "a:2", "a:3", "a:1"]);
+}
+
+/// Records of `keys` keys over a span of event time, as `(key, ts, value)`.
+fn spread_records(count: i64) -> Vec<(String, i64, String)> {
+    (0..count)
+        .map(|i| (format!("k{}", i % 7), i * 29 % 900, (i % 5 + 1).to_string()))
+        .collect()
+}
+
+#[test]
+fn a_stage_restored_from_its_snapshot_goes_on_as_if_never_stopped() {
+    let records = spread_records(90);
+    let records: Vec<(&str, i64, &str)> = records
+        .iter()
+        .map(|(k, t, v)| (k.as_str(), *t, v.as_str()))
+        .collect();
+    let (first, second) = records.split_at(45);
+    let setups: Vec<(&str, Setup)> = vec![
+        ("keyed", Setup::new(OperatorKind::Process, counter)),
+        (
+            "tumbling",
+            Setup::new(OperatorKind::Aggregate, summer)
+                .window(WindowSpec::Tumbling { size_ms: 100 }, 50),
+        ),
+        (
+            "sliding panes",
+            Setup::new(OperatorKind::Aggregate, summer).window(
+                WindowSpec::Sliding {
+                    size_ms: 300,
+                    slide_ms: 100,
+                },
+                0,
+            ),
+        ),
+        (
+            "sessions",
+            Setup::new(OperatorKind::Aggregate, summer)
+                .window(WindowSpec::Session { gap_ms: 40 }, 0),
+        ),
+    ];
+    for (kind, setup) in setups {
+        // Uninterrupted, on one partition.
+        let mut whole = setup.build();
+        let steps = [(first, Some(300)), (second, Some(i64::MAX))];
+        let (expected, _) = run(&mut whole, &steps);
+        for (before, after) in [(1, 3), (3, 2), (2, 1)] {
+            let mut stopped = Setup {
+                partitions: before,
+                ..Setup::new(setup.kind, setup.behaviour).window_of(&setup)
+            }
+            .build();
+            let (mut out, _) = run(&mut stopped, &[(first, Some(300))]);
+            let snapshot = stopped.snapshot();
+            // Through bytes, as a checkpoint keeps it.
+            let bytes = bincode::serde::encode_to_vec(&snapshot, flumen_sdk::abi::BINCODE).unwrap();
+            let (read, _): (super::StageSnapshot, _) =
+                bincode::serde::decode_from_slice(&bytes, flumen_sdk::abi::BINCODE).unwrap();
+            assert_eq!(read, snapshot, "{kind}");
+            let mut resumed = Setup {
+                partitions: after,
+                ..Setup::new(setup.kind, setup.behaviour).window_of(&setup)
+            }
+            .build();
+            resumed.restore(read);
+            // Restoring keeps every entry: a snapshot of the restored stage holds the same ones.
+            let entries = |s: &super::StageSnapshot| {
+                let mut keyed: Vec<_> = s
+                    .partitions
+                    .iter()
+                    .flat_map(|p| p.keyed.entries.clone())
+                    .collect();
+                let mut windows: Vec<_> = s
+                    .partitions
+                    .iter()
+                    .flat_map(|p| p.windows.windows.clone())
+                    .collect();
+                let mut sessions: Vec<_> = s
+                    .partitions
+                    .iter()
+                    .flat_map(|p| p.sessions.sessions.clone())
+                    .collect();
+                keyed.sort();
+                windows.sort();
+                sessions.sort();
+                (keyed, windows, sessions)
+            };
+            assert_eq!(entries(&resumed.snapshot()), entries(&snapshot), "{kind}");
+            let (rest, _) = run(&mut resumed, &[(second, Some(i64::MAX))]);
+            out.extend(rest);
+            assert_eq!(out, expected, "{kind}: {before} partitions, then {after}");
+        }
+    }
 }

@@ -29,6 +29,9 @@ impl Partition {
         let mut slot_of: FxHashMap<(i64, &[u8]), u32> =
             FxHashMap::with_capacity_and_hasher(records.len() * 2, Default::default());
         let mut slot_windows: Vec<(Bounds, &[u8])> = Vec::new();
+        // The position of the last record each slot takes: where a window it updates after it
+        // fired is emitted again.
+        let mut slot_last: Vec<u64> = Vec::new();
         let rebuilt = &mut self.batch;
         rebuilt.clear(encoding);
         let mut late = BatchWriter::new(encoding);
@@ -60,9 +63,11 @@ impl Partition {
                 let slot = *slot_of.entry((window.end, record.key)).or_insert_with(|| {
                     let stored = self.windows.acc(window.end, record.key);
                     slot_windows.push((*window, record.key));
+                    slot_last.push(0);
                     slots.push(record.key, stored)
                 });
                 refs.push(slot);
+                slot_last[slot as usize] = globals.get(i).copied().unwrap_or(u64::MAX);
             }
             if refs.is_empty() {
                 late.push(record.key, record.ts, record.value);
@@ -98,12 +103,13 @@ impl Partition {
                     // A cleared accumulator is left as it was.
                     let Some(acc) = value else { return };
                     if windows.set(window.end, key, acc) {
-                        refire.push((window, Bytes::from_slice(key), Bytes::from_slice(acc)));
+                        let fired = (window, Bytes::from_slice(key), Bytes::from_slice(acc));
+                        refire.push((fired, slot_last[slot as usize]));
                     }
                 });
         }
         self.emit_late(ctx, &late, &late_globals);
-        self.finish(ctx, refire, u64::MAX);
+        self.refire(ctx, refire);
         Ok(())
     }
 

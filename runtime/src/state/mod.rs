@@ -54,23 +54,9 @@ pub(crate) trait Store: Default + Sized {
     type Snapshot;
 
     /// The store's content.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "written by checkpoints, the next step of the roadmap"
-        )
-    )]
     fn snapshot(&self) -> Self::Snapshot;
 
     /// A store holding what `snapshot` held.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "read by checkpoint recovery, the next step of the roadmap"
-        )
-    )]
     fn restore(snapshot: Self::Snapshot) -> Self;
 
     /// Bytes held (keys included).
