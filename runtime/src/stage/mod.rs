@@ -415,7 +415,8 @@ impl Stage {
                 for p in 0..self.partitions.len() {
                     let fired = match (windows::pane_size(spec, lateness), spec) {
                         (Some(slide), WindowSpec::Sliding { size_ms, .. }) => {
-                            match self.partitions[p].fire_panes(size_ms, slide, watermark) {
+                            let limits = self.rules.limits;
+                            match self.partitions[p].fire_panes(size_ms, slide, watermark, limits) {
                                 Ok(fired) => fired,
                                 Err(failure) => {
                                     self.stats.dead_letters += 1;

@@ -662,3 +662,39 @@ fn a_stage_restored_from_its_snapshot_goes_on_as_if_never_stopped() {
         }
     }
 }
+
+#[test]
+fn a_pane_merge_reply_past_the_limits_dead_letters_its_windows_and_nothing_else() {
+    /// `summer`, whose merge writes an accumulator far past the per-key limit.
+    fn hoarder(call: Call, request: &Request, out: &mut OutputWriter) -> Result<(), GuestFailure> {
+        match call {
+            Call::Merge => {
+                for r in &request.records {
+                    set_state(out, r.slots[0], Some("9".repeat(1000)));
+                }
+                Ok(())
+            }
+            _ => summer(call, request, out),
+        }
+    }
+    let mut setup = Setup::new(OperatorKind::Aggregate, hoarder).window(
+        WindowSpec::Sliding {
+            size_ms: 300,
+            slide_ms: 100,
+        },
+        0,
+    );
+    setup.limits.max_state_bytes_per_key = 100;
+    let mut stage = setup.build();
+    let (out, dead) = run(
+        &mut stage,
+        &[(&[("a", 10, "1"), ("b", 20, "2")], Some(i64::MAX))],
+    );
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(
+        dead.len(),
+        1,
+        "one letter for the partition's windows: {dead:?}"
+    );
+    assert!(dead[0].contains("max_state_bytes_per_key"), "{dead:?}");
+}

@@ -3,8 +3,9 @@
 //! windows a watermark completes fire.
 
 use super::Ctx;
-use super::output::{FAILED, check};
+use super::output::{Expect, FAILED, check};
 use super::partition::{Partition, within_state_limit};
+use crate::config::StageLimits;
 use crate::guest::GuestFailure;
 use crate::state::{Bytes, Fired};
 use crate::window::{Bounds, WindowSpec};
@@ -120,6 +121,7 @@ impl Partition {
         size: i64,
         slide: i64,
         watermark: i64,
+        limits: StageLimits,
     ) -> Result<Vec<Fired>, GuestFailure> {
         let partition = self;
         let Some((min_end, max_end)) = partition.windows.span() else {
@@ -189,6 +191,8 @@ impl Partition {
         let output = partition
             .guest
             .merge(&[request.as_bytes(), slots.as_bytes()])?;
+        // Checked whole like any reply: its size, its framing, its slots, each accumulator's size.
+        check(output, Expect::of(limits, 0, slots.len(), request.len()))?;
         let mut merged: FxHashMap<u32, Bytes> = FxHashMap::default();
         for entry in OutputReader::new(output) {
             match entry
