@@ -394,19 +394,6 @@ fn build_sink(
     doc: &Doc<'_, '_>,
     report: &mut Report,
 ) -> Option<SinkConfig> {
-    let inputs: Vec<String> = match table.get("inputs") {
-        None => Vec::new(),
-        Some(toml::Value::Array(items)) if items.iter().all(toml::Value::is_str) => items
-            .iter()
-            .filter_map(|i| i.as_str().map(String::from))
-            .collect(),
-        Some(other) => {
-            let message = super::report::invalid_type(other, "a sequence of strings");
-            report.at(doc, &["sinks", name, "inputs"], message);
-            Vec::new()
-        }
-    };
-    let inputs = build_inputs("sinks", name, &inputs, doc, report);
     let mut options = TableOptions {
         table,
         section: "sinks",
@@ -414,6 +401,8 @@ fn build_sink(
         doc,
         report,
     };
+    let inputs: Vec<String> = options.get("inputs").unwrap_or_default();
+    let inputs = build_inputs("sinks", name, &inputs, doc, options.report);
     let kind = options.required_string("type")?;
     let kind = connectors::sink_kind(&kind, &mut options)?;
     Some(SinkConfig {

@@ -301,54 +301,36 @@ impl TableOptions<'_, '_, '_, '_> {
         self.string(key)
     }
 
-    fn value(&mut self, key: &'static str, expected: &str) -> Option<&toml::Value> {
-        let value = self.table.get(key)?;
-        let wanted = match value {
-            toml::Value::String(_) => expected == "a string",
-            toml::Value::Boolean(_) => expected == "a boolean",
-            toml::Value::Integer(_) => expected == "i64",
-            _ => false,
-        };
-        if !wanted {
-            let message = invalid_type(value, expected);
-            self.report
-                .at(self.doc, &[self.section, self.name, key], message);
-            return None;
+    /// The value at `key` as a `T`, if present; one of another type is reported in serde's words.
+    pub fn get<T: serde::de::DeserializeOwned>(&mut self, key: &'static str) -> Option<T> {
+        let value = self.table.get(key)?.clone();
+        match value.try_into() {
+            Ok(value) => Some(value),
+            Err(e) => {
+                let at = [self.section, self.name, key];
+                self.report
+                    .at(self.doc, &at, e.to_string().trim().to_string());
+                None
+            }
         }
-        Some(value)
     }
 }
 
 impl connectors::Options for TableOptions<'_, '_, '_, '_> {
     fn string(&mut self, key: &'static str) -> Option<String> {
-        self.value(key, "a string")
-            .and_then(|v| v.as_str().map(String::from))
+        self.get(key)
     }
 
     fn boolean(&mut self, key: &'static str) -> Option<bool> {
-        self.value(key, "a boolean").and_then(toml::Value::as_bool)
+        self.get(key)
     }
 
     fn integer(&mut self, key: &'static str) -> Option<i64> {
-        self.value(key, "i64").and_then(toml::Value::as_integer)
+        self.get(key)
     }
 
     fn problem(&mut self, key: &'static str, message: String) {
         self.report
             .at(self.doc, &[self.section, self.name, key], message);
     }
-}
-
-/// What serde says of a value of the wrong type: `invalid type: integer `3`, expected a string`.
-pub(super) fn invalid_type(value: &toml::Value, expected: &str) -> String {
-    let found = match value {
-        toml::Value::String(s) => format!("string {s:?}"),
-        toml::Value::Integer(i) => format!("integer `{i}`"),
-        toml::Value::Float(f) => format!("floating point `{f}`"),
-        toml::Value::Boolean(b) => format!("boolean `{b}`"),
-        toml::Value::Datetime(d) => format!("datetime `{d}`"),
-        toml::Value::Array(_) => "sequence".into(),
-        toml::Value::Table(_) => "map".into(),
-    };
-    format!("invalid type: {found}, expected {expected}")
 }

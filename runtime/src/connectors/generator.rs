@@ -266,11 +266,7 @@ impl<I: Iterator<Item = String>> Source for GeneratorSource<I> {
                 out.push_json(line.as_bytes());
             }
         }
-        Ok(if out.is_empty() {
-            Pull::Finished
-        } else {
-            Pull::Batch
-        })
+        Ok(pulled(out))
     }
 
     fn retune(&mut self, config: &SourceConfig) {
@@ -288,6 +284,14 @@ impl<I: Iterator<Item = String>> Source for GeneratorSource<I> {
         }
         self.drawn = drawn;
         Ok(())
+    }
+}
+
+/// What a generated sequence's call gave: nothing only at its end.
+fn pulled(out: &SourceBatch) -> Pull {
+    match out.is_empty() {
+        true => Pull::Finished,
+        false => Pull::Batch,
     }
 }
 
@@ -326,11 +330,7 @@ impl Source for BenchSource {
                 &self.value,
             );
         }
-        Ok(if out.is_empty() {
-            Pull::Finished
-        } else {
-            Pull::Batch
-        })
+        Ok(pulled(out))
     }
 
     fn retune(&mut self, config: &SourceConfig) {
