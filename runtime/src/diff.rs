@@ -14,6 +14,7 @@
 use crate::config::{OnStateChange, OperatorConfig};
 use crate::connectors::SourceKind;
 use crate::plan::{OperatorPlan, Plan};
+use crate::window::WindowSpec;
 
 /// What becomes of one source of the new plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,12 +145,7 @@ pub fn diff(old: &Plan, new: &Plan) -> ReloadPlan {
             if unchanged(running, op) {
                 return OperatorStep::Keep { old: at };
             }
-            let state = match state_conflict(
-                &running.config,
-                running.describe.state_type.as_deref(),
-                &op.config,
-                op.describe.state_type.as_deref(),
-            ) {
+            let state = match state_conflict(&StateLayout::of(running), &StateLayout::of(op)) {
                 None => StateStep::Keep,
                 Some(_) if op.config.on_state_change == OnStateChange::Reset => StateStep::Reset,
                 Some(why) => {
@@ -191,24 +187,54 @@ fn unchanged(old: &OperatorPlan, new: &OperatorPlan) -> bool {
         && settings(&old.config) == settings(&new.config)
 }
 
-/// Why the state a stage built from `old` keeps (of type `old_state`) cannot carry over to a stage
-/// built from `new` (keeping `new_state`), if it cannot. Keyed state fits while its type and its
-/// key do; windows while the window and the allowed lateness do (lateness decides which windows
-/// are still kept). A stage without windows ignores lateness.
-pub fn state_conflict(
-    old: &OperatorConfig,
-    old_state: Option<&str>,
-    new: &OperatorConfig,
-    new_state: Option<&str>,
-) -> Option<String> {
-    if old_state != new_state {
+/// What a stage's state is shaped by: the type its module keeps, the key it is kept under, and
+/// its windows. A checkpoint records it for every stage, so a restart is judged like a reload.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StateLayout {
+    /// The type of the keyed state or accumulator the module keeps, if any.
+    pub state_type: Option<String>,
+    /// The field the state is keyed by.
+    pub key_by: Option<String>,
+    /// The stage's windows: `(kind, size or gap, slide)`, see [`StateLayout::window`].
+    pub window: Option<(String, i64, i64)>,
+    /// How long after firing a window still takes records.
+    pub allowed_lateness_ms: i64,
+}
+
+impl StateLayout {
+    /// The layout of the state of the stage `op` plans.
+    pub fn of(op: &OperatorPlan) -> Self {
+        StateLayout {
+            state_type: op.describe.state_type.clone(),
+            key_by: op.config.key_by.clone(),
+            window: op.config.window.map(Self::window),
+            allowed_lateness_ms: op.config.allowed_lateness_ms,
+        }
+    }
+
+    /// A window spec as plain fields (what a checkpoint can hold and compare).
+    pub fn window(spec: WindowSpec) -> (String, i64, i64) {
+        match spec {
+            WindowSpec::Tumbling { size_ms } => ("tumbling".into(), size_ms, 0),
+            WindowSpec::Sliding { size_ms, slide_ms } => ("sliding".into(), size_ms, slide_ms),
+            WindowSpec::Session { gap_ms } => ("session".into(), gap_ms, 0),
+        }
+    }
+}
+
+/// Why the state a stage laid out as `old` keeps cannot carry over to a stage laid out as `new`,
+/// if it cannot. Keyed state fits while its type and its key do; windows while the window and
+/// the allowed lateness do (lateness decides which windows are still kept). A stage without
+/// windows ignores lateness.
+pub fn state_conflict(old: &StateLayout, new: &StateLayout) -> Option<String> {
+    if old.state_type != new.state_type {
         return Some(format!(
             "the new module keeps `{}` where the running one keeps `{}`",
-            new_state.unwrap_or("no state"),
-            old_state.unwrap_or("no state"),
+            new.state_type.as_deref().unwrap_or("no state"),
+            old.state_type.as_deref().unwrap_or("no state"),
         ));
     }
-    if old_state.is_some() && old.key_by != new.key_by {
+    if old.state_type.is_some() && old.key_by != new.key_by {
         return Some("the stage's `key_by` changed, so its state is keyed differently".into());
     }
     let windowed = old.window.is_some() || new.window.is_some();
@@ -511,25 +537,41 @@ mod tests {
 
     #[test]
     fn the_state_rule_reads_lateness_only_where_there_are_windows() {
-        let keyed = operator("stock", "h", Some("Stock")).config;
-        let mut later = keyed.clone();
-        later.allowed_lateness_ms = 500;
-        assert_eq!(state_conflict(&keyed, Some("S"), &later, Some("S")), None);
-        let mut windowed = keyed.clone();
-        windowed.window = Some(WindowSpec::Tumbling { size_ms: 10 });
-        let mut windowed_later = windowed.clone();
-        windowed_later.allowed_lateness_ms = 500;
+        let layout =
+            |state: Option<&str>, key: &str, window: Option<WindowSpec>, late: i64| StateLayout {
+                state_type: state.map(str::to_string),
+                key_by: Some(key.into()),
+                window: window.map(StateLayout::window),
+                allowed_lateness_ms: late,
+            };
+        let keyed = layout(Some("S"), "sku", None, 0);
+        let later = layout(Some("S"), "sku", None, 500);
+        assert_eq!(state_conflict(&keyed, &later), None);
+        let tumbling = Some(WindowSpec::Tumbling { size_ms: 10 });
+        let windowed = layout(Some("A"), "sku", tumbling, 0);
+        let windowed_later = layout(Some("A"), "sku", tumbling, 500);
         assert!(
-            state_conflict(&windowed, Some("A"), &windowed_later, Some("A"))
+            state_conflict(&windowed, &windowed_later)
                 .is_some_and(|why| why.contains("allowed_lateness_ms"))
         );
-        let mut rekeyed = keyed.clone();
-        rekeyed.key_by = Some("user".into());
-        assert!(state_conflict(&keyed, Some("S"), &rekeyed, Some("S")).is_some());
+        let wider = layout(
+            Some("A"),
+            "sku",
+            Some(WindowSpec::Tumbling { size_ms: 20 }),
+            0,
+        );
+        assert!(state_conflict(&windowed, &wider).is_some());
+        let rekeyed = layout(Some("S"), "user", None, 0);
+        assert!(state_conflict(&keyed, &rekeyed).is_some());
         assert_eq!(
-            state_conflict(&keyed, None, &rekeyed, None),
+            state_conflict(
+                &layout(None, "sku", None, 0),
+                &layout(None, "user", None, 0)
+            ),
             None,
             "stateless"
         );
+        let other_type = layout(Some("T"), "sku", None, 0);
+        assert!(state_conflict(&keyed, &other_type).is_some_and(|why| why.contains("keeps `T`")));
     }
 }

@@ -231,7 +231,7 @@ impl<T> SessionSet<T> {
 
 /// Bounded-out-of-orderness watermarks: the largest event time seen minus the allowed delay,
 /// never going back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub struct BoundedOutOfOrderness {
     delay: i64,
     max_seen: Option<i64>,

@@ -3,12 +3,14 @@
 
 use anyhow::Context;
 use flumen::BackendKind;
+use flumen::checkpoint::{Checkpoint, CheckpointDir};
 use flumen::executor::Pipeline;
 use flumen::guest::Sandbox;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
 
 /// The most partitions a stage may have (each is a sandboxed instance of its module).
 const MAX_PARALLELISM: usize = 256;
@@ -40,6 +42,9 @@ pub struct Args {
     /// Also write the summary as JSON to this file (records, time, per-stage counts, peak RSS).
     #[arg(long, value_name = "FILE")]
     summary_json: Option<PathBuf>,
+    /// Start from the beginning: remove the pipeline's checkpoints instead of resuming from them.
+    #[arg(long)]
+    fresh: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -51,6 +56,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         admin_token,
         backend,
         summary_json,
+        fresh,
     } = args;
     if !(1..=MAX_PARALLELISM).contains(&parallelism) {
         anyhow::bail!("--parallelism is between 1 and {MAX_PARALLELISM}");
@@ -72,6 +78,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let files = flumen::reload::watched_files(&pipeline, &prepared);
+    let running_plan = prepared.plan.clone();
+    let mut running = match start(prepared, fresh) {
+        Ok(Start::Run(running)) => *running,
+        Ok(Start::Finished(why)) => {
+            eprintln!("{why}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => {
+            eprintln!("{e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let status = admin.as_ref().map(|_| {
         Arc::new(std::sync::Mutex::new(flumen::telemetry::Status {
             pipeline: pipeline.display().to_string(),
@@ -91,10 +109,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         sandbox: sandbox.clone(),
         options,
         watch,
-        running: prepared.plan.clone(),
+        running: running_plan,
     };
     flumen::reload::spawn(reloader, files, triggers, trigger_sender, link)?;
-    let mut running = Pipeline::build(prepared)?;
     if let Some(status) = status {
         running.report_to(status);
     }
@@ -109,6 +126,92 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// What `flumen run` does after preparing the pipeline.
+enum Start {
+    /// Runs it (from its start, or from its newest checkpoint).
+    Run(Box<Pipeline>),
+    /// Nothing: its newest checkpoint was taken at the end of a finished run (the message says
+    /// so).
+    Finished(String),
+}
+
+/// Opens the prepared pipeline: from its newest valid checkpoint if it takes checkpoints and has
+/// one (unless `fresh`, which removes them), else from its start.
+fn start(prepared: flumen::Prepared, fresh: bool) -> anyhow::Result<Start> {
+    let Some(config) = prepared.config.checkpoint.clone() else {
+        return Ok(Start::Run(Box::new(Pipeline::build(prepared)?)));
+    };
+    let dir = CheckpointDir::open(&config.dir)
+        .with_context(|| format!("cannot use the checkpoint folder {}", config.dir.display()))?;
+    let dir = match std::env::var(PAUSE_IN_WRITE)
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+    {
+        Some(ms) => dir.pausing_in_write(Duration::from_millis(ms)),
+        None => dir,
+    };
+    let folder = dir.path().display().to_string();
+    if fresh {
+        let removed = dir
+            .clear()
+            .with_context(|| format!("--fresh: cannot clear the checkpoint folder {folder}"))?;
+        if removed > 0 {
+            tracing::info!("--fresh: removed {removed} checkpoints from {folder}");
+        }
+    }
+    let newest = dir
+        .newest()
+        .with_context(|| format!("cannot resume from the checkpoint folder {folder}"))?;
+    for why in &newest.passed_over {
+        tracing::warn!("passing over a damaged checkpoint: {why}");
+    }
+    let mut running = match newest.valid {
+        None => Pipeline::build(prepared)?,
+        Some((found, content)) => {
+            let started = Instant::now();
+            let refused = |why: String| {
+                anyhow::anyhow!(
+                    "cannot resume from {}: {why}\nstart afresh with `flumen run --fresh` (every \
+                     output is written again from the start), or give the pipeline another \
+                     checkpoint folder",
+                    found.path.display()
+                )
+            };
+            let checkpoint = Checkpoint::decode(&content).map_err(refused)?;
+            let (age, positions) = (checkpoint.age_ms(), checkpoint.positions());
+            let (running, resumed) = Pipeline::resume(prepared, checkpoint, found.id)
+                .map_err(|e| refused(format!("{e:#}")))?;
+            for note in &resumed.notes {
+                tracing::info!("resuming: {note}");
+            }
+            if running.is_finished() {
+                return Ok(Start::Finished(format!(
+                    "nothing to do: this run had finished (checkpoint {} in {folder}, taken \
+                     {:.1} s ago at the end of its input). Run it with --fresh to start again.",
+                    found.id,
+                    age as f64 / 1e3
+                )));
+            }
+            tracing::info!(
+                "resumed from checkpoint {} ({}, taken {:.1} s ago): {positions}; {} keys, \
+                 windows and sessions restored in {:.1} ms",
+                found.id,
+                found.path.display(),
+                age as f64 / 1e3,
+                resumed.entries,
+                started.elapsed().as_secs_f64() * 1e3
+            );
+            running
+        }
+    };
+    running.checkpoint_into(dir, config.interval)?;
+    Ok(Start::Run(Box::new(running)))
+}
+
+/// A hidden hook for tests: every checkpoint write pauses this many milliseconds once its
+/// temporary file is written (announced on standard error), so a test can kill the run there.
+const PAUSE_IN_WRITE: &str = "FLUMEN_CHECKPOINT_WRITE_PAUSE_MS";
 
 /// SIGINT and SIGTERM stop the run gracefully (what was read is drained, sinks are flushed, the
 /// exit code is 0); SIGHUP asks for a reload. The handlers are in place when this returns.

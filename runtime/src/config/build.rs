@@ -36,7 +36,20 @@ pub(super) struct RawFile {
 pub(super) struct RawPipeline {
     name: Option<String>,
     dead_letter: Option<String>,
+    checkpoint: Option<RawCheckpoint>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCheckpoint {
+    dir: String,
+    interval_ms: Option<i64>,
+}
+
+/// Checkpoints every second unless the file says otherwise.
+const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 1000;
+/// At most a day between checkpoints.
+const MAX_CHECKPOINT_INTERVAL_MS: u64 = 86_400_000;
 
 #[derive(Debug, Deserialize)]
 pub(super) struct RawOperator {
@@ -138,8 +151,30 @@ pub(super) fn build(
         report.at(doc, &["sources"], "a pipeline needs at least one source");
     }
 
+    let checkpoint = raw.pipeline.checkpoint.as_ref().map(|c| {
+        if c.dir.trim().is_empty() {
+            report.at(
+                doc,
+                &["pipeline", "checkpoint", "dir"],
+                "the checkpoint folder is a path, not empty",
+            );
+        }
+        CheckpointConfig {
+            dir: PathBuf::from(&c.dir),
+            interval: Duration::from_millis(positive(
+                c.interval_ms,
+                DEFAULT_CHECKPOINT_INTERVAL_MS,
+                MAX_CHECKPOINT_INTERVAL_MS,
+                doc,
+                report,
+                &["pipeline", "checkpoint", "interval_ms"],
+            )),
+        }
+    });
+
     PipelineConfig {
         file: file.to_path_buf(),
+        checkpoint,
         name: raw.pipeline.name.clone().unwrap_or_else(|| {
             file.file_stem()
                 .map_or("pipeline".into(), |s| s.to_string_lossy().into_owned())

@@ -124,6 +124,8 @@ pub struct PipelineConfig {
     pub name: String,
     /// The sink every stage's failed records go to.
     pub dead_letter: Option<String>,
+    /// Where and how often the pipeline checkpoints (`[pipeline] checkpoint`).
+    pub checkpoint: Option<CheckpointConfig>,
     /// Sources, in name order.
     pub sources: Vec<SourceConfig>,
     /// Operators, in name order.
@@ -154,6 +156,15 @@ impl PipelineConfig {
             message: message.into(),
         }
     }
+}
+
+/// Checkpoints of a pipeline: `[pipeline] checkpoint = { dir = "...", interval_ms = 1000 }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointConfig {
+    /// The folder checkpoints are written to, relative to the working folder (like sinks').
+    pub dir: PathBuf,
+    /// How often one is taken while running.
+    pub interval: Duration,
 }
 
 /// An operator stage, checked.

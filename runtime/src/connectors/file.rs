@@ -291,11 +291,14 @@ impl Source for FileSource {
             true => (self.consumed, true),
             false => (self.line_start, false),
         };
+        let file = self.reader.get_ref();
         Ok(Position::File {
             offset,
             skipping,
             device,
             inode,
+            size: file.metadata()?.len(),
+            fingerprint: fingerprint(file, offset)?,
         })
     }
 
@@ -305,6 +308,8 @@ impl Source for FileSource {
             skipping,
             device,
             inode,
+            fingerprint: expected,
+            ..
         } = position
         else {
             anyhow::bail!(
@@ -312,11 +317,27 @@ impl Source for FileSource {
                 self.path.display()
             );
         };
+        let file = self.reader.get_ref();
+        let length = file.metadata()?.len();
         anyhow::ensure!(
-            (device, inode) == self.identity,
-            "{} is not the file this position was taken in (device {device}, inode {inode})",
+            length >= offset,
+            "{} is not the file this position was taken in: it is {length} bytes long, and \
+             {offset} bytes of that file had been read",
             self.path.display()
         );
+        anyhow::ensure!(
+            fingerprint(file, offset)? == expected,
+            "{} is not the file this position was taken in: its first bytes, or those before \
+             byte {offset}, differ (that file was device {device}, inode {inode})",
+            self.path.display()
+        );
+        if (device, inode) != self.identity {
+            tracing::info!(
+                path = %self.path.display(),
+                "the source file is another copy of the same content (its device or inode \
+                 changed); resuming it at byte {offset}"
+            );
+        }
         self.reader.seek(std::io::SeekFrom::Start(offset))?;
         self.restart_at(offset, skipping);
         Ok(())
@@ -355,6 +376,39 @@ impl FileSink {
             })?;
         }
         let file = open_no_follow(&path, true)?;
+        Ok(FileSink {
+            identity: identity(&file)?,
+            path,
+            file,
+            buffer: Vec::with_capacity(SINK_BUFFER),
+        })
+    }
+
+    /// Opens the file at `path` to go on after a checkpoint that committed its first
+    /// `committed` bytes: what follows them (written after that checkpoint) is cut off, and
+    /// writing appends from there. A file shorter than that was changed by someone else: refused.
+    pub fn resume(path: PathBuf, committed: u64) -> anyhow::Result<Self> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                anyhow::anyhow!("cannot create the sink folder {}: {e}", parent.display())
+            })?;
+        }
+        let file = open_no_follow(&path, false)?;
+        let length = file
+            .metadata()
+            .map_err(|e| anyhow::anyhow!("cannot read sink file {}: {e}", path.display()))?
+            .len();
+        anyhow::ensure!(
+            length >= committed,
+            "sink file {} is {length} bytes long, shorter than the {committed} bytes the \
+             checkpoint committed: it was changed outside flumen",
+            path.display()
+        );
+        if length > committed {
+            file.set_len(committed).map_err(|e| {
+                anyhow::anyhow!("cannot cut sink file {} back: {e}", path.display())
+            })?;
+        }
         Ok(FileSink {
             identity: identity(&file)?,
             path,
@@ -418,6 +472,30 @@ fn open_no_follow(path: &std::path::Path, truncate: bool) -> anyhow::Result<File
         })
 }
 
+/// How many of a file's first bytes, and of the bytes before a position, its fingerprint covers.
+const FINGERPRINT_HEAD: u64 = 64 << 10;
+const FINGERPRINT_TAIL: u64 = 4 << 10;
+
+/// What tells a file read up to `offset` from another: SHA-256 of its first bytes (up to
+/// 64 KiB, never past `offset`) and of the 4 KiB before `offset`. Bytes already read never change
+/// in a file that only grows, so the same file gives the same fingerprint for as long as it
+/// lives; a rotated, rewritten or other file does not.
+pub(super) fn fingerprint(file: &File, offset: u64) -> std::io::Result<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::FileExt;
+    let head = offset.min(FINGERPRINT_HEAD);
+    let tail_start = offset.saturating_sub(FINGERPRINT_TAIL).max(head);
+    let mut hash = Sha256::new();
+    hash.update(offset.to_le_bytes());
+    let mut buffer = vec![0; (FINGERPRINT_HEAD + FINGERPRINT_TAIL) as usize];
+    for (start, end) in [(0, head), (tail_start, offset)] {
+        let bytes = &mut buffer[..(end - start) as usize];
+        file.read_exact_at(bytes, start)?;
+        hash.update(&*bytes);
+    }
+    Ok(hash.finalize().into())
+}
+
 /// `(device, inode)` of an open file.
 fn identity(file: &File) -> std::io::Result<(u64, u64)> {
     let meta = file.metadata()?;
@@ -438,11 +516,13 @@ impl Sink for FileSink {
         self.write_buffer()
     }
 
-    fn commit(&mut self) -> std::io::Result<Option<u64>> {
+    fn commit(&mut self) -> std::io::Result<super::Committed> {
         self.write_buffer()?;
-        self.file.sync_data().map_err(|e| self.context(e))?;
         let length = self.file.metadata().map_err(|e| self.context(e))?.len();
-        Ok(Some(length))
+        Ok(super::Committed {
+            length: Some(length),
+            file: Some(self.file.try_clone().map_err(|e| self.context(e))?),
+        })
     }
 }
 
@@ -677,7 +757,52 @@ mod tests {
         let mut sink = FileSink::create(path.clone()).unwrap();
         sink.write(b"1").unwrap();
         sink.write(b"22").unwrap();
-        assert_eq!(sink.commit().unwrap(), Some(5));
+        let committed = sink.commit().unwrap();
+        assert_eq!(committed.length, Some(5));
+        committed.make_durable().unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "1\n22\n");
+        // What was written after the commit is cut off when resuming from it.
+        sink.write(b"333").unwrap();
+        sink.flush().unwrap();
+        drop(sink);
+        let mut resumed = FileSink::resume(path.clone(), 5).unwrap();
+        resumed.write(b"4").unwrap();
+        resumed.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "1\n22\n4\n");
+        let error = FileSink::resume(path, 100).err().unwrap().to_string();
+        assert!(error.contains("shorter than the 100 bytes"), "{error}");
+    }
+
+    #[test]
+    fn a_copy_of_the_same_file_resumes_and_another_file_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, "1\n2\n3\n").unwrap();
+        let mut first = FileSource::open(path.clone(), false, 2).unwrap();
+        let mut batch = SourceBatch::new(Vec::new(), None);
+        first.next_batch(&mut batch).unwrap();
+        let at = first.position().unwrap();
+        let copy = dir.path().join("copy.jsonl");
+        std::fs::copy(&path, &copy).unwrap();
+        let mut again = FileSource::open(copy, false, 10).unwrap();
+        again.seek(&at).unwrap();
+        batch.clear();
+        again.next_batch(&mut batch).unwrap();
+        assert_eq!(values(&batch), ["3"]);
+        // Rewritten in place (same inode): its bytes before the position changed.
+        std::fs::write(&path, "9\n2\n3\n").unwrap();
+        let error = FileSource::open(path.clone(), false, 10)
+            .unwrap()
+            .seek(&at)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("is not the file"), "{error}");
+        std::fs::write(&path, "1\n").unwrap();
+        let error = FileSource::open(path, false, 10)
+            .unwrap()
+            .seek(&at)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("2 bytes long"), "{error}");
     }
 }

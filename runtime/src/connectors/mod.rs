@@ -127,7 +127,7 @@ pub trait Source {
 /// Where a source is in its input.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Position {
-    /// A file: the byte offset to read on from, in the file with this device and inode.
+    /// A file: the byte offset to read on from, and what identifies the file read.
     File {
         /// Bytes of the file already read.
         offset: u64,
@@ -138,6 +138,12 @@ pub enum Position {
         device: u64,
         /// The file's inode.
         inode: u64,
+        /// The file's size when the position was taken.
+        size: u64,
+        /// SHA-256 of the bytes read that identify the file: its first bytes and those just
+        /// before `offset` (see [`file::fingerprint`]). A file that does not give the same
+        /// fingerprint at `offset` is another file.
+        fingerprint: [u8; 32],
     },
     /// A generated sequence: how many items were drawn from it.
     Sequence {
@@ -153,10 +159,38 @@ pub trait Sink {
     fn write(&mut self, value: &[u8]) -> std::io::Result<()>;
     /// Pushes buffered lines to their destination.
     fn flush(&mut self) -> std::io::Result<()>;
-    /// Makes everything written so far durable (flushed, and synced to its device where it has
-    /// one) and returns how long the output then is, where that means something (a file's
-    /// length): what a checkpoint records as committed.
-    fn commit(&mut self) -> std::io::Result<Option<u64>>;
+    /// Hands everything written so far to its destination and says how long the output then
+    /// is, where that means something (a file's length): what a checkpoint records as
+    /// committed. Making it durable ([`Committed::make_durable`]) may happen on another thread.
+    fn commit(&mut self) -> std::io::Result<Committed>;
+}
+
+/// What a sink had written when a checkpoint was taken.
+#[derive(Debug)]
+pub struct Committed {
+    /// The length of its output (a file's), if it has one.
+    pub length: Option<u64>,
+    /// The file to sync before the checkpoint that records `length` is written.
+    pub file: Option<std::fs::File>,
+}
+
+impl Committed {
+    /// Nothing to sync, no length: a sink that cannot take back what it wrote.
+    pub fn nothing() -> Self {
+        Committed {
+            length: None,
+            file: None,
+        }
+    }
+
+    /// Syncs the committed output to its device (a file's data; not its metadata beyond its
+    /// length).
+    pub fn make_durable(&self) -> std::io::Result<()> {
+        match &self.file {
+            Some(file) => file.sync_data(),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The options of one source or sink as the pipeline file writes them, read by its kind: each
@@ -355,6 +389,18 @@ impl SinkKind {
             }),
             SinkKind::Blackhole => Box::new(stdio::Blackhole),
         })
+    }
+
+    /// Opens the sink to go on from a checkpoint that found its output `committed` bytes long:
+    /// a file is cut back to that length (what a crashed run wrote after the checkpoint is
+    /// written again) and appended to; a sink without a length is opened as new.
+    pub fn resume(&self, committed: Option<u64>) -> anyhow::Result<Box<dyn Sink>> {
+        match (self, committed) {
+            (SinkKind::File { path }, Some(length)) => {
+                Ok(Box::new(FileSink::resume(path.clone(), length)?))
+            }
+            _ => self.open(),
+        }
     }
 
     /// Whether two sinks (named `old_name` and `new_name`) write the same destination, so a

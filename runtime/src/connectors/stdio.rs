@@ -15,8 +15,8 @@ impl Sink for Blackhole {
         Ok(())
     }
 
-    fn commit(&mut self) -> std::io::Result<Option<u64>> {
-        Ok(None)
+    fn commit(&mut self) -> std::io::Result<super::Committed> {
+        Ok(super::Committed::nothing())
     }
 }
 
@@ -36,7 +36,7 @@ impl<W: Write> Sink for LineSink<W> {
     }
 
     /// What was written to a stream is gone: committing it is flushing it.
-    fn commit(&mut self) -> std::io::Result<Option<u64>> {
-        self.out.flush().map(|()| None)
+    fn commit(&mut self) -> std::io::Result<super::Committed> {
+        self.out.flush().map(|()| super::Committed::nothing())
     }
 }

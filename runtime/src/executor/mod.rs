@@ -9,8 +9,10 @@
 //! record becomes a dead letter.
 
 mod apply;
+mod checkpoint;
 
 use crate::Prepared;
+use crate::checkpoint::Checkpoint;
 use crate::config::{SourceConfig, SourceKind};
 use crate::connectors::{FLUSH_INTERVAL, Pull, Sink, Source, SourceBatch, is_json_line};
 use crate::dead_letter::DeadLetters;
@@ -18,8 +20,8 @@ use crate::guest::{Guest, OperatorInstance};
 use crate::plan::{Consumer, NodeRef, Plan, PortPlan};
 use crate::reload::{Reloads, Version};
 use crate::stage::Stage;
+use crate::telemetry::{CheckpointStats, StageKind, StageStats, Summary};
 use crate::telemetry::{ReloadOutcome, SharedStatus, StageStatus};
-use crate::telemetry::{StageKind, StageStats, Summary};
 use crate::window::BoundedOutOfOrderness;
 use flumen_sdk::abi::{Encoding, OutputEntry, OutputReader};
 use std::collections::VecDeque;
@@ -66,6 +68,21 @@ pub struct Pipeline {
     dead: DeadLetters,
     status: Option<SharedStatus>,
     swap_pauses: Vec<Duration>,
+    /// The pipeline's name (checkpoints name it).
+    name: String,
+    /// Its checkpoints, if it takes them.
+    checkpoints: Option<checkpoint::Checkpointing>,
+    /// The checkpoint it resumed from, if any.
+    resumed_from: Option<u64>,
+}
+
+/// What [`Pipeline::resume`] restored.
+#[derive(Debug, Clone, Default)]
+pub struct Resumed {
+    /// Keys with state, windows and sessions restored.
+    pub entries: usize,
+    /// What changed since the checkpoint (new or removed nodes, other modules), to log.
+    pub notes: Vec<String>,
 }
 
 impl Pipeline {
@@ -96,8 +113,16 @@ impl Pipeline {
                     .map(|s| StageStatus::of(s, None, i64::MIN)),
             )
             .collect();
+        let checkpoints = self.checkpoint_stats().map(|c| CheckpointStats {
+            pauses: Vec::new(),
+            writes: Vec::new(),
+            dir: c.dir.clone(),
+            last_error: c.last_error.clone(),
+            ..*c
+        });
         if let Ok(mut status) = shared.lock() {
             status.stages = stages;
+            status.checkpoints = checkpoints;
         }
     }
 
@@ -111,16 +136,43 @@ impl Pipeline {
 
     /// Opens every source and sink of a prepared pipeline.
     pub fn build(prepared: Prepared) -> anyhow::Result<Pipeline> {
+        Self::assemble(prepared, None, None)
+    }
+
+    /// Opens a prepared pipeline to go on from `checkpoint` (number `id`): sources seeked to
+    /// their positions, stages given their state (kept or reset by the rules of a reload), file
+    /// sinks cut back to their committed lengths. A checkpoint of another pipeline or input, or a
+    /// state that no longer fits, is refused before any file is touched.
+    pub fn resume(
+        prepared: Prepared,
+        checkpoint: Checkpoint,
+        id: u64,
+    ) -> anyhow::Result<(Pipeline, Resumed)> {
+        let resumption = checkpoint::Resumption::plan(&prepared, &checkpoint)
+            .map_err(|errors| anyhow::anyhow!(errors.join("\n")))?;
+        let notes = resumption.notes.clone();
+        let pipeline = Self::assemble(prepared, Some((resumption, checkpoint)), Some(id))?;
+        let entries = pipeline.stages.iter().map(Stage::entries).sum();
+        Ok((pipeline, Resumed { entries, notes }))
+    }
+
+    fn assemble(
+        prepared: Prepared,
+        resume: Option<(checkpoint::Resumption, Checkpoint)>,
+        resumed_from: Option<u64>,
+    ) -> anyhow::Result<Pipeline> {
         let Prepared {
-            plan, instances, ..
+            config,
+            plan,
+            instances,
         } = prepared;
-        let stages: Vec<Stage> = instances
+        let mut stages: Vec<Stage> = instances
             .into_iter()
             .zip(&plan.operators)
             .map(|(instances, op)| Stage::new(op, boxed(instances)))
             .collect();
         let upstream = upstream_of(&plan);
-        let sources = plan
+        let mut sources = plan
             .sources
             .iter()
             .map(|s| {
@@ -131,10 +183,33 @@ impl Pipeline {
                 ))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut committed = vec![None; plan.sinks.len()];
+        if let Some((resumption, mut checkpoint)) = resume {
+            // Sources first: an input that is not the checkpoint's refuses it before any sink
+            // is cut back.
+            for ((runtime, plan), at) in sources
+                .iter_mut()
+                .zip(&plan.sources)
+                .zip(&resumption.sources)
+            {
+                if let Some(at) = *at {
+                    let delay = plan.config.watermark_delay_ms;
+                    checkpoint::resume_source(runtime, &checkpoint.sources[at], delay)?;
+                }
+            }
+            for (stage, at) in stages.iter_mut().zip(&resumption.stages) {
+                if let Some((at, keep)) = *at {
+                    let state = std::mem::take(&mut checkpoint.stages[at].state);
+                    stage.restore(state, keep);
+                }
+            }
+            committed = resumption.sinks;
+        }
         let sinks = plan
             .sinks
             .iter()
-            .map(|s| s.config.kind.open())
+            .zip(committed)
+            .map(|(s, committed)| s.config.kind.resume(committed))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Pipeline {
             queues: stages.iter().map(|_| VecDeque::new()).collect(),
@@ -151,12 +226,23 @@ impl Pipeline {
             dead: DeadLetters::default(),
             status: None,
             swap_pauses: Vec::new(),
+            name: config.name,
+            checkpoints: None,
+            resumed_from,
         })
+    }
+
+    /// Whether every source has ended: running would do nothing more (a bounded run resumed
+    /// from its last checkpoint).
+    pub fn is_finished(&self) -> bool {
+        self.sources.iter().all(|s| s.finished)
     }
 
     /// Runs until every source is finished — then the watermark becomes +∞ and every window
     /// fires — or until `stop` is set — then what was read is drained and windows that have not
-    /// fired are not emitted. Flushes every sink and returns the per-stage counts.
+    /// fired are not emitted (a checkpoint keeps them, to fire after a restart). Flushes every
+    /// sink, takes a last checkpoint if the pipeline takes them, and returns the per-stage
+    /// counts.
     /// Between batches it swaps in every new version `reloads` delivers.
     pub fn run(&mut self, stop: &AtomicBool, reloads: Option<&Reloads>) -> anyhow::Result<Summary> {
         let mut last_flush = Instant::now();
@@ -222,6 +308,8 @@ impl Pipeline {
                 self.publish_status();
                 last_flush = Instant::now();
             }
+            // Between two rounds nothing is in flight: the place for a consistent checkpoint.
+            self.checkpoint_if_due()?;
             if stopping || self.sources.iter().all(|s| s.finished) {
                 break;
             }
@@ -231,6 +319,8 @@ impl Pipeline {
         }
         self.pump()?;
         self.flush()?;
+        self.final_checkpoint()?;
+        self.publish_status();
         let stages = self
             .sources
             .iter()
@@ -238,7 +328,10 @@ impl Pipeline {
             .chain(self.stages.iter().map(|s| s.stats.clone()))
             .chain(self.sink_stats.iter().cloned())
             .collect();
-        Ok(Summary { stages })
+        Ok(Summary {
+            stages,
+            checkpoints: self.checkpoint_stats().cloned(),
+        })
     }
 
     /// Hands the source batch just read to the consumers of source `s` and moves its watermark.

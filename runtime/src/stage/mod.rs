@@ -42,7 +42,7 @@ use std::time::Instant;
 const PARALLEL_STEP_NS: f64 = 300_000.0;
 
 /// A stage's state as a checkpoint keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct StageSnapshot {
     /// The stage's watermark.
     pub watermark: i64,
@@ -52,8 +52,46 @@ pub(crate) struct StageSnapshot {
     pub partitions: Vec<PartitionSnapshot>,
 }
 
+impl StageSnapshot {
+    /// Keys with keyed state, windows (or panes) and sessions held, over every partition.
+    pub fn entries(&self) -> usize {
+        self.partitions
+            .iter()
+            .map(|p| p.keyed.entries.len() + p.windows.windows.len() + p.sessions.sessions.len())
+            .sum()
+    }
+
+    /// Bytes of keys, values and accumulators held, over every partition.
+    pub fn bytes(&self) -> usize {
+        self.partitions
+            .iter()
+            .map(|p| {
+                let keyed: usize = p
+                    .keyed
+                    .entries
+                    .iter()
+                    .map(|(k, v, _)| k.len() + v.len())
+                    .sum();
+                let windows: usize = p
+                    .windows
+                    .windows
+                    .iter()
+                    .map(|w| w.key.len() + w.acc.len())
+                    .sum();
+                let sessions: usize = p
+                    .sessions
+                    .sessions
+                    .iter()
+                    .map(|s| s.key.len() + s.acc.len())
+                    .sum();
+                keyed + windows + sessions
+            })
+            .sum()
+    }
+}
+
 /// One partition's stores.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct PartitionSnapshot {
     pub keyed: KeyedSnapshot,
     pub windows: WindowSnapshot,
@@ -212,13 +250,6 @@ impl Stage {
     }
 
     /// The stage's state as a checkpoint keeps it: its watermark and each partition's stores.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "written by checkpoints, the next step of the roadmap"
-        )
-    )]
     pub fn snapshot(&self) -> StageSnapshot {
         StageSnapshot {
             watermark: self.watermark,
@@ -235,18 +266,15 @@ impl Stage {
         }
     }
 
-    /// Takes the state of `snapshot` (of this stage, with any number of partitions), spread over
-    /// this stage's partitions by key.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "read by checkpoint recovery, the next step of the roadmap"
-        )
-    )]
-    pub fn restore(&mut self, snapshot: StageSnapshot) {
+    /// Takes the watermark of `snapshot` (of this stage, with any number of partitions) and, if
+    /// `keep_state`, its state, spread over this stage's partitions by key (what to keep is
+    /// decided as for a reload: [`crate::diff::state_conflict`]).
+    pub fn restore(&mut self, snapshot: StageSnapshot, keep_state: bool) {
         self.watermark = snapshot.watermark;
         self.last_sweep = snapshot.last_sweep;
+        if !keep_state {
+            return;
+        }
         let (mut keyed, mut windows, mut sessions) = (Vec::new(), Vec::new(), Vec::new());
         for partition in snapshot.partitions {
             keyed.push(KeyedStore::restore(partition.keyed));
@@ -254,6 +282,14 @@ impl Stage {
             sessions.push(SessionStore::restore(partition.sessions));
         }
         self.install(keyed, windows, sessions);
+    }
+
+    /// Keys with state, windows and sessions held, over every partition.
+    pub fn entries(&self) -> usize {
+        self.partitions
+            .iter()
+            .map(|p| p.keyed.len() + p.windows.len() + p.sessions.len())
+            .sum()
     }
 
     /// What the stage emitted, per port, not yet handed downstream (output-entry framing).

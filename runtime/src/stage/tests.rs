@@ -632,7 +632,7 @@ fn a_stage_restored_from_its_snapshot_goes_on_as_if_never_stopped() {
                 ..Setup::new(setup.kind, setup.behaviour).window_of(&setup)
             }
             .build();
-            resumed.restore(read);
+            resumed.restore(read, true);
             // Restoring keeps every entry: a snapshot of the restored stage holds the same ones.
             let entries = |s: &super::StageSnapshot| {
                 let mut keyed: Vec<_> = s

@@ -79,7 +79,6 @@ impl KeyedStore {
     }
 
     /// How many keys have state.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -31,6 +31,11 @@ pub(crate) struct SessionEntry {
 }
 
 impl SessionStore {
+    /// How many sessions are held, over every key.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
     /// `key`'s sessions.
     pub fn get(&self, key: &[u8]) -> Option<&SessionSet<WindowAcc>> {
         self.sessions.get(key)

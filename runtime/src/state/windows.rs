@@ -35,6 +35,11 @@ pub(crate) struct WindowEntry {
 }
 
 impl WindowStore {
+    /// How many windows (or panes) are held, over every key.
+    pub fn len(&self) -> usize {
+        self.windows.values().map(|keyed| keyed.len()).sum()
+    }
+
     /// The accumulator of `key`'s window (or pane) ending at `end`.
     pub fn acc(&self, end: i64, key: &[u8]) -> Option<&[u8]> {
         self.windows

@@ -10,5 +10,5 @@
 pub mod stats;
 pub mod status;
 
-pub use stats::{StageKind, StageStats, Summary};
+pub use stats::{CheckpointStats, StageKind, StageStats, Summary};
 pub use status::{ReloadOutcome, SharedStatus, StageStatus, Status};

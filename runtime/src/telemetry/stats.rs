@@ -88,6 +88,63 @@ impl StageStats {
 pub struct Summary {
     /// Every stage: sources, operators, sinks.
     pub stages: Vec<StageStats>,
+    /// The run's checkpoints, if it takes them.
+    pub checkpoints: Option<CheckpointStats>,
+}
+
+/// What a run's checkpoints did: how many were written or failed, the last one, and how long
+/// each held the pipeline still (taking the snapshot; writing it happens alongside).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CheckpointStats {
+    /// The checkpoint folder.
+    pub dir: String,
+    /// The checkpoint the run resumed from, if any.
+    pub resumed_from: Option<u64>,
+    /// Checkpoints written.
+    pub written: u64,
+    /// Checkpoints that could not be written.
+    pub failed: u64,
+    /// The id of the last one written.
+    pub last_id: Option<u64>,
+    /// Its size in bytes.
+    pub last_bytes: u64,
+    /// When it was taken (milliseconds since the Unix epoch).
+    pub last_at_ms: Option<i64>,
+    /// Why the last failed one failed, while no later one was written.
+    pub last_error: Option<String>,
+    /// How long taking each snapshot held the pipeline still.
+    #[serde(skip)]
+    pub pauses: Vec<std::time::Duration>,
+    /// How long writing each one took, alongside the run (sinks synced, encoded, written,
+    /// synced, renamed).
+    #[serde(skip)]
+    pub writes: Vec<std::time::Duration>,
+}
+
+impl CheckpointStats {
+    /// The counts as JSON, with the pauses' and writes' percentiles in milliseconds.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        for (name, times) in [("pause_ms", &self.pauses), ("write_ms", &self.writes)] {
+            value[name] = serde_json::json!({
+                "p50": percentile_ms(times, 0.50),
+                "p99": percentile_ms(times, 0.99),
+                "max": percentile_ms(times, 1.0),
+            });
+        }
+        value
+    }
+}
+
+/// The `q` quantile of `times` in milliseconds (nearest rank), 0 if there are none.
+fn percentile_ms(times: &[std::time::Duration], q: f64) -> f64 {
+    let mut sorted = times.to_vec();
+    sorted.sort();
+    let Some(last) = sorted.len().checked_sub(1) else {
+        return 0.0;
+    };
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[rank.min(last)].as_secs_f64() * 1e3
 }
 
 impl Summary {
@@ -135,6 +192,7 @@ impl Summary {
             "records_per_s": read as f64 / elapsed.as_secs_f64().max(1e-9),
             "peak_rss_bytes": peak_rss_bytes(),
             "stages": stages,
+            "checkpoints": self.checkpoints.as_ref().map(CheckpointStats::to_json),
         })
     }
 }
@@ -186,6 +244,21 @@ impl fmt::Display for Summary {
                 stage.name,
                 stage.records_in,
                 out.join(" ")
+            )?;
+        }
+        if let Some(c) = &self.checkpoints {
+            write!(f, "checkpoints: {} written to {}", c.written, c.dir)?;
+            if let Some(id) = c.last_id {
+                write!(f, " (last: {id}, {} bytes)", c.last_bytes)?;
+            }
+            if c.failed > 0 {
+                write!(f, ", {} failed", c.failed)?;
+            }
+            writeln!(
+                f,
+                "; pause p50 {:.1} ms, p99 {:.1} ms",
+                percentile_ms(&c.pauses, 0.5),
+                percentile_ms(&c.pauses, 0.99)
             )?;
         }
         Ok(())

@@ -14,6 +14,8 @@ pub struct Status {
     pub stages: Vec<StageStatus>,
     /// The last reload, if any happened.
     pub last_reload: Option<ReloadOutcome>,
+    /// Checkpoints, if the pipeline takes them.
+    pub checkpoints: Option<super::stats::CheckpointStats>,
 }
 
 /// One stage in the status.

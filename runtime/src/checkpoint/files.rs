@@ -26,6 +26,30 @@ const SUFFIX: &str = ".ckpt";
 #[derive(Debug, Clone)]
 pub struct CheckpointDir {
     dir: PathBuf,
+    /// For tests of a crash in the middle of a write: how long to wait once the temporary file
+    /// is written, before it is synced and renamed.
+    pause_in_write: Option<std::time::Duration>,
+}
+
+/// Why a checkpoint cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unreadable {
+    /// Torn, altered or not a checkpoint: the one before it may be used.
+    Damaged(String),
+    /// Written in another format version: refused, never passed over silently.
+    Version(u32),
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unreadable::Damaged(why) => f.write_str(why),
+            Unreadable::Version(version) => write!(
+                f,
+                "format version {version}, this flumen reads version {FORMAT_VERSION}"
+            ),
+        }
+    }
 }
 
 /// A checkpoint file found in a folder.
@@ -54,7 +78,15 @@ impl CheckpointDir {
         std::fs::create_dir_all(dir).map_err(|e| in_dir(dir, e))?;
         Ok(CheckpointDir {
             dir: dir.to_path_buf(),
+            pause_in_write: None,
         })
+    }
+
+    /// Makes every write wait `pause` between writing its temporary file and renaming it into
+    /// place, announcing it on standard error: how a test kills a run in the middle of a write.
+    pub fn pausing_in_write(mut self, pause: std::time::Duration) -> Self {
+        self.pause_in_write = Some(pause);
+        self
     }
 
     /// The folder.
@@ -105,6 +137,10 @@ impl CheckpointDir {
                 .open(&temporary)?;
             file.write_all(&header)?;
             file.write_all(content)?;
+            if let Some(pause) = self.pause_in_write {
+                eprintln!("checkpoint {id}: pausing inside the write");
+                std::thread::sleep(pause);
+            }
             file.sync_all()?;
             std::fs::rename(&temporary, &path)?;
             File::open(&self.dir)?.sync_all()
@@ -123,38 +159,57 @@ impl CheckpointDir {
         Ok(path)
     }
 
+    /// Removes every checkpoint (and any temporary file a crashed write left); returns how
+    /// many checkpoints there were.
+    pub fn clear(&self) -> std::io::Result<usize> {
+        let found = self.list()?;
+        for checkpoint in &found {
+            std::fs::remove_file(&checkpoint.path).map_err(|e| in_dir(&self.dir, e))?;
+        }
+        for entry in std::fs::read_dir(&self.dir).map_err(|e| in_dir(&self.dir, e))? {
+            let path = entry.map_err(|e| in_dir(&self.dir, e))?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if name.starts_with(&format!(".{PREFIX}")) && name.ends_with(".tmp") && path.is_file() {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        Ok(found.len())
+    }
+
     /// The content of checkpoint `found`, if its header and checksum hold; else why not.
-    pub fn read(&self, found: &Found) -> Result<Vec<u8>, String> {
+    pub fn read(&self, found: &Found) -> Result<Vec<u8>, Unreadable> {
+        use Unreadable::Damaged;
         let mut bytes = Vec::new();
         File::open(&found.path)
             .and_then(|mut file| file.read_to_end(&mut bytes))
-            .map_err(|e| format!("cannot read it: {e}"))?;
+            .map_err(|e| Damaged(format!("cannot read it: {e}")))?;
         if bytes.len() < HEADER || &bytes[..8] != MAGIC {
-            return Err("not a flumen checkpoint".into());
+            return Err(Damaged("not a flumen checkpoint".into()));
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap_or_default());
         if version != FORMAT_VERSION {
-            return Err(format!(
-                "format version {version}, this flumen reads version {FORMAT_VERSION}"
-            ));
+            return Err(Unreadable::Version(version));
         }
         let length = u64::from_le_bytes(bytes[12..20].try_into().unwrap_or_default());
         let content = &bytes[HEADER..];
         if content.len() as u64 != length {
-            return Err(format!(
+            return Err(Damaged(format!(
                 "torn: {} bytes of content where its header says {length}",
                 content.len()
-            ));
+            )));
         }
         if Sha256::digest(content).as_slice() != &bytes[20..HEADER] {
-            return Err("its checksum does not match its content".into());
+            return Err(Damaged("its checksum does not match its content".into()));
         }
         Ok(content.to_vec())
     }
 
     /// The newest checkpoint whose header and checksum hold, and why each newer one was passed
-    /// over (to be logged).
-    pub fn newest(&self) -> std::io::Result<Newest> {
+    /// over (to be logged). One of another format version stops the search: refused, with why.
+    pub fn newest(&self) -> anyhow::Result<Newest> {
         let mut passed_over = Vec::new();
         for found in self.list()?.into_iter().rev() {
             match self.read(&found) {
@@ -164,6 +219,11 @@ impl CheckpointDir {
                         passed_over,
                     });
                 }
+                Err(why @ Unreadable::Version(_)) => anyhow::bail!(
+                    "{} is of {why}: resume it with the flumen that wrote it, or start afresh \
+                     with --fresh",
+                    found.path.display()
+                ),
                 Err(why) => passed_over.push(format!("{}: {why}", found.path.display())),
             }
         }
@@ -213,7 +273,7 @@ mod tests {
         checkpoints.write(1, b"good old state").unwrap();
         let newest = checkpoints.write(2, b"newer state").unwrap();
         let whole = std::fs::read(&newest).unwrap();
-        let cases: [(&str, Vec<u8>, &str); 4] = [
+        let cases: [(&str, Vec<u8>, &str); 3] = [
             ("torn", whole[..whole.len() - 3].to_vec(), "torn"),
             (
                 "flipped",
@@ -223,15 +283,6 @@ mod tests {
                     flipped
                 },
                 "checksum",
-            ),
-            (
-                "another version",
-                {
-                    let mut other = whole.clone();
-                    other[8] = 9;
-                    other
-                },
-                "format version 9",
             ),
             ("empty", Vec::new(), "not a flumen checkpoint"),
         ];
@@ -247,6 +298,20 @@ mod tests {
             assert_eq!(passed_over.len(), 1, "{case}");
             assert!(passed_over[0].contains(why), "{case}: {passed_over:?}");
         }
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_format_version_is_refused_not_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoints = CheckpointDir::open(dir.path()).unwrap();
+        checkpoints.write(1, b"good old state").unwrap();
+        let newest = checkpoints.write(2, b"newer state").unwrap();
+        let mut other = std::fs::read(&newest).unwrap();
+        other[8] = 9;
+        std::fs::write(&newest, other).unwrap();
+        let error = checkpoints.newest().unwrap_err().to_string();
+        assert!(error.contains("format version 9"), "{error}");
+        assert!(error.contains(&newest.display().to_string()), "{error}");
     }
 
     #[test]

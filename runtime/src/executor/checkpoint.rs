@@ -1,0 +1,417 @@
+//! Checkpoints of a running pipeline, and resuming from one.
+//!
+//! A checkpoint is taken between two rounds, when nothing is in flight (see [`crate::checkpoint`]):
+//! sinks hand what they buffered to the OS and give their lengths, sources their positions,
+//! stages a snapshot of their state. That is the whole pause. A thread of its own then syncs the
+//! sinks' files, encodes the snapshot and writes it; one write is in flight at a time, and a
+//! checkpoint that comes due meanwhile waits for the next round after it.
+
+use super::{Pipeline, SourceRuntime};
+use crate::checkpoint::{Checkpoint, CheckpointDir, SinkEntry, SourceEntry, StageEntry, now_ms};
+use crate::config::{OnStateChange, SinkKind, SourceKind};
+use crate::connectors::{Committed, same_path};
+use crate::diff::{StateLayout, state_conflict};
+use crate::telemetry::CheckpointStats;
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The checkpoints of a running pipeline.
+pub(super) struct Checkpointing {
+    dir: CheckpointDir,
+    interval: Duration,
+    next_id: u64,
+    last: Instant,
+    writing: Option<JoinHandle<Result<Written, Failed>>>,
+    pub stats: CheckpointStats,
+}
+
+/// A checkpoint written.
+struct Written {
+    id: u64,
+    taken_at_ms: i64,
+    bytes: u64,
+    took: Duration,
+}
+
+/// A checkpoint that could not be written, and why.
+struct Failed {
+    id: u64,
+    why: String,
+}
+
+impl Checkpointing {
+    /// Checkpoints into `dir` every `interval`, numbered on from those already there.
+    pub fn new(dir: CheckpointDir, interval: Duration) -> anyhow::Result<Self> {
+        let next_id = dir.list()?.last().map_or(1, |f| f.id + 1);
+        let stats = CheckpointStats {
+            dir: dir.path().display().to_string(),
+            ..CheckpointStats::default()
+        };
+        Ok(Checkpointing {
+            dir,
+            interval,
+            next_id,
+            last: Instant::now(),
+            writing: None,
+            stats,
+        })
+    }
+
+    /// Whether a checkpoint is due and none is being written.
+    fn due(&self) -> bool {
+        self.last.elapsed() >= self.interval && self.writing.is_none()
+    }
+
+    /// Notes how the write in flight went, if it is over (or, with `wait`, once it is).
+    fn reap(&mut self, wait: bool) {
+        let Some(handle) = self.writing.take_if(|h| wait || h.is_finished()) else {
+            return;
+        };
+        let outcome = handle.join().unwrap_or_else(|_| {
+            Err(Failed {
+                id: 0,
+                why: "the checkpoint writer panicked".into(),
+            })
+        });
+        match outcome {
+            Ok(written) => {
+                tracing::debug!(
+                    id = written.id,
+                    bytes = written.bytes,
+                    "checkpoint written in {:.1} ms",
+                    written.took.as_secs_f64() * 1e3
+                );
+                let stats = &mut self.stats;
+                stats.written += 1;
+                stats.last_id = Some(written.id);
+                stats.last_bytes = written.bytes;
+                stats.last_at_ms = Some(written.taken_at_ms);
+                stats.last_error = None;
+                stats.writes.push(written.took);
+            }
+            Err(Failed { id, why }) => {
+                tracing::error!(
+                    "checkpoint {id} could not be written: {why}; the previous checkpoint stays \
+                     the one a restart resumes from; trying again in {} ms",
+                    self.interval.as_millis()
+                );
+                self.stats.failed += 1;
+                self.stats.last_error = Some(why);
+            }
+        }
+    }
+
+    /// Writes `checkpoint` as the next one, alongside the run, once `committed` is durable.
+    fn write(&mut self, checkpoint: Checkpoint, committed: Vec<Committed>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let dir = self.dir.clone();
+        let job = move || {
+            let started = Instant::now();
+            let failed = |why: String| Failed { id, why };
+            for sink in &committed {
+                sink.make_durable()
+                    .map_err(|e| failed(format!("cannot sync a sink's file: {e}")))?;
+            }
+            let bytes = checkpoint.encode();
+            dir.write(id, &bytes).map_err(|e| failed(e.to_string()))?;
+            Ok(Written {
+                id,
+                taken_at_ms: checkpoint.taken_at_ms,
+                bytes: bytes.len() as u64,
+                took: started.elapsed(),
+            })
+        };
+        match std::thread::Builder::new()
+            .name("flumen-checkpoint".into())
+            .spawn(job)
+        {
+            Ok(handle) => self.writing = Some(handle),
+            Err(e) => {
+                self.stats.failed += 1;
+                self.stats.last_error = Some(format!("cannot start the checkpoint writer: {e}"));
+                tracing::error!("checkpoint {id} could not be written: cannot start a thread: {e}");
+            }
+        }
+    }
+}
+
+impl Pipeline {
+    /// Takes checkpoints into `dir` every `interval` while running, and one at the end.
+    pub fn checkpoint_into(
+        &mut self,
+        dir: CheckpointDir,
+        interval: Duration,
+    ) -> anyhow::Result<()> {
+        let mut checkpoints = Checkpointing::new(dir, interval)?;
+        checkpoints.stats.resumed_from = self.resumed_from;
+        self.checkpoints = Some(checkpoints);
+        Ok(())
+    }
+
+    /// Between rounds: notes a finished write, and takes a checkpoint if one is due.
+    pub(super) fn checkpoint_if_due(&mut self) -> anyhow::Result<()> {
+        let Some(checkpoints) = &mut self.checkpoints else {
+            return Ok(());
+        };
+        checkpoints.reap(false);
+        if checkpoints.due() {
+            self.take_checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// At the end of a run: waits for the write in flight, then takes the last checkpoint and
+    /// waits for it too.
+    pub(super) fn final_checkpoint(&mut self) -> anyhow::Result<()> {
+        let Some(checkpoints) = &mut self.checkpoints else {
+            return Ok(());
+        };
+        checkpoints.reap(true);
+        self.take_checkpoint()?;
+        if let Some(checkpoints) = &mut self.checkpoints {
+            checkpoints.reap(true);
+        }
+        Ok(())
+    }
+
+    /// Snapshots the pipeline (the pause) and hands it to the writer.
+    fn take_checkpoint(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let (checkpoint, committed) = self.capture()?;
+        let pause = started.elapsed();
+        if let Some(checkpoints) = &mut self.checkpoints {
+            checkpoints.stats.pauses.push(pause);
+            checkpoints.last = Instant::now();
+            checkpoints.write(checkpoint, committed);
+        }
+        Ok(())
+    }
+
+    /// What the pipeline holds now, between two rounds; and what each sink must make durable
+    /// before the checkpoint is written.
+    pub(crate) fn capture(&mut self) -> anyhow::Result<(Checkpoint, Vec<Committed>)> {
+        let mut committed = Vec::with_capacity(self.sinks.len());
+        let mut sinks = Vec::with_capacity(self.sinks.len());
+        for (sink, plan) in self.sinks.iter_mut().zip(&self.plan.sinks) {
+            let done = sink.commit()?;
+            sinks.push(SinkEntry {
+                name: plan.config.name.clone(),
+                output: output_of(&plan.config.kind, &plan.config.name),
+                committed: done.length,
+            });
+            committed.push(done);
+        }
+        let sources = self
+            .sources
+            .iter()
+            .zip(&self.plan.sources)
+            .map(|(runtime, plan)| {
+                Ok(SourceEntry {
+                    name: plan.config.name.clone(),
+                    input: input_of(&plan.config.kind),
+                    position: runtime.source.position()?,
+                    tracker: runtime.watermarks,
+                    watermark: runtime.watermark,
+                    newest: runtime.batch.newest,
+                    finished: runtime.finished,
+                })
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let stages = self
+            .stages
+            .iter()
+            .zip(&self.plan.operators)
+            .map(|(stage, op)| StageEntry {
+                name: op.config.name.clone(),
+                module_hash: op.module_hash.clone(),
+                params: op.config.params.to_string(),
+                partitions: op.partitions,
+                layout: StateLayout::of(op),
+                state: stage.snapshot(),
+            })
+            .collect();
+        let checkpoint = Checkpoint {
+            pipeline: self.name.clone(),
+            taken_at_ms: now_ms(),
+            sources,
+            stages,
+            sinks,
+        };
+        Ok((checkpoint, committed))
+    }
+
+    /// How the run's checkpoints went, if it takes them.
+    pub fn checkpoint_stats(&self) -> Option<&CheckpointStats> {
+        self.checkpoints.as_ref().map(|c| &c.stats)
+    }
+}
+
+/// What a source reads, for people and for matching.
+fn input_of(kind: &SourceKind) -> String {
+    match kind {
+        SourceKind::File { path, .. } => path.display().to_string(),
+        SourceKind::Generator { count, seed } => format!("generated orders ({count}, seed {seed})"),
+        SourceKind::Bench { count, seed } => format!("bench orders ({count}, seed {seed})"),
+    }
+}
+
+/// Where a sink writes, for people and for matching a sink of the checkpoint to one of the
+/// pipeline.
+fn output_of(kind: &SinkKind, name: &str) -> String {
+    match kind {
+        SinkKind::File { path } => path.display().to_string(),
+        SinkKind::Stdout => "standard output".into(),
+        SinkKind::Blackhole => format!("blackhole `{name}`"),
+    }
+}
+
+/// What resuming from a checkpoint does to each node of the pipeline, decided before anything is
+/// opened; refused whole if any node cannot resume.
+pub(super) struct Resumption {
+    /// Per source of the plan: its entry in the checkpoint, if it has one.
+    pub sources: Vec<Option<usize>>,
+    /// Per stage of the plan: its entry, and whether its state is kept.
+    pub stages: Vec<Option<(usize, bool)>>,
+    /// Per sink of the plan: its committed length, if the checkpoint has one.
+    pub sinks: Vec<Option<u64>>,
+    /// What changed since the checkpoint, to log.
+    pub notes: Vec<String>,
+}
+
+impl Resumption {
+    /// Matches the checkpoint's nodes to `prepared`'s, judging each stage's state as a reload
+    /// would; refuses a checkpoint of another pipeline or a state that no longer fits.
+    pub fn plan(prepared: &crate::Prepared, checkpoint: &Checkpoint) -> Result<Self, Vec<String>> {
+        let (config, plan) = (&prepared.config, &prepared.plan);
+        if checkpoint.pipeline != config.name {
+            return Err(vec![format!(
+                "it is a checkpoint of the pipeline `{}`, not of `{}`",
+                checkpoint.pipeline, config.name
+            )]);
+        }
+        let mut notes = Vec::new();
+        let mut errors = Vec::new();
+        let sources = plan
+            .sources
+            .iter()
+            .map(|s| {
+                let found = checkpoint
+                    .sources
+                    .iter()
+                    .position(|e| e.name == s.config.name);
+                if found.is_none() {
+                    notes.push(format!(
+                        "source `{}` is new: read from its start",
+                        s.config.name
+                    ));
+                }
+                found
+            })
+            .collect();
+        let stages = plan
+            .operators
+            .iter()
+            .map(|op| {
+                let name = &op.config.name;
+                let Some(at) = checkpoint.stages.iter().position(|e| &e.name == name) else {
+                    notes.push(format!(
+                        "operator `{name}` is new: it starts with empty state"
+                    ));
+                    return None;
+                };
+                let entry = &checkpoint.stages[at];
+                let keep = match state_conflict(&entry.layout, &StateLayout::of(op)) {
+                    None => true,
+                    Some(why) if op.config.on_state_change == OnStateChange::Reset => {
+                        notes.push(format!("operator `{name}` starts with empty state: {why}"));
+                        false
+                    }
+                    Some(why) => {
+                        let message = format!(
+                            "{why}; set on_state_change = \"reset\" to start `{name}` with \
+                             empty state"
+                        );
+                        let at = format!("operators.{name}.module");
+                        errors.push(config.error(&at, message).to_string());
+                        false
+                    }
+                };
+                if keep && entry.module_hash != op.module_hash {
+                    notes.push(format!(
+                        "operator `{name}` runs another module than when the checkpoint was \
+                         taken (module {}); its state is kept",
+                        &op.module_hash[..op.module_hash.len().min(12)]
+                    ));
+                } else if keep
+                    && serde_json::from_str::<serde_json::Value>(&entry.params)
+                        .ok()
+                        .as_ref()
+                        != Some(&op.config.params)
+                {
+                    notes.push(format!(
+                        "operator `{name}` has new params; its state is kept"
+                    ));
+                }
+                Some((at, keep))
+            })
+            .collect();
+        for gone in &checkpoint.stages {
+            if !plan.operators.iter().any(|op| op.config.name == gone.name) {
+                notes.push(format!(
+                    "operator `{}` is no longer in the pipeline; its state is dropped",
+                    gone.name
+                ));
+            }
+        }
+        let sinks = plan
+            .sinks
+            .iter()
+            .map(|k| {
+                let found = checkpoint.sinks.iter().find(|e| match &k.config.kind {
+                    SinkKind::File { path } => {
+                        e.committed.is_some() && same_path(&PathBuf::from(&e.output), path)
+                    }
+                    kind => e.output == output_of(kind, &k.config.name),
+                });
+                if found.is_none() {
+                    notes.push(format!("sink `{}` is new", k.config.name));
+                }
+                found.and_then(|e| e.committed)
+            })
+            .collect();
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Resumption {
+            sources,
+            stages,
+            sinks,
+            notes,
+        })
+    }
+}
+
+/// Puts a source back where the checkpoint found it: its place in its input (refused if the
+/// input is another one), its watermark progress, whether it had ended.
+pub(super) fn resume_source(
+    runtime: &mut SourceRuntime,
+    entry: &SourceEntry,
+    delay_ms: i64,
+) -> anyhow::Result<()> {
+    runtime
+        .source
+        .seek(&entry.position)
+        .map_err(|e| anyhow::anyhow!("source `{}`: {e:#}", entry.name))?;
+    if runtime.watermarks.is_some() {
+        runtime.watermarks = entry.tracker.map(|t| t.with_delay(delay_ms));
+        if runtime.watermarks.is_none() {
+            runtime.watermarks = Some(crate::window::BoundedOutOfOrderness::new(delay_ms));
+        }
+    }
+    runtime.watermark = entry.watermark;
+    runtime.batch.newest = entry.newest;
+    runtime.finished = entry.finished;
+    Ok(())
+}
