@@ -28,7 +28,14 @@ fn run(
     let summary = root.join("target/bench/summary.json");
     let status = Command::new(env!("CARGO_BIN_EXE_flumen"))
         .current_dir(root)
-        .args(["run", pipeline, "--fresh", "--backend", backend, "--summary-json"])
+        .args([
+            "run",
+            pipeline,
+            "--fresh",
+            "--backend",
+            backend,
+            "--summary-json",
+        ])
         .arg(&summary)
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .env("FLUMEN_LOG", "warn")

@@ -19,13 +19,13 @@ const EXACT_SINKS: [&str; 5] = [
 ];
 
 /// A copy of the reference pipeline in the scenario's folder, with absolute module paths.
-fn pipeline_copy() -> String {
+pub(crate) fn pipeline_copy() -> String {
     let text = std::fs::read_to_string(workspace().join("pipelines/orders.toml")).unwrap();
     let modules = modules().display().to_string();
     text.replace("../target/flumen", &modules)
 }
 
-fn write_atomically(path: &Path, text: &str) {
+pub(crate) fn write_atomically(path: &Path, text: &str) {
     let partial = path.with_extension("toml.partial");
     std::fs::write(&partial, text).unwrap();
     std::fs::rename(&partial, path).unwrap();

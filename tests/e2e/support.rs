@@ -247,6 +247,34 @@ impl Live {
         );
     }
 
+    /// Kills it with SIGKILL, as a crash would, and waits until it is gone.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        self.child.wait().unwrap();
+    }
+
+    /// Waits until `done` holds or the run has exited (panics after a generous minute).
+    pub fn wait_unless_exited(&mut self, what: &str, mut done: impl FnMut() -> bool) {
+        let log = self.stderr.clone();
+        let child = &mut self.child;
+        wait_until(
+            what,
+            || done() || child.try_wait().unwrap().is_some(),
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+        );
+    }
+
+    /// Waits for it to exit by itself (panics after a generous minute).
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        let log = self.stderr.clone();
+        wait_until(
+            "the run to end",
+            || self.child.try_wait().unwrap().is_some(),
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+        );
+        self.child.wait().unwrap()
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let status = Command::new("kill")

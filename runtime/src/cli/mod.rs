@@ -2,6 +2,7 @@
 //! ([`flumen::prepare`], [`flumen::executor::Pipeline`], [`flumen::reload`]).
 
 mod build;
+mod checkpoint;
 mod gen_data;
 mod run;
 mod validate;
@@ -30,6 +31,8 @@ enum Command {
     Build(build::Args),
     /// Generate test data.
     Gen(gen_data::Args),
+    /// Show the checkpoints of a pipeline: what a restart would resume from.
+    Checkpoint(checkpoint::Args),
 }
 
 /// Runs the verb `cli` names.
@@ -39,5 +42,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => validate::run(args),
         Command::Build(args) => build::run(args),
         Command::Gen(args) => gen_data::run(args),
+        Command::Checkpoint(args) => checkpoint::run(args),
     }
 }
