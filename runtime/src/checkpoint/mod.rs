@@ -107,7 +107,22 @@ impl Checkpoint {
     /// as untrusted anyway: a length that lies makes decoding fail, not allocate (serde
     /// pre-allocates cautiously).
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        match bincode::serde::decode_from_slice(bytes, bincode::config::standard()) {
+        // The decoder claims from its limit what each value takes in memory (a string or byte
+        // string its length, before it is allocated; an integer 8 bytes however short its
+        // encoding): a valid checkpoint claims less than 32× its length. With a limit of that
+        // (rounded up to a power of 4), a length that lies fails instead of allocating.
+        macro_rules! within {
+            ($($bits:literal),*) => {
+                match bytes.len().next_power_of_two().trailing_zeros() + 5 {
+                    $(bits if bits <= $bits => decode_within::<{ 1usize << $bits }>(bytes),)*
+                    _ => return Err("it is larger than 1 TiB".into()),
+                }
+            };
+        }
+        let decoded = within!(
+            16, 18, 20, 22, 24, 26, 28, 30, 32, 34, 36, 38, 40, 42, 44, 46
+        );
+        match decoded {
             Ok((checkpoint, read)) if read == bytes.len() => Ok(checkpoint),
             Ok((_, read)) => Err(format!(
                 "{} bytes follow its content",
@@ -150,6 +165,13 @@ impl Checkpoint {
     }
 }
 
+/// Decodes a checkpoint with a decoder that claims at most `LIMIT` bytes.
+fn decode_within<const LIMIT: usize>(
+    bytes: &[u8],
+) -> Result<(Checkpoint, usize), bincode::error::DecodeError> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard().with_limit::<LIMIT>())
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -161,6 +183,7 @@ pub fn now_ms() -> i64 {
 mod tests {
     use super::*;
     use crate::stage::PartitionSnapshot;
+    use crate::state::Blob;
 
     #[test]
     fn a_checkpoint_round_trips_and_garbage_does_not_decode() {
@@ -169,10 +192,11 @@ mod tests {
             last_sweep: 7,
             partitions: vec![PartitionSnapshot::default()],
         };
-        state.partitions[0]
-            .keyed
-            .entries
-            .push((b"sku".to_vec(), b"12".to_vec(), Some(99)));
+        state.partitions[0].keyed.entries.push((
+            Blob::from(&b"sku"[..]),
+            Blob::from(&b"12"[..]),
+            Some(99),
+        ));
         let checkpoint = Checkpoint {
             pipeline: "orders".into(),
             taken_at_ms: now_ms(),
@@ -222,6 +246,12 @@ mod tests {
         longer.push(0);
         assert!(Checkpoint::decode(&longer).is_err());
         // A length that claims far more than there is fails, without allocating it.
+        // Many tiny entries (each claims far more than its few bytes) still decode.
+        let mut many = checkpoint.clone();
+        many.stages[0].state.partitions[0].keyed.entries = (0..50_000)
+            .map(|_| (Blob::default(), Blob::default(), Some(1)))
+            .collect();
+        assert_eq!(Checkpoint::decode(&many.encode()), Ok(many));
         for claim in [u64::MAX, 1 << 40, 1 << 30] {
             let mut lying = vec![253];
             lying.extend_from_slice(&claim.to_le_bytes());

@@ -11,7 +11,10 @@ use crate::checkpoint::{Checkpoint, CheckpointDir, SinkEntry, SourceEntry, Stage
 use crate::config::{OnStateChange, SinkKind, SourceKind};
 use crate::connectors::{Committed, same_path};
 use crate::diff::{StateLayout, state_conflict};
+use crate::stage::PartitionSnapshot;
+use crate::state::keyed::{KeyedDelta, KeyedSnapshot};
 use crate::telemetry::CheckpointStats;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -22,8 +25,23 @@ pub(super) struct Checkpointing {
     interval: Duration,
     next_id: u64,
     last: Instant,
-    writing: Option<JoinHandle<Result<Written, Failed>>>,
+    writing: Option<JoinHandle<Outcome>>,
+    /// Each stage's keyed state as of the last capture, by stage name, in key order: what the
+    /// writer merges the next capture's changes into. With the writer while it writes.
+    held: Option<Held>,
+    /// Whether the next capture must be whole (the writer lost what it held).
+    lost: bool,
     pub stats: CheckpointStats,
+}
+
+/// Keyed state the writer holds, by stage name.
+pub(super) type Held = HashMap<String, KeyedSnapshot>;
+
+/// What a write gives back: what the writer holds now, and whether it holds it whole.
+struct Outcome {
+    held: Held,
+    whole: bool,
+    result: Result<Written, Failed>,
 }
 
 /// A checkpoint written.
@@ -41,8 +59,9 @@ struct Failed {
 }
 
 impl Checkpointing {
-    /// Checkpoints into `dir` every `interval`, numbered on from those already there.
-    pub fn new(dir: CheckpointDir, interval: Duration) -> anyhow::Result<Self> {
+    /// Checkpoints into `dir` every `interval`, numbered on from those already there; `held`
+    /// is the keyed state the stages were restored with (see [`crate::stage::Stage::track_from_here`]).
+    pub fn new(dir: CheckpointDir, interval: Duration, held: Held) -> anyhow::Result<Self> {
         let next_id = dir.list()?.last().map_or(1, |f| f.id + 1);
         let stats = CheckpointStats {
             dir: dir.path().display().to_string(),
@@ -54,6 +73,8 @@ impl Checkpointing {
             next_id,
             last: Instant::now(),
             writing: None,
+            held: Some(held),
+            lost: false,
             stats,
         })
     }
@@ -68,13 +89,17 @@ impl Checkpointing {
         let Some(handle) = self.writing.take_if(|h| wait || h.is_finished()) else {
             return;
         };
-        let outcome = handle.join().unwrap_or_else(|_| {
-            Err(Failed {
+        let outcome = handle.join().unwrap_or_else(|_| Outcome {
+            held: Held::new(),
+            whole: false,
+            result: Err(Failed {
                 id: 0,
                 why: "the checkpoint writer panicked".into(),
-            })
+            }),
         });
-        match outcome {
+        self.lost |= !outcome.whole;
+        self.held = Some(outcome.held);
+        match outcome.result {
             Ok(written) => {
                 tracing::debug!(
                     id = written.id,
@@ -102,38 +127,103 @@ impl Checkpointing {
         }
     }
 
-    /// Writes `checkpoint` as the next one, alongside the run, once `committed` is durable.
-    fn write(&mut self, checkpoint: Checkpoint, committed: Vec<Committed>) {
+    /// Writes `checkpoint` as the next one, alongside the run, once `committed` is durable;
+    /// `deltas` are what changed in each stage's keyed state, for the stages whose keyed state
+    /// the writer holds (`None`: the checkpoint holds it whole).
+    fn write(
+        &mut self,
+        checkpoint: Checkpoint,
+        deltas: Vec<Option<KeyedDelta>>,
+        committed: Vec<Committed>,
+    ) {
         let id = self.next_id;
         self.next_id += 1;
         let dir = self.dir.clone();
-        let job = move || {
-            let started = Instant::now();
-            let failed = |why: String| Failed { id, why };
-            for sink in &committed {
-                sink.make_durable()
-                    .map_err(|e| failed(format!("cannot sync a sink's file: {e}")))?;
-            }
-            let bytes = checkpoint.encode();
-            dir.write(id, &bytes).map_err(|e| failed(e.to_string()))?;
-            Ok(Written {
-                id,
-                taken_at_ms: checkpoint.taken_at_ms,
-                bytes: bytes.len() as u64,
-                took: started.elapsed(),
-            })
-        };
+        let held = self.held.take().unwrap_or_default();
+        let job = move || write(id, &dir, checkpoint, deltas, held, &committed);
         match std::thread::Builder::new()
             .name("flumen-checkpoint".into())
             .spawn(job)
         {
             Ok(handle) => self.writing = Some(handle),
             Err(e) => {
+                self.lost = true;
+                self.held = Some(Held::new());
                 self.stats.failed += 1;
                 self.stats.last_error = Some(format!("cannot start the checkpoint writer: {e}"));
                 tracing::error!("checkpoint {id} could not be written: cannot start a thread: {e}");
             }
         }
+    }
+}
+
+/// The writer's work, on its own thread: brings each stage's keyed state up to date (a whole
+/// capture replaces what was held, changes are merged into it), syncs the sinks' files, encodes
+/// the checkpoint and writes it.
+fn write(
+    id: u64,
+    dir: &CheckpointDir,
+    mut checkpoint: Checkpoint,
+    deltas: Vec<Option<KeyedDelta>>,
+    mut held: Held,
+    committed: &[Committed],
+) -> Outcome {
+    let started = Instant::now();
+    let mut whole = true;
+    for (entry, delta) in checkpoint.stages.iter_mut().zip(deltas) {
+        let parts = &mut entry.state.partitions;
+        let keyed = match delta {
+            None => KeyedSnapshot::merge(parts.iter_mut().map(|p| std::mem::take(&mut p.keyed))),
+            Some(delta) => {
+                let mut base = held.remove(&entry.name).unwrap_or_else(|| {
+                    whole = false;
+                    KeyedSnapshot::default()
+                });
+                base.apply(delta);
+                base
+            }
+        };
+        match parts.first_mut() {
+            Some(first) => first.keyed = keyed,
+            None => parts.push(PartitionSnapshot {
+                keyed,
+                ..PartitionSnapshot::default()
+            }),
+        }
+    }
+    let encoded = whole.then(|| checkpoint.encode());
+    // What the writer holds from now on: each stage's keyed state, taken back.
+    let held: Held = checkpoint
+        .stages
+        .iter_mut()
+        .map(|e| {
+            let keyed = std::mem::take(&mut e.state.partitions[0].keyed);
+            (e.name.clone(), keyed)
+        })
+        .collect();
+    let result = (|| {
+        let failed = |why: String| Failed { id, why };
+        let Some(bytes) = encoded else {
+            return Err(failed(
+                "the writer lost the state it held; the next checkpoint takes it whole".into(),
+            ));
+        };
+        for sink in committed {
+            sink.make_durable()
+                .map_err(|e| failed(format!("cannot sync a sink's file: {e}")))?;
+        }
+        dir.write(id, &bytes).map_err(|e| failed(e.to_string()))?;
+        Ok(Written {
+            id,
+            taken_at_ms: checkpoint.taken_at_ms,
+            bytes: bytes.len() as u64,
+            took: started.elapsed(),
+        })
+    })();
+    Outcome {
+        held,
+        whole,
+        result,
     }
 }
 
@@ -144,7 +234,8 @@ impl Pipeline {
         dir: CheckpointDir,
         interval: Duration,
     ) -> anyhow::Result<()> {
-        let mut checkpoints = Checkpointing::new(dir, interval)?;
+        let held = std::mem::take(&mut self.restored);
+        let mut checkpoints = Checkpointing::new(dir, interval, held)?;
         checkpoints.stats.resumed_from = self.resumed_from;
         self.checkpoints = Some(checkpoints);
         Ok(())
@@ -179,19 +270,27 @@ impl Pipeline {
     /// Snapshots the pipeline (the pause) and hands it to the writer.
     fn take_checkpoint(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
-        let (checkpoint, committed) = self.capture()?;
+        if let Some(checkpoints) = &mut self.checkpoints
+            && std::mem::take(&mut checkpoints.lost)
+        {
+            for stage in &mut self.stages {
+                stage.untrack();
+            }
+        }
+        let (checkpoint, deltas, committed) = self.capture()?;
         let pause = started.elapsed();
         if let Some(checkpoints) = &mut self.checkpoints {
             checkpoints.stats.pauses.push(pause);
             checkpoints.last = Instant::now();
-            checkpoints.write(checkpoint, committed);
+            checkpoints.write(checkpoint, deltas, committed);
         }
         Ok(())
     }
 
-    /// What the pipeline holds now, between two rounds; and what each sink must make durable
-    /// before the checkpoint is written.
-    pub(crate) fn capture(&mut self) -> anyhow::Result<(Checkpoint, Vec<Committed>)> {
+    /// What the pipeline holds now, between two rounds (keyed state whole, or as what changed:
+    /// see [`crate::stage::Stage::capture`]); and what each sink must make durable before the checkpoint is
+    /// written.
+    fn capture(&mut self) -> anyhow::Result<Captured> {
         let mut committed = Vec::with_capacity(self.sinks.len());
         let mut sinks = Vec::with_capacity(self.sinks.len());
         for (sink, plan) in self.sinks.iter_mut().zip(&self.plan.sinks) {
@@ -219,17 +318,22 @@ impl Pipeline {
                 })
             })
             .collect::<std::io::Result<Vec<_>>>()?;
+        let mut deltas = Vec::with_capacity(self.stages.len());
         let stages = self
             .stages
-            .iter()
+            .iter_mut()
             .zip(&self.plan.operators)
-            .map(|(stage, op)| StageEntry {
-                name: op.config.name.clone(),
-                module_hash: op.module_hash.clone(),
-                params: op.config.params.to_string(),
-                partitions: op.partitions,
-                layout: StateLayout::of(op),
-                state: stage.snapshot(),
+            .map(|(stage, op)| {
+                let (state, delta) = stage.capture();
+                deltas.push(delta);
+                StageEntry {
+                    name: op.config.name.clone(),
+                    module_hash: op.module_hash.clone(),
+                    params: op.config.params.to_string(),
+                    partitions: op.partitions,
+                    layout: StateLayout::of(op),
+                    state,
+                }
             })
             .collect();
         let checkpoint = Checkpoint {
@@ -239,7 +343,7 @@ impl Pipeline {
             stages,
             sinks,
         };
-        Ok((checkpoint, committed))
+        Ok((checkpoint, deltas, committed))
     }
 
     /// How the run's checkpoints went, if it takes them.
@@ -247,6 +351,10 @@ impl Pipeline {
         self.checkpoints.as_ref().map(|c| &c.stats)
     }
 }
+
+/// A checkpoint as captured: its content, each stage's keyed changes (see [`crate::stage::Stage::capture`]),
+/// and what each sink must make durable first.
+type Captured = (Checkpoint, Vec<Option<KeyedDelta>>, Vec<Committed>);
 
 /// What a source reads, for people and for matching.
 fn input_of(kind: &SourceKind) -> String {

@@ -20,6 +20,7 @@ use crate::guest::{Guest, OperatorInstance};
 use crate::plan::{Consumer, NodeRef, Plan, PortPlan};
 use crate::reload::{Reloads, Version};
 use crate::stage::Stage;
+use crate::state::keyed::KeyedSnapshot;
 use crate::telemetry::{CheckpointStats, StageKind, StageStats, Summary};
 use crate::telemetry::{ReloadOutcome, SharedStatus, StageStatus};
 use crate::window::BoundedOutOfOrderness;
@@ -74,6 +75,9 @@ pub struct Pipeline {
     checkpoints: Option<checkpoint::Checkpointing>,
     /// The checkpoint it resumed from, if any.
     resumed_from: Option<u64>,
+    /// The keyed state stages were restored with, by stage name: what the checkpoint writer
+    /// starts from.
+    restored: checkpoint::Held,
 }
 
 /// What [`Pipeline::resume`] restored.
@@ -184,6 +188,7 @@ impl Pipeline {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut committed = vec![None; plan.sinks.len()];
+        let mut restored = checkpoint::Held::new();
         if let Some((resumption, mut checkpoint)) = resume {
             // Sources first: an input that is not the checkpoint's refuses it before any sink
             // is cut back.
@@ -197,10 +202,22 @@ impl Pipeline {
                     checkpoint::resume_source(runtime, &checkpoint.sources[at], delay)?;
                 }
             }
-            for (stage, at) in stages.iter_mut().zip(&resumption.stages) {
+            let restoring = stages
+                .iter_mut()
+                .zip(&resumption.stages)
+                .zip(&plan.operators);
+            for ((stage, at), op) in restoring {
                 if let Some((at, keep)) = *at {
                     let state = std::mem::take(&mut checkpoint.stages[at].state);
+                    // What the checkpoint writer starts from: the restored keyed state.
+                    let keyed = keep.then(|| {
+                        KeyedSnapshot::merge(state.partitions.iter().map(|p| p.keyed.clone()))
+                    });
                     stage.restore(state, keep);
+                    if let Some(keyed) = keyed {
+                        stage.track_from_here();
+                        restored.insert(op.config.name.clone(), keyed);
+                    }
                 }
             }
             committed = resumption.sinks;
@@ -229,6 +246,7 @@ impl Pipeline {
             name: config.name,
             checkpoints: None,
             resumed_from,
+            restored,
         })
     }
 

@@ -25,7 +25,7 @@ use crate::config::StageLimits;
 use crate::dead_letter::DeadLetters;
 use crate::guest::Guest;
 use crate::plan::OperatorPlan;
-use crate::state::keyed::{KeyedSnapshot, KeyedStore};
+use crate::state::keyed::{KeyedDelta, KeyedSnapshot, KeyedStore};
 use crate::state::sessions::{SessionSnapshot, SessionStore};
 use crate::state::windows::{WindowSnapshot, WindowStore};
 use crate::state::{Bytes, Fired, Store, partition_of};
@@ -154,6 +154,9 @@ pub(crate) struct Stage {
     /// The hash of the module it runs.
     module_hash: String,
     rules: Rules,
+    /// Whether the checkpoint writer holds this stage's keyed state as of the last capture, so
+    /// the next capture hands over only what changed (see [`Stage::capture`]).
+    tracked: bool,
 }
 
 impl Stage {
@@ -198,6 +201,7 @@ impl Stage {
                 limits: plan.config.limits,
                 max_partition_state: plan.config.limits.max_state_bytes / plan.partitions.max(1),
             },
+            tracked: false,
         }
     }
 
@@ -217,6 +221,9 @@ impl Stage {
         if !keep_state {
             return;
         }
+        // The state moves over whole, its listed changes with it: what the checkpoint writer
+        // holds of it still holds.
+        self.tracked = old.tracked;
         let (mut keyed, mut windows, mut sessions) = (Vec::new(), Vec::new(), Vec::new());
         for partition in old.partitions {
             keyed.push(partition.keyed);
@@ -275,13 +282,71 @@ impl Stage {
         if !keep_state {
             return;
         }
-        let (mut keyed, mut windows, mut sessions) = (Vec::new(), Vec::new(), Vec::new());
+        self.tracked = false;
+        let count = self.partitions.len();
+        let mut keyed: Vec<KeyedStore> = (0..count).map(|_| KeyedStore::default()).collect();
+        let (mut windows, mut sessions) = (Vec::new(), Vec::new());
         for partition in snapshot.partitions {
-            keyed.push(KeyedStore::restore(partition.keyed));
+            KeyedStore::restore_into(&mut keyed, partition.keyed);
             windows.push(WindowStore::restore(partition.windows));
             sessions.push(SessionStore::restore(partition.sessions));
         }
-        self.install(keyed, windows, sessions);
+        let windows = WindowStore::redistribute(windows, count);
+        let sessions = SessionStore::redistribute(sessions, count);
+        for (partition, ((keyed, windows), sessions)) in self
+            .partitions
+            .iter_mut()
+            .zip(keyed.into_iter().zip(windows).zip(sessions))
+        {
+            partition.keyed = keyed;
+            partition.windows = windows;
+            partition.sessions = sessions;
+        }
+    }
+
+    /// The stage's state for a checkpoint. Keyed state comes whole the first time (and whenever
+    /// something replaced it, or [`Stage::untrack`] asked), with `None`; after that only what
+    /// changed since the last capture, `Some(delta)`, the snapshot's keyed parts left empty: the
+    /// checkpoint writer holds the rest. Windows and sessions come whole.
+    pub fn capture(&mut self) -> (StageSnapshot, Option<KeyedDelta>) {
+        if !self.tracked {
+            self.track_from_here();
+            return (self.snapshot(), None);
+        }
+        let mut delta = KeyedDelta::default();
+        for partition in &mut self.partitions {
+            let changes = partition.keyed.take_changes();
+            delta.put.extend(changes.put);
+            delta.removed.extend(changes.removed);
+        }
+        let snapshot = StageSnapshot {
+            watermark: self.watermark,
+            last_sweep: self.last_sweep,
+            partitions: self
+                .partitions
+                .iter()
+                .map(|p| PartitionSnapshot {
+                    keyed: KeyedSnapshot::default(),
+                    windows: p.windows.snapshot(),
+                    sessions: p.sessions.snapshot(),
+                })
+                .collect(),
+        };
+        (snapshot, Some(delta))
+    }
+
+    /// Lists keyed changes from now on: the checkpoint writer holds the state as it is now (a
+    /// whole capture, or the checkpoint it was restored from).
+    pub fn track_from_here(&mut self) {
+        for partition in &mut self.partitions {
+            partition.keyed.track();
+        }
+        self.tracked = true;
+    }
+
+    /// Makes the next capture whole (the writer lost what it held).
+    pub fn untrack(&mut self) {
+        self.tracked = false;
     }
 
     /// Keys with state, windows and sessions held, over every partition.

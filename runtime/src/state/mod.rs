@@ -22,6 +22,49 @@ use std::hash::BuildHasher;
 /// sums), so most entries of a large state cost no allocation of their own.
 pub(crate) type Bytes = SmallVec<[u8; 16]>;
 
+/// Bytes as a checkpoint holds them: written as a length and the raw bytes, read back in one
+/// piece (inline up to 16 bytes, like [`Bytes`]) rather than byte by byte.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Blob(pub Bytes);
+
+impl std::ops::Deref for Blob {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<&[u8]> for Blob {
+    fn from(bytes: &[u8]) -> Self {
+        Blob(Bytes::from_slice(bytes))
+    }
+}
+
+impl serde::Serialize for Blob {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Blob {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Blob;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<Blob, E> {
+                Ok(Blob::from(bytes))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, bytes: Vec<u8>) -> Result<Blob, E> {
+                Ok(Blob(Bytes::from_vec(bytes)))
+            }
+        }
+        deserializer.deserialize_bytes(Visitor)
+    }
+}
+
 /// A long-lived map keyed by data: seeded hashing (foldhash), fast and not predictable from
 /// outside. Maps that live for one batch use FxHash.
 pub(crate) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;

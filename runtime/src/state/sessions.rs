@@ -239,4 +239,51 @@ mod tests {
             .sum();
         assert_eq!(fired, before.len());
     }
+
+    proptest::proptest! {
+        /// Snapshot, restore, snapshot is the identity; spread over any number of partitions,
+        /// every key's sessions are in its home partition, as they were.
+        #[test]
+        fn sessions_restore_and_spread_as_they_were(
+            keys in proptest::collection::btree_map(
+                0..30u8,
+                proptest::collection::vec((0..5i64, 1..4u8, proptest::prelude::any::<bool>()), 1..4),
+                0..20,
+            ),
+            count in 1..5usize,
+        ) {
+            let mut store = SessionStore::default();
+            for (key, sessions) in &keys {
+                // Non-overlapping sessions in start order, as the stage keeps them.
+                let sessions = sessions
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &(len, byte, fired))| {
+                        let start = j as i64 * 100;
+                        let bounds = Bounds { start, end: start + 10 + len };
+                        (bounds, WindowAcc { acc: Bytes::from_slice(&[byte; 3]), fired })
+                    })
+                    .collect();
+                store.replace(format!("user-{key}").as_bytes(), sessions);
+            }
+            let snapshot = store.snapshot();
+            let restored = SessionStore::restore(snapshot.clone());
+            proptest::prop_assert_eq!(restored.bytes(), store.bytes());
+            proptest::prop_assert_eq!(restored.snapshot(), snapshot.clone());
+            let spread = SessionStore::redistribute(vec![restored], count);
+            let mut after = Vec::new();
+            for (p, part) in spread.iter().enumerate() {
+                for s in part.snapshot().sessions {
+                    proptest::prop_assert_eq!(partition_of(&s.key, count), p);
+                    after.push(s);
+                }
+            }
+            after.sort();
+            proptest::prop_assert_eq!(after, snapshot.sessions);
+            proptest::prop_assert_eq!(
+                spread.iter().map(SessionStore::len).sum::<usize>(),
+                store.len()
+            );
+        }
+    }
 }

@@ -288,4 +288,40 @@ mod tests {
         after.sort();
         assert_eq!(before, after);
     }
+
+    proptest::proptest! {
+        /// Snapshot, restore, snapshot is the identity; spread over any number of partitions,
+        /// every window is in its key's home partition with its accumulator and firing mark.
+        #[test]
+        fn windows_restore_and_spread_as_they_were(
+            windows in proptest::collection::vec(
+                (0..6i64, 0..30u8, proptest::collection::vec(0..255u8, 0..20)), 0..60),
+            fired_through in proptest::option::of(0..6i64),
+            count in 1..5usize,
+        ) {
+            let mut store = WindowStore::default();
+            for (end, key, acc) in &windows {
+                store.set(end * 10, format!("key-{key}").as_bytes(), acc);
+            }
+            if let Some(through) = fired_through {
+                store.fire(10, through * 10, 1000);
+                store.panes_fired_until = Some(through * 10);
+            }
+            let snapshot = store.snapshot();
+            let restored = WindowStore::restore(snapshot.clone());
+            proptest::prop_assert_eq!(restored.bytes(), store.bytes());
+            proptest::prop_assert_eq!(restored.snapshot(), snapshot.clone());
+            let spread = WindowStore::redistribute(vec![restored], count);
+            let mut after = Vec::new();
+            for (p, part) in spread.iter().enumerate() {
+                proptest::prop_assert_eq!(part.panes_fired_until, snapshot.panes_fired_until);
+                for w in part.snapshot().windows {
+                    proptest::prop_assert_eq!(partition_of(&w.key, count), p);
+                    after.push(w);
+                }
+            }
+            after.sort();
+            proptest::prop_assert_eq!(after, snapshot.windows);
+        }
+    }
 }
