@@ -6,7 +6,7 @@ FLUMEN := target/release/flumen
 UDFS   := udfs tests/udfs
 WASM_TARGET := wasm32-unknown-unknown
 
-.PHONY: demo test lint udfs native-udfs flumen wasm-toolchain bench bench-swap clean
+.PHONY: demo test lint udfs native-udfs flumen wasm-toolchain bench bench-swap bench-checkpoint clean
 
 ## Run the reference pipeline: ORDERS=x.jsonl OUT_DIR=dir make demo ARGS="..."
 demo: udfs
@@ -32,6 +32,12 @@ native-udfs: flumen
 ## How long a hot swap pauses the reference pipeline under full load (p50, p99).
 bench-swap: udfs
 	$(CARGO) bench -p flumen --bench swap_pause
+
+## What checkpoints cost the reference pipeline: throughput with 1 s checkpoints ÷ without, the
+## pause (p50, p99), the checkpoint's size and the recovery time at ~2 M deduplication ids;
+## writes target/bench-checkpoint.json (BENCH_RECORDS, BENCH_ROUNDS).
+bench-checkpoint: udfs
+	$(CARGO) bench -p flumen --bench checkpoint
 
 ## Build every UDF crate to target/flumen/*.wasm (incremental).
 udfs: flumen wasm-toolchain

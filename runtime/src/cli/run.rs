@@ -160,6 +160,7 @@ fn start(prepared: flumen::Prepared, fresh: bool) -> anyhow::Result<Start> {
             tracing::info!("--fresh: removed {removed} checkpoints from {folder}");
         }
     }
+    let started = Instant::now();
     let newest = dir
         .newest()
         .with_context(|| format!("cannot resume from the checkpoint folder {folder}"))?;
@@ -169,7 +170,6 @@ fn start(prepared: flumen::Prepared, fresh: bool) -> anyhow::Result<Start> {
     let mut running = match newest.valid {
         None => Pipeline::build(prepared)?,
         Some((found, content)) => {
-            let started = Instant::now();
             let refused = |why: String| {
                 anyhow::anyhow!(
                     "cannot resume from {}: {why}\nstart afresh with `flumen run --fresh` (every \

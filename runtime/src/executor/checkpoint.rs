@@ -234,7 +234,16 @@ impl Pipeline {
         dir: CheckpointDir,
         interval: Duration,
     ) -> anyhow::Result<()> {
-        let held = std::mem::take(&mut self.restored);
+        // The writer starts from the restored keyed state, or from none: every stage with no
+        // keyed state yet hands over only its changes from the first checkpoint on.
+        let mut held = std::mem::take(&mut self.restored);
+        for (stage, op) in self.stages.iter_mut().zip(&self.plan.operators) {
+            let name = &op.config.name;
+            if !held.contains_key(name) && stage.keyed_len() == 0 {
+                stage.track_from_here();
+                held.insert(name.clone(), KeyedSnapshot::default());
+            }
+        }
         let mut checkpoints = Checkpointing::new(dir, interval, held)?;
         checkpoints.stats.resumed_from = self.resumed_from;
         self.checkpoints = Some(checkpoints);
@@ -279,6 +288,11 @@ impl Pipeline {
         }
         let (checkpoint, deltas, committed) = self.capture()?;
         let pause = started.elapsed();
+        let changes: usize = deltas.iter().flatten().map(KeyedDelta::len).sum();
+        tracing::debug!(
+            "checkpoint captured in {:.2} ms ({changes} keyed changes)",
+            pause.as_secs_f64() * 1e3
+        );
         if let Some(checkpoints) = &mut self.checkpoints {
             checkpoints.stats.pauses.push(pause);
             checkpoints.last = Instant::now();

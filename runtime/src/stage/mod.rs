@@ -313,12 +313,13 @@ impl Stage {
             self.track_from_here();
             return (self.snapshot(), None);
         }
-        let mut delta = KeyedDelta::default();
-        for partition in &mut self.partitions {
-            let changes = partition.keyed.take_changes();
-            delta.put.extend(changes.put);
-            delta.removed.extend(changes.removed);
-        }
+        let delta = KeyedDelta {
+            parts: self
+                .partitions
+                .iter_mut()
+                .map(|p| p.keyed.take_changes())
+                .collect(),
+        };
         let snapshot = StageSnapshot {
             watermark: self.watermark,
             last_sweep: self.last_sweep,
@@ -342,6 +343,11 @@ impl Stage {
             partition.keyed.track();
         }
         self.tracked = true;
+    }
+
+    /// Keys with keyed state, over every partition.
+    pub fn keyed_len(&self) -> usize {
+        self.partitions.iter().map(|p| p.keyed.len()).sum()
     }
 
     /// Makes the next capture whole (the writer lost what it held).

@@ -1,10 +1,11 @@
 //! Keyed state of a `process` stage: one value per key, each with the event time from which it
 //! may be dropped (time-to-live).
 //!
-//! Once a checkpointing pipeline asks ([`KeyedStore::track`]), the store also lists the keys that
-//! changed since the last checkpoint took its changes ([`KeyedStore::take_changes`]): a
-//! checkpoint then costs the executor what changed, not everything held (the checkpoint writer
-//! keeps the rest).
+//! Once a checkpointing pipeline asks ([`KeyedStore::track`]), the store also keeps a log of
+//! what changed since the last checkpoint took it ([`KeyedStore::take_changes`]): one entry per
+//! key changed (updated in place when the key changes again) or removed. Taking it is a move,
+//! so a checkpoint costs the executor nearly nothing however large the state; the checkpoint
+//! writer, which holds the rest, merges it in.
 
 use super::{Blob, Bytes, Map, Store, partition_of};
 use serde::{Deserialize, Serialize};
@@ -15,8 +16,16 @@ struct Entry {
     value: Bytes,
     /// Event time from which the entry may be dropped (time-to-live).
     expires: Option<i64>,
-    /// Whether the key is listed as changed since the last checkpoint.
-    changed: bool,
+    /// Where the key's latest change is in the log, if it is in the current one: the log's
+    /// epoch, and the index of its entry plus one.
+    logged: (u32, u32),
+}
+
+/// Appends `change` to `log` (of `epoch`); where it is, for its key's entry.
+fn log(log: &mut Vec<Change>, epoch: u32, change: Change) -> (u32, u32) {
+    log.push(change);
+    // Past 4 G entries the key points nowhere: a later change is logged again.
+    u32::try_from(log.len()).map_or((0, 0), |at| (epoch, at))
 }
 
 /// The keyed state of one partition.
@@ -24,10 +33,12 @@ struct Entry {
 pub(crate) struct KeyedStore {
     entries: Map<Bytes, Entry>,
     bytes: usize,
-    /// Whether changes are listed in `changed`.
+    /// Whether changes are logged.
     tracking: bool,
-    /// Keys put or removed since their changes were last taken (a key may be listed twice).
-    changed: Vec<Bytes>,
+    /// What changed since the log was last taken, in order.
+    log: Vec<Change>,
+    /// Which log `log` is: taking it starts the next epoch, so no entry points into it any more.
+    epoch: u32,
 }
 
 /// A [`KeyedStore`]'s content: `(key, value, expires)` in key order.
@@ -36,37 +47,53 @@ pub(crate) struct KeyedSnapshot {
     pub entries: Vec<(Blob, Blob, Option<i64>)>,
 }
 
-/// What changed in keyed state since the last checkpoint: keys set (with value and expiry) and
-/// keys removed.
+/// What changed in keyed state since the last checkpoint, change by change in the order they
+/// happened: a key with its value and expiry then, or `None` where it was removed. A key may
+/// appear more than once; its last change counts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct KeyedDelta {
-    pub put: Vec<(Blob, Blob, Option<i64>)>,
-    pub removed: Vec<Blob>,
+    /// The changes of each partition (a key's are all in one).
+    pub parts: Vec<Vec<Change>>,
 }
 
+impl KeyedDelta {
+    /// How many changes.
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(Vec::len).sum()
+    }
+}
+
+/// A key, and its value and expiry after a change (`None`: removed).
+pub(crate) type Change = (Blob, Option<(Blob, Option<i64>)>);
+
 impl KeyedSnapshot {
-    /// Applies `delta` (its entries in any order) to this snapshot (in key order): the
-    /// snapshot of the state the delta led to.
-    pub fn apply(&mut self, mut delta: KeyedDelta) {
-        delta.put.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        delta.removed.sort_unstable();
+    /// Applies `delta` to this snapshot (in key order): the snapshot of the state the delta led
+    /// to.
+    pub fn apply(&mut self, delta: KeyedDelta) {
+        let mut changes: Vec<Change> = delta.parts.into_iter().flatten().collect();
+        // Stable: each key's changes stay in the order they happened.
+        changes.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut changes = changes.into_iter().peekable();
         let old = std::mem::take(&mut self.entries);
-        let mut merged = Vec::with_capacity(old.len() + delta.put.len());
-        let mut put = delta.put.into_iter().peekable();
-        let mut removed = delta.removed.into_iter().peekable();
-        for entry in old {
-            while let Some(new) = put.next_if(|p| p.0 < entry.0) {
-                merged.push(new);
+        let mut merged = Vec::with_capacity(old.len() + changes.len());
+        let mut old = old.into_iter().peekable();
+        loop {
+            // The next key changed, with its last change.
+            let Some(mut change) = changes.next() else {
+                merged.extend(old);
+                break;
+            };
+            while let Some(later) = changes.next_if(|c| c.0 == change.0) {
+                change = later;
             }
-            while removed.next_if(|r| *r < entry.0).is_some() {}
-            let gone = removed.next_if(|r| *r == entry.0).is_some();
-            match put.next_if(|p| p.0 == entry.0) {
-                Some(new) => merged.push(new),
-                None if gone => {}
-                None => merged.push(entry),
+            while let Some(kept) = old.next_if(|e| e.0 < change.0) {
+                merged.push(kept);
+            }
+            old.next_if(|e| e.0 == change.0);
+            if let (key, Some((value, expires))) = change {
+                merged.push((key, value, expires));
             }
         }
-        merged.extend(put);
         self.entries = merged;
     }
 
@@ -102,24 +129,35 @@ impl KeyedStore {
                 entry.value.clear();
                 entry.value.extend_from_slice(value);
                 entry.expires = expires;
-                if self.tracking && !entry.changed {
-                    entry.changed = true;
-                    self.changed.push(Bytes::from_slice(key));
+                if self.tracking {
+                    let (epoch, at) = entry.logged;
+                    let slot = (at as usize).checked_sub(1).filter(|_| epoch == self.epoch);
+                    match slot.and_then(|i| self.log.get_mut(i)) {
+                        // Changed again: its entry in the log takes the new value.
+                        Some((_, Some((logged, logged_expires)))) => {
+                            logged.0.clear();
+                            logged.0.extend_from_slice(value);
+                            *logged_expires = expires;
+                        }
+                        _ => {
+                            let change = (Blob::from(key), Some((Blob::from(value), expires)));
+                            entry.logged = log(&mut self.log, self.epoch, change);
+                        }
+                    }
                 }
             }
             None => {
                 self.bytes += key.len() + value.len();
-                let value = Bytes::from_slice(value);
-                let changed = self.tracking;
                 let key = Bytes::from_slice(key);
-                if changed {
-                    self.changed.push(key.clone());
-                }
-                let entry = Entry {
-                    value,
+                let mut entry = Entry {
+                    value: Bytes::from_slice(value),
                     expires,
-                    changed,
+                    logged: (0, 0),
                 };
+                if self.tracking {
+                    let change = (Blob(key.clone()), Some((Blob::from(value), expires)));
+                    entry.logged = log(&mut self.log, self.epoch, change);
+                }
                 self.entries.insert(key, entry);
             }
         }
@@ -129,8 +167,8 @@ impl KeyedStore {
     pub fn remove(&mut self, key: &[u8]) {
         if let Some(gone) = self.entries.remove(key) {
             self.bytes -= key.len() + gone.value.len();
-            if self.tracking && !gone.changed {
-                self.changed.push(Bytes::from_slice(key));
+            if self.tracking {
+                self.log.push((Blob::from(key), None));
             }
         }
     }
@@ -138,14 +176,14 @@ impl KeyedStore {
     /// Drops every entry expired at `watermark`.
     pub fn expire(&mut self, watermark: i64) {
         let bytes = &mut self.bytes;
-        let changed = &mut self.changed;
+        let log = &mut self.log;
         let tracking = self.tracking;
         self.entries.retain(|key, e| {
             let keep = e.expires.is_none_or(|at| at > watermark);
             if !keep {
                 *bytes -= key.len() + e.value.len();
-                if tracking && !e.changed {
-                    changed.push(key.clone());
+                if tracking {
+                    log.push((Blob(key.clone()), None));
                 }
             }
             keep
@@ -157,32 +195,32 @@ impl KeyedStore {
         self.entries.len()
     }
 
-    /// Lists changes from now on, for [`KeyedStore::take_changes`] (what was listed is dropped:
+    /// Logs changes from now on, for [`KeyedStore::take_changes`] (what was logged is dropped:
     /// the caller takes a whole snapshot now).
     pub fn track(&mut self) {
         self.tracking = true;
-        self.changed.clear();
-        for entry in self.entries.values_mut() {
-            entry.changed = false;
-        }
+        self.next_log();
     }
 
-    /// What changed since the last call (or [`KeyedStore::track`]).
-    pub fn take_changes(&mut self) -> KeyedDelta {
-        let mut delta = KeyedDelta::default();
-        for key in std::mem::take(&mut self.changed) {
-            match self.entries.get_mut(&key) {
-                Some(entry) if entry.changed => {
-                    entry.changed = false;
-                    let value = Blob(entry.value.clone());
-                    delta.put.push((Blob(key), value, entry.expires));
+    /// What changed since the last call (or [`KeyedStore::track`]), in order: the log itself.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        self.next_log()
+    }
+
+    /// Starts a new, empty log (no entry points into the old one any more); returns the old.
+    fn next_log(&mut self) -> Vec<Change> {
+        // Epoch 0 is never current, so a new entry's `(0, 0)` points nowhere. After 4 G epochs
+        // (a century of checkpoints) numbers start again, with every entry pointing nowhere.
+        self.epoch = match self.epoch.checked_add(1) {
+            Some(next) => next,
+            None => {
+                for entry in self.entries.values_mut() {
+                    entry.logged = (0, 0);
                 }
-                // Listed twice, and taken already.
-                Some(_) => {}
-                None => delta.removed.push(Blob(key)),
+                1
             }
-        }
-        delta
+        };
+        std::mem::take(&mut self.log)
     }
 
     /// Puts every entry of `snapshot` in the store among `parts` its key hashes to.
@@ -197,7 +235,7 @@ impl KeyedStore {
             let entry = Entry {
                 value: value.0,
                 expires,
-                changed: false,
+                logged: (0, 0),
             };
             home.entries.insert(key.0, entry);
         }
@@ -228,24 +266,27 @@ impl Store for KeyedStore {
         self.bytes
     }
 
-    /// Listed changes move with their keys, so a checkpoint after a redistribution still finds
-    /// every change.
+    /// Logged changes move with their keys, in order, so a checkpoint after a redistribution
+    /// still gets every change (entries point into the new logs nowhere: a key changed again is
+    /// logged again, and its last change counts).
     fn redistribute(parts: Vec<Self>, count: usize) -> Vec<Self> {
         let tracking = parts.iter().any(|p| p.tracking);
         let mut spread: Vec<KeyedStore> = (0..count.max(1))
             .map(|_| KeyedStore {
                 tracking,
+                epoch: 1,
                 ..Self::default()
             })
             .collect();
         for part in parts {
-            for (key, entry) in part.entries {
+            for (key, mut entry) in part.entries {
+                entry.logged = (0, 0);
                 let home = &mut spread[partition_of(&key, count)];
                 home.bytes += key.len() + entry.value.len();
                 home.entries.insert(key, entry);
             }
-            for key in part.changed {
-                spread[partition_of(&key, count)].changed.push(key);
+            for change in part.log {
+                spread[partition_of(&change.0, count)].log.push(change);
             }
         }
         spread
@@ -386,12 +427,9 @@ mod tests {
                     }
                     Op::Expire(at) => parts.iter_mut().for_each(|p| p.expire(at)),
                     Op::Checkpoint => {
-                        let mut delta = KeyedDelta::default();
-                        for p in &mut parts {
-                            let d = p.take_changes();
-                            delta.put.extend(d.put);
-                            delta.removed.extend(d.removed);
-                        }
+                        let delta = KeyedDelta {
+                            parts: parts.iter_mut().map(KeyedStore::take_changes).collect(),
+                        };
                         held.apply(delta);
                         proptest::prop_assert_eq!(&held, &whole(&parts));
                     }
