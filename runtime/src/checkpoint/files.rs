@@ -182,7 +182,7 @@ impl CheckpointDir {
     /// The content of checkpoint `found`, if its header and checksum hold; else why not.
     pub fn read(&self, found: &Found) -> Result<Vec<u8>, Unreadable> {
         use Unreadable::Damaged;
-        let mut bytes = Vec::new();
+        let mut bytes = Vec::with_capacity(found.size as usize);
         File::open(&found.path)
             .and_then(|mut file| file.read_to_end(&mut bytes))
             .map_err(|e| Damaged(format!("cannot read it: {e}")))?;
@@ -204,7 +204,8 @@ impl CheckpointDir {
         if Sha256::digest(content).as_slice() != &bytes[20..HEADER] {
             return Err(Damaged("its checksum does not match its content".into()));
         }
-        Ok(content.to_vec())
+        bytes.drain(..HEADER);
+        Ok(bytes)
     }
 
     /// The newest checkpoint whose header and checksum hold, and why each newer one was passed

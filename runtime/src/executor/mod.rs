@@ -20,7 +20,6 @@ use crate::guest::{Guest, OperatorInstance};
 use crate::plan::{Consumer, NodeRef, Plan, PortPlan};
 use crate::reload::{Reloads, Version};
 use crate::stage::Stage;
-use crate::state::keyed::KeyedSnapshot;
 use crate::telemetry::{CheckpointStats, StageKind, StageStats, Summary};
 use crate::telemetry::{ReloadOutcome, SharedStatus, StageStatus};
 use crate::window::BoundedOutOfOrderness;
@@ -210,11 +209,7 @@ impl Pipeline {
                 if let Some((at, keep)) = *at {
                     let state = std::mem::take(&mut checkpoint.stages[at].state);
                     // What the checkpoint writer starts from: the restored keyed state.
-                    let keyed = keep.then(|| {
-                        KeyedSnapshot::merge(state.partitions.iter().map(|p| p.keyed.clone()))
-                    });
-                    stage.restore(state, keep);
-                    if let Some(keyed) = keyed {
+                    if let Some(keyed) = stage.restore(state, keep) {
                         stage.track_from_here();
                         restored.insert(op.config.name.clone(), keyed);
                     }

@@ -275,19 +275,21 @@ impl Stage {
 
     /// Takes the watermark of `snapshot` (of this stage, with any number of partitions) and, if
     /// `keep_state`, its state, spread over this stage's partitions by key (what to keep is
-    /// decided as for a reload: [`crate::diff::state_conflict`]).
-    pub fn restore(&mut self, snapshot: StageSnapshot, keep_state: bool) {
+    /// decided as for a reload: [`crate::diff::state_conflict`]). Returns the keyed state it
+    /// took, in key order (what a checkpoint writer starts from).
+    pub fn restore(&mut self, snapshot: StageSnapshot, keep_state: bool) -> Option<KeyedSnapshot> {
         self.watermark = snapshot.watermark;
         self.last_sweep = snapshot.last_sweep;
         if !keep_state {
-            return;
+            return None;
         }
         self.tracked = false;
         let count = self.partitions.len();
         let mut keyed: Vec<KeyedStore> = (0..count).map(|_| KeyedStore::default()).collect();
-        let (mut windows, mut sessions) = (Vec::new(), Vec::new());
+        let (mut windows, mut sessions, mut taken) = (Vec::new(), Vec::new(), Vec::new());
         for partition in snapshot.partitions {
-            KeyedStore::restore_into(&mut keyed, partition.keyed);
+            KeyedStore::restore_into(&mut keyed, &partition.keyed);
+            taken.push(partition.keyed);
             windows.push(WindowStore::restore(partition.windows));
             sessions.push(SessionStore::restore(partition.sessions));
         }
@@ -302,6 +304,7 @@ impl Stage {
             partition.windows = windows;
             partition.sessions = sessions;
         }
+        Some(KeyedSnapshot::merge(taken))
     }
 
     /// The stage's state for a checkpoint. Keyed state comes whole the first time (and whenever

@@ -97,10 +97,17 @@ impl KeyedSnapshot {
         self.entries = merged;
     }
 
-    /// Merges snapshots of several partitions into one, in key order.
+    /// Merges snapshots of several partitions into one, in key order (one already in order is
+    /// taken as it is).
     pub fn merge(parts: impl IntoIterator<Item = KeyedSnapshot>) -> KeyedSnapshot {
-        let mut entries: Vec<_> = parts.into_iter().flat_map(|p| p.entries).collect();
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut parts = parts.into_iter();
+        let mut entries = parts.next().map(|p| p.entries).unwrap_or_default();
+        for part in parts {
+            entries.extend(part.entries);
+        }
+        if !entries.is_sorted_by(|a, b| a.0 <= b.0) {
+            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        }
         KeyedSnapshot { entries }
     }
 }
@@ -223,21 +230,29 @@ impl KeyedStore {
         std::mem::take(&mut self.log)
     }
 
-    /// Puts every entry of `snapshot` in the store among `parts` its key hashes to.
-    pub fn restore_into(parts: &mut [KeyedStore], snapshot: KeyedSnapshot) {
+    /// Puts every entry of `snapshot` in the store among `parts` its key hashes to; each part
+    /// is filled on a thread of its own when there are several.
+    pub fn restore_into(parts: &mut [KeyedStore], snapshot: &KeyedSnapshot) {
+        use rayon::prelude::*;
         let count = parts.len();
-        if let [only] = parts {
-            only.entries.reserve(snapshot.entries.len());
-        }
-        for (key, value, expires) in snapshot.entries {
-            let home = &mut parts[partition_of(&key, count)];
-            home.bytes += key.len() + value.len();
-            let entry = Entry {
-                value: value.0,
-                expires,
-                logged: (0, 0),
-            };
-            home.entries.insert(key.0, entry);
+        let fill = |(at, part): (usize, &mut KeyedStore)| {
+            part.entries.reserve(snapshot.entries.len() / count.max(1));
+            for (key, value, expires) in &snapshot.entries {
+                if partition_of(key, count) != at {
+                    continue;
+                }
+                part.bytes += key.len() + value.len();
+                let entry = Entry {
+                    value: Bytes::from_slice(value),
+                    expires: *expires,
+                    logged: (0, 0),
+                };
+                part.entries.insert(Bytes::from_slice(key), entry);
+            }
+        };
+        match parts {
+            [only] => fill((0, only)),
+            _ => parts.par_iter_mut().enumerate().for_each(fill),
         }
     }
 }
@@ -257,7 +272,7 @@ impl Store for KeyedStore {
 
     fn restore(snapshot: KeyedSnapshot) -> Self {
         let mut store = [KeyedStore::default()];
-        KeyedStore::restore_into(&mut store, snapshot);
+        KeyedStore::restore_into(&mut store, &snapshot);
         let [store] = store;
         store
     }
@@ -456,7 +471,7 @@ mod tests {
             }
             let snapshot = store.snapshot();
             let mut parts: Vec<KeyedStore> = (0..count).map(|_| KeyedStore::default()).collect();
-            KeyedStore::restore_into(&mut parts, snapshot.clone());
+            KeyedStore::restore_into(&mut parts, &snapshot);
             for (p, part) in parts.iter().enumerate() {
                 for (key, ..) in part.snapshot().entries {
                     proptest::prop_assert_eq!(partition_of(&key, count), p);
