@@ -241,8 +241,19 @@ impl Stage {
         windows: Vec<WindowStore>,
         sessions: Vec<SessionStore>,
     ) {
+        let keyed = KeyedStore::redistribute(keyed, self.partitions.len());
+        self.place(keyed, windows, sessions);
+    }
+
+    /// Gives each partition its keyed store (`keyed` holds one per partition, each key in its
+    /// home already) and spreads `windows` and `sessions` over the partitions by key.
+    fn place(
+        &mut self,
+        keyed: Vec<KeyedStore>,
+        windows: Vec<WindowStore>,
+        sessions: Vec<SessionStore>,
+    ) {
         let count = self.partitions.len();
-        let keyed = KeyedStore::redistribute(keyed, count);
         let windows = WindowStore::redistribute(windows, count);
         let sessions = SessionStore::redistribute(sessions, count);
         for (partition, ((keyed, windows), sessions)) in self
@@ -293,17 +304,7 @@ impl Stage {
             windows.push(WindowStore::restore(partition.windows));
             sessions.push(SessionStore::restore(partition.sessions));
         }
-        let windows = WindowStore::redistribute(windows, count);
-        let sessions = SessionStore::redistribute(sessions, count);
-        for (partition, ((keyed, windows), sessions)) in self
-            .partitions
-            .iter_mut()
-            .zip(keyed.into_iter().zip(windows).zip(sessions))
-        {
-            partition.keyed = keyed;
-            partition.windows = windows;
-            partition.sessions = sessions;
-        }
+        self.place(keyed, windows, sessions);
         Some(KeyedSnapshot::merge(taken))
     }
 
