@@ -432,6 +432,17 @@ fn a_live_run_stopped_killed_after_a_swap_and_resumed_equals_one_that_never_stop
     };
     let live = go("stopped-1.log");
     reach(&live, 1);
+    // One run at a time per checkpoint folder.
+    let second = flumen()
+        .arg("run")
+        .arg(&toml)
+        .env("ORDERS", &orders)
+        .env("OUT_DIR", &out)
+        .output()
+        .unwrap();
+    let error = text(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{error}");
+    assert!(error.contains("in use by another flumen run"), "{error}");
     write_atomically(&toml, &changed(&pipeline_copy()));
     live.wait_for_log("swapped operator `score`", 1);
     // Once a checkpoint records the new version, a crash.

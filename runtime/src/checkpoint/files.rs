@@ -20,6 +20,7 @@ pub const KEEP: usize = 2;
 const MAGIC: &[u8; 8] = b"FLUMENCP";
 const HEADER: usize = 8 + 4 + 8 + 32;
 const PREFIX: &str = "checkpoint-";
+const LOCK: &str = ".lock";
 const SUFFIX: &str = ".ckpt";
 
 /// A pipeline's checkpoint folder.
@@ -29,6 +30,8 @@ pub struct CheckpointDir {
     /// For tests of a crash in the middle of a write: how long to wait once the temporary file
     /// is written, before it is synced and renamed.
     pause_in_write: Option<std::time::Duration>,
+    /// The folder's lock, while this process writes in it (see [`CheckpointDir::lock`]).
+    lock: Option<std::sync::Arc<File>>,
 }
 
 /// Why a checkpoint cannot be read.
@@ -79,7 +82,53 @@ impl CheckpointDir {
         Ok(CheckpointDir {
             dir: dir.to_path_buf(),
             pause_in_write: None,
+            lock: None,
         })
+    }
+
+    /// Takes the folder for this process — one run at a time writes a pipeline's checkpoints —
+    /// or says who has it. The lock (`flock` on `.lock`) goes with the process, however it ends.
+    /// A folder where the lock cannot be made (read-only) is used without it, with a warning.
+    pub fn lock(mut self) -> anyhow::Result<Self> {
+        let path = self.dir.join(LOCK);
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path);
+        let mut file = match opened {
+            Ok(file) => file,
+            // A folder that cannot be written is not refused here: each checkpoint that cannot
+            // be written says so, and the run goes on.
+            Err(e) => {
+                tracing::warn!(
+                    "{}; running without the folder's lock",
+                    in_dir(&self.dir, e)
+                );
+                return Ok(self);
+            }
+        };
+        match file.try_lock() {
+            Ok(()) => {
+                // Who has it, for the message of the next one to try.
+                file.set_len(0)?;
+                write!(file, "{}", std::process::id())?;
+                self.lock = Some(std::sync::Arc::new(file));
+                Ok(self)
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                anyhow::bail!(
+                    "the checkpoint folder {} is in use by another flumen run (process {}): \
+                     one run at a time per checkpoint folder",
+                    self.dir.display(),
+                    holder.trim()
+                )
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(in_dir(&self.dir, e).into()),
+        }
     }
 
     /// Makes every write wait `pause` between writing its temporary file and renaming it into
@@ -313,6 +362,35 @@ mod tests {
         let error = checkpoints.newest().unwrap_err().to_string();
         assert!(error.contains("format version 9"), "{error}");
         assert!(error.contains(&newest.display().to_string()), "{error}");
+    }
+
+    #[test]
+    fn one_process_at_a_time_takes_a_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = CheckpointDir::open(dir.path()).unwrap().lock().unwrap();
+        let error = CheckpointDir::open(dir.path())
+            .unwrap()
+            .lock()
+            .err()
+            .unwrap()
+            .to_string();
+        let pid = std::process::id().to_string();
+        assert!(error.contains("in use by another flumen run"), "{error}");
+        assert!(error.contains(&pid), "{error}");
+        // Clones (the writer's) share the lock; it goes when the last goes.
+        let clone = first.clone();
+        drop(first);
+        assert!(CheckpointDir::open(dir.path()).unwrap().lock().is_err());
+        drop(clone);
+        assert!(CheckpointDir::open(dir.path()).unwrap().lock().is_ok());
+        // The lock file is not a checkpoint.
+        assert!(
+            CheckpointDir::open(dir.path())
+                .unwrap()
+                .list()
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -143,7 +143,8 @@ fn start(prepared: flumen::Prepared, fresh: bool) -> anyhow::Result<Start> {
         return Ok(Start::Run(Box::new(Pipeline::build(prepared)?)));
     };
     let dir = CheckpointDir::open(&config.dir)
-        .with_context(|| format!("cannot use the checkpoint folder {}", config.dir.display()))?;
+        .with_context(|| format!("cannot use the checkpoint folder {}", config.dir.display()))?
+        .lock()?;
     let dir = match std::env::var(PAUSE_IN_WRITE)
         .ok()
         .and_then(|ms| ms.parse().ok())
