@@ -307,3 +307,38 @@ fn a_source_or_sink_without_a_type_says_so() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn checkpoints_are_configured_under_pipeline_with_errors_at_their_key() {
+    let with = |value: &str| {
+        GOOD.replace(
+            "dead_letter = \"dead\"",
+            &format!("dead_letter = \"dead\"\ncheckpoint = {value}"),
+        )
+    };
+    let config = parse_with(
+        &with(r#"{ dir = "${OUT_DIR:-out}/cp", interval_ms = ${EVERY:-1000} }"#),
+        &[("OUT_DIR", "/tmp/o"), ("EVERY", "250")],
+    )
+    .unwrap();
+    let checkpoint = config.checkpoint.unwrap();
+    assert_eq!(checkpoint.dir, Path::new("/tmp/o/cp"));
+    assert_eq!(checkpoint.interval, Duration::from_millis(250));
+    let default = parse_with(&with(r#"{ dir = "cp" }"#), &[]).unwrap();
+    assert_eq!(default.checkpoint.unwrap().interval, Duration::from_secs(1));
+    assert_eq!(parse_with(GOOD, &[]).unwrap().checkpoint, None);
+    for (value, expected) in [
+        (r#"{ dir = "cp", interval_ms = 0 }"#, "p/orders.toml:4:28:"),
+        (r#"{ dir = "cp", every = 3 }"#, "unknown field `every`"),
+        (r#"{ interval_ms = 5 }"#, "missing field `dir`"),
+        (r#"{ dir = "" }"#, "`pipeline.checkpoint.dir`"),
+    ] {
+        let errors = errors(&with(value));
+        assert_eq!(errors.len(), 1, "{value}: {errors:?}");
+        assert!(errors[0].contains(expected), "{value}: {errors:?}");
+        assert!(
+            errors[0].contains("pipeline.checkpoint"),
+            "{value}: {errors:?}"
+        );
+    }
+}
