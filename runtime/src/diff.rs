@@ -62,6 +62,17 @@ pub struct Conflict {
     pub why: String,
 }
 
+impl Conflict {
+    /// The refusal, located at the stage's module in `config`.
+    pub fn error(&self, config: &crate::config::PipelineConfig) -> crate::config::ConfigError {
+        let Conflict { stage, why } = self;
+        config.error(
+            &format!("operators.{stage}.module"),
+            format!("{why}; set on_state_change = \"reset\" to start `{stage}` with empty state"),
+        )
+    }
+}
+
 /// Everything a reload changes, per node of the new plan (in its order), and what it removes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReloadPlan {
@@ -145,17 +156,10 @@ pub fn diff(old: &Plan, new: &Plan) -> ReloadPlan {
             if unchanged(running, op) {
                 return OperatorStep::Keep { old: at };
             }
-            let state = match state_conflict(&StateLayout::of(running), &StateLayout::of(op)) {
-                None => StateStep::Keep,
-                Some(_) if op.config.on_state_change == OnStateChange::Reset => StateStep::Reset,
-                Some(why) => {
-                    conflicts.push(Conflict {
-                        stage: op.config.name.clone(),
-                        why,
-                    });
-                    StateStep::Keep
-                }
-            };
+            let state = state_step(&StateLayout::of(running), op).unwrap_or_else(|conflict| {
+                conflicts.push(conflict);
+                StateStep::Keep
+            });
             OperatorStep::Swap { old: at, state }
         })
         .collect();
@@ -219,6 +223,20 @@ impl StateLayout {
             WindowSpec::Sliding { size_ms, slide_ms } => ("sliding".into(), size_ms, slide_ms),
             WindowSpec::Session { gap_ms } => ("session".into(), gap_ms, 0),
         }
+    }
+}
+
+/// What becomes of state laid out as `old` when the stage `new` plans takes over (a reload's
+/// swap, a restart from a checkpoint): kept if it fits, reset if it does not and the stage asks
+/// for that, refused otherwise.
+pub fn state_step(old: &StateLayout, new: &OperatorPlan) -> Result<StateStep, Conflict> {
+    match state_conflict(old, &StateLayout::of(new)) {
+        None => Ok(StateStep::Keep),
+        Some(_) if new.config.on_state_change == OnStateChange::Reset => Ok(StateStep::Reset),
+        Some(why) => Err(Conflict {
+            stage: new.config.name.clone(),
+            why,
+        }),
     }
 }
 

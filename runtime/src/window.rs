@@ -254,6 +254,12 @@ impl BoundedOutOfOrderness {
         }
     }
 
+    /// A tracker with delay `delay_ms` that goes on from `earlier`'s progress (a reloaded or
+    /// resumed source), or starts afresh without one.
+    pub fn carried(earlier: Option<Self>, delay_ms: i64) -> Self {
+        earlier.map_or_else(|| Self::new(delay_ms), |t| t.with_delay(delay_ms))
+    }
+
     /// Notes a record's event time.
     pub fn observe(&mut self, ts: i64) {
         self.max_seen = Some(self.max_seen.map_or(ts, |m| m.max(ts)));

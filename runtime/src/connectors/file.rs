@@ -370,44 +370,40 @@ const SINK_BUFFER: usize = 1 << 16;
 impl FileSink {
     /// Creates (or truncates) the file at `path`, and its folder.
     pub fn create(path: PathBuf) -> anyhow::Result<Self> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                anyhow::anyhow!("cannot create the sink folder {}: {e}", parent.display())
-            })?;
-        }
-        let file = open_no_follow(&path, true)?;
-        Ok(FileSink {
-            identity: identity(&file)?,
-            path,
-            file,
-            buffer: Vec::with_capacity(SINK_BUFFER),
-        })
+        Self::open(path, None)
     }
 
     /// Opens the file at `path` to go on after a checkpoint that committed its first
     /// `committed` bytes: what follows them (written after that checkpoint) is cut off, and
     /// writing appends from there. A file shorter than that was changed by someone else: refused.
     pub fn resume(path: PathBuf, committed: u64) -> anyhow::Result<Self> {
+        Self::open(path, Some(committed))
+    }
+
+    /// Creates (or truncates) the file at `path`, or with `committed`, resumes it.
+    fn open(path: PathBuf, committed: Option<u64>) -> anyhow::Result<Self> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
                 anyhow::anyhow!("cannot create the sink folder {}: {e}", parent.display())
             })?;
         }
-        let file = open_no_follow(&path, false)?;
-        let length = file
-            .metadata()
-            .map_err(|e| anyhow::anyhow!("cannot read sink file {}: {e}", path.display()))?
-            .len();
-        anyhow::ensure!(
-            length >= committed,
-            "sink file {} is {length} bytes long, shorter than the {committed} bytes the \
-             checkpoint committed: it was changed outside flumen",
-            path.display()
-        );
-        if length > committed {
-            file.set_len(committed).map_err(|e| {
-                anyhow::anyhow!("cannot cut sink file {} back: {e}", path.display())
-            })?;
+        let file = open_no_follow(&path, committed.is_none())?;
+        if let Some(committed) = committed {
+            let length = file
+                .metadata()
+                .map_err(|e| anyhow::anyhow!("cannot read sink file {}: {e}", path.display()))?
+                .len();
+            anyhow::ensure!(
+                length >= committed,
+                "sink file {} is {length} bytes long, shorter than the {committed} bytes the \
+                 checkpoint committed: it was changed outside flumen",
+                path.display()
+            );
+            if length > committed {
+                file.set_len(committed).map_err(|e| {
+                    anyhow::anyhow!("cannot cut sink file {} back: {e}", path.display())
+                })?;
+            }
         }
         Ok(FileSink {
             identity: identity(&file)?,

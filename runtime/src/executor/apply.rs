@@ -5,7 +5,7 @@ use super::{Pipeline, SourceRuntime, boxed, new_source_runtime, upstream_of};
 use crate::Prepared;
 use crate::config::{ConfigErrors, SourceKind};
 use crate::connectors::{Sink, SourceBatch};
-use crate::diff::{Conflict, OperatorStep, SinkStep, SourceStep, StateStep, diff};
+use crate::diff::{OperatorStep, SinkStep, SourceStep, StateStep, diff};
 use crate::plan::SourcePlan;
 use crate::stage::Stage;
 use crate::telemetry::{StageKind, StageStats};
@@ -29,13 +29,8 @@ impl Pipeline {
         } = new;
         let steps = diff(&self.plan, &plan);
         let mut errors = Vec::new();
-        for Conflict { stage, why } in &steps.conflicts {
-            errors.push(config.error(
-                &format!("operators.{stage}.module"),
-                format!(
-                    "{why}; set on_state_change = \"reset\" to start `{stage}` with empty state"
-                ),
-            ));
+        for conflict in &steps.conflicts {
+            errors.push(conflict.error(&config));
         }
         for (i, op) in plan.operators.iter().enumerate() {
             if steps.needs_instances(i) && instances.get(i).is_none_or(Vec::is_empty) {
@@ -220,11 +215,12 @@ impl Pipeline {
 /// and its watermark progress.
 fn retune(kept: &mut SourceRuntime, plan: &SourcePlan) {
     kept.source.retune(&plan.config);
-    kept.watermarks = match (kept.watermarks.take(), &plan.config.event_time) {
-        (_, None) => None,
-        (Some(tracker), Some(_)) => Some(tracker.with_delay(plan.config.watermark_delay_ms)),
-        (None, Some(_)) => Some(BoundedOutOfOrderness::new(plan.config.watermark_delay_ms)),
-    };
+    let earlier = kept.watermarks.take();
+    kept.watermarks = plan
+        .config
+        .event_time
+        .as_ref()
+        .map(|_| BoundedOutOfOrderness::carried(earlier, plan.config.watermark_delay_ms));
     kept.stats.name.clone_from(&plan.config.name);
     let newest = kept.batch.newest;
     kept.batch = SourceBatch::new(plan.port.key_fields.clone(), plan.config.event_time.clone())

@@ -8,12 +8,13 @@
 
 use super::{Pipeline, SourceRuntime};
 use crate::checkpoint::{Checkpoint, CheckpointDir, SinkEntry, SourceEntry, StageEntry, now_ms};
-use crate::config::{OnStateChange, SinkKind, SourceKind};
+use crate::config::{SinkKind, SourceKind};
 use crate::connectors::{Committed, same_path};
-use crate::diff::{StateLayout, state_conflict};
+use crate::diff::{StateLayout, StateStep, state_step};
 use crate::stage::PartitionSnapshot;
 use crate::state::keyed::{KeyedDelta, KeyedSnapshot};
 use crate::telemetry::CheckpointStats;
+use crate::window::BoundedOutOfOrderness;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::thread::JoinHandle;
@@ -444,19 +445,17 @@ impl Resumption {
                     return None;
                 };
                 let entry = &checkpoint.stages[at];
-                let keep = match state_conflict(&entry.layout, &StateLayout::of(op)) {
-                    None => true,
-                    Some(why) if op.config.on_state_change == OnStateChange::Reset => {
-                        notes.push(format!("operator `{name}` starts with empty state: {why}"));
+                let keep = match state_step(&entry.layout, op) {
+                    Ok(StateStep::Keep) => true,
+                    Ok(StateStep::Reset) => {
+                        notes.push(format!(
+                            "operator `{name}` starts with empty state: its state no longer \
+                             fits (on_state_change = \"reset\")"
+                        ));
                         false
                     }
-                    Some(why) => {
-                        let message = format!(
-                            "{why}; set on_state_change = \"reset\" to start `{name}` with \
-                             empty state"
-                        );
-                        let at = format!("operators.{name}.module");
-                        errors.push(config.error(&at, message).to_string());
+                    Err(conflict) => {
+                        errors.push(conflict.error(config).to_string());
                         false
                     }
                 };
@@ -526,12 +525,9 @@ pub(super) fn resume_source(
         .source
         .seek(&entry.position)
         .map_err(|e| anyhow::anyhow!("source `{}`: {e:#}", entry.name))?;
-    if runtime.watermarks.is_some() {
-        runtime.watermarks = entry.tracker.map(|t| t.with_delay(delay_ms));
-        if runtime.watermarks.is_none() {
-            runtime.watermarks = Some(crate::window::BoundedOutOfOrderness::new(delay_ms));
-        }
-    }
+    runtime.watermarks = runtime
+        .watermarks
+        .map(|_| BoundedOutOfOrderness::carried(entry.tracker, delay_ms));
     runtime.watermark = entry.watermark;
     runtime.batch.newest = entry.newest;
     runtime.finished = entry.finished;

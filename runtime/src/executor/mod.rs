@@ -116,13 +116,7 @@ impl Pipeline {
                     .map(|s| StageStatus::of(s, None, i64::MIN)),
             )
             .collect();
-        let checkpoints = self.checkpoint_stats().map(|c| CheckpointStats {
-            pauses: Vec::new(),
-            writes: Vec::new(),
-            dir: c.dir.clone(),
-            last_error: c.last_error.clone(),
-            ..*c
-        });
+        let checkpoints = self.checkpoint_stats().map(CheckpointStats::without_times);
         if let Ok(mut status) = shared.lock() {
             status.stages = stages;
             status.checkpoints = checkpoints;
@@ -323,7 +317,7 @@ impl Pipeline {
             }
             // Between two rounds nothing is in flight: the place for a consistent checkpoint.
             self.checkpoint_if_due()?;
-            if stopping || self.sources.iter().all(|s| s.finished) {
+            if stopping || self.is_finished() {
                 break;
             }
             if !progressed {

@@ -55,38 +55,12 @@ pub(crate) struct StageSnapshot {
 impl StageSnapshot {
     /// Keys with keyed state, windows (or panes) and sessions held, over every partition.
     pub fn entries(&self) -> usize {
-        self.partitions
-            .iter()
-            .map(|p| p.keyed.entries.len() + p.windows.windows.len() + p.sessions.sessions.len())
-            .sum()
+        self.partitions.iter().map(PartitionSnapshot::entries).sum()
     }
 
     /// Bytes of keys, values and accumulators held, over every partition.
     pub fn bytes(&self) -> usize {
-        self.partitions
-            .iter()
-            .map(|p| {
-                let keyed: usize = p
-                    .keyed
-                    .entries
-                    .iter()
-                    .map(|(k, v, _)| k.len() + v.len())
-                    .sum();
-                let windows: usize = p
-                    .windows
-                    .windows
-                    .iter()
-                    .map(|w| w.key.len() + w.acc.len())
-                    .sum();
-                let sessions: usize = p
-                    .sessions
-                    .sessions
-                    .iter()
-                    .map(|s| s.key.len() + s.acc.len())
-                    .sum();
-                keyed + windows + sessions
-            })
-            .sum()
+        self.partitions.iter().map(PartitionSnapshot::bytes).sum()
     }
 }
 
@@ -96,6 +70,27 @@ pub(crate) struct PartitionSnapshot {
     pub keyed: KeyedSnapshot,
     pub windows: WindowSnapshot,
     pub sessions: SessionSnapshot,
+}
+
+impl PartitionSnapshot {
+    fn entries(&self) -> usize {
+        self.keyed.entries.len() + self.windows.windows.len() + self.sessions.sessions.len()
+    }
+
+    fn bytes(&self) -> usize {
+        let keyed = self.keyed.entries.iter().map(|(k, v, _)| k.len() + v.len());
+        let windows = self
+            .windows
+            .windows
+            .iter()
+            .map(|w| w.key.len() + w.acc.len());
+        let sessions = self
+            .sessions
+            .sessions
+            .iter()
+            .map(|s| s.key.len() + s.acc.len());
+        keyed.chain(windows).chain(sessions).sum()
+    }
 }
 
 /// What a partition reads of its stage during a step.
@@ -154,9 +149,6 @@ pub(crate) struct Stage {
     /// The hash of the module it runs.
     module_hash: String,
     rules: Rules,
-    /// Whether the checkpoint writer holds this stage's keyed state as of the last capture, so
-    /// the next capture hands over only what changed (see [`Stage::capture`]).
-    tracked: bool,
 }
 
 impl Stage {
@@ -201,7 +193,6 @@ impl Stage {
                 limits: plan.config.limits,
                 max_partition_state: plan.config.limits.max_state_bytes / plan.partitions.max(1),
             },
-            tracked: false,
         }
     }
 
@@ -221,9 +212,8 @@ impl Stage {
         if !keep_state {
             return;
         }
-        // The state moves over whole, its listed changes with it: what the checkpoint writer
-        // holds of it still holds.
-        self.tracked = old.tracked;
+        // The state moves over whole, its logged changes with it (`redistribute`): what the
+        // checkpoint writer holds of it still holds.
         let (mut keyed, mut windows, mut sessions) = (Vec::new(), Vec::new(), Vec::new());
         for partition in old.partitions {
             keyed.push(partition.keyed);
@@ -269,6 +259,11 @@ impl Stage {
 
     /// The stage's state as a checkpoint keeps it: its watermark and each partition's stores.
     pub fn snapshot(&self) -> StageSnapshot {
+        self.snapshot_with(Store::snapshot)
+    }
+
+    /// The stage's snapshot, with each partition's keyed state as `keyed` gives it.
+    fn snapshot_with(&self, keyed: impl Fn(&KeyedStore) -> KeyedSnapshot) -> StageSnapshot {
         StageSnapshot {
             watermark: self.watermark,
             last_sweep: self.last_sweep,
@@ -276,7 +271,7 @@ impl Stage {
                 .partitions
                 .iter()
                 .map(|p| PartitionSnapshot {
-                    keyed: p.keyed.snapshot(),
+                    keyed: keyed(&p.keyed),
                     windows: p.windows.snapshot(),
                     sessions: p.sessions.snapshot(),
                 })
@@ -294,7 +289,6 @@ impl Stage {
         if !keep_state {
             return None;
         }
-        self.tracked = false;
         let count = self.partitions.len();
         let mut keyed: Vec<KeyedStore> = (0..count).map(|_| KeyedStore::default()).collect();
         let (mut windows, mut sessions, mut taken) = (Vec::new(), Vec::new(), Vec::new());
@@ -308,12 +302,13 @@ impl Stage {
         Some(KeyedSnapshot::merge(taken))
     }
 
-    /// The stage's state for a checkpoint. Keyed state comes whole the first time (and whenever
-    /// something replaced it, or [`Stage::untrack`] asked), with `None`; after that only what
-    /// changed since the last capture, `Some(delta)`, the snapshot's keyed parts left empty: the
-    /// checkpoint writer holds the rest. Windows and sessions come whole.
+    /// The stage's state for a checkpoint. Keyed state comes whole when its stores do not log
+    /// their changes (the first time, whenever something replaced them, or after
+    /// [`Stage::untrack`]), with `None`; otherwise as what changed since the last capture,
+    /// `Some(delta)`, the snapshot's keyed parts left empty: the checkpoint writer holds the
+    /// rest. Windows and sessions come whole.
     pub fn capture(&mut self) -> (StageSnapshot, Option<KeyedDelta>) {
-        if !self.tracked {
+        if !self.partitions.iter().all(|p| p.keyed.is_tracking()) {
             self.track_from_here();
             return (self.snapshot(), None);
         }
@@ -324,29 +319,18 @@ impl Stage {
                 .map(|p| p.keyed.take_changes())
                 .collect(),
         };
-        let snapshot = StageSnapshot {
-            watermark: self.watermark,
-            last_sweep: self.last_sweep,
-            partitions: self
-                .partitions
-                .iter()
-                .map(|p| PartitionSnapshot {
-                    keyed: KeyedSnapshot::default(),
-                    windows: p.windows.snapshot(),
-                    sessions: p.sessions.snapshot(),
-                })
-                .collect(),
-        };
-        (snapshot, Some(delta))
+        (
+            self.snapshot_with(|_| KeyedSnapshot::default()),
+            Some(delta),
+        )
     }
 
-    /// Lists keyed changes from now on: the checkpoint writer holds the state as it is now (a
+    /// Logs keyed changes from now on: the checkpoint writer holds the state as it is now (a
     /// whole capture, or the checkpoint it was restored from).
     pub fn track_from_here(&mut self) {
         for partition in &mut self.partitions {
             partition.keyed.track();
         }
-        self.tracked = true;
     }
 
     /// Keys with keyed state, over every partition.
@@ -356,7 +340,9 @@ impl Stage {
 
     /// Makes the next capture whole (the writer lost what it held).
     pub fn untrack(&mut self) {
-        self.tracked = false;
+        for partition in &mut self.partitions {
+            partition.keyed.untrack();
+        }
     }
 
     /// Keys with state, windows and sessions held, over every partition.

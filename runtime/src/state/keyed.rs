@@ -209,6 +209,18 @@ impl KeyedStore {
         self.next_log();
     }
 
+    /// Stops logging changes (and drops what was logged).
+    pub fn untrack(&mut self) {
+        self.tracking = false;
+        self.next_log();
+    }
+
+    /// Whether changes are logged: a checkpoint writer holds the state as of the last
+    /// [`KeyedStore::track`] or [`KeyedStore::take_changes`].
+    pub fn is_tracking(&self) -> bool {
+        self.tracking
+    }
+
     /// What changed since the last call (or [`KeyedStore::track`]), in order: the log itself.
     pub fn take_changes(&mut self) -> Vec<Change> {
         self.next_log()

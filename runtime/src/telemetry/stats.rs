@@ -122,6 +122,18 @@ pub struct CheckpointStats {
 }
 
 impl CheckpointStats {
+    /// The counts without the pause and write times (which grow with the run): what the status
+    /// shows.
+    pub fn without_times(&self) -> Self {
+        CheckpointStats {
+            dir: self.dir.clone(),
+            last_error: self.last_error.clone(),
+            pauses: Vec::new(),
+            writes: Vec::new(),
+            ..*self
+        }
+    }
+
     /// The counts as JSON, with the pauses' and writes' percentiles in milliseconds.
     pub fn to_json(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(self).unwrap_or_default();
