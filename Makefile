@@ -1,20 +1,31 @@
 # flumen — `make demo` runs the reference pipeline, `make test` runs every test.
-# Both install what is missing first (Debian's Wasm toolchain, when no rustup wasm32 target).
+# Both install what is missing first (Debian's Wasm toolchain, when no rustup wasm32 target; a C
+# toolchain for librdkafka; tansu, the Kafka-compatible broker the Kafka tests run).
 
 CARGO  ?= cargo
 FLUMEN := target/release/flumen
 UDFS   := udfs tests/udfs
 WASM_TARGET := wasm32-unknown-unknown
+TANSU_VERSION := 0.6.0
+TANSU_ROOT  := $(CURDIR)/target/tools/tansu-$(TANSU_VERSION)
+TANSU       := $(TANSU_ROOT)/bin/tansu
 
-.PHONY: demo test lint udfs native-udfs flumen wasm-toolchain bench bench-swap bench-checkpoint clean
+.PHONY: demo demo-kafka test lint udfs native-udfs flumen wasm-toolchain c-toolchain tansu bench \
+	bench-swap bench-checkpoint clean
 
 ## Run the reference pipeline: ORDERS=x.jsonl OUT_DIR=dir make demo ARGS="..."
 demo: udfs
 	$(FLUMEN) run pipelines/orders.toml $(ARGS)
 
-## Every check CI runs: formatting, lints, unit, property and end-to-end tests.
-test: udfs lint
-	$(CARGO) test --release --workspace
+## The reference pipeline on Kafka: starts a broker (tansu) on a free port, loads the sample orders
+## into topic `orders`, runs pipelines/orders-kafka.toml to the end, prints each topic's count.
+demo-kafka: udfs tansu
+	TANSU=$(TANSU) FLUMEN=$(FLUMEN) scripts/demo-kafka.sh $(ARGS)
+
+## Every check CI runs: formatting, lints, unit, property and end-to-end tests (the Kafka ones
+## against tansu, started and stopped by the tests).
+test: udfs lint tansu
+	FLUMEN_TANSU=$(TANSU) $(CARGO) test --release --workspace
 
 lint:
 	$(CARGO) fmt --all --check
@@ -43,8 +54,27 @@ bench-checkpoint: udfs
 udfs: flumen wasm-toolchain
 	$(FLUMEN) build $(UDFS)
 
-flumen:
+flumen: c-toolchain
 	$(CARGO) build --release -p flumen
+
+## librdkafka is built from rdkafka-sys's bundled source by its own configure script: it needs a C
+## compiler and make (Debian's build-essential), installed when missing.
+c-toolchain:
+	@if command -v cc >/dev/null 2>&1 && command -v make >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's build-essential to build librdkafka"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential; \
+	else \
+		echo "librdkafka needs a C compiler and make: install build-essential" >&2; exit 1; \
+	fi
+
+## tansu, the Rust Kafka-compatible broker, built once (about 20 minutes on 2 cores) into
+## target/tools, which later builds reuse.
+tansu: $(TANSU)
+
+$(TANSU):
+	$(CARGO) install tansu --version $(TANSU_VERSION) --locked --features dynostore,libsql \
+		--root $(TANSU_ROOT)
 
 ## A way to build for wasm32: rustup's target if installed, else Debian's rustc-web with its
 ## source (never a download from rustup's servers).

@@ -272,6 +272,99 @@ impl BoundedOutOfOrderness {
     }
 }
 
+/// What a source says of one of its splits (a Kafka partition) besides the records it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitMark {
+    /// The split exists and holds time back from now on, even before its first record.
+    Open(u32),
+    /// The split has had nothing to read for a while: it holds time back no more until its next
+    /// record.
+    Idle(u32),
+    /// The split has nothing more to read, ever (a bounded read reached its end).
+    Ended(u32),
+}
+
+/// The watermarks of a source read in splits (a Kafka topic's partitions, as Flink's Kafka
+/// source keeps them): each split its own bounded-out-of-orderness progress; the source's
+/// watermark is the least over the splits that are neither idle nor ended. A source read whole
+/// (a file) is one split, 0.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct SplitWatermarks {
+    delay: i64,
+    splits: std::collections::BTreeMap<u32, SplitProgress>,
+}
+
+/// One split's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+struct SplitProgress {
+    tracker: BoundedOutOfOrderness,
+    idle: bool,
+    ended: bool,
+}
+
+impl SplitWatermarks {
+    /// No split yet; each trails its largest event time by `delay_ms`.
+    pub fn new(delay_ms: i64) -> Self {
+        SplitWatermarks {
+            delay: delay_ms.max(0),
+            splits: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// The progress of `earlier` (a reloaded or resumed source) with delay `delay_ms`, or a
+    /// fresh start without one.
+    pub fn carried(earlier: Option<Self>, delay_ms: i64) -> Self {
+        let Some(mut earlier) = earlier else {
+            return Self::new(delay_ms);
+        };
+        earlier.delay = delay_ms.max(0);
+        for split in earlier.splits.values_mut() {
+            split.tracker = split.tracker.with_delay(delay_ms);
+        }
+        earlier
+    }
+
+    fn split(&mut self, split: u32) -> &mut SplitProgress {
+        let delay = self.delay;
+        self.splits.entry(split).or_insert_with(|| SplitProgress {
+            tracker: BoundedOutOfOrderness::new(delay),
+            idle: false,
+            ended: false,
+        })
+    }
+
+    /// Notes the event time of a record of `split` (which is active again if it was idle).
+    pub fn observe(&mut self, split: u32, ts: i64) {
+        let progress = self.split(split);
+        progress.tracker.observe(ts);
+        progress.idle = false;
+    }
+
+    /// Notes what the source said of a split.
+    pub fn mark(&mut self, mark: SplitMark) {
+        match mark {
+            SplitMark::Open(split) => {
+                self.split(split);
+            }
+            SplitMark::Idle(split) => self.split(split).idle = true,
+            SplitMark::Ended(split) => self.split(split).ended = true,
+        }
+    }
+
+    /// The least watermark of the active splits; `None` when no split is active (none yet, or
+    /// all idle or ended): then time does not move.
+    pub fn watermark(&self) -> Option<i64> {
+        let active = self.splits.values().filter(|s| !s.idle && !s.ended);
+        active.map(|s| s.tracker.watermark()).min()
+    }
+
+    /// Each split's watermark (`i64::MIN` before its first record) and whether it is idle.
+    pub fn splits(&self) -> impl Iterator<Item = (u32, i64, bool)> + '_ {
+        let each = self.splits.iter();
+        each.map(|(&id, s)| (id, s.tracker.watermark(), s.idle))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,5 +583,33 @@ mod tests {
                 last = tracker.watermark();
             }
         }
+    }
+
+    #[test]
+    fn split_watermarks_take_the_least_active_split() {
+        let mut w = SplitWatermarks::new(10);
+        assert_eq!(w.watermark(), None);
+        w.mark(SplitMark::Open(0));
+        w.mark(SplitMark::Open(1));
+        w.observe(0, 1000);
+        // Split 1 has read nothing yet: it holds time back.
+        assert_eq!(w.watermark(), Some(i64::MIN));
+        w.observe(1, 500);
+        assert_eq!(w.watermark(), Some(490));
+        // An idle split holds it back no more, until its next record.
+        w.mark(SplitMark::Idle(1));
+        assert_eq!(w.watermark(), Some(990));
+        w.observe(1, 600);
+        assert_eq!(w.watermark(), Some(590));
+        w.mark(SplitMark::Ended(1));
+        w.observe(0, 2000);
+        assert_eq!(w.watermark(), Some(1990));
+        w.mark(SplitMark::Idle(0));
+        assert_eq!(w.watermark(), None);
+        let carried = SplitWatermarks::carried(Some(w.clone()), 0);
+        assert_eq!(
+            carried.splits().collect::<Vec<_>>(),
+            vec![(0, 2000, true), (1, 600, false)]
+        );
     }
 }

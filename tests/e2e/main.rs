@@ -7,6 +7,7 @@ mod checkpoints;
 mod cli;
 mod config_errors;
 mod hardening;
+mod kafka;
 mod live;
 mod native;
 mod orders_pipeline;

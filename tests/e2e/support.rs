@@ -264,6 +264,11 @@ impl Live {
         );
     }
 
+    /// Whether it has exited.
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+
     /// Waits for it to exit by itself (panics after a generous minute).
     pub fn wait(mut self) -> std::process::ExitStatus {
         let log = self.stderr.clone();

@@ -12,8 +12,16 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+/// The folder, inside a checkpoint folder, of the sources' read journals.
+pub const JOURNALS: &str = "journal";
+
+/// The folder of source `source`'s read journal, with checkpoints in `checkpoints`.
+pub fn journal_dir(checkpoints: &Path, source: &str) -> PathBuf {
+    checkpoints.join(JOURNALS).join(source)
+}
+
 /// The version of the checkpoint format this runtime writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// How many checkpoints a folder keeps: the newest, and one to fall back on.
 pub const KEEP: usize = 2;
 
@@ -224,6 +232,10 @@ impl CheckpointDir {
             if name.starts_with(&format!(".{PREFIX}")) && name.ends_with(".tmp") && path.is_file() {
                 let _ = std::fs::remove_file(&path);
             }
+        }
+        let journals = self.dir.join(JOURNALS);
+        if journals.is_dir() {
+            std::fs::remove_dir_all(&journals).map_err(|e| in_dir(&self.dir, e))?;
         }
         Ok(found.len())
     }

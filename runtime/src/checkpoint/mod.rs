@@ -9,12 +9,14 @@
 
 mod files;
 
-pub use files::{CheckpointDir, FORMAT_VERSION, Found, KEEP, Newest, Unreadable};
+pub use files::{
+    CheckpointDir, FORMAT_VERSION, Found, JOURNALS, KEEP, Newest, Unreadable, journal_dir,
+};
 
-use crate::connectors::Position;
+use crate::connectors::{Position, SinkPosition};
 use crate::diff::StateLayout;
 use crate::stage::StageSnapshot;
-use crate::window::BoundedOutOfOrderness;
+use crate::window::SplitWatermarks;
 use serde::{Deserialize, Serialize};
 
 /// Everything a pipeline needs to resume where a checkpoint was taken.
@@ -41,8 +43,8 @@ pub struct SourceEntry {
     pub input: String,
     /// Where it was in its input.
     pub position: Position,
-    /// Its watermark progress (largest event time seen), if it has event times.
-    pub tracker: Option<BoundedOutOfOrderness>,
+    /// Its watermark progress (largest event time seen, per split), if it has event times.
+    pub tracker: Option<SplitWatermarks>,
     /// Its watermark.
     pub watermark: i64,
     /// The newest event time it had read (the far-future guard's reference).
@@ -92,8 +94,8 @@ pub struct SinkEntry {
     pub name: String,
     /// Where it writes, for matching and for people (a file's path).
     pub output: String,
-    /// How long its output was, durably, when the checkpoint was taken.
-    pub committed: Option<u64>,
+    /// Where its output stood, durably, when the checkpoint was taken (a file's length).
+    pub committed: Option<SinkPosition>,
 }
 
 impl Checkpoint {
@@ -151,6 +153,7 @@ impl Checkpoint {
                 let at = match &s.position {
                     Position::File { offset, .. } => format!("at byte {offset}"),
                     Position::Sequence { drawn } => format!("at item {drawn}"),
+                    Position::Kafka { splits, .. } => format!("at {}", Position::offsets(splits)),
                 };
                 let ended = if s.finished { " (ended)" } else { "" };
                 format!("{} {at}{ended}", s.name)
@@ -211,7 +214,7 @@ mod tests {
                     size: 20,
                     fingerprint: [3; 32],
                 },
-                tracker: Some(BoundedOutOfOrderness::new(5000)),
+                tracker: Some(SplitWatermarks::new(5000)),
                 watermark: 12,
                 newest: Some(17),
                 finished: false,
@@ -232,7 +235,7 @@ mod tests {
             sinks: vec![SinkEntry {
                 name: "out".into(),
                 output: "out.jsonl".into(),
-                committed: Some(5),
+                committed: Some(SinkPosition::Length(5)),
             }],
         };
         let bytes = checkpoint.encode();

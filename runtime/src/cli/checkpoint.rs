@@ -123,6 +123,7 @@ fn inspect(dir: &Path, id: Option<u64>) -> anyhow::Result<ExitCode> {
                 format!("byte {offset} of {size}")
             }
             Position::Sequence { drawn } => format!("item {drawn}"),
+            Position::Kafka { splits, .. } => Position::offsets(splits),
         };
         println!(
             "  {:<16} {} at {at}, watermark {}{}",
@@ -147,9 +148,10 @@ fn inspect(dir: &Path, id: Option<u64>) -> anyhow::Result<ExitCode> {
     }
     println!("sinks:");
     for s in &checkpoint.sinks {
-        let committed = s.committed.map_or("nothing to cut back".to_string(), |n| {
-            format!("{n} bytes committed")
-        });
+        let committed = s
+            .committed
+            .as_ref()
+            .map_or("nothing to cut back".to_string(), |at| at.to_string());
         println!("  {:<16} {}: {committed}", s.name, s.output);
     }
     Ok(ExitCode::SUCCESS)

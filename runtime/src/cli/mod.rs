@@ -4,6 +4,7 @@
 mod build;
 mod checkpoint;
 mod gen_data;
+mod kafka;
 mod run;
 mod validate;
 
@@ -33,6 +34,8 @@ enum Command {
     Gen(gen_data::Args),
     /// Show the checkpoints of a pipeline: what a restart would resume from.
     Checkpoint(checkpoint::Args),
+    /// Load JSON Lines into a Kafka topic, or count what topics hold.
+    Kafka(kafka::Args),
 }
 
 /// Runs the verb `cli` names.
@@ -43,5 +46,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Build(args) => build::run(args),
         Command::Gen(args) => gen_data::run(args),
         Command::Checkpoint(args) => checkpoint::run(args),
+        Command::Kafka(args) => kafka::run(args),
     }
 }

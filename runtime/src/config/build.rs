@@ -172,6 +172,18 @@ pub(super) fn build(
         }
     });
 
+    if checkpoint.is_none() {
+        for sink in sinks.iter().filter(|s| s.kind.needs_replay()) {
+            report.at(
+                doc,
+                &["sinks", &sink.name, "type"],
+                "a kafka sink delivers exactly once by replaying from checkpoints: add \
+                 `checkpoint = { dir = \"...\" }` under [pipeline], or set \
+                 `delivery = \"at_least_once\"`",
+            );
+        }
+    }
+
     PipelineConfig {
         file: file.to_path_buf(),
         checkpoint,

@@ -342,3 +342,87 @@ fn checkpoints_are_configured_under_pipeline_with_errors_at_their_key() {
         );
     }
 }
+
+#[test]
+fn kafka_sources_and_sinks_read_their_options_with_errors_at_their_key() {
+    let kafka = |source: &str, sink: &str, checkpoint: bool| {
+        let checkpoint = if checkpoint {
+            "checkpoint = { dir = \"cp\" }\n"
+        } else {
+            ""
+        };
+        format!(
+            "[pipeline]\n{checkpoint}[sources.in]\ntype = \"kafka\"\nbrokers = \"b:9092\"\n\
+             {source}\n[sinks.out]\ntype = \"kafka\"\nbrokers = \"b:9092\"\ninputs = [\"in\"]\n\
+             {sink}\n"
+        )
+    };
+    let config = parse_with(
+        &kafka(
+            "topic = \"a, b\"\nstop_at = \"end\"\nidle_timeout_ms = 500\nkey_field = \"sku\"",
+            "topic = \"out\"\nkey = \"sku\"\npartitions = 3",
+            true,
+        ),
+        &[],
+    )
+    .unwrap();
+    let SourceKind::Kafka(input) = &config.sources[0].kind else {
+        panic!("{:?}", config.sources[0].kind)
+    };
+    assert_eq!(input.topics, ["a", "b"]);
+    assert_eq!(input.group, "flumen-a-b");
+    assert!(input.stop_at_end && !input.start_latest);
+    assert_eq!(input.idle_timeout, Some(Duration::from_millis(500)));
+    assert_eq!(input.key_field.as_deref(), Some("sku"));
+    let SinkKind::Kafka(output) = &config.sinks[0].kind else {
+        panic!("{:?}", config.sinks[0].kind)
+    };
+    assert_eq!((output.topic.as_str(), output.partitions), ("out", 3));
+    assert!(output.exactly_once);
+    assert_eq!(output.key.as_deref(), Some("sku"));
+
+    for (source, sink, checkpoint, expected) in [
+        ("", "topic = \"o\"", true, "a kafka source needs `topic`"),
+        (
+            "topic = \"a b\"",
+            "topic = \"o\"",
+            true,
+            "`sources.in.topic`",
+        ),
+        (
+            "topic = \"t\"\nstop_at = \"later\"",
+            "topic = \"o\"",
+            true,
+            "`sources.in.stop_at`",
+        ),
+        (
+            "topic = \"t\"\nidle_timeout_ms = 0",
+            "topic = \"o\"",
+            true,
+            "idle_timeout_ms",
+        ),
+        (
+            "topic = \"t\"",
+            "topic = \"o\"\ndelivery = \"maybe\"",
+            true,
+            "`sinks.out.delivery`",
+        ),
+        (
+            "topic = \"t\"",
+            "topic = \"o\"",
+            false,
+            "exactly once by replaying from checkpoints",
+        ),
+    ] {
+        let errors = errors(&kafka(source, sink, checkpoint));
+        assert_eq!(errors.len(), 1, "{source} / {sink}: {errors:?}");
+        assert!(errors[0].contains(expected), "{errors:?}");
+    }
+    // At least once needs no checkpoints.
+    let text = kafka(
+        "topic = \"t\"",
+        "topic = \"o\"\ndelivery = \"at_least_once\"",
+        false,
+    );
+    assert!(parse_with(&text, &[]).is_ok());
+}

@@ -14,6 +14,11 @@ pub struct SourceBatch {
     pub times: Vec<(u64, i64)>,
     /// Records refused at the source: why, and (a prefix of) what they were.
     pub rejected: Vec<(String, Vec<u8>)>,
+    /// The split (a Kafka partition) every record of the batch comes from; 0 for a source read
+    /// whole.
+    pub split: u32,
+    /// What the source says of its splits with this read (one opened, idle or ended).
+    pub marks: Vec<crate::window::SplitMark>,
     count: u64,
     key_fields: Vec<String>,
     event_time: Option<String>,
@@ -48,6 +53,8 @@ impl SourceBatch {
         self.out.clear();
         self.times.clear();
         self.rejected.clear();
+        self.split = 0;
+        self.marks.clear();
         self.count = 0;
     }
 

@@ -283,7 +283,7 @@ impl Source for FileSource {
         })
     }
 
-    fn position(&self) -> std::io::Result<Position> {
+    fn position(&mut self) -> std::io::Result<Position> {
         let (device, inode) = self.identity;
         // Inside a line too long to take, the rest of it is skipped on resuming too (it was
         // refused already); inside any other line, that line is read again whole.
@@ -515,9 +515,10 @@ impl Sink for FileSink {
     fn commit(&mut self) -> std::io::Result<super::Committed> {
         self.write_buffer()?;
         let length = self.file.metadata().map_err(|e| self.context(e))?.len();
+        let file = self.file.try_clone().map_err(|e| self.context(e))?;
         Ok(super::Committed {
-            length: Some(length),
-            file: Some(self.file.try_clone().map_err(|e| self.context(e))?),
+            at: Some(super::SinkPosition::Length(length)),
+            durable: Some(Box::new(move || file.sync_data())),
         })
     }
 }
@@ -753,8 +754,11 @@ mod tests {
         let mut sink = FileSink::create(path.clone()).unwrap();
         sink.write(b"1").unwrap();
         sink.write(b"22").unwrap();
-        let committed = sink.commit().unwrap();
-        assert_eq!(committed.length, Some(5));
+        let mut committed = sink.commit().unwrap();
+        assert_eq!(
+            committed.at,
+            Some(crate::connectors::SinkPosition::Length(5))
+        );
         committed.make_durable().unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "1\n22\n");
         // What was written after the commit is cut off when resuming from it.

@@ -273,7 +273,7 @@ impl<I: Iterator<Item = String>> Source for GeneratorSource<I> {
         self.batch_size = config.batch_size;
     }
 
-    fn position(&self) -> std::io::Result<Position> {
+    fn position(&mut self) -> std::io::Result<Position> {
         Ok(Position::Sequence { drawn: self.drawn })
     }
 
@@ -337,7 +337,7 @@ impl Source for BenchSource {
         self.batch_size = config.batch_size;
     }
 
-    fn position(&self) -> std::io::Result<Position> {
+    fn position(&mut self) -> std::io::Result<Position> {
         Ok(Position::Sequence {
             drawn: self.count - self.left,
         })

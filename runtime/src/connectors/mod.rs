@@ -9,11 +9,13 @@
 //! - `batch`: [`SourceBatch`], the records a source reads in one go, with their keys and times;
 //! - `file`: JSON Lines files in and out;
 //! - `generator`: seeded orders (`generator`: JSON lines; `bench`: typed, in memory);
+//! - `kafka`: Kafka topics in and out, exactly once (its module says how);
 //! - `stdio`: standard output and the blackhole sink.
 
 mod batch;
 mod file;
 pub mod generator;
+pub mod kafka;
 mod stdio;
 
 pub use batch::{REJECTED_PREFIX, SourceBatch};
@@ -77,6 +79,8 @@ pub enum SourceKind {
         /// The seed: the same seed gives the same orders.
         seed: u64,
     },
+    /// JSON values from every partition of Kafka topics.
+    Kafka(Box<kafka::KafkaInput>),
 }
 
 /// Where a sink writes.
@@ -91,6 +95,8 @@ pub enum SinkKind {
     Stdout,
     /// Counts and drops every record (benchmarks).
     Blackhole,
+    /// JSON values to a Kafka topic.
+    Kafka(Box<kafka::KafkaOutput>),
 }
 
 /// What a source's `next_batch` found.
@@ -116,12 +122,21 @@ pub trait Source {
     fn retune(&mut self, config: &SourceConfig);
 
     /// Where the source is in its input, between batches: what a checkpoint keeps to resume it
-    /// exactly after the last record it handed out.
-    fn position(&self) -> std::io::Result<Position>;
+    /// exactly after the last record it handed out. Called only for a checkpoint.
+    fn position(&mut self) -> std::io::Result<Position>;
 
     /// Resumes at `position` (one this source's input gave), before reading anything; a
     /// position of another input is refused.
     fn seek(&mut self, position: &Position) -> anyhow::Result<()>;
+
+    /// Makes durable what the source recorded about its reads (a Kafka source's journal):
+    /// called before any sink hands on what those reads led to.
+    fn sync(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    /// Hears that the checkpoint holding `position` (one it gave) is durable.
+    fn checkpointed(&mut self, _position: &Position) {}
 }
 
 /// Where a source is in its input.
@@ -150,6 +165,38 @@ pub enum Position {
         /// Items drawn.
         drawn: u64,
     },
+    /// Kafka topics: each partition's next offset, and where the decisions of the reads after
+    /// this position are journaled.
+    Kafka {
+        /// Every partition read, in the source's split order.
+        splits: Vec<KafkaSplit>,
+        /// The journal segment that starts here (with checkpoints, always).
+        journal: Option<u64>,
+    },
+}
+
+impl Position {
+    /// Kafka partitions' offsets for people: `orders/0@120 orders/1@98`.
+    pub fn offsets(splits: &[KafkaSplit]) -> String {
+        let each = splits.iter().map(|s| {
+            let stop = s.stop.map(|stop| format!(" of {stop}")).unwrap_or_default();
+            format!("{}/{}@{}{stop}", s.topic, s.partition, s.offset)
+        });
+        each.collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// One Kafka partition in a [`Position`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KafkaSplit {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The offset of the next record to hand out.
+    pub offset: i64,
+    /// Where a bounded read ends.
+    pub stop: Option<i64>,
 }
 
 /// A destination of JSON values, one per line. Writes are buffered; the executor calls
@@ -163,31 +210,67 @@ pub trait Sink {
     /// is, where that means something (a file's length): what a checkpoint records as
     /// committed. Making it durable ([`Committed::make_durable`]) may happen on another thread.
     fn commit(&mut self) -> std::io::Result<Committed>;
+    /// At the end of a run: everything written reaches its destination, or an error says why
+    /// not (a Kafka producer's outstanding records).
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.flush()
+    }
 }
 
 /// What a sink had written when a checkpoint was taken.
-#[derive(Debug)]
 pub struct Committed {
-    /// The length of its output (a file's), if it has one.
-    pub length: Option<u64>,
-    /// The file to sync before the checkpoint that records `length` is written.
-    pub file: Option<std::fs::File>,
+    /// Where its output stood (a file's length, a topic's end offsets), if it can go back there.
+    pub at: Option<SinkPosition>,
+    /// What makes that output durable, run on the checkpoint writer's thread before the
+    /// checkpoint that records `at` is written (a file's sync, a producer's flush).
+    pub durable: Option<Box<dyn FnOnce() -> std::io::Result<()> + Send>>,
+}
+
+impl std::fmt::Debug for Committed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committed").field("at", &self.at).finish()
+    }
+}
+
+/// Where a sink's output stood at a checkpoint: what resuming goes back to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum SinkPosition {
+    /// A file's length: what follows is cut off on resuming.
+    Length(u64),
+    /// A Kafka topic: per partition, the offset the sink's next record takes; and how many
+    /// records it had written (the round robin of records without a key).
+    Offsets {
+        /// Per partition, in partition order.
+        ends: Vec<i64>,
+        /// Records written, over every partition.
+        written: u64,
+    },
+}
+
+impl std::fmt::Display for SinkPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SinkPosition::Length(n) => write!(f, "{n} bytes committed"),
+            SinkPosition::Offsets { ends, written } => {
+                write!(f, "{written} records committed, end offsets {ends:?}")
+            }
+        }
+    }
 }
 
 impl Committed {
-    /// Nothing to sync, no length: a sink that cannot take back what it wrote.
+    /// Nothing to sync, no position: a sink that cannot take back what it wrote.
     pub fn nothing() -> Self {
         Committed {
-            length: None,
-            file: None,
+            at: None,
+            durable: None,
         }
     }
 
-    /// Syncs the committed output to its device (a file's data; not its metadata beyond its
-    /// length).
-    pub fn make_durable(&self) -> std::io::Result<()> {
-        match &self.file {
-            Some(file) => file.sync_data(),
+    /// Makes the committed output durable (see [`Committed::durable`]).
+    pub fn make_durable(&mut self) -> std::io::Result<()> {
+        match self.durable.take() {
+            Some(durable) => durable(),
             None => Ok(()),
         }
     }
@@ -243,6 +326,11 @@ const SOURCE_TYPES: &[SourceType] = &[
         options: generator::SOURCE_OPTIONS,
         kind: |options| generator::source_kind(options, true),
     },
+    SourceType {
+        name: "kafka",
+        options: kafka::SOURCE_OPTIONS,
+        kind: kafka::source_kind,
+    },
 ];
 
 /// A sink `type`: its options and how they make its kind.
@@ -268,6 +356,11 @@ const SINK_TYPES: &[SinkType] = &[
         name: "blackhole",
         options: &[],
         kind: |_| Some(SinkKind::Blackhole),
+    },
+    SinkType {
+        name: "kafka",
+        options: kafka::SINK_OPTIONS,
+        kind: kafka::sink_kind,
     },
 ];
 
@@ -345,8 +438,12 @@ fn or_list(items: &[String]) -> String {
 }
 
 impl SourceKind {
-    /// Opens the source `config` describes.
-    pub fn open(config: &SourceConfig) -> anyhow::Result<Box<dyn Source>> {
+    /// Opens the source `config` describes; `journal` is a folder of its own where it may
+    /// record its reads (with checkpoints on).
+    pub fn open(
+        config: &SourceConfig,
+        journal: Option<PathBuf>,
+    ) -> anyhow::Result<Box<dyn Source>> {
         Ok(match &config.kind {
             SourceKind::File { path, follow } => Box::new(
                 FileSource::open(path.clone(), *follow, config.batch_size)?
@@ -354,6 +451,7 @@ impl SourceKind {
             ),
             SourceKind::Generator { count, seed } => generator::open(*count, *seed, false, config),
             SourceKind::Bench { count, seed } => generator::open(*count, *seed, true, config),
+            SourceKind::Kafka(input) => Box::new(kafka::KafkaSource::open(input, config, journal)?),
         })
     }
 
@@ -362,6 +460,9 @@ impl SourceKind {
     pub fn same_input(old: &SourceConfig, new: &SourceConfig) -> bool {
         match (&old.kind, &new.kind) {
             (SourceKind::File { path: a, .. }, SourceKind::File { path: b, .. }) => same_path(a, b),
+            (SourceKind::Kafka(a), SourceKind::Kafka(b)) => {
+                a.brokers == b.brokers && a.topics == b.topics && a.group == b.group
+            }
             (a @ (SourceKind::Generator { .. } | SourceKind::Bench { .. }), b) => {
                 a == b && old.name == new.name
             }
@@ -374,7 +475,9 @@ impl SourceKind {
     pub fn output(&self) -> (&'static str, Encoding) {
         match self {
             SourceKind::Bench { .. } => (generator::BENCH_ORDER, Encoding::Bincode),
-            SourceKind::File { .. } | SourceKind::Generator { .. } => (JSON_TEXT, Encoding::Json),
+            SourceKind::File { .. } | SourceKind::Generator { .. } | SourceKind::Kafka(_) => {
+                (JSON_TEXT, Encoding::Json)
+            }
         }
     }
 }
@@ -388,17 +491,19 @@ impl SinkKind {
                 out: std::io::BufWriter::new(std::io::stdout()),
             }),
             SinkKind::Blackhole => Box::new(stdio::Blackhole),
+            SinkKind::Kafka(output) => Box::new(kafka::KafkaSink::open(output, None)?),
         })
     }
 
-    /// Opens the sink to go on from a checkpoint that found its output `committed` bytes long:
-    /// a file is cut back to that length (what a crashed run wrote after the checkpoint is
-    /// written again) and appended to; a sink without a length is opened as new.
-    pub fn resume(&self, committed: Option<u64>) -> anyhow::Result<Box<dyn Sink>> {
+    /// Opens the sink to go on from a checkpoint that found its output at `committed`: a file
+    /// is cut back to that length (what a crashed run wrote after the checkpoint is written
+    /// again) and appended to; a sink without a position is opened as new.
+    pub fn resume(&self, committed: Option<SinkPosition>) -> anyhow::Result<Box<dyn Sink>> {
         match (self, committed) {
-            (SinkKind::File { path }, Some(length)) => {
+            (SinkKind::File { path }, Some(SinkPosition::Length(length))) => {
                 Ok(Box::new(FileSink::resume(path.clone(), length)?))
             }
+            (SinkKind::Kafka(output), at) => Ok(Box::new(kafka::KafkaSink::open(output, at)?)),
             _ => self.open(),
         }
     }
@@ -410,6 +515,7 @@ impl SinkKind {
             (SinkKind::File { path: a }, SinkKind::File { path: b }) => same_path(a, b),
             (SinkKind::Stdout, SinkKind::Stdout) => true,
             (SinkKind::Blackhole, SinkKind::Blackhole) => old_name == new_name,
+            (SinkKind::Kafka(a), SinkKind::Kafka(b)) => a == b,
             _ => false,
         }
     }
@@ -424,8 +530,14 @@ impl SinkKind {
     pub fn file(&self) -> Option<&std::path::Path> {
         match self {
             SinkKind::File { path } => Some(path),
-            SinkKind::Stdout | SinkKind::Blackhole => None,
+            SinkKind::Stdout | SinkKind::Blackhole | SinkKind::Kafka(_) => None,
         }
+    }
+
+    /// Whether the sink delivers exactly once by replay, which needs checkpoints and the
+    /// sources' read journals, and a checkpoint before its first record.
+    pub fn needs_replay(&self) -> bool {
+        matches!(self, SinkKind::Kafka(output) if output.exactly_once)
     }
 }
 
@@ -476,7 +588,10 @@ mod tests {
         assert_eq!(sink_kind("printer", &mut problems), None);
         assert_eq!(
             problems.0,
-            ["type: unknown sink type \"printer\"; expected \"file\", \"stdout\" or \"blackhole\""]
+            [
+                "type: unknown sink type \"printer\"; expected \"file\", \"stdout\", \"blackhole\" \
+                 or \"kafka\""
+            ]
         );
         let mut problems = Nothing(Vec::new());
         assert_eq!(source_kind("file", &mut problems), None);

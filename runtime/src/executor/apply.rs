@@ -9,7 +9,7 @@ use crate::diff::{OperatorStep, SinkStep, SourceStep, StateStep, diff};
 use crate::plan::SourcePlan;
 use crate::stage::Stage;
 use crate::telemetry::{StageKind, StageStats};
-use crate::window::BoundedOutOfOrderness;
+use crate::window::SplitWatermarks;
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -45,7 +45,12 @@ impl Pipeline {
         let mut opened_sources = Vec::new();
         for (source, step) in plan.sources.iter().zip(&steps.sources) {
             opened_sources.push(match step {
-                SourceStep::Open => match SourceKind::open(&source.config) {
+                SourceStep::Open => match SourceKind::open(
+                    &source.config,
+                    self.checkpoint_dir
+                        .as_ref()
+                        .map(|dir| crate::checkpoint::journal_dir(dir, &source.config.name)),
+                ) {
                     Ok(opened) => Some(new_source_runtime(&source.config, &source.port, opened)),
                     Err(e) => {
                         let at = format!("sources.{}", source.config.name);
@@ -220,7 +225,7 @@ fn retune(kept: &mut SourceRuntime, plan: &SourcePlan) {
         .config
         .event_time
         .as_ref()
-        .map(|_| BoundedOutOfOrderness::carried(earlier, plan.config.watermark_delay_ms));
+        .map(|_| SplitWatermarks::carried(earlier, plan.config.watermark_delay_ms));
     kept.stats.name.clone_from(&plan.config.name);
     let newest = kept.batch.newest;
     kept.batch = SourceBatch::new(plan.port.key_fields.clone(), plan.config.event_time.clone())

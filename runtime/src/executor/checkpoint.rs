@@ -9,12 +9,12 @@
 use super::{Pipeline, SourceRuntime};
 use crate::checkpoint::{Checkpoint, CheckpointDir, SinkEntry, SourceEntry, StageEntry, now_ms};
 use crate::config::{SinkKind, SourceKind};
-use crate::connectors::{Committed, same_path};
+use crate::connectors::{Committed, SinkPosition, same_path};
 use crate::diff::{StateLayout, StateStep, state_step};
 use crate::stage::PartitionSnapshot;
 use crate::state::keyed::{KeyedDelta, KeyedSnapshot};
 use crate::telemetry::CheckpointStats;
-use crate::window::BoundedOutOfOrderness;
+use crate::window::SplitWatermarks;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::thread::JoinHandle;
@@ -32,6 +32,8 @@ pub(super) struct Checkpointing {
     held: Option<Held>,
     /// Whether the next capture must be whole (the writer lost what it held).
     lost: bool,
+    /// Whether one is wanted as soon as none is being written (after a hot swap).
+    requested: bool,
     pub stats: CheckpointStats,
 }
 
@@ -48,6 +50,8 @@ struct Outcome {
 /// A checkpoint written.
 struct Written {
     id: u64,
+    /// Its sources' positions, to tell the sources it is durable.
+    positions: Vec<crate::connectors::Position>,
     taken_at_ms: i64,
     bytes: u64,
     took: Duration,
@@ -76,20 +80,20 @@ impl Checkpointing {
             writing: None,
             held: Some(held),
             lost: false,
+            requested: false,
             stats,
         })
     }
 
     /// Whether a checkpoint is due and none is being written.
     fn due(&self) -> bool {
-        self.last.elapsed() >= self.interval && self.writing.is_none()
+        (self.requested || self.last.elapsed() >= self.interval) && self.writing.is_none()
     }
 
-    /// Notes how the write in flight went, if it is over (or, with `wait`, once it is).
-    fn reap(&mut self, wait: bool) {
-        let Some(handle) = self.writing.take_if(|h| wait || h.is_finished()) else {
-            return;
-        };
+    /// Notes how the write in flight went, if it is over (or, with `wait`, once it is); gives
+    /// the sources' positions of a checkpoint now durable.
+    fn reap(&mut self, wait: bool) -> Option<Vec<crate::connectors::Position>> {
+        let handle = self.writing.take_if(|h| wait || h.is_finished())?;
         let outcome = handle.join().unwrap_or_else(|_| Outcome {
             held: Held::new(),
             whole: false,
@@ -115,6 +119,7 @@ impl Checkpointing {
                 stats.last_at_ms = Some(written.taken_at_ms);
                 stats.last_error = None;
                 stats.writes.push(written.took);
+                Some(written.positions)
             }
             Err(Failed { id, why }) => {
                 tracing::error!(
@@ -124,6 +129,7 @@ impl Checkpointing {
                 );
                 self.stats.failed += 1;
                 self.stats.last_error = Some(why);
+                None
             }
         }
     }
@@ -141,7 +147,7 @@ impl Checkpointing {
         self.next_id += 1;
         let dir = self.dir.clone();
         let held = self.held.take().unwrap_or_default();
-        let job = move || write(id, &dir, checkpoint, deltas, held, &committed);
+        let job = move || write(id, &dir, checkpoint, deltas, held, committed);
         match std::thread::Builder::new()
             .name("flumen-checkpoint".into())
             .spawn(job)
@@ -167,7 +173,7 @@ fn write(
     mut checkpoint: Checkpoint,
     deltas: Vec<Option<KeyedDelta>>,
     mut held: Held,
-    committed: &[Committed],
+    committed: Vec<Committed>,
 ) -> Outcome {
     let started = Instant::now();
     let mut whole = true;
@@ -209,13 +215,18 @@ fn write(
                 "the writer lost the state it held; the next checkpoint takes it whole".into(),
             ));
         };
-        for sink in committed {
+        for mut sink in committed {
             sink.make_durable()
-                .map_err(|e| failed(format!("cannot sync a sink's file: {e}")))?;
+                .map_err(|e| failed(format!("cannot make a sink's output durable: {e}")))?;
         }
         dir.write(id, &bytes).map_err(|e| failed(e.to_string()))?;
         Ok(Written {
             id,
+            positions: checkpoint
+                .sources
+                .iter()
+                .map(|s| s.position.clone())
+                .collect(),
             taken_at_ms: checkpoint.taken_at_ms,
             bytes: bytes.len() as u64,
             took: started.elapsed(),
@@ -256,10 +267,51 @@ impl Pipeline {
         let Some(checkpoints) = &mut self.checkpoints else {
             return Ok(());
         };
-        checkpoints.reap(false);
-        if checkpoints.due() {
+        let durable = checkpoints.reap(false);
+        let due = checkpoints.due();
+        self.tell_sources(durable);
+        if due {
             self.take_checkpoint()?;
         }
+        Ok(())
+    }
+
+    /// Asks for a checkpoint as soon as none is being written: after a hot swap, so that a
+    /// crash replays as little as possible of what the modules swapped out had made (a replay
+    /// runs the modules of the pipeline file; see ARCHITECTURE.md, "Exactly once to Kafka").
+    pub(super) fn checkpoint_soon(&mut self) {
+        if let Some(checkpoints) = &mut self.checkpoints {
+            checkpoints.requested = true;
+        }
+    }
+
+    /// Tells each source that the checkpoint holding `positions` is durable.
+    fn tell_sources(&mut self, positions: Option<Vec<crate::connectors::Position>>) {
+        for (runtime, position) in self.sources.iter_mut().zip(positions.iter().flatten()) {
+            runtime.source.checkpointed(position);
+        }
+    }
+
+    /// Before the first record of a run that starts afresh with a sink delivering exactly
+    /// once by replay: a checkpoint, written and durable, of where every source and sink
+    /// starts — what a crash before the first periodic checkpoint resumes from.
+    pub(super) fn first_checkpoint(&mut self) -> anyhow::Result<()> {
+        if self.checkpoints.is_none()
+            || self.resumed_from.is_some()
+            || !self.plan.sinks.iter().any(|s| s.config.kind.needs_replay())
+        {
+            return Ok(());
+        }
+        self.take_checkpoint()?;
+        let checkpoints = self.checkpoints.as_mut().expect("checked above");
+        let durable = checkpoints.reap(true);
+        if durable.is_none() {
+            let why = checkpoints.stats.last_error.clone().unwrap_or_default();
+            anyhow::bail!(
+                "the first checkpoint, which exactly-once delivery to Kafka starts from, could                  not be written: {why}"
+            );
+        }
+        self.tell_sources(durable);
         Ok(())
     }
 
@@ -269,10 +321,12 @@ impl Pipeline {
         let Some(checkpoints) = &mut self.checkpoints else {
             return Ok(());
         };
-        checkpoints.reap(true);
+        let durable = checkpoints.reap(true);
+        self.tell_sources(durable);
         self.take_checkpoint()?;
         if let Some(checkpoints) = &mut self.checkpoints {
-            checkpoints.reap(true);
+            let durable = checkpoints.reap(true);
+            self.tell_sources(durable);
         }
         Ok(())
     }
@@ -297,6 +351,7 @@ impl Pipeline {
         if let Some(checkpoints) = &mut self.checkpoints {
             checkpoints.stats.pauses.push(pause);
             checkpoints.last = Instant::now();
+            checkpoints.requested = false;
             checkpoints.write(checkpoint, deltas, committed);
         }
         Ok(())
@@ -306,6 +361,11 @@ impl Pipeline {
     /// see [`crate::stage::Stage::capture`]); and what each sink must make durable before the checkpoint is
     /// written.
     fn capture(&mut self) -> anyhow::Result<Captured> {
+        // The sources' journals first: a sink hands on what it buffered only once the reads
+        // that led to it are durable.
+        for runtime in &mut self.sources {
+            runtime.source.sync()?;
+        }
         let mut committed = Vec::with_capacity(self.sinks.len());
         let mut sinks = Vec::with_capacity(self.sinks.len());
         for (sink, plan) in self.sinks.iter_mut().zip(&self.plan.sinks) {
@@ -313,20 +373,20 @@ impl Pipeline {
             sinks.push(SinkEntry {
                 name: plan.config.name.clone(),
                 output: output_of(&plan.config.kind, &plan.config.name),
-                committed: done.length,
+                committed: done.at.clone(),
             });
             committed.push(done);
         }
         let sources = self
             .sources
-            .iter()
+            .iter_mut()
             .zip(&self.plan.sources)
             .map(|(runtime, plan)| {
                 Ok(SourceEntry {
                     name: plan.config.name.clone(),
                     input: input_of(&plan.config.kind),
                     position: runtime.source.position()?,
-                    tracker: runtime.watermarks,
+                    tracker: runtime.watermarks.clone(),
                     watermark: runtime.watermark,
                     newest: runtime.batch.newest,
                     finished: runtime.finished,
@@ -377,6 +437,13 @@ fn input_of(kind: &SourceKind) -> String {
         SourceKind::File { path, .. } => path.display().to_string(),
         SourceKind::Generator { count, seed } => format!("generated orders ({count}, seed {seed})"),
         SourceKind::Bench { count, seed } => format!("bench orders ({count}, seed {seed})"),
+        SourceKind::Kafka(input) => {
+            format!(
+                "kafka topics {} on {}",
+                input.topics.join(", "),
+                input.brokers
+            )
+        }
     }
 }
 
@@ -387,6 +454,7 @@ fn output_of(kind: &SinkKind, name: &str) -> String {
         SinkKind::File { path } => path.display().to_string(),
         SinkKind::Stdout => "standard output".into(),
         SinkKind::Blackhole => format!("blackhole `{name}`"),
+        SinkKind::Kafka(output) => format!("kafka topic {}", output.topic),
     }
 }
 
@@ -397,8 +465,8 @@ pub(super) struct Resumption {
     pub sources: Vec<Option<usize>>,
     /// Per stage of the plan: its entry, and whether its state is kept.
     pub stages: Vec<Option<(usize, bool)>>,
-    /// Per sink of the plan: its committed length, if the checkpoint has one.
-    pub sinks: Vec<Option<u64>>,
+    /// Per sink of the plan: where its output stood, if the checkpoint has that.
+    pub sinks: Vec<Option<SinkPosition>>,
     /// What changed since the checkpoint, to log.
     pub notes: Vec<String>,
 }
@@ -499,7 +567,7 @@ impl Resumption {
                 if found.is_none() {
                     notes.push(format!("sink `{}` is new", k.config.name));
                 }
-                found.and_then(|e| e.committed)
+                found.and_then(|e| e.committed.clone())
             })
             .collect();
         if !errors.is_empty() {
@@ -527,7 +595,8 @@ pub(super) fn resume_source(
         .map_err(|e| anyhow::anyhow!("source `{}`: {e:#}", entry.name))?;
     runtime.watermarks = runtime
         .watermarks
-        .map(|_| BoundedOutOfOrderness::carried(entry.tracker, delay_ms));
+        .take()
+        .map(|_| SplitWatermarks::carried(entry.tracker.clone(), delay_ms));
     runtime.watermark = entry.watermark;
     runtime.batch.newest = entry.newest;
     runtime.finished = entry.finished;

@@ -22,7 +22,7 @@ use crate::reload::{Reloads, Version};
 use crate::stage::Stage;
 use crate::telemetry::{CheckpointStats, StageKind, StageStats, Summary};
 use crate::telemetry::{ReloadOutcome, SharedStatus, StageStatus};
-use crate::window::BoundedOutOfOrderness;
+use crate::window::{SplitMark, SplitWatermarks};
 use flumen_sdk::abi::{Encoding, OutputEntry, OutputReader};
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -45,11 +45,14 @@ struct Queued {
 struct SourceRuntime {
     source: Box<dyn Source>,
     finished: bool,
-    watermarks: Option<BoundedOutOfOrderness>,
+    watermarks: Option<SplitWatermarks>,
     watermark: i64,
     stats: StageStats,
-    /// Event times of the batch just read, by record index, not yet counted.
+    /// Event times of the batch just read, by record index, not yet counted, and its split.
     unobserved: Vec<(u64, i64)>,
+    unobserved_split: u32,
+    /// What the source said of its splits with its last read, not yet noted.
+    marks: Vec<SplitMark>,
     /// Records of that batch a stage could not read (malformed): they do not move time.
     unreadable: std::collections::HashSet<u64>,
     batch: SourceBatch,
@@ -77,6 +80,8 @@ pub struct Pipeline {
     /// The keyed state stages were restored with, by stage name: what the checkpoint writer
     /// starts from.
     restored: checkpoint::Held,
+    /// The checkpoint folder, where sources journal their reads.
+    checkpoint_dir: Option<std::path::PathBuf>,
 }
 
 /// What [`Pipeline::resume`] restored.
@@ -169,14 +174,18 @@ impl Pipeline {
             .map(|(instances, op)| Stage::new(op, boxed(instances)))
             .collect();
         let upstream = upstream_of(&plan);
+        let checkpoint_dir = config.checkpoint.as_ref().map(|c| c.dir.clone());
         let mut sources = plan
             .sources
             .iter()
             .map(|s| {
+                let journal = checkpoint_dir
+                    .as_ref()
+                    .map(|dir| crate::checkpoint::journal_dir(dir, &s.config.name));
                 Ok(new_source_runtime(
                     &s.config,
                     &s.port,
-                    SourceKind::open(&s.config)?,
+                    SourceKind::open(&s.config, journal)?,
                 ))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -236,6 +245,7 @@ impl Pipeline {
             checkpoints: None,
             resumed_from,
             restored,
+            checkpoint_dir,
         })
     }
 
@@ -252,6 +262,7 @@ impl Pipeline {
     /// counts.
     /// Between batches it swaps in every new version `reloads` delivers.
     pub fn run(&mut self, stop: &AtomicBool, reloads: Option<&Reloads>) -> anyhow::Result<Summary> {
+        self.first_checkpoint()?;
         let mut last_flush = Instant::now();
         loop {
             while let Some(version) = reloads.and_then(|r| r.versions.try_recv().ok()) {
@@ -271,6 +282,7 @@ impl Pipeline {
                 }
                 match applied {
                     Ok(changes) => {
+                        self.checkpoint_soon();
                         if changes.is_empty() {
                             tracing::info!("reloaded: nothing changed");
                         }
@@ -295,7 +307,9 @@ impl Pipeline {
                 }
                 let runtime = &mut self.sources[s];
                 runtime.batch.clear();
-                match runtime.source.next_batch(&mut runtime.batch)? {
+                let pulled = runtime.source.next_batch(&mut runtime.batch)?;
+                runtime.marks.append(&mut runtime.batch.marks);
+                match pulled {
                     Pull::Batch => {
                         progressed = true;
                         self.emit_source_batch(s)?;
@@ -327,6 +341,9 @@ impl Pipeline {
         self.pump()?;
         self.flush()?;
         self.final_checkpoint()?;
+        for sink in &mut self.sinks {
+            sink.finish()?;
+        }
         self.publish_status();
         let stages = self
             .sources
@@ -353,6 +370,7 @@ impl Pipeline {
             self.dead.push(&runtime.stats.name, &why, &raw);
         }
         runtime.unobserved.extend_from_slice(&runtime.batch.times);
+        runtime.unobserved_split = runtime.batch.split;
         if count == 0 {
             return self.write_dead_letters();
         }
@@ -366,16 +384,22 @@ impl Pipeline {
         for source in &mut self.sources {
             let unobserved = std::mem::take(&mut source.unobserved);
             let unreadable = std::mem::take(&mut source.unreadable);
+            let marks = std::mem::take(&mut source.marks);
             let Some(tracker) = source.watermarks.as_mut() else {
                 continue;
             };
+            for mark in marks {
+                tracker.mark(mark);
+            }
             for (index, ts) in unobserved {
                 if !unreadable.contains(&index) {
-                    tracker.observe(ts);
+                    tracker.observe(source.unobserved_split, ts);
                 }
             }
-            if !source.finished {
-                source.watermark = source.watermark.max(tracker.watermark());
+            if !source.finished
+                && let Some(watermark) = tracker.watermark()
+            {
+                source.watermark = source.watermark.max(watermark);
             }
         }
     }
@@ -518,7 +542,12 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Hands what the sinks buffered to their destinations — after the sources' journals are
+    /// durable, so nothing leaves that a replay could not regenerate.
     fn flush(&mut self) -> anyhow::Result<()> {
+        for source in &mut self.sources {
+            source.source.sync()?;
+        }
         for sink in &mut self.sinks {
             sink.flush()?;
         }
@@ -537,10 +566,12 @@ fn new_source_runtime(
         watermarks: config
             .event_time
             .as_ref()
-            .map(|_| BoundedOutOfOrderness::new(config.watermark_delay_ms)),
+            .map(|_| SplitWatermarks::new(config.watermark_delay_ms)),
         watermark: i64::MIN,
         stats: StageStats::new(&config.name, StageKind::Source, &["main"]),
         unobserved: Vec::new(),
+        unobserved_split: 0,
+        marks: Vec::new(),
         unreadable: std::collections::HashSet::new(),
         batch: SourceBatch::new(port.key_fields.clone(), config.event_time.clone())
             .with_max_future(config.max_future_ms),
