@@ -346,8 +346,8 @@ fn killed_with_sigkill_and_restarted_every_result_is_in_the_topics_exactly_once(
     let written = || broker.total(&TOPICS);
 
     // Killed at three moments: right after its first checkpoint (before any output, most
-    // likely), with a fifth of the results in the topics, and with more than half.
-    for (round, share) in [0.0, 0.2, 0.6].into_iter().enumerate() {
+    // likely), with some of the results in the topics, and with more.
+    for (round, share) in [0.0, 0.15, 0.4].into_iter().enumerate() {
         let mut live = Live::start(
             &["pipelines/orders-kafka.toml"],
             &envs,
@@ -357,11 +357,20 @@ fn killed_with_sigkill_and_restarted_every_result_is_in_the_topics_exactly_once(
         live.wait_unless_exited(&format!("{at_least} results in the topics"), || {
             live_started(&out) && written() >= at_least
         });
-        assert!(!live.exited(), "round {round} ended before it was killed");
+        assert!(
+            !live.exited(),
+            "round {round} ended before it was killed:\n{}",
+            live.log()
+        );
         live.kill();
     }
+    // (The last round may have been killed after its final checkpoint: then there is nothing
+    // left to do.)
     let log = run_bounded(&broker, &out, &[]);
-    assert!(log.contains("resumed from checkpoint"), "{log}");
+    assert!(
+        log.contains("resumed from checkpoint") || log.contains("nothing to do"),
+        "{log}"
+    );
     // Some run found results of the one before it past its checkpoint, and skipped them.
     let logs: Vec<String> = (1..3)
         .map(|round| std::fs::read_to_string(scenario.path(&format!("{round}.log"))).unwrap())

@@ -172,6 +172,8 @@ pub enum Position {
         splits: Vec<KafkaSplit>,
         /// The journal segment that starts here (with checkpoints, always).
         journal: Option<u64>,
+        /// The split whose turn it is next (round robin).
+        turn: u32,
     },
 }
 

@@ -238,6 +238,9 @@ fn client_config(brokers: &str) -> ClientConfig {
 pub struct Context {
     brokers: String,
     last_said: std::sync::Mutex<Option<(String, std::time::Instant)>>,
+    /// Offset commits asked for, and answered (either way).
+    commits_sent: std::sync::atomic::AtomicU64,
+    commits_done: std::sync::atomic::AtomicU64,
 }
 
 /// A line about the brokers repeats at most this often.
@@ -248,6 +251,8 @@ impl Context {
         Context {
             brokers: brokers.to_string(),
             last_said: std::sync::Mutex::new(None),
+            commits_sent: Default::default(),
+            commits_done: Default::default(),
         }
     }
 
@@ -282,7 +287,19 @@ impl ClientContext for Context {
     }
 }
 
-impl rdkafka::consumer::ConsumerContext for Context {}
+impl rdkafka::consumer::ConsumerContext for Context {
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        _: &rdkafka::TopicPartitionList,
+    ) {
+        if let Err(e) = result {
+            self.say(format!("committing offsets: {e}"));
+        }
+        self.commits_done
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// A client error, naming the brokers.
 fn failed(brokers: &str, doing: &str, e: impl std::fmt::Display) -> anyhow::Error {

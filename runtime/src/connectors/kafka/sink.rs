@@ -90,10 +90,20 @@ impl KafkaSink {
         let partitions = partitions.len() as i32;
         let mut now = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
-            let (_, high) = producer
-                .client()
-                .fetch_watermarks(topic, p, timeout)
-                .map_err(|e| failed(brokers, &format!("read the end of {topic}/{p}"), e))?;
+            // A topic just created may be listed before its partitions are known: ask again
+            // until the timeout.
+            let deadline = Instant::now() + timeout;
+            let high = loop {
+                match producer.client().fetch_watermarks(topic, p, timeout) {
+                    Ok((_, high)) => break high,
+                    Err(_) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Err(e) => {
+                        return Err(failed(brokers, &format!("read the end of {topic}/{p}"), e));
+                    }
+                }
+            };
             now.push(high);
         }
         let (ends, written, skip) = match committed {

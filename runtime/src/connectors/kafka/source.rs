@@ -15,6 +15,7 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// A record fetched, not handed out yet.
@@ -432,6 +433,7 @@ impl KafkaSource {
                     let ahead = self.ahead().max(count);
                     self.fill_split(i, ahead, Duration::from_millis(100));
                 }
+                self.next = (i + 1) % self.splits.len();
                 self.take(i, count, out);
                 Ok(Pull::Batch)
             }
@@ -558,11 +560,17 @@ impl Source for KafkaSource {
                 })
                 .collect(),
             journal,
+            turn: self.next as u32,
         })
     }
 
     fn seek(&mut self, position: &Position) -> anyhow::Result<()> {
-        let Position::Kafka { splits, journal } = position else {
+        let Position::Kafka {
+            splits,
+            journal,
+            turn,
+        } = position
+        else {
             anyhow::bail!("a position of another input cannot resume a kafka source");
         };
         let mut ordered = Vec::with_capacity(self.splits.len());
@@ -596,6 +604,7 @@ impl Source for KafkaSource {
             ordered.push(split);
         }
         self.splits = ordered;
+        self.next = (*turn as usize) % self.splits.len().max(1);
         if let (Some(from), JournalState::Unopened(dir)) = (journal, &self.journal) {
             let (journal, replay) = Journal::resume(dir, *from)?;
             if !replay.is_empty() {
@@ -618,7 +627,10 @@ impl Source for KafkaSource {
     }
 
     fn checkpointed(&mut self, position: &Position) {
-        let Position::Kafka { splits, journal } = position else {
+        let Position::Kafka {
+            splits, journal, ..
+        } = position
+        else {
             return;
         };
         if let (Some(segment), JournalState::Open(open)) = (journal, &self.journal) {
@@ -636,11 +648,34 @@ impl Source for KafkaSource {
                 Offset::Offset(split.offset),
             );
         }
+        self.consumer
+            .context()
+            .commits_sent
+            .fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.consumer.commit(&list, CommitMode::Async) {
+            self.consumer
+                .context()
+                .commits_done
+                .fetch_add(1, Ordering::Relaxed);
             self.consumer.context().say(format!(
                 "committing the offsets of group `{}`: {e}",
                 self.input.group
             ));
+        }
+    }
+}
+
+impl Drop for KafkaSource {
+    /// Waits a little for the offsets committed after the last checkpoints to reach the group
+    /// (a bounded run's last commit is made just before the end), serving their answers.
+    fn drop(&mut self) {
+        let context = self.consumer.context().clone();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while context.commits_done.load(Ordering::Relaxed)
+            < context.commits_sent.load(Ordering::Relaxed)
+            && Instant::now() < deadline
+        {
+            let _ = self.consumer.poll(Duration::from_millis(50));
         }
     }
 }
