@@ -170,8 +170,9 @@ pub enum Position {
     Kafka {
         /// Every partition read, in the source's split order.
         splits: Vec<KafkaSplit>,
-        /// The journal segment that starts here (with checkpoints, always).
-        journal: Option<u64>,
+        /// Where the journal of the reads after this position begins (with checkpoints,
+        /// always).
+        journal: Option<kafka::At>,
         /// The split whose turn it is next (round robin).
         turn: u32,
     },

@@ -6,10 +6,12 @@
 //! run had already written (see ARCHITECTURE.md, "Exactly once to Kafka").
 //!
 //! The journal is a folder of segments, `<n>.log`, each a sequence of bincode-encoded
-//! [`Decision`]s. A checkpoint starts a new segment ([`Journal::rotate`]) and records its number:
-//! resuming from that checkpoint replays that segment and every later one. Decisions are written
-//! and synced ([`Journal::sync`]) before any output they lead to leaves a sink for Kafka; a
-//! segment cut short by a crash ends at its last whole decision.
+//! [`Decision`]s; together, in order, they are every decision since the first checkpoint kept.
+//! A checkpoint starts a new segment ([`Journal::rotate`]) and records where the decisions after
+//! it begin ([`At`]): the new segment's start, or — in the middle of a replay — the place of the
+//! next decision still to replay. Resuming replays from there to the end of the last segment.
+//! Decisions are written and synced ([`Journal::sync`]) before any output they lead to leaves a
+//! sink for Kafka; a segment cut short by a crash ends at its last whole decision.
 
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -39,6 +41,21 @@ pub enum Decision {
     },
 }
 
+/// A place in the journal: the `index`-th decision of segment `segment`, of which (a run of
+/// quiet reads) `pulls` were replayed already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct At {
+    /// The segment.
+    pub segment: u64,
+    /// The decision in it.
+    pub index: u64,
+    /// Quiet reads of that decision already replayed.
+    pub pulls: u32,
+}
+
+/// A decision to replay, with its place.
+pub type Replayed = (At, Decision);
+
 /// The most one decision takes encoded: a tag and two varints.
 const MAX_ENCODED: usize = 16;
 
@@ -67,38 +84,60 @@ impl Journal {
             std::fs::remove_file(&path)
                 .map_err(|e| anyhow::anyhow!("cannot remove {}: {e}", path.display()))?;
         }
-        Self::start(dir, 0, &VecDeque::new())
+        Self::start(dir, 0)
     }
 
-    /// Opens the journal in `dir` to go on from the checkpoint that started segment `from`: the
-    /// decisions of that segment and every later one, in order, to be replayed. They are also
-    /// written at the start of a new segment, which later decisions follow, so the journal
-    /// stays whole whichever checkpoint comes next.
-    pub fn resume(dir: &Path, from: u64) -> anyhow::Result<(Self, VecDeque<Decision>)> {
+    /// Opens the journal in `dir` to go on from a checkpoint that recorded `from`: the
+    /// decisions from there to the end, in order, with their places, to be replayed. New
+    /// decisions go to a new segment after them.
+    pub fn resume(dir: &Path, from: At) -> anyhow::Result<(Self, VecDeque<Replayed>)> {
         std::fs::create_dir_all(dir).map_err(|e| {
             anyhow::anyhow!("cannot create the journal folder {}: {e}", dir.display())
         })?;
         let found = segments(dir)?;
-        if found.first().is_none_or(|(n, _)| *n > from) {
+        if !found.iter().any(|(n, _)| *n == from.segment) {
             anyhow::bail!(
-                "the journal segment {from} the checkpoint needs is missing from {}",
+                "the journal segment {} the checkpoint needs is missing from {}",
+                from.segment,
                 dir.display()
             );
         }
         let mut replay = VecDeque::new();
-        let mut last = from;
-        for (n, path) in found.iter().filter(|(n, _)| *n >= from) {
+        let mut last = from.segment;
+        for (n, path) in found.iter().filter(|(n, _)| *n >= from.segment) {
             let bytes = std::fs::read(path)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-            replay.extend(decode_all(&bytes));
+            for (index, decision) in decode_all(&bytes).into_iter().enumerate() {
+                let at = At {
+                    segment: *n,
+                    index: index as u64,
+                    pulls: 0,
+                };
+                replay.push_back((at, decision));
+            }
             last = *n;
         }
-        let journal = Self::start(dir, last + 1, &replay)?;
+        // The decisions before `from` in its segment were replayed before that checkpoint.
+        while replay
+            .front()
+            .is_some_and(|(at, _)| at.segment == from.segment && at.index < from.index)
+        {
+            replay.pop_front();
+        }
+        if let Some((at, Decision::Quiet { pulls })) = replay.front_mut()
+            && at.segment == from.segment
+            && at.index == from.index
+            && from.pulls > 0
+        {
+            at.pulls = from.pulls;
+            *pulls = pulls.saturating_sub(from.pulls).max(1);
+        }
+        let journal = Self::start(dir, last + 1)?;
         Ok((journal, replay))
     }
 
-    /// Creates segment `segment` holding `first` (synced).
-    fn start(dir: &Path, segment: u64, first: &VecDeque<Decision>) -> anyhow::Result<Self> {
+    /// Creates segment `segment`, empty.
+    fn start(dir: &Path, segment: u64) -> anyhow::Result<Self> {
         let path = dir.join(format!("{segment}.log"));
         let file = OpenOptions::new()
             .create(true)
@@ -113,9 +152,6 @@ impl Journal {
             pending: Vec::new(),
             quiet: 0,
         };
-        for &decision in first {
-            journal.encode(decision);
-        }
         journal.sync()?;
         if let Ok(folder) = File::open(dir) {
             let _ = folder.sync_all();
@@ -158,13 +194,17 @@ impl Journal {
         self.file.sync_data()
     }
 
-    /// Ends the current segment (synced) and starts the next, beginning with `unreplayed` (the
-    /// decisions of an earlier run not replayed yet); returns its number, for the checkpoint.
-    pub fn rotate(&mut self, unreplayed: &VecDeque<Decision>) -> anyhow::Result<u64> {
+    /// Ends the current segment (synced) and starts the next; returns the place of its first
+    /// decision, for the checkpoint.
+    pub fn rotate(&mut self) -> anyhow::Result<At> {
         self.sync()?;
-        let next = Self::start(&self.dir, self.segment + 1, unreplayed)?;
+        let next = Self::start(&self.dir, self.segment + 1)?;
         *self = next;
-        Ok(self.segment)
+        Ok(At {
+            segment: self.segment,
+            index: 0,
+            pulls: 0,
+        })
     }
 
     /// Removes the segments before `segment` (no checkpoint kept needs them).
@@ -218,21 +258,25 @@ fn segments(dir: &Path) -> anyhow::Result<Vec<(u64, PathBuf)>> {
 mod tests {
     use super::*;
 
+    fn decisions(replay: VecDeque<Replayed>) -> Vec<Decision> {
+        replay.into_iter().map(|(_, d)| d).collect()
+    }
+
     #[test]
-    fn a_resumed_journal_replays_from_the_checkpoint_segment_and_stays_whole() {
+    fn a_resumed_journal_replays_from_the_checkpoints_place_once() {
         let dir = tempfile::tempdir().unwrap();
         let mut journal = Journal::fresh(dir.path()).unwrap();
         journal.record(Decision::Batch { split: 0, count: 3 });
         journal.record(Decision::Quiet { pulls: 1 });
         journal.record(Decision::Quiet { pulls: 1 });
-        let at = journal.rotate(&VecDeque::new()).unwrap();
+        let at = journal.rotate().unwrap();
         journal.record(Decision::Idle { split: 1 });
         journal.record(Decision::Batch { split: 2, count: 7 });
-        journal.record(Decision::Quiet { pulls: 1 });
+        journal.record(Decision::Quiet { pulls: 3 });
         journal.sync().unwrap();
         journal.record(Decision::Batch { split: 0, count: 1 });
         // Never synced, and a torn write after it: neither is replayed.
-        let path = dir.path().join(format!("{at}.log"));
+        let path = dir.path().join(format!("{}.log", at.segment));
         let mut bytes = std::fs::read(&path).unwrap();
         bytes.push(0x00);
         std::fs::write(&path, &bytes).unwrap();
@@ -242,20 +286,38 @@ mod tests {
         let expected = [
             Decision::Idle { split: 1 },
             Decision::Batch { split: 2, count: 7 },
-            Decision::Quiet { pulls: 1 },
+            Decision::Quiet { pulls: 3 },
         ];
-        assert_eq!(Vec::from(replay.clone()), expected);
-        // A checkpoint taken before anything was replayed carries it all into its segment.
-        let next = resumed.rotate(&replay).unwrap();
-        let (_, again) = Journal::resume(dir.path(), next).unwrap();
-        assert_eq!(Vec::from(again), expected);
-        // The first segment's decisions, quiet reads merged.
-        let (_, from_start) = Journal::resume(dir.path(), 0).unwrap();
+        assert_eq!(decisions(replay.clone()), expected);
+        // A checkpoint in the middle of the replay (one decision and one quiet read of the
+        // next three replayed) records the place of what is left; decisions made after it
+        // follow in the new segment, and nothing is replayed twice.
+        let (mut middle, _) = replay[2];
+        middle.pulls = 1;
+        resumed.rotate().unwrap();
+        resumed.record(Decision::Batch { split: 1, count: 2 });
+        resumed.sync().unwrap();
+        let (_, again) = Journal::resume(dir.path(), middle).unwrap();
         assert_eq!(
-            Vec::from(from_start)[..2],
+            decisions(again),
+            [
+                Decision::Quiet { pulls: 2 },
+                Decision::Batch { split: 1, count: 2 }
+            ]
+        );
+        // From the first segment: its decisions (quiet reads merged), then the rest.
+        let start = At {
+            segment: 0,
+            index: 0,
+            pulls: 0,
+        };
+        let (_, from_start) = Journal::resume(dir.path(), start).unwrap();
+        assert_eq!(
+            decisions(from_start)[..3],
             [
                 Decision::Batch { split: 0, count: 3 },
-                Decision::Quiet { pulls: 2 }
+                Decision::Quiet { pulls: 2 },
+                Decision::Idle { split: 1 }
             ]
         );
     }
@@ -264,10 +326,10 @@ mod tests {
     fn a_missing_segment_is_refused_and_old_ones_are_forgotten() {
         let dir = tempfile::tempdir().unwrap();
         let mut journal = Journal::fresh(dir.path()).unwrap();
-        journal.rotate(&VecDeque::new()).unwrap();
-        let at = journal.rotate(&VecDeque::new()).unwrap();
-        journal.forget_before(at);
-        assert!(Journal::resume(dir.path(), 0).is_err());
+        let first = journal.rotate().unwrap();
+        let at = journal.rotate().unwrap();
+        journal.forget_before(at.segment);
+        assert!(Journal::resume(dir.path(), first).is_err());
         assert!(Journal::resume(dir.path(), at).is_ok());
         // A fresh start forgets everything.
         Journal::fresh(dir.path()).unwrap();

@@ -14,6 +14,7 @@ mod journal;
 mod sink;
 mod source;
 
+pub use journal::At;
 pub use sink::KafkaSink;
 pub use source::KafkaSource;
 

@@ -12,7 +12,9 @@ use super::{Context, KafkaOutput, client_config, failed, partition_for, partitio
 use crate::connectors::{Committed, Sink, SinkPosition};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 /// What the producer reports back: the first record it could not deliver.
@@ -31,15 +33,32 @@ impl rdkafka::ClientContext for Delivery {
     }
 }
 
-impl ProducerContext for Delivery {
-    type DeliveryOpaque = ();
+/// What one sink's producer has acknowledged, per partition of its topic: every record sent
+/// carries it, and the delivery report counts it (the idempotent producer acknowledges a
+/// partition's records in order).
+struct Tally {
+    answered: Vec<AtomicU64>,
+}
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result
+impl ProducerContext for Delivery {
+    type DeliveryOpaque = Arc<Tally>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, tally: Arc<Tally>) {
+        let message = match result {
+            Ok(message) | Err((_, message)) => message,
+        };
+        let partition = rdkafka::Message::partition(message) as usize;
+        if let Some(answered) = tally.answered.get(partition) {
+            answered.fetch_add(1, Ordering::Release);
+        }
+        if let Err((e, message)) = result
             && let Ok(mut failure) = self.failure.lock()
             && failure.is_none()
         {
-            *failure = Some(e.to_string());
+            *failure = Some(format!(
+                "{e} (topic `{}`)",
+                rdkafka::Message::topic(message)
+            ));
         }
     }
 }
@@ -63,6 +82,9 @@ pub struct KafkaSink {
     /// regenerates them.
     skip: Vec<u64>,
     held: Vec<Held>,
+    /// Per partition, records handed to the producer by this run, and how many it answered.
+    sent: Vec<u64>,
+    tally: Arc<Tally>,
 }
 
 impl KafkaSink {
@@ -72,17 +94,7 @@ impl KafkaSink {
         let brokers = &output.brokers;
         let topic = &output.topic;
         let timeout = output.timeout;
-        let producer: ThreadedProducer<Delivery> = client_config(brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", "0")
-            .set("linger.ms", "5")
-            .set("message.max.bytes", "4194304")
-            .create_with_context(Delivery {
-                context: Context::new(brokers),
-                failure: Mutex::new(None),
-            })
-            .map_err(|e| failed(brokers, "create a producer", e))?;
+        let producer = shared_producer(brokers)?;
         let partitions = match partitions_of(producer.client(), brokers, topic, timeout)? {
             Some(found) => found,
             None => create_topic(output)?,
@@ -137,12 +149,16 @@ impl KafkaSink {
         };
         Ok(KafkaSink {
             output: output.clone(),
-            producer: Arc::new(producer),
+            producer,
             partitions,
             ends,
             written,
             skip,
             held: Vec::new(),
+            sent: vec![0; partitions as usize],
+            tally: Arc::new(Tally {
+                answered: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            }),
         })
     }
 
@@ -156,8 +172,8 @@ impl KafkaSink {
             .and_then(|f| f.clone());
         match failure {
             Some(e) => Err(std::io::Error::other(format!(
-                "kafka brokers {}: a record for topic `{}` could not be delivered: {e}",
-                output.brokers, output.topic
+                "kafka brokers {}: a record could not be delivered: {e}",
+                output.brokers
             ))),
             None => Ok(()),
         }
@@ -175,21 +191,62 @@ impl KafkaSink {
         }
     }
 
-    /// Waits until the producer has delivered everything handed to it.
-    fn deliver_all(
+    /// Waits until the producer has answered for the first `sent` records of each partition
+    /// (not for what was sent after: the producer is shared and never idle while the pipeline
+    /// runs), then says whether all were delivered.
+    fn delivered(
         producer: &ThreadedProducer<Delivery>,
         output: &KafkaOutput,
+        tally: &Tally,
+        sent: &[u64],
     ) -> std::io::Result<()> {
-        producer.flush(output.timeout).map_err(|e| {
-            std::io::Error::other(format!(
-                "kafka brokers {}: records for topic `{}` were not delivered within {} ms: {e}",
-                output.brokers,
-                output.topic,
-                output.timeout.as_millis()
-            ))
-        })?;
+        let deadline = Instant::now() + output.timeout;
+        let behind = || {
+            let answered = tally.answered.iter().map(|a| a.load(Ordering::Acquire));
+            answered.zip(sent).any(|(answered, &sent)| answered < sent)
+        };
+        while behind() {
+            if Instant::now() >= deadline {
+                return Err(std::io::Error::other(format!(
+                    "kafka brokers {}: records for topic `{}` were not delivered within {} ms",
+                    output.brokers,
+                    output.topic,
+                    output.timeout.as_millis()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         Self::check(producer, output)
     }
+}
+
+/// The producer of every Kafka sink to `brokers` in this process: one client, so the records of
+/// every sink go to a broker in the same requests (each sink is still its topic's only writer).
+fn shared_producer(brokers: &str) -> anyhow::Result<Arc<ThreadedProducer<Delivery>>> {
+    type Producers = Mutex<HashMap<String, Weak<ThreadedProducer<Delivery>>>>;
+    static PRODUCERS: OnceLock<Producers> = OnceLock::new();
+    let producers = PRODUCERS.get_or_init(Producers::default);
+    let mut producers = producers.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(producer) = producers.get(brokers).and_then(Weak::upgrade) {
+        return Ok(producer);
+    }
+    let producer: ThreadedProducer<Delivery> = client_config(brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        // Delivery is retried until it succeeds: a checkpoint waits for it, bounded by the
+        // sinks' `timeout_ms`.
+        .set("message.timeout.ms", "0")
+        // Fewer, larger requests: a librdkafka broker thread wakes at every linger.
+        .set("linger.ms", "50")
+        .set("message.max.bytes", "4194304")
+        .create_with_context(Delivery {
+            context: Context::new(brokers),
+            failure: Mutex::new(None),
+        })
+        .map_err(|e| failed(brokers, "create a producer", e))?;
+    let producer = Arc::new(producer);
+    producers.insert(brokers.to_string(), Arc::downgrade(&producer));
+    Ok(producer)
 }
 
 /// Creates the sink's topic (one replica) and waits until the brokers list it.
@@ -270,7 +327,7 @@ impl Sink for KafkaSink {
         Self::check(&self.producer, &self.output)?;
         let topic = self.output.topic.as_str();
         for held in self.held.drain(..) {
-            let mut record = BaseRecord::to(topic)
+            let mut record = BaseRecord::with_opaque_to(topic, self.tally.clone())
                 .partition(held.partition)
                 .payload(&held.value);
             if let Some(key) = &held.key {
@@ -279,7 +336,10 @@ impl Sink for KafkaSink {
             let deadline = Instant::now() + self.output.timeout;
             loop {
                 match self.producer.send(record) {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        self.sent[held.partition as usize] += 1;
+                        break;
+                    }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
                         if Instant::now() < deadline =>
                     {
@@ -302,17 +362,21 @@ impl Sink for KafkaSink {
         self.flush()?;
         let producer = self.producer.clone();
         let output = self.output.clone();
+        let tally = self.tally.clone();
+        let sent = self.sent.clone();
         Ok(Committed {
             at: Some(SinkPosition::Offsets {
                 ends: self.ends.clone(),
                 written: self.written,
             }),
-            durable: Some(Box::new(move || Self::deliver_all(&producer, &output))),
+            durable: Some(Box::new(move || {
+                Self::delivered(&producer, &output, &tally, &sent)
+            })),
         })
     }
 
     fn finish(&mut self) -> std::io::Result<()> {
         self.flush()?;
-        Self::deliver_all(&self.producer, &self.output)
+        Self::delivered(&self.producer, &self.output, &self.tally, &self.sent)
     }
 }

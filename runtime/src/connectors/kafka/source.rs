@@ -2,7 +2,7 @@
 //! itself (no group rebalancing: the offsets live in flumen's checkpoints), handed out one
 //! partition per batch in round robin, each partition a split with its own watermark.
 
-use super::journal::{Decision, Journal};
+use super::journal::{At, Decision, Journal, Replayed};
 use super::{Context, KafkaInput, client_config, failed, partitions_of};
 use crate::connectors::batch::SourceBatch;
 use crate::connectors::{KafkaSplit, Position, Pull, Source, SourceConfig};
@@ -68,7 +68,7 @@ pub struct KafkaSource {
     next: usize,
     journal: JournalState,
     /// Decisions of a crashed run still to replay, in order.
-    replay: VecDeque<Decision>,
+    replay: VecDeque<Replayed>,
     started: bool,
     /// The journal segments of the last two checkpoints known durable.
     durable: [Option<u64>; 2],
@@ -217,9 +217,6 @@ impl KafkaSource {
     /// Serves the consumer's events (errors, commits), and takes what was fetched for each
     /// split that is not far enough ahead, waiting up to `wait` on split `first` if given.
     fn fill(&mut self, first: Option<usize>, wait: Duration) {
-        if let Some(Err(e)) = self.consumer.poll(Duration::ZERO) {
-            self.consumer.context().say(format!("reading: {e}"));
-        }
         let ahead = self.ahead();
         for i in 0..self.splits.len() {
             let wait = if first == Some(i) {
@@ -231,10 +228,33 @@ impl KafkaSource {
         }
     }
 
+    /// Serves the consumer's own queue: events, and the messages fetched before the splits'
+    /// queues were made (between `assign` and `split_partition_queue`), which go to their
+    /// splits first.
+    fn serve(&mut self) {
+        let consumer = self.consumer.clone();
+        for _ in 0..POLL_BUDGET {
+            match consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(message)) => {
+                    let found = self.splits.iter().position(|s| {
+                        s.partition == message.partition() && s.topic == message.topic()
+                    });
+                    if let Some(i) = found {
+                        keep(&mut self.splits[i], &message);
+                    }
+                }
+                Some(Err(e)) => consumer.context().say(format!("reading: {e}")),
+            }
+        }
+    }
+
     /// Takes what was fetched for split `i`, up to `ahead` records held.
     fn fill_split(&mut self, i: usize, ahead: usize, wait: Duration) {
+        self.serve();
+        let consumer = self.consumer.clone();
         let split = &mut self.splits[i];
-        let Some(queue) = &split.queue else {
+        let Some(queue) = split.queue.take() else {
             return;
         };
         let mut wait = wait;
@@ -246,25 +266,12 @@ impl KafkaSource {
                 break;
             };
             wait = Duration::ZERO;
-            let message = match polled {
-                Ok(message) => message,
-                Err(e) => {
-                    self.consumer.context().say(format!("reading: {e}"));
-                    continue;
-                }
-            };
-            let offset = message.offset();
-            let expected = split.fetched.back().map_or(split.offset, |f| f.offset + 1);
-            if offset < expected || split.stop.is_some_and(|stop| offset >= stop) {
-                continue;
+            match polled {
+                Ok(message) => keep(split, &message),
+                Err(e) => consumer.context().say(format!("reading: {e}")),
             }
-            split.fetched.push_back(Fetched {
-                offset,
-                key: message.key().map(<[u8]>::to_vec),
-                value: message.payload().map(<[u8]>::to_vec),
-                timestamp: message.timestamp().to_millis(),
-            });
         }
+        split.queue = Some(queue);
     }
 
     /// Whether split `i` has `needed` records fetched, or all it will have before its stop.
@@ -392,7 +399,11 @@ impl KafkaSource {
     }
 
     /// Replays the next journaled decision of a crashed run.
-    fn replay_next(&mut self, decision: Decision, out: &mut SourceBatch) -> std::io::Result<Pull> {
+    fn replay_next(
+        &mut self,
+        (at, decision): Replayed,
+        out: &mut SourceBatch,
+    ) -> std::io::Result<Pull> {
         match decision {
             Decision::Idle { split } => {
                 if let Some(s) = self.splits.get_mut(split as usize) {
@@ -403,7 +414,12 @@ impl KafkaSource {
             }
             Decision::Quiet { pulls } => {
                 if pulls > 1 {
-                    self.replay.push_front(Decision::Quiet { pulls: pulls - 1 });
+                    let at = At {
+                        pulls: at.pulls + 1,
+                        ..at
+                    };
+                    self.replay
+                        .push_front((at, Decision::Quiet { pulls: pulls - 1 }));
                 }
                 Ok(Pull::Idle)
             }
@@ -441,6 +457,22 @@ impl KafkaSource {
     }
 }
 
+/// Keeps a fetched message in its split, unless it was handed out or kept already (a fetch
+/// again after a seek) or lies past a bounded read's stop. Offsets may skip (compacted topics).
+fn keep(split: &mut Split, message: &rdkafka::message::BorrowedMessage<'_>) {
+    let offset = message.offset();
+    let expected = split.fetched.back().map_or(split.offset, |f| f.offset + 1);
+    if offset < expected || split.stop.is_some_and(|stop| offset >= stop) {
+        return;
+    }
+    split.fetched.push_back(Fetched {
+        offset,
+        key: message.key().map(<[u8]>::to_vec),
+        value: message.payload().map(<[u8]>::to_vec),
+        timestamp: message.timestamp().to_millis(),
+    });
+}
+
 /// `value` (a JSON object) with `fields` added in front; `None` if it is not an object. A field
 /// the value has already keeps the value's own.
 fn with_fields(value: &[u8], fields: &[(&str, serde_json::Value)]) -> Option<Vec<u8>> {
@@ -467,8 +499,8 @@ impl Source for KafkaSource {
         if !self.started {
             self.start(out).map_err(std::io::Error::other)?;
         }
-        if let Some(decision) = self.replay.pop_front() {
-            return self.replay_next(decision, out);
+        if let Some(replayed) = self.replay.pop_front() {
+            return self.replay_next(replayed, out);
         }
         if self.splits.iter().all(|s| s.ended) {
             return Ok(Pull::Finished);
@@ -532,22 +564,18 @@ impl Source for KafkaSource {
     }
 
     fn position(&mut self) -> std::io::Result<Position> {
-        let journal = match &mut self.journal {
+        let rotated = match &mut self.journal {
             JournalState::None => None,
             JournalState::Unopened(dir) => {
                 let mut journal = Journal::fresh(dir).map_err(std::io::Error::other)?;
-                let segment = journal
-                    .rotate(&self.replay)
-                    .map_err(std::io::Error::other)?;
+                let at = journal.rotate().map_err(std::io::Error::other)?;
                 self.journal = JournalState::Open(journal);
-                Some(segment)
+                Some(at)
             }
-            JournalState::Open(journal) => Some(
-                journal
-                    .rotate(&self.replay)
-                    .map_err(std::io::Error::other)?,
-            ),
+            JournalState::Open(journal) => Some(journal.rotate().map_err(std::io::Error::other)?),
         };
+        // In the middle of a replay, the decisions after this position are the rest of it.
+        let journal = rotated.map(|at| self.replay.front().map_or(at, |(next, _)| *next));
         Ok(Position::Kafka {
             splits: self
                 .splits
@@ -635,7 +663,7 @@ impl Source for KafkaSource {
         };
         if let (Some(segment), JournalState::Open(open)) = (journal, &self.journal) {
             // The journal keeps what the two newest checkpoints need.
-            self.durable = [self.durable[1], Some(*segment)];
+            self.durable = [self.durable[1], Some(segment.segment)];
             if let Some(oldest) = self.durable[0] {
                 open.forget_before(oldest);
             }
