@@ -8,8 +8,8 @@
 use crate::live::{pipeline_copy, write_atomically};
 use crate::orders_pipeline::{SINKS, input, oracle, sink};
 use crate::support::{
-    Live, Scenario, append, assert_accounted, assert_same_set, flumen, line_count, modules, text,
-    wait_until,
+    Live, Scenario, append, assert_accounted, assert_same_set, checkpoint_ids, flumen, line_count,
+    modules, text, wait_until,
 };
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -21,21 +21,7 @@ fn checkpoints(out: &Path) -> PathBuf {
 
 /// The ids of the checkpoints in `out`'s folder, oldest first.
 fn ids(out: &Path) -> Vec<u64> {
-    let mut ids: Vec<u64> = std::fs::read_dir(checkpoints(out))
-        .map(|entries| {
-            entries
-                .filter_map(|e| {
-                    let name = e.ok()?.file_name().into_string().ok()?;
-                    name.strip_prefix("checkpoint-")?
-                        .strip_suffix(".ckpt")?
-                        .parse()
-                        .ok()
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    ids.sort();
-    ids
+    checkpoint_ids(&checkpoints(out))
 }
 
 fn newest(out: &Path) -> u64 {

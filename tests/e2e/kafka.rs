@@ -7,8 +7,8 @@
 
 use crate::orders_pipeline::{SINKS, input, oracle};
 use crate::support::{
-    Live, Scenario, assert_accounted, assert_same_set, flumen, free_loopback_address, modules,
-    text, wait_until, workspace,
+    Live, Scenario, assert_accounted, assert_same_set, checkpoint_ids, flumen,
+    free_loopback_address, modules, text, wait_until, workspace,
 };
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -400,18 +400,9 @@ fn live_started(out: &Path) -> bool {
 
 /// The id of the newest checkpoint of a run on `out` (0: none).
 fn newest(out: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(out.join("kafka-checkpoints")) else {
-        return 0;
-    };
-    entries
-        .filter_map(|e| {
-            let name = e.ok()?.file_name().into_string().ok()?;
-            name.strip_prefix("checkpoint-")?
-                .strip_suffix(".ckpt")?
-                .parse()
-                .ok()
-        })
-        .max()
+    checkpoint_ids(&out.join("kafka-checkpoints"))
+        .last()
+        .copied()
         .unwrap_or(0)
 }
 

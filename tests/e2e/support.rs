@@ -332,3 +332,22 @@ pub fn append(path: &Path, text: &str) {
         .unwrap();
     file.write_all(text.as_bytes()).unwrap();
 }
+
+/// The ids of the checkpoints in checkpoint folder `dir`, oldest first.
+pub fn checkpoint_ids(dir: &Path) -> Vec<u64> {
+    let mut ids: Vec<u64> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| {
+                    let name = e.ok()?.file_name().into_string().ok()?;
+                    name.strip_prefix("checkpoint-")?
+                        .strip_suffix(".ckpt")?
+                        .parse()
+                        .ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
