@@ -164,6 +164,21 @@ impl SourceBatch {
     }
 }
 
+/// The top-level field `name` of the JSON object `json`, the rest skipped unparsed (`None`: no
+/// such field, or not an object).
+pub(crate) fn field(json: &[u8], name: &str) -> Option<serde_json::Value> {
+    let mut found = [None];
+    let mut deserializer = serde_json::Deserializer::from_slice(json);
+    FieldPicker {
+        wanted: &[name],
+        found: &mut found,
+    }
+    .deserialize(&mut deserializer)
+    .ok()?;
+    let [value] = found;
+    value
+}
+
 /// Deserializes only the wanted top-level fields of a JSON object, skipping the rest unparsed.
 struct FieldPicker<'a, 'b> {
     wanted: &'a [&'b str],
@@ -225,6 +240,15 @@ mod tests {
             OutputEntry::Record { keys, .. } => assert_eq!(keys.get(1), Some(&b""[..])),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn one_field_is_picked_without_decoding_the_rest() {
+        let json = br#"{"a": [1, {"b": 2}], "sku": "S-1", "n": 7}"#;
+        assert_eq!(field(json, "sku"), Some(serde_json::Value::from("S-1")));
+        assert_eq!(field(json, "n"), Some(serde_json::Value::from(7)));
+        assert_eq!(field(json, "missing"), None);
+        assert_eq!(field(b"[1]", "sku"), None);
     }
 
     #[test]

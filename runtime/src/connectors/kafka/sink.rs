@@ -182,10 +182,8 @@ impl KafkaSink {
     /// The record key of `value`: its `key` field (a string as it is, anything else as JSON).
     fn key_of(&self, value: &[u8]) -> Option<Vec<u8>> {
         let field = self.output.key.as_ref()?;
-        let object: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(value).ok()?;
-        match object.get(field)? {
-            serde_json::Value::String(s) => Some(s.clone().into_bytes()),
+        match crate::connectors::batch::field(value, field)? {
+            serde_json::Value::String(s) => Some(s.into_bytes()),
             serde_json::Value::Null => None,
             other => Some(other.to_string().into_bytes()),
         }

@@ -217,6 +217,7 @@ impl KafkaSource {
     /// Serves the consumer's events (errors, commits), and takes what was fetched for each
     /// split that is not far enough ahead, waiting up to `wait` on split `first` if given.
     fn fill(&mut self, first: Option<usize>, wait: Duration) {
+        self.serve();
         let ahead = self.ahead();
         for i in 0..self.splits.len() {
             let wait = if first == Some(i) {
@@ -249,9 +250,9 @@ impl KafkaSource {
         }
     }
 
-    /// Takes what was fetched for split `i`, up to `ahead` records held.
+    /// Takes what was fetched for split `i`, up to `ahead` records held (after the caller has
+    /// served the consumer's own queue, [`Self::serve`], which may hold its first records).
     fn fill_split(&mut self, i: usize, ahead: usize, wait: Duration) {
-        self.serve();
         let consumer = self.consumer.clone();
         let split = &mut self.splits[i];
         let Some(queue) = split.queue.take() else {
@@ -447,6 +448,7 @@ impl KafkaSource {
                         )));
                     }
                     let ahead = self.ahead().max(count);
+                    self.serve();
                     self.fill_split(i, ahead, Duration::from_millis(100));
                 }
                 self.next = (i + 1) % self.splits.len();
