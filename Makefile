@@ -9,9 +9,11 @@ WASM_TARGET := wasm32-unknown-unknown
 TANSU_VERSION := 0.6.0
 TANSU_ROOT  := $(CURDIR)/target/tools/tansu-$(TANSU_VERSION)
 TANSU       := $(TANSU_ROOT)/bin/tansu
+MERMAID_VERSION := 12.3.0
+MERMAID     := $(CURDIR)/target/tools/mermaid-$(MERMAID_VERSION)/node_modules/mermaid/dist/mermaid.min.js
 
 .PHONY: demo demo-kafka test lint udfs native-udfs flumen wasm-toolchain c-toolchain tansu bench \
-	bench-swap bench-checkpoint clean
+	bench-swap bench-checkpoint clean test-tools
 
 ## Run the reference pipeline: ORDERS=x.jsonl OUT_DIR=dir make demo ARGS="..."
 demo: udfs
@@ -24,8 +26,33 @@ demo-kafka: udfs tansu
 
 ## Every check CI runs: formatting, lints, unit, property and end-to-end tests (the Kafka ones
 ## against tansu, started and stopped by the tests).
-test: udfs lint tansu
-	FLUMEN_TANSU=$(TANSU) $(CARGO) test --release --workspace
+test: udfs lint tansu test-tools
+	FLUMEN_TANSU=$(TANSU) FLUMEN_MERMAID=$(MERMAID) $(CARGO) test --release --workspace
+
+## What the end-to-end tests drive besides flumen: Debian's chromium (the web view, Mermaid),
+## promtool from Debian's prometheus (checks /metrics), graphviz (renders `flumen graph`), and
+## Mermaid from the npm registry, kept in target/tools.
+test-tools: $(MERMAID)
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v dot >/dev/null 2>&1 || missing="$$missing graphviz"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's$$missing for the end-to-end tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends $$missing; \
+	else \
+		echo "the end-to-end tests need$$missing (Debian packages)" >&2; exit 1; \
+	fi
+
+$(MERMAID):
+	@command -v npm >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; \
+		else echo "Mermaid's check needs npm" >&2; exit 1; fi; }
+	npm install --silent --no-audit --no-fund --prefix $(CURDIR)/target/tools/mermaid-$(MERMAID_VERSION) \
+		mermaid@$(MERMAID_VERSION)
 
 lint:
 	$(CARGO) fmt --all --check

@@ -28,6 +28,36 @@ pub enum WindowSpec {
     },
 }
 
+impl WindowSpec {
+    /// A short description: `tumbling 1m`, `sliding 10m/1m`, `session gap 30m`.
+    pub fn describe(&self) -> String {
+        match *self {
+            WindowSpec::Tumbling { size_ms } => format!("tumbling {}", span(size_ms)),
+            WindowSpec::Sliding { size_ms, slide_ms } => {
+                format!("sliding {}/{}", span(size_ms), span(slide_ms))
+            }
+            WindowSpec::Session { gap_ms } => format!("session gap {}", span(gap_ms)),
+        }
+    }
+}
+
+/// `ms` in the largest whole unit: `90s`, `10m`, `1h`, `250ms`.
+fn span(ms: i64) -> String {
+    const UNITS: [(i64, &str); 4] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1000, "s"),
+    ];
+    UNITS
+        .iter()
+        .find(|(size, _)| ms != 0 && ms % size == 0)
+        .map_or_else(
+            || format!("{ms}ms"),
+            |(size, unit)| format!("{}{unit}", ms / size),
+        )
+}
+
 /// A record whose windows cannot be represented in i64 milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutOfRange {

@@ -275,7 +275,6 @@ fn trap_in_init() -> String {
 /// `GET /status` and `POST /reload` on the admin endpoint, over plain HTTP on loopback.
 #[test]
 fn the_admin_endpoint_reports_and_reloads() {
-    use std::io::{Read, Write};
     modules();
     let scenario = Scenario::new();
     let orders = scenario.path("orders.jsonl");
@@ -294,15 +293,8 @@ fn the_admin_endpoint_reports_and_reloads() {
         scenario.path("stderr.log"),
     );
     let request = |method: &str, path: &str| -> String {
-        let mut stream = std::net::TcpStream::connect(&address).unwrap();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
+        let (head, body) = crate::support::http(&address, method, path);
+        format!("{head}\r\n\r\n{body}")
     };
     live.wait_for_log("admin endpoint", 1);
     wait_until(

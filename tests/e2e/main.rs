@@ -10,6 +10,7 @@ mod hardening;
 mod kafka;
 mod live;
 mod native;
+mod observe;
 mod orders_pipeline;
 mod sandbox;
 mod support;

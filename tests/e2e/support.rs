@@ -298,6 +298,21 @@ impl Drop for Live {
     }
 }
 
+/// One HTTP/1.1 request to the admin endpoint: the status line and the body.
+pub fn http(address: &str, method: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
 /// `127.0.0.1:PORT` with a port free right now, for an admin endpoint.
 pub fn free_loopback_address() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -4,6 +4,7 @@
 mod build;
 mod checkpoint;
 mod gen_data;
+mod graph;
 mod kafka;
 mod run;
 mod validate;
@@ -36,6 +37,8 @@ enum Command {
     Checkpoint(checkpoint::Args),
     /// Load JSON Lines into a Kafka topic, or count what topics hold.
     Kafka(kafka::Args),
+    /// Draw a pipeline: its sources, operators and sinks and what feeds what (no module needed).
+    Graph(graph::Args),
 }
 
 /// Runs the verb `cli` names.
@@ -47,5 +50,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Gen(args) => gen_data::run(args),
         Command::Checkpoint(args) => checkpoint::run(args),
         Command::Kafka(args) => kafka::run(args),
+        Command::Graph(args) => graph::run(args),
     }
 }

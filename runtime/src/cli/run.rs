@@ -25,9 +25,14 @@ pub struct Args {
     /// Reload when the pipeline file or one of its modules changes (SIGHUP reloads anyway).
     #[arg(long)]
     watch: bool,
-    /// Serve GET /status and POST /reload on this address (e.g. 127.0.0.1:9090).
+    /// Serve the web view (GET /), GET /status, GET /metrics and POST /reload on this address
+    /// (e.g. 127.0.0.1:9090).
     #[arg(long, value_name = "ADDRESS")]
     admin: Option<String>,
+    /// After a bounded run ends, keep serving the admin endpoint (final counts, metrics, web
+    /// view) until SIGINT or SIGTERM.
+    #[arg(long, requires = "admin")]
+    keep_serving: bool,
     /// The bearer token the admin endpoint requires (needed off loopback).
     #[arg(
         long,
@@ -53,6 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         parallelism,
         watch,
         admin,
+        keep_serving,
         admin_token,
         backend,
         summary_json,
@@ -93,6 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let status = admin.as_ref().map(|_| {
         Arc::new(std::sync::Mutex::new(flumen::telemetry::Status {
             pipeline: pipeline.display().to_string(),
+            started_at_ms: flumen::telemetry::status::now_ms(),
             ..Default::default()
         }))
     });
@@ -123,6 +130,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let report = summary.to_json(elapsed);
         std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    // Stopped by a signal, the run ends here; finished by itself, it may go on serving.
+    if keep_serving && !stop.load(Ordering::Relaxed) {
+        tracing::info!("the run has ended; serving the admin endpoint until SIGINT or SIGTERM");
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -13,6 +13,7 @@
 
 mod build;
 mod env;
+mod graph;
 mod report;
 #[cfg(test)]
 mod tests;

@@ -283,6 +283,14 @@ impl Source for FileSource {
         })
     }
 
+    fn lag(&mut self) -> Option<crate::telemetry::Lag> {
+        let size = self.reader.get_ref().metadata().ok()?.len();
+        Some(crate::telemetry::Lag {
+            behind: size.saturating_sub(self.consumed),
+            unit: "bytes",
+        })
+    }
+
     fn position(&mut self) -> std::io::Result<Position> {
         let (device, inode) = self.identity;
         // Inside a line too long to take, the rest of it is skipped on resuming too (it was

@@ -137,6 +137,11 @@ pub trait Source {
 
     /// Hears that the checkpoint holding `position` (one it gave) is durable.
     fn checkpointed(&mut self, _position: &Position) {}
+
+    /// How far behind the end of its input the source is, if it can tell.
+    fn lag(&mut self) -> Option<crate::telemetry::Lag> {
+        None
+    }
 }
 
 /// Where a source is in its input.

@@ -40,6 +40,10 @@ struct Queued {
     encoding: Encoding,
     /// The source this batch comes straight from, if any.
     origin: Option<usize>,
+    /// The stage that produced it, and when: the time it waits is that stage's backpressure
+    /// (counted on the copy queued for its first consumer only).
+    producer: Option<NodeRef>,
+    queued_at: Instant,
 }
 
 struct SourceRuntime {
@@ -82,6 +86,8 @@ pub struct Pipeline {
     restored: checkpoint::Held,
     /// The checkpoint folder, where sources journal their reads.
     checkpoint_dir: Option<std::path::PathBuf>,
+    /// The pipeline's graph, for the status.
+    graph: crate::telemetry::Graph,
 }
 
 /// What [`Pipeline::resume`] restored.
@@ -105,34 +111,76 @@ impl Pipeline {
         self.publish_status();
     }
 
-    fn publish_status(&self) {
+    fn publish_status(&mut self) {
         let Some(shared) = &self.status else { return };
-        let stages = self
-            .sources
-            .iter()
-            .map(|s| StageStatus::of(&s.stats, None, s.watermark))
-            .chain(self.stages.iter().map(|s| {
-                let hash = Some(s.module_hash().to_string());
-                StageStatus::of(&s.stats, hash, s.watermark)
-            }))
-            .chain(
-                self.sink_stats
-                    .iter()
-                    .map(|s| StageStatus::of(s, None, i64::MIN)),
-            )
-            .collect();
+        let mut stages = Vec::new();
+        for s in &mut self.sources {
+            let mut status = StageStatus::of(&s.stats, s.watermark);
+            status.newest_event_time = s.batch.newest;
+            status.lag = s.source.lag();
+            stages.push(status);
+        }
+        // What each operator's sources have read last, for its watermark's lag.
+        for (o, s) in self.stages.iter().enumerate() {
+            let mut status = StageStatus::of(&s.stats, s.watermark);
+            status.module_hash = Some(s.module_hash().to_string());
+            (status.state_keys, status.state_bytes) = s.state_by_partition();
+            status.guest = s.guest_health();
+            status.newest_event_time = self
+                .upstream_sources(o)
+                .filter_map(|i| self.sources[i].batch.newest)
+                .max();
+            stages.push(status);
+        }
+        stages.extend(self.sink_stats.iter().map(|s| StageStatus::of(s, i64::MIN)));
         let checkpoints = self.checkpoint_stats().map(CheckpointStats::without_times);
         if let Ok(mut status) = shared.lock() {
             status.stages = stages;
             status.checkpoints = checkpoints;
+            if status.graph != self.graph {
+                status.graph = self.graph.clone();
+            }
         }
+    }
+
+    /// The sources operator `o` reads, directly or through other stages.
+    fn upstream_sources(&self, o: usize) -> impl Iterator<Item = usize> + '_ {
+        let mut seen = vec![false; self.sources.len()];
+        let mut stack = vec![o];
+        let mut visited = vec![false; self.stages.len()];
+        while let Some(at) = stack.pop() {
+            if std::mem::replace(&mut visited[at], true) {
+                continue;
+            }
+            for node in &self.upstream[at] {
+                match *node {
+                    NodeRef::Source(s) => seen[s] = true,
+                    NodeRef::Operator(u) => stack.push(u),
+                    NodeRef::Sink(_) => {}
+                }
+            }
+        }
+        seen.into_iter()
+            .enumerate()
+            .filter_map(|(s, read)| read.then_some(s))
     }
 
     fn record_reload(&self, outcome: ReloadOutcome) {
         if let Some(shared) = &self.status
             && let Ok(mut status) = shared.lock()
         {
-            status.last_reload = Some(outcome);
+            status.last_reload = Some(outcome.clone());
+            status.reloads.record(outcome);
+        }
+    }
+
+    /// Tells the status the run has ended.
+    fn publish_end(&mut self) {
+        self.publish_status();
+        if let Some(shared) = &self.status
+            && let Ok(mut status) = shared.lock()
+        {
+            status.finished = true;
         }
     }
 
@@ -174,6 +222,7 @@ impl Pipeline {
             .map(|(instances, op)| Stage::new(op, boxed(instances)))
             .collect();
         let upstream = upstream_of(&plan);
+        let graph = config.graph();
         let checkpoint_dir = config.checkpoint.as_ref().map(|c| c.dir.clone());
         let mut sources = plan
             .sources
@@ -246,6 +295,7 @@ impl Pipeline {
             resumed_from,
             restored,
             checkpoint_dir,
+            graph,
         })
     }
 
@@ -270,7 +320,7 @@ impl Pipeline {
                     Version::Ready(next) => *next,
                     Version::Failed(line) => {
                         tracing::error!("reload failed: {line}");
-                        self.record_reload(ReloadOutcome::now(false, vec![line]));
+                        self.record_reload(ReloadOutcome::now(false, vec![line], None));
                         self.publish_status();
                         continue;
                     }
@@ -289,12 +339,13 @@ impl Pipeline {
                         for change in &changes {
                             tracing::info!("reloaded: {change}");
                         }
-                        self.record_reload(ReloadOutcome::now(true, changes));
+                        let pause = self.swap_pauses.last().copied();
+                        self.record_reload(ReloadOutcome::now(true, changes, pause));
                     }
                     Err(errors) => {
                         let line = errors.first_line();
                         tracing::error!("reload failed: {line}");
-                        self.record_reload(ReloadOutcome::now(false, vec![line]));
+                        self.record_reload(ReloadOutcome::now(false, vec![line], None));
                     }
                 }
                 self.publish_status();
@@ -307,7 +358,9 @@ impl Pipeline {
                 }
                 let runtime = &mut self.sources[s];
                 runtime.batch.clear();
+                let reading = Instant::now();
                 let pulled = runtime.source.next_batch(&mut runtime.batch)?;
+                runtime.stats.busy += reading.elapsed();
                 runtime.marks.append(&mut runtime.batch.marks);
                 match pulled {
                     Pull::Batch => {
@@ -344,7 +397,7 @@ impl Pipeline {
         for sink in &mut self.sinks {
             sink.finish()?;
         }
-        self.publish_status();
+        self.publish_end();
         let stages = self
             .sources
             .iter()
@@ -427,6 +480,7 @@ impl Pipeline {
             }
             (NodeRef::Sink(_), _) => return Ok(()),
         };
+        let mut producing = Some(from.0);
         for &Consumer { node, key } in &port.consumers {
             match node {
                 NodeRef::Operator(o) => queues[o].push_back(Queued {
@@ -434,8 +488,11 @@ impl Pipeline {
                     key,
                     encoding: port.encoding,
                     origin,
+                    producer: producing.take(),
+                    queued_at: Instant::now(),
                 }),
                 NodeRef::Sink(k) => {
+                    let writing = Instant::now();
                     // A JSON Lines sink takes only what is one line of JSON: whatever a module
                     // hands over, it cannot forge lines or write what is not JSON.
                     let text =
@@ -456,6 +513,7 @@ impl Pipeline {
                             sinks[k].write(value)?;
                         }
                     }
+                    sink_stats[k].busy += writing.elapsed();
                 }
                 NodeRef::Source(_) => {}
             }
@@ -495,6 +553,12 @@ impl Pipeline {
     fn drain(&mut self, o: usize) -> anyhow::Result<()> {
         while let Some(queued) = self.queues[o].pop_front() {
             let started = Instant::now();
+            let waited = started.saturating_duration_since(queued.queued_at);
+            match queued.producer {
+                Some(NodeRef::Source(s)) => self.sources[s].stats.backpressured += waited,
+                Some(NodeRef::Operator(u)) => self.stages[u].stats.backpressured += waited,
+                _ => {}
+            }
             let unreadable =
                 self.stages[o].accept(&queued.batch, queued.key, queued.encoding, &mut self.dead);
             self.stages[o].stats.busy += started.elapsed();

@@ -28,6 +28,7 @@ pub struct OperatorInstance {
     config: InstanceConfig,
     guest: Runner,
     broken: bool,
+    health: crate::telemetry::GuestHealth,
 }
 
 impl OperatorInstance {
@@ -39,6 +40,7 @@ impl OperatorInstance {
             config,
             guest,
             broken: false,
+            health: crate::telemetry::GuestHealth::default(),
         })
     }
 
@@ -74,6 +76,7 @@ impl OperatorInstance {
             self.guest = Self::start(&self.module, &self.config)
                 .map_err(|e| GuestFailure(format!("cannot restart the instance: {e}")))?;
             self.broken = false;
+            self.health.rebuilds += 1;
         }
         Ok(())
     }
@@ -85,6 +88,8 @@ impl OperatorInstance {
             Err(failure) => {
                 // A failed call leaves the instance in an unknown state: rebuild it next time.
                 self.broken = true;
+                self.health.failures += 1;
+                self.health.timeouts += u64::from(failure.is_timeout());
                 Err(failure)
             }
         }
@@ -94,6 +99,10 @@ impl OperatorInstance {
 impl Guest for OperatorInstance {
     fn module_hash(&self) -> &str {
         &self.module.hash
+    }
+
+    fn health(&self) -> crate::telemetry::GuestHealth {
+        self.health
     }
 
     fn call(&mut self, call: Call, request: &[&[u8]]) -> Result<&[u8], GuestFailure> {

@@ -62,6 +62,11 @@ pub trait Guest: Send {
     /// slots) and returns the reply, borrowed until the next call.
     fn call(&mut self, call: Call, request: &[&[u8]]) -> Result<&[u8], GuestFailure>;
 
+    /// What this guest went through so far: failed calls, time-outs, rebuilds.
+    fn health(&self) -> crate::telemetry::GuestHealth {
+        crate::telemetry::GuestHealth::default()
+    }
+
     /// [`Call::Process`].
     fn process(&mut self, request: &[&[u8]]) -> Result<&[u8], GuestFailure> {
         self.call(Call::Process, request)

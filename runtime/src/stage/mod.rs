@@ -29,7 +29,7 @@ use crate::state::keyed::{KeyedDelta, KeyedSnapshot, KeyedStore};
 use crate::state::sessions::{SessionSnapshot, SessionStore};
 use crate::state::windows::{WindowSnapshot, WindowStore};
 use crate::state::{Bytes, Fired, Store, partition_of};
-use crate::telemetry::{StageKind, StageStats};
+use crate::telemetry::{GuestHealth, StageKind, StageStats};
 use crate::window::{Bounds, WindowSpec};
 use flumen_sdk::abi::{
     Encoding, OperatorKind, OutputEntry, OutputReader, OutputWriter, RecordRef, SlotRefs,
@@ -149,6 +149,8 @@ pub(crate) struct Stage {
     /// The hash of the module it runs.
     module_hash: String,
     rules: Rules,
+    /// What the guests of the versions this stage replaced went through.
+    health_base: GuestHealth,
 }
 
 impl Stage {
@@ -188,6 +190,7 @@ impl Stage {
             // run in parallel), and learn.
             ns_per_record: PARALLEL_STEP_NS,
             module_hash,
+            health_base: GuestHealth::default(),
             rules: Rules {
                 kind: plan.describe.kind,
                 limits: plan.config.limits,
@@ -202,13 +205,19 @@ impl Stage {
     pub fn adopt(&mut self, old: Stage, keep_state: bool) {
         self.watermark = old.watermark;
         self.last_sweep = old.last_sweep;
-        self.stats.records_in = old.stats.records_in;
-        self.stats.dead_letters = old.stats.dead_letters;
-        for (new, (name, n)) in self.stats.outputs.iter_mut().zip(&old.stats.outputs) {
-            if new.0 == *name {
-                new.1 = *n;
+        self.health_base = old.guest_health();
+        // Every count goes on (a port the new version dropped takes its count with it).
+        let mut outputs = std::mem::take(&mut self.stats.outputs);
+        for (port, n) in &mut outputs {
+            if let Some((_, old_n)) = old.stats.outputs.iter().find(|(p, _)| p == port) {
+                *n = *old_n;
             }
         }
+        self.stats = StageStats {
+            name: std::mem::take(&mut self.stats.name),
+            outputs,
+            ..old.stats.clone()
+        };
         if !keep_state {
             return;
         }
@@ -351,6 +360,24 @@ impl Stage {
             .iter()
             .map(|p| p.keyed.len() + p.windows.len() + p.sessions.len())
             .sum()
+    }
+
+    /// What its guests went through, over every version of the stage.
+    pub fn guest_health(&self) -> GuestHealth {
+        self.partitions
+            .iter()
+            .fold(self.health_base, |sum, p| sum + p.guest.health())
+    }
+
+    /// Keys with state, windows and sessions held, and their bytes, per partition.
+    pub fn state_by_partition(&self) -> (Vec<u64>, Vec<u64>) {
+        self.partitions
+            .iter()
+            .map(|p| {
+                let entries = p.keyed.len() + p.windows.len() + p.sessions.len();
+                (entries as u64, p.state_bytes() as u64)
+            })
+            .unzip()
     }
 
     /// What the stage emitted, per port, not yet handed downstream (output-entry framing).

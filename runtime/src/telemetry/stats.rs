@@ -48,8 +48,11 @@ pub struct StageStats {
     pub windowed: u64,
     /// Window operators: input records too late for every window (sent to `late`).
     pub late: u64,
-    /// Time spent in this stage (operators: processing and firing).
+    /// Time spent in this stage (a source reading, an operator processing and firing, a sink
+    /// writing).
     pub busy: std::time::Duration,
+    /// Time the batches this stage produced waited in downstream stages' queues.
+    pub backpressured: std::time::Duration,
 }
 
 impl StageStats {
@@ -79,6 +82,7 @@ impl StageStats {
             windowed: 0,
             late: 0,
             busy: std::time::Duration::ZERO,
+            backpressured: std::time::Duration::ZERO,
         }
     }
 }
@@ -122,14 +126,15 @@ pub struct CheckpointStats {
 }
 
 impl CheckpointStats {
-    /// The counts without the pause and write times (which grow with the run): what the status
-    /// shows.
+    /// The counts with only the last pause and write time (all of them grow with the run): what
+    /// the status shows.
     pub fn without_times(&self) -> Self {
+        let last = |times: &[std::time::Duration]| times.last().copied().into_iter().collect();
         CheckpointStats {
             dir: self.dir.clone(),
             last_error: self.last_error.clone(),
-            pauses: Vec::new(),
-            writes: Vec::new(),
+            pauses: last(&self.pauses),
+            writes: last(&self.writes),
             ..*self
         }
     }
@@ -194,6 +199,7 @@ impl Summary {
                         "windowed": s.windowed,
                         "late": s.late,
                         "busy_s": s.busy.as_secs_f64(),
+                        "backpressured_s": s.backpressured.as_secs_f64(),
                     }),
                 )
             })

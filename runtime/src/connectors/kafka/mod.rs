@@ -242,6 +242,8 @@ pub struct Context {
     /// Offset commits asked for, and answered (either way).
     commits_sent: std::sync::atomic::AtomicU64,
     commits_done: std::sync::atomic::AtomicU64,
+    /// Each partition's high watermark, from librdkafka's statistics (consumers).
+    high: std::sync::Mutex<std::collections::HashMap<(String, i32), i64>>,
 }
 
 /// A line about the brokers repeats at most this often.
@@ -254,7 +256,14 @@ impl Context {
             last_said: std::sync::Mutex::new(None),
             commits_sent: Default::default(),
             commits_done: Default::default(),
+            high: Default::default(),
         }
+    }
+
+    /// The high watermark of `topic`'s `partition` at the last statistics, if known.
+    pub fn high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
+        let high = self.high.lock().ok()?;
+        high.get(&(topic.to_string(), partition)).copied()
     }
 
     fn say(&self, what: String) {
@@ -285,6 +294,20 @@ impl ClientContext for Context {
 
     fn error(&self, error: KafkaError, reason: &str) {
         self.say(format!("{error}: {reason}"));
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Ok(mut high) = self.high.lock() else {
+            return;
+        };
+        for (name, topic) in statistics.topics {
+            for (partition, p) in topic.partitions {
+                // The internal "unassigned" partition is -1; offsets unknown yet are negative.
+                if partition >= 0 && p.hi_offset >= 0 {
+                    high.insert((name.clone(), partition), p.hi_offset);
+                }
+            }
+        }
     }
 }
 

@@ -93,6 +93,8 @@ impl KafkaSource {
             .set("queued.max.messages.kbytes", "16384")
             .set("fetch.message.max.bytes", "4194304")
             .set("fetch.wait.max.ms", "10")
+            // For the partitions' high watermarks: how far behind the source is.
+            .set("statistics.interval.ms", "1000")
             .create_with_context(Context::new(brokers))
             .map_err(|e| failed(brokers, "create a consumer", e))?;
         let timeout = input.timeout;
@@ -497,6 +499,23 @@ fn with_fields(value: &[u8], fields: &[(&str, serde_json::Value)]) -> Option<Vec
 }
 
 impl Source for KafkaSource {
+    fn lag(&mut self) -> Option<crate::telemetry::Lag> {
+        let context = self.consumer.context();
+        let mut known = false;
+        let mut behind = 0u64;
+        for split in &self.splits {
+            if let Some(high) = context.high_watermark(&split.topic, split.partition) {
+                known = true;
+                let end = split.stop.map_or(high, |stop| stop.min(high));
+                behind += u64::try_from(end - split.offset).unwrap_or(0);
+            }
+        }
+        known.then_some(crate::telemetry::Lag {
+            behind,
+            unit: "offsets",
+        })
+    }
+
     fn next_batch(&mut self, out: &mut SourceBatch) -> std::io::Result<Pull> {
         if !self.started {
             self.start(out).map_err(std::io::Error::other)?;

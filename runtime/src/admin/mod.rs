@@ -1,5 +1,7 @@
-//! The optional admin endpoint (`flumen run --admin 127.0.0.1:PORT`): `GET /status` shows every
-//! stage with its module hash, counters and watermark, and the last reload's outcome;
+//! The optional admin endpoint (`flumen run --admin 127.0.0.1:PORT`): `GET /` is the live web
+//! view (one HTML page embedded in the binary, polling `/status`); `GET /status` shows the graph
+//! and every stage with its module hash, counters, times, watermark, state and guest health, the
+//! reload history and the checkpoints; `GET /metrics` the same in the Prometheus text format;
 //! `POST /reload` asks for a reload, as SIGHUP does.
 //!
 //! A request is untrusted like a record: the endpoint runs on its own thread (axum on hyper,
@@ -92,7 +94,10 @@ pub fn serve(
                 }
             })
         })?;
-    tracing::info!(address = %bound, "admin endpoint: GET /status, POST /reload");
+    tracing::info!(
+        address = %bound,
+        "admin endpoint: web view at http://{bound}/, GET /status, GET /metrics, POST /reload"
+    );
     Ok(bound)
 }
 
@@ -148,7 +153,9 @@ async fn accept(listener: tokio::net::TcpListener, shared: Shared) {
 
 fn router(shared: Shared) -> axum::Router {
     axum::Router::new()
+        .route("/", get(view))
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
         .route("/reload", post(reload))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(shared.clone(), guard))
@@ -158,7 +165,9 @@ fn router(shared: Shared) -> axum::Router {
 /// Every request: the token if one is set, and a body small enough (from its declared length;
 /// a body is never read).
 async fn guard(State(shared): State<Shared>, request: Request, next: Next) -> Response {
-    if let Some(expected) = shared.token_digest {
+    // The page alone holds no data (it asks `/status` with the token from its URL's fragment).
+    let page = request.uri().path() == "/" && request.method() == axum::http::Method::GET;
+    if let Some(expected) = shared.token_digest.filter(|_| !page) {
         let given = bearer(request.headers()).map(digest);
         if given != Some(expected) {
             return (
@@ -205,6 +214,38 @@ async fn status(State(shared): State<Shared>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// The web view.
+const VIEW: &str = include_str!("view.html");
+
+async fn view() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // The page runs only its own script and talks only to this endpoint.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; img-src 'self'",
+            ),
+        ],
+        VIEW,
+    )
+        .into_response()
+}
+
+async fn metrics(State(shared): State<Shared>) -> Response {
+    let status = shared.status.lock().map(|s| s.clone()).unwrap_or_default();
+    let body = crate::telemetry::metrics::render(&status);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
 async fn reload(State(shared): State<Shared>) -> Response {
     match shared.reload.send(Trigger::Asked) {
         Ok(()) => (
@@ -224,7 +265,7 @@ async fn reload(State(shared): State<Shared>) -> Response {
 async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
-        json_error("try GET /status or POST /reload"),
+        json_error("try GET / (the web view), GET /status, GET /metrics or POST /reload"),
     )
         .into_response()
 }
