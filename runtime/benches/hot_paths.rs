@@ -40,6 +40,7 @@ fn guest_call(c: &mut Criterion) {
     let sandbox = Sandbox::new().expect("engine");
     let loaded = sandbox.load(&module).expect("validate.wasm loads");
     let config = InstanceConfig {
+        partition: 0,
         stage: "validate".into(),
         params: serde_json::json!({}),
         ports: vec![PortSpec::default(), PortSpec::default()],

@@ -199,6 +199,7 @@ fn prepare_against(
             }
             let instance_config = InstanceConfig {
                 stage: op.config.name.clone(),
+                partition: 0,
                 params: op.config.params.clone(),
                 ports: op
                     .guest_ports()
@@ -215,7 +216,13 @@ fn prepare_against(
                 },
             };
             let started: Result<Vec<_>, _> = (0..op.partitions)
-                .map(|_| OperatorInstance::new(module.clone(), instance_config.clone()))
+                .map(|partition| {
+                    let config = InstanceConfig {
+                        partition,
+                        ..instance_config.clone()
+                    };
+                    OperatorInstance::new(module.clone(), config)
+                })
                 .collect();
             match started {
                 Ok(partitions) => instances.push(partitions),

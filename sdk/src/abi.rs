@@ -93,8 +93,36 @@ pub mod imports {
     pub const MODULE: &str = "flumen";
     /// `(ptr: i32, len: i32)`: the UTF-8 message of a panic about to trap.
     pub const PANIC: &str = "panic";
+    /// `(level: i32, ptr: i32, len: i32)`: a UTF-8 log line at [`super::LogLevel`] `level`.
+    pub const LOG: &str = "log";
     /// Every function the host provides, for the loader's import check.
-    pub const ALL: &[&str] = &[PANIC];
+    pub const ALL: &[&str] = &[PANIC, LOG];
+}
+
+/// How important a UDF's log line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum LogLevel {
+    /// Something failed.
+    Error = 1,
+    /// Something looks wrong.
+    Warn = 2,
+    /// Worth knowing.
+    Info = 3,
+    /// Detail, shown with `FLUMEN_LOG=debug`.
+    Debug = 4,
+}
+
+impl LogLevel {
+    /// The level numbered `n` (what crosses the boundary); an unknown number is `Debug`.
+    pub fn from_u32(n: u32) -> Self {
+        match n {
+            1 => LogLevel::Error,
+            2 => LogLevel::Warn,
+            3 => LogLevel::Info,
+            _ => LogLevel::Debug,
+        }
+    }
 }
 
 /// The bincode configuration of everything that crosses the boundary: fixed-width integers are

@@ -39,6 +39,7 @@ pub mod aggregate;
 mod codec;
 mod fields;
 pub mod guest;
+pub mod log;
 mod operator;
 pub mod shape;
 pub mod state;

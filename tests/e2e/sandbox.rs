@@ -389,3 +389,43 @@ fn unknown_params_keys_are_refused_whatever_the_udf_says() {
     assert!(errors.contains("`operators.probe.params`"), "{errors}");
     assert!(errors.contains("unknown params key `stmap`"), "{errors}");
 }
+
+/// `flumen_sdk::log::info!` in a module reaches flumen's log with the stage and partition; a
+/// module writing a thousand lines at once gets the burst and a warning, not a thousand lines.
+#[test]
+fn a_udf_logs_into_flumens_log_within_a_rate_limit() {
+    let scenario = Scenario::new();
+    let lines: Vec<String> = ["log", "log_flood", "ok"]
+        .iter()
+        .enumerate()
+        .map(|(id, action)| json!({"id": id, "action": action}).to_string())
+        .collect();
+    scenario.write("probes.jsonl", lines.join("\n"));
+    let pipeline = scenario.pipeline(&pipeline_with(&format!(
+        "{}/misbehave.wasm",
+        modules().display()
+    )));
+    let out = crate::support::flumen()
+        .arg("run")
+        .arg(&pipeline)
+        .env("FLUMEN_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    let hello = log
+        .lines()
+        .find(|l| l.contains("probe 0 says hello"))
+        .unwrap_or_else(|| panic!("no UDF line in\n{log}"));
+    assert!(
+        hello.contains("INFO")
+            && hello.contains("stage=\"probe\"")
+            && hello.contains("partition=0"),
+        "{hello}"
+    );
+    let flood = log.matches("probe 1 line ").count();
+    assert!((100..=250).contains(&flood), "{flood} flood lines kept");
+    assert_eq!(log.matches("log rate limit reached").count(), 1, "{log}");
+    // Every probe came through.
+    assert_eq!(scenario.jsonl("out.jsonl").len(), 3);
+}

@@ -219,34 +219,45 @@ impl BenchGenerator {
 pub const BENCH_ORDER: &str = "BenchOrder";
 
 /// The options of a generator (or bench) source, besides those of every source.
-pub(super) const SOURCE_OPTIONS: &[&str] = &["count", "seed"];
+pub(super) const SOURCE_OPTIONS: &[&str] = &["count", "seed", "rate"];
 
 /// A generator source's kind (`bench` when `typed`), from its options.
 pub(super) fn source_kind(options: &mut dyn Options, typed: bool) -> Option<SourceKind> {
     let count = options.positive("count", 1000, u64::MAX >> 1);
     let seed = options.integer("seed").unwrap_or(0) as u64;
+    let rate = options
+        .integer("rate")
+        .map(|_| options.positive("rate", 1, 100_000_000));
     Some(match typed {
         true => SourceKind::Bench { count, seed },
-        false => SourceKind::Generator { count, seed },
+        false => SourceKind::Generator { count, seed, rate },
     })
 }
 
-/// A source of `count` generated orders from `seed`; typed (bincode `BenchOrder`s) for `bench`.
-pub(super) fn open(count: u64, seed: u64, typed: bool, config: &SourceConfig) -> Box<dyn Source> {
-    match typed {
-        false => Box::new(GeneratorSource {
-            lines: OrderGenerator::new(seed).take(count as usize),
-            batch_size: config.batch_size,
-            drawn: 0,
-        }),
-        true => Box::new(BenchSource {
-            generator: BenchGenerator::new(seed),
-            count,
-            left: count,
-            batch_size: config.batch_size,
-            value: Vec::with_capacity(48),
-        }),
-    }
+/// A source of `count` generated orders from `seed`, at most `rate` a second if given.
+pub(super) fn open(
+    count: u64,
+    seed: u64,
+    rate: Option<u64>,
+    config: &SourceConfig,
+) -> Box<dyn Source> {
+    Box::new(GeneratorSource {
+        lines: OrderGenerator::new(seed).take(count as usize),
+        batch_size: config.batch_size,
+        drawn: 0,
+        rate: rate.map(|r| (r, None)),
+    })
+}
+
+/// A source of `count` typed orders (bincode `BenchOrder`s) from `seed`.
+pub(super) fn open_typed(count: u64, seed: u64, config: &SourceConfig) -> Box<dyn Source> {
+    Box::new(BenchSource {
+        generator: BenchGenerator::new(seed),
+        count,
+        left: count,
+        batch_size: config.batch_size,
+        value: Vec::with_capacity(48),
+    })
 }
 
 /// Generated orders, as `flumen gen orders` writes them.
@@ -255,11 +266,24 @@ struct GeneratorSource<I> {
     batch_size: usize,
     /// Lines drawn from `lines` (blank ones included).
     drawn: u64,
+    /// Lines a second at most, and since when (the first read) and from which line.
+    rate: Option<(u64, Option<(std::time::Instant, u64)>)>,
 }
 
 impl<I: Iterator<Item = String>> Source for GeneratorSource<I> {
     fn next_batch(&mut self, out: &mut SourceBatch) -> std::io::Result<Pull> {
-        while out.len() < self.batch_size {
+        let mut room = self.batch_size;
+        if let Some((rate, since)) = &mut self.rate {
+            let (at, from) = *since.get_or_insert((std::time::Instant::now(), self.drawn));
+            let due = (at.elapsed().as_secs_f64() * *rate as f64) as u64;
+            room = room.min(
+                usize::try_from((from + due).saturating_sub(self.drawn)).unwrap_or(usize::MAX),
+            );
+            if room == 0 {
+                return Ok(Pull::Idle);
+            }
+        }
+        while out.len() < room {
             let Some(line) = self.lines.next() else { break };
             self.drawn += 1;
             if !line.trim().is_empty() {
@@ -271,6 +295,9 @@ impl<I: Iterator<Item = String>> Source for GeneratorSource<I> {
 
     fn retune(&mut self, config: &SourceConfig) {
         self.batch_size = config.batch_size;
+        if let SourceKind::Generator { rate, .. } = config.kind {
+            self.rate = rate.map(|r| (r, None));
+        }
     }
 
     fn position(&mut self) -> std::io::Result<Position> {
@@ -379,16 +406,24 @@ mod tests {
     fn a_generated_sequence_resumes_where_it_was() {
         let config = SourceConfig {
             name: "g".into(),
-            kind: SourceKind::Generator { count: 60, seed: 3 },
+            kind: SourceKind::Generator {
+                count: 60,
+                seed: 3,
+                rate: None,
+            },
             batch_size: 7,
             event_time: None,
             watermark_delay_ms: 0,
             max_record_bytes: 1 << 20,
             max_future_ms: None,
         };
+        let open = |typed: bool, config: &SourceConfig| match typed {
+            true => open_typed(60, 3, config),
+            false => open(60, 3, None, config),
+        };
         for typed in [false, true] {
-            let all = drain(open(60, 3, typed, &config).as_mut());
-            let mut first = open(60, 3, typed, &config);
+            let all = drain(open(typed, &config).as_mut());
+            let mut first = open(typed, &config);
             let mut batch = SourceBatch::new(Vec::new(), None);
             let mut read = 0;
             for _ in 0..2 {
@@ -397,13 +432,44 @@ mod tests {
                 read += batch.len();
             }
             let at = first.position().unwrap();
-            let mut again = open(60, 3, typed, &config);
+            let mut again = open(typed, &config);
             again.seek(&at).unwrap();
             let rest = drain(again.as_mut());
             assert_eq!(read + rest.len(), all.len(), "typed: {typed}");
             assert_eq!(rest, all[all.len() - rest.len()..], "typed: {typed}");
             assert!(again.seek(&at).is_err(), "only before reading");
         }
+    }
+
+    #[test]
+    fn a_rate_holds_the_generator_back() {
+        let config = SourceConfig {
+            name: "g".into(),
+            kind: SourceKind::Generator {
+                count: 1000,
+                seed: 3,
+                rate: Some(100),
+            },
+            batch_size: 1000,
+            event_time: None,
+            watermark_delay_ms: 0,
+            max_record_bytes: 1 << 20,
+            max_future_ms: None,
+        };
+        let mut source = open(1000, 3, Some(100), &config);
+        let mut batch = SourceBatch::new(Vec::new(), None);
+        let started = std::time::Instant::now();
+        let mut read = 0;
+        while started.elapsed() < std::time::Duration::from_millis(200) {
+            batch.clear();
+            source.next_batch(&mut batch).unwrap();
+            read += batch.len();
+        }
+        // 100 a second for 0.2 s: about 20, never the thousand available.
+        assert!(
+            read <= 25 + (started.elapsed().as_secs_f64() * 100.0) as usize,
+            "{read}"
+        );
     }
 
     #[test]

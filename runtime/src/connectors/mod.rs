@@ -71,6 +71,8 @@ pub enum SourceKind {
         count: u64,
         /// The seed: the same seed gives the same orders.
         seed: u64,
+        /// Orders per second, at most (none: as fast as they are taken): a live demo input.
+        rate: Option<u64>,
     },
     /// The benchmark's orders, made in memory (no JSON): typed `BenchOrder` records.
     Bench {
@@ -457,8 +459,10 @@ impl SourceKind {
                 FileSource::open(path.clone(), *follow, config.batch_size)?
                     .with_max_record_bytes(config.max_record_bytes),
             ),
-            SourceKind::Generator { count, seed } => generator::open(*count, *seed, false, config),
-            SourceKind::Bench { count, seed } => generator::open(*count, *seed, true, config),
+            SourceKind::Generator { count, seed, rate } => {
+                generator::open(*count, *seed, *rate, config)
+            }
+            SourceKind::Bench { count, seed } => generator::open_typed(*count, *seed, config),
             SourceKind::Kafka(input) => Box::new(kafka::KafkaSource::open(input, config, journal)?),
         })
     }
@@ -471,9 +475,13 @@ impl SourceKind {
             (SourceKind::Kafka(a), SourceKind::Kafka(b)) => {
                 a.brokers == b.brokers && a.topics == b.topics && a.group == b.group
             }
-            (a @ (SourceKind::Generator { .. } | SourceKind::Bench { .. }), b) => {
-                a == b && old.name == new.name
-            }
+            (
+                SourceKind::Generator { count, seed, .. },
+                SourceKind::Generator {
+                    count: c, seed: s, ..
+                },
+            ) => (count, seed) == (c, s) && old.name == new.name,
+            (a @ SourceKind::Bench { .. }, b) => a == b && old.name == new.name,
             _ => false,
         }
     }

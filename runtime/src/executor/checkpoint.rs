@@ -435,7 +435,9 @@ type Captured = (Checkpoint, Vec<Option<KeyedDelta>>, Vec<Committed>);
 fn input_of(kind: &SourceKind) -> String {
     match kind {
         SourceKind::File { path, .. } => path.display().to_string(),
-        SourceKind::Generator { count, seed } => format!("generated orders ({count}, seed {seed})"),
+        SourceKind::Generator { count, seed, .. } => {
+            format!("generated orders ({count}, seed {seed})")
+        }
         SourceKind::Bench { count, seed } => format!("bench orders ({count}, seed {seed})"),
         SourceKind::Kafka(input) => {
             format!(

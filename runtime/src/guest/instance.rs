@@ -13,6 +13,8 @@ use std::sync::Arc;
 pub struct InstanceConfig {
     /// The stage's name, for messages.
     pub stage: String,
+    /// Which partition of the stage the instance runs, for its log lines.
+    pub partition: usize,
     /// The stage's `params`, as JSON.
     pub params: serde_json::Value,
     /// How each port's records are written: main first, then the side outputs.
@@ -45,7 +47,11 @@ impl OperatorInstance {
     }
 
     fn start(module: &LoadedModule, config: &InstanceConfig) -> Result<Runner, ModuleError> {
-        let mut guest = Runner::instantiate(module, config.limits, Purpose::Operator)?;
+        let purpose = Purpose::Operator {
+            stage: config.stage.as_str().into(),
+            partition: config.partition,
+        };
+        let mut guest = Runner::instantiate(module, config.limits, purpose)?;
         let request = InitRequest {
             stage: config.stage.clone(),
             params_json: config.params.to_string(),

@@ -5,7 +5,7 @@
 use super::Export;
 use super::failure::GuestFailure;
 use super::native::NativeLibrary;
-use super::wasm::{EPOCH_TICK, GuestState, Runner, host_panic};
+use super::wasm::{EPOCH_TICK, GuestState, Runner, host_log, host_panic};
 use flumen_sdk::abi::{self, ABI_VERSION, Describe, imports};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -152,6 +152,8 @@ impl Sandbox {
         let mut linker = Linker::new(&engine);
         linker
             .func_wrap(imports::MODULE, imports::PANIC, host_panic)
+            .map_err(engine_error)?
+            .func_wrap(imports::MODULE, imports::LOG, host_log)
             .map_err(engine_error)?;
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -426,13 +428,19 @@ pub(super) const DESCRIBE_LIMITS: Limits = Limits {
     timeout: Duration::from_secs(5),
 };
 
-/// What an instance is for: its limits' names in messages differ.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What an instance is for: its limits' names in messages differ, and an operator's log lines
+/// name its stage and partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Purpose {
     /// Only to describe its module, under [`DESCRIBE_LIMITS`].
     Describe,
-    /// To run a stage, under the stage's limits.
-    Operator,
+    /// To run partition `partition` of stage `stage`, under the stage's limits.
+    Operator {
+        /// The stage's name.
+        stage: Arc<str>,
+        /// The partition's index.
+        partition: usize,
+    },
 }
 
 /// Resource limits of one instance.

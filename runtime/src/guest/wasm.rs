@@ -17,6 +17,11 @@ use wasmtime::{Caller, Engine, InstancePre, Memory, ResourceLimiter, Store, Trap
 pub(super) const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// Longest panic message kept from a guest.
 const MAX_PANIC_MESSAGE: usize = 4096;
+/// Longest log line kept from a guest; the rest is cut.
+pub const MAX_LOG_LINE: usize = 4096;
+/// Log lines an instance may write per second, on average, and at once.
+pub const LOG_LINES_PER_SECOND: f64 = 50.0;
+pub const LOG_BURST: f64 = 200.0;
 
 /// The host state of one store.
 pub(super) struct GuestState {
@@ -25,6 +30,89 @@ pub(super) struct GuestState {
     memory_limit: usize,
     memory_limit_hit: bool,
     panic_message: Option<String>,
+    log: GuestLog,
+}
+
+/// Who an instance's log lines are from, and how many it may still write (a token bucket).
+struct GuestLog {
+    stage: std::sync::Arc<str>,
+    partition: usize,
+    tokens: f64,
+    refilled: std::time::Instant,
+    /// Lines refused by the rate limit since the last one written.
+    dropped: u64,
+}
+
+impl GuestLog {
+    fn new(purpose: &Purpose) -> Self {
+        let (stage, partition) = match purpose {
+            Purpose::Describe => ("(describe)".into(), 0),
+            Purpose::Operator { stage, partition } => (stage.clone(), *partition),
+        };
+        GuestLog {
+            stage,
+            partition,
+            tokens: LOG_BURST,
+            refilled: std::time::Instant::now(),
+            dropped: 0,
+        }
+    }
+
+    /// Whether a line may be written now.
+    fn allow(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * LOG_LINES_PER_SECOND;
+        self.tokens = (self.tokens + earned).min(LOG_BURST);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            if self.dropped == 0 {
+                tracing::warn!(
+                    target: "udf",
+                    stage = &*self.stage,
+                    partition = self.partition,
+                    "log rate limit reached ({LOG_LINES_PER_SECOND} lines a second): dropping lines"
+                );
+            }
+            self.dropped += 1;
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
+/// `flumen.log(level, ptr, len)`: a line from the UDF (`flumen_sdk::log::info!` …) into flumen's
+/// log, naming the stage and partition; at most [`LOG_LINES_PER_SECOND`] lines a second
+/// ([`LOG_BURST`] at once) and [`MAX_LOG_LINE`] bytes each. Its time counts against the call's
+/// deadline like the guest's own.
+pub(super) fn host_log(mut caller: Caller<'_, GuestState>, level: u32, ptr: u32, len: u32) {
+    if !caller.data_mut().log.allow() {
+        return;
+    }
+    let Some(memory) = caller
+        .get_export(abi::exports::MEMORY)
+        .and_then(|e| e.into_memory())
+    else {
+        return;
+    };
+    let start = ptr as usize;
+    let end = start.saturating_add((len as usize).min(MAX_LOG_LINE));
+    let Some(bytes) = memory.data(&caller).get(start..end) else {
+        return;
+    };
+    let line = String::from_utf8_lossy(bytes).into_owned();
+    let log = &mut caller.data_mut().log;
+    let dropped = std::mem::take(&mut log.dropped);
+    let (stage, partition) = (&*log.stage, log.partition);
+    if dropped > 0 {
+        tracing::warn!(target: "udf", stage, partition, "{dropped} lines dropped by the log rate limit");
+    }
+    match abi::LogLevel::from_u32(level) {
+        abi::LogLevel::Error => tracing::error!(target: "udf", stage, partition, "{line}"),
+        abi::LogLevel::Warn => tracing::warn!(target: "udf", stage, partition, "{line}"),
+        abi::LogLevel::Info => tracing::info!(target: "udf", stage, partition, "{line}"),
+        abi::LogLevel::Debug => tracing::debug!(target: "udf", stage, partition, "{line}"),
+    }
 }
 
 impl ResourceLimiter for GuestState {
@@ -133,6 +221,7 @@ impl WasmGuest {
             memory_limit: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
             memory_limit_hit: false,
             panic_message: None,
+            log: GuestLog::new(&purpose),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| state);

@@ -35,6 +35,17 @@ pub fn misbehave(probe: Probe, settings: &Settings) -> Result<Probe, String> {
             action: "x".repeat(100_000),
             ..probe
         }),
+        // Lines into flumen's log: one, or a thousand at once (past the rate limit).
+        "log" => {
+            flumen_sdk::log::info!("probe {} says hello", probe.id);
+            Ok(probe)
+        }
+        "log_flood" => {
+            for n in 0..1000 {
+                flumen_sdk::log::warn!("probe {} line {n}", probe.id);
+            }
+            Ok(probe)
+        }
         "alloc" => {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
             loop {
