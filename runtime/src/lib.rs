@@ -16,6 +16,7 @@ mod diff;
 pub mod executor;
 pub mod guest;
 pub mod plan;
+pub mod rebuild;
 pub mod reload;
 pub mod shape;
 mod stage;

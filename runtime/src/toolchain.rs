@@ -16,6 +16,89 @@ const DEBIAN_CARGO: &str = "/usr/bin/cargo";
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_STD_SOURCE: &str = "/usr/lib/rustlib/src/rust/library/std";
 
+/// Where flumen's own source is, if this binary was built from it and it is still there: the
+/// SDK a new crate depends on, and the target folder every module build shares.
+pub fn source_home() -> Option<PathBuf> {
+    let home = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    home.join("sdk/Cargo.toml")
+        .exists()
+        .then(|| home.to_path_buf())
+}
+
+/// The SDK crate's folder: `FLUMEN_SDK`, else the one beside this binary's source.
+pub fn sdk_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("FLUMEN_SDK") {
+        return Ok(PathBuf::from(dir));
+    }
+    source_home().map(|home| home.join("sdk")).context(
+        "cannot find flumen's SDK: this flumen was not built from a source tree that is still \
+         there; set FLUMEN_SDK to the `sdk` folder of a flumen checkout",
+    )
+}
+
+/// The one target folder every Wasm module build uses, whatever crate it is and wherever it
+/// lies, so `std` for Wasm and the SDK are compiled once per machine: `FLUMEN_TARGET_DIR`, else
+/// `target/wasm` of flumen's source tree, else `~/.cache/flumen/wasm-target`.
+pub fn shared_target_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FLUMEN_TARGET_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(home) = source_home() {
+        return home.join("target/wasm");
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    cache.join("flumen/wasm-target")
+}
+
+/// The file beside module `module` that names the crate it was built from.
+pub fn source_note(module: &Path) -> PathBuf {
+    module.with_extension("source")
+}
+
+/// The crate module `module` was built from (its folder), as `flumen build` noted it.
+pub fn source_crate(module: &Path) -> Option<PathBuf> {
+    let manifest = std::fs::read_to_string(source_note(module)).ok()?;
+    let dir = Path::new(manifest.trim()).parent()?.to_path_buf();
+    dir.join("Cargo.toml").exists().then_some(dir)
+}
+
+/// The newest modification time of a crate's sources (`Cargo.toml`, `src/`), and which file.
+pub fn newest_source(crate_dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    let mut pending = vec![crate_dir.join("src")];
+    let consider = |path: PathBuf, newest: &mut Option<(std::time::SystemTime, PathBuf)>| {
+        if let Ok(modified) = std::fs::metadata(&path).and_then(|m| m.modified())
+            && newest.as_ref().is_none_or(|(t, _)| modified > *t)
+        {
+            *newest = Some((modified, path));
+        }
+    };
+    consider(crate_dir.join("Cargo.toml"), &mut newest);
+    // Bounded: a crate's sources, not a whole disk.
+    let mut seen = 0;
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > 10_000 {
+                return newest;
+            }
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                consider(path, &mut newest);
+            }
+        }
+    }
+    newest
+}
+
 /// How modules get built on this machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Toolchain {
@@ -149,7 +232,7 @@ pub fn build(
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
     let mut modules = Vec::new();
     for krate in crates {
-        let target_dir = target_dir(&krate.manifest)?.join("wasm");
+        let target_dir = shared_target_dir();
         let mut cargo = match toolchain {
             Toolchain::Rustup => Command::new("cargo"),
             Toolchain::DebianBuildStd { linker } => {
@@ -183,8 +266,19 @@ pub fn build(
             .env("CARGO_PROFILE_RELEASE_PANIC", "abort")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        tracing::info!(package = %krate.package, "building module");
-        modules.extend(run_and_collect(cargo, krate, "wasm", out_dir)?);
+        tracing::info!(package = %krate.package, target = %target_dir.display(), "building module");
+        let built = run_and_collect(cargo, krate, "wasm", out_dir)?;
+        for module in &built {
+            // Which crate it comes from: what `flumen run --watch` checks it against.
+            let manifest = std::path::absolute(&krate.manifest)?;
+            let note = source_note(module);
+            if std::fs::read_to_string(&note).ok().as_deref() != Some(&*manifest.to_string_lossy())
+            {
+                std::fs::write(&note, manifest.to_string_lossy().as_bytes())
+                    .with_context(|| format!("cannot write {}", note.display()))?;
+            }
+        }
+        modules.extend(built);
     }
     Ok(modules)
 }
@@ -243,30 +337,6 @@ pub fn build_native(crates: &[UdfCrate], out_dir: &Path) -> anyhow::Result<Vec<P
         libraries.extend(run_and_collect(cargo, krate, extension, out_dir)?);
     }
     Ok(libraries)
-}
-
-fn target_dir(manifest: &Path) -> anyhow::Result<PathBuf> {
-    let output = Command::new("cargo")
-        .args([
-            "metadata",
-            "--no-deps",
-            "--format-version",
-            "1",
-            "--manifest-path",
-        ])
-        .arg(manifest)
-        .stderr(Stdio::inherit())
-        .output()
-        .context("cannot run `cargo metadata`")?;
-    if !output.status.success() {
-        bail!("`cargo metadata` failed for {}", manifest.display());
-    }
-    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)
-        .context("`cargo metadata` printed something that is not JSON")?;
-    metadata["target_directory"]
-        .as_str()
-        .map(PathBuf::from)
-        .context("`cargo metadata` gave no target directory")
 }
 
 /// The files ending in `.{extension}` in cargo's JSON messages.

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod author;
 mod checkpoints;
 mod cli;
 mod config_errors;

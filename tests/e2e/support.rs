@@ -229,6 +229,21 @@ impl Live {
         Live { child, stderr }
     }
 
+    /// Starts `flumen run ARGS…` in folder `dir`, its standard error going to `stderr`.
+    pub fn start_in(dir: &Path, args: &[&str], stderr: PathBuf) -> Live {
+        let log = std::fs::File::create(&stderr).unwrap();
+        let child = flumen()
+            .current_dir(dir)
+            .arg("run")
+            .args(args)
+            .env("FLUMEN_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Live { child, stderr }
+    }
+
     /// The process id of the running `flumen`.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -5,8 +5,7 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// UDF crates, or folders of UDF crates.
-    #[arg(default_value = "udfs")]
+    /// UDF crates, or folders of UDF crates (default: the crate in this folder, else `udfs`).
     paths: Vec<PathBuf>,
     /// Where the modules go.
     #[arg(long, default_value = "target/flumen")]
@@ -24,6 +23,15 @@ pub fn run(
     }: Args,
 ) -> anyhow::Result<ExitCode> {
     let toolchain = flumen::toolchain::detect()?;
+    let paths = match paths.is_empty() {
+        false => paths,
+        true => match flumen::toolchain::find_crates(std::path::Path::new(".")) {
+            Ok(here) if !here.is_empty() && std::path::Path::new("Cargo.toml").exists() => {
+                vec![PathBuf::from(".")]
+            }
+            _ => vec![PathBuf::from("udfs")],
+        },
+    };
     let mut crates = Vec::new();
     for path in &paths {
         crates.extend(flumen::toolchain::find_crates(path)?);

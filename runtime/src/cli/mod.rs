@@ -6,6 +6,7 @@ mod checkpoint;
 mod gen_data;
 mod graph;
 mod kafka;
+mod new;
 mod run;
 mod validate;
 
@@ -39,6 +40,8 @@ enum Command {
     Kafka(kafka::Args),
     /// Draw a pipeline: its sources, operators and sinks and what feeds what (no module needed).
     Graph(graph::Args),
+    /// Start a UDF crate or a pipeline file that builds, tests and runs as created.
+    New(new::Args),
 }
 
 /// Runs the verb `cli` names.
@@ -51,5 +54,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Checkpoint(args) => checkpoint::run(args),
         Command::Kafka(args) => kafka::run(args),
         Command::Graph(args) => graph::run(args),
+        Command::New(args) => new::run(args),
     }
 }

@@ -22,9 +22,14 @@ pub struct Args {
     /// Partitions of every keyed stage.
     #[arg(long, env = "FLUMEN_PARALLELISM", default_value_t = 1)]
     parallelism: usize,
-    /// Reload when the pipeline file or one of its modules changes (SIGHUP reloads anyway).
+    /// Reload when the pipeline file or one of its modules changes (SIGHUP reloads anyway); a
+    /// module older than the crate it was built from is pointed out.
     #[arg(long)]
     watch: bool,
+    /// With --watch: rebuild a module's UDF crate when its sources change (then the new module
+    /// is hot-swapped in).
+    #[arg(long, requires = "watch")]
+    build: bool,
     /// Serve the web view (GET /), GET /status, GET /metrics and POST /reload on this address
     /// (e.g. 127.0.0.1:9090).
     #[arg(long, value_name = "ADDRESS")]
@@ -57,6 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         pipeline,
         parallelism,
         watch,
+        build,
         admin,
         keep_serving,
         admin_token,
@@ -84,6 +90,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let files = flumen::reload::watched_files(&pipeline, &prepared);
+    let modules: Vec<PathBuf> = prepared
+        .config
+        .operators
+        .iter()
+        .map(|o| o.module.clone())
+        .collect();
     let running_plan = prepared.plan.clone();
     let mut running = match start(prepared, fresh) {
         Ok(Start::Run(running)) => *running,
@@ -119,6 +131,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         running: running_plan,
     };
     flumen::reload::spawn(reloader, files, triggers, trigger_sender, link)?;
+    if watch {
+        let sources = flumen::rebuild::sources(&modules);
+        match build {
+            true => flumen::rebuild::spawn(sources)?,
+            false => {
+                for why in sources.iter().filter_map(flumen::rebuild::stale) {
+                    tracing::warn!("{why}");
+                }
+            }
+        }
+    }
     if let Some(status) = status {
         running.report_to(status);
     }

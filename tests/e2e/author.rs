@@ -1,0 +1,130 @@
+//! The UDF author's path, as a newcomer takes it: `flumen new udf` anywhere on the machine →
+//! `cargo test` → `flumen build` → `flumen run --watch --build` → an edit hot-swapped in.
+
+use crate::support::{Live, flumen, modules, wait_until};
+use std::path::Path;
+use std::process::Command;
+
+/// `cargo test` in `dir`, sharing `target` between the crates of one test.
+fn cargo_test(dir: &Path, target: &Path) {
+    let out = Command::new("cargo")
+        .args(["test", "--quiet"])
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", target)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "cargo test in {}:\n{text}\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every kind `flumen new udf` makes is a crate outside the repository whose unit test passes
+/// as created; a name that cannot be a crate's is refused.
+#[test]
+fn every_kind_of_new_udf_tests_green_as_created() {
+    let place = tempfile::tempdir().unwrap();
+    let target = place.path().join("shared-target");
+    for kind in [
+        "map",
+        "filter",
+        "filter-map",
+        "flat-map",
+        "process",
+        "aggregate",
+    ] {
+        let name = format!("my-{kind}");
+        let out = flumen()
+            .args(["new", "udf", &name, "--kind", kind, "--dir"])
+            .arg(place.path().join(&name))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = place.path().join(&name);
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        let sdk = crate::support::workspace().join("sdk");
+        assert!(
+            manifest.contains(&format!("path = \"{}\"", sdk.display())),
+            "{manifest}"
+        );
+        cargo_test(&dir, &target);
+    }
+    let refused = flumen().args(["new", "udf", "Bad Name"]).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("cannot be a name"));
+}
+
+/// A crate made by `flumen new` outside the repository builds with `flumen build` (into the
+/// machine's shared target folder), runs live under `--watch --build`, and an edit of its source
+/// is rebuilt and hot-swapped in, state kept, while records flow.
+#[test]
+fn a_new_udf_is_built_run_and_hot_swapped_on_edit() {
+    modules();
+    let place = tempfile::tempdir().unwrap();
+    let dir = place.path().join("big-orders");
+    let made = flumen()
+        .args(["new", "udf", "big-orders", "--kind", "process", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let build = flumen().arg("build").current_dir(&dir).output().unwrap();
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let module = dir.join("target/flumen/big_orders.wasm");
+    assert!(module.exists());
+    // The build used the shared target folder, not one of the crate's own.
+    assert!(!dir.join("target/wasm32-unknown-unknown").exists());
+    assert!(!dir.join("target/release").exists());
+
+    let live = Live::start_in(
+        &dir,
+        &["pipeline.toml", "--watch", "--build"],
+        place.path().join("stderr.log"),
+    );
+    live.wait_for_log("--build: rebuilding", 1);
+    let out = dir.join("out/big-orders.jsonl");
+    wait_until(
+        "big spenders",
+        || crate::support::line_count(&out) > 0,
+        || live.log(),
+    );
+    // A module older than its source is pointed out without --build.
+    let lib = dir.join("src/lib.rs");
+    let text = std::fs::read_to_string(&lib).unwrap();
+    let edited = text.replace(
+        "(before < params.threshold_cents && after >= params.threshold_cents)",
+        "(before < params.threshold_cents / 2 && after >= params.threshold_cents / 2)",
+    );
+    assert_ne!(text, edited);
+    std::fs::write(&lib, edited).unwrap();
+    live.wait_for_log("source changed: rebuilding", 1);
+    live.wait_for_log("swapped operator `big_orders`", 1);
+    assert!(live.log().contains("state kept"), "{}", live.log());
+    assert!(live.terminate().success());
+
+    // Without --build, a stale module is named with what to do.
+    std::fs::write(
+        &lib,
+        format!("{}\n// touched\n", std::fs::read_to_string(&lib).unwrap()),
+    )
+    .unwrap();
+    let stale = Live::start_in(
+        &dir,
+        &["pipeline.toml", "--watch"],
+        place.path().join("stale.log"),
+    );
+    stale.wait_for_log("is older than its source", 1);
+    assert!(stale.log().contains("flumen build"), "{}", stale.log());
+    assert!(stale.terminate().success());
+}
