@@ -22,6 +22,7 @@ pub mod shape;
 mod stage;
 mod state;
 pub mod telemetry;
+pub mod testcases;
 pub mod toolchain;
 pub mod window;
 

@@ -128,3 +128,61 @@ fn a_new_udf_is_built_run_and_hot_swapped_on_edit() {
     assert!(stale.log().contains("flumen build"), "{}", stale.log());
     assert!(stale.terminate().success());
 }
+
+/// `flumen test` on the reference pipeline's own `[[tests]]` (expected records from the spec):
+/// they pass; a case expecting another score fails with a diff and exit 1; a misspelled key in a
+/// case is refused with the file, line and key, exit 2.
+#[test]
+fn flumen_test_passes_fails_with_a_diff_and_refuses_a_malformed_case() {
+    modules();
+    let scenario = crate::support::Scenario::new();
+    let toml = crate::support::reference_pipeline(&scenario);
+    let test = |file: &Path| {
+        let out = flumen().arg("test").arg(file).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stdout, stderr)
+    };
+    let (code, stdout, _) = test(&toml);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("3 passed, 0 failed"), "{stdout}");
+
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let wrong = scenario.write(
+        "wrong.toml",
+        text.replace("score = 40, flagged = false", "score = 90, flagged = true"),
+    );
+    let (code, stdout, _) = test(&wrong);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("test a valid order is scored, a bad one rejected ... FAILED"));
+    assert!(
+        stdout.contains(r#"- {"flagged":true,"order_id":1,"score":90,"user_id":7}"#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#"+ {"flagged":false,"order_id":1,"score":40,"user_id":7}"#),
+        "{stdout}"
+    );
+    assert!(stdout.contains("2 passed, 1 failed"), "{stdout}");
+
+    let malformed = scenario.write(
+        "malformed.toml",
+        text.replace(
+            "from = \"rejected\"\nrecords",
+            "from = \"rejected\"\nrecods",
+        ),
+    );
+    let line = std::fs::read_to_string(&malformed)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("recods"))
+        .unwrap()
+        + 1;
+    let (code, _, stderr) = test(&malformed);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("malformed.toml:{line}:"))
+            && stderr.contains("unknown field `recods`"),
+        "{stderr}"
+    );
+}

@@ -3,7 +3,8 @@
 //! DevTools protocol, against a real running reference pipeline.
 
 use crate::support::{
-    Live, Scenario, append, free_loopback_address, http, modules, wait_until, workspace,
+    Live, Scenario, append, free_loopback_address, http, modules, reference_pipeline, wait_until,
+    workspace,
 };
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,13 +22,6 @@ fn orders(count: usize, seed: u64) -> String {
         .unwrap();
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// The reference pipeline with its modules from the test build.
-fn reference_pipeline(scenario: &Scenario) -> PathBuf {
-    let text = std::fs::read_to_string(workspace().join("pipelines/orders.toml")).unwrap();
-    let text = text.replace("../target/flumen", &modules().display().to_string());
-    scenario.write("orders.toml", text)
 }
 
 /// Every stage of a pipeline file: sources, operators, sinks.

@@ -207,6 +207,13 @@ pub fn assert_same_set(what: &str, actual: Vec<Value>, expected: Vec<Value>) {
     );
 }
 
+/// The reference pipeline with its modules from the test build.
+pub fn reference_pipeline(scenario: &Scenario) -> PathBuf {
+    let text = std::fs::read_to_string(workspace().join("pipelines/orders.toml")).unwrap();
+    let text = text.replace("../target/flumen", &modules().display().to_string());
+    scenario.write("orders.toml", text)
+}
+
 /// A `flumen run` in the background, for tests of a live pipeline.
 pub struct Live {
     child: std::process::Child,

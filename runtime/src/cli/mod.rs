@@ -8,6 +8,7 @@ mod graph;
 mod kafka;
 mod new;
 mod run;
+mod test;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +43,8 @@ enum Command {
     Graph(graph::Args),
     /// Start a UDF crate or a pipeline file that builds, tests and runs as created.
     New(new::Args),
+    /// Run the test cases (`[[tests]]`) of a pipeline file; exits 1 if one fails, with a diff.
+    Test(test::Args),
 }
 
 /// Runs the verb `cli` names.
@@ -55,5 +58,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kafka(args) => kafka::run(args),
         Command::Graph(args) => graph::run(args),
         Command::New(args) => new::run(args),
+        Command::Test(args) => test::run(args),
     }
 }

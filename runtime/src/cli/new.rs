@@ -263,7 +263,13 @@ fn pipeline_only(name: &str) -> String {
          [sources.orders]\ntype = \"generator\"\ncount = 10_000\nseed = 1\nevent_time = \"ts\"\n\
          watermark_delay_ms = 5000\n\n\
          [sinks.out]\ntype = \"file\"\npath = \"out/{name}.jsonl\"\ninputs = [\"orders\"]\n\n\
-         [sinks.dead_letter]\ntype = \"file\"\npath = \"out/{name}-dead_letter.jsonl\"\n"
+         [sinks.dead_letter]\ntype = \"file\"\npath = \"out/{name}-dead_letter.jsonl\"\n\n\
+         # `flumen test {name}.toml` runs these cases; add one per behaviour of your operators.\n\
+         [[tests]]\nname = \"an order passes through\"\n\n[[tests.inputs]]\ninto = \"orders\"\n\
+         records = [{{ order_id = 1, user_id = 7, sku = \"SKU-0001\", qty = 2, price_cents = 500, \
+         country = \"FR\", ts = 1700000000000 }}]\n\n[[tests.outputs]]\nfrom = \"out\"\n\
+         records = [{{ order_id = 1, user_id = 7, sku = \"SKU-0001\", qty = 2, price_cents = 500, \
+         country = \"FR\", ts = 1700000000000 }}]\n"
     )
 }
 

@@ -30,6 +30,10 @@ pub(super) struct RawFile {
     operators: BTreeMap<String, RawOperator>,
     #[serde(default)]
     sinks: BTreeMap<String, toml::Table>,
+    /// Test cases, read by `flumen test` (see [`crate::config::load_section`]).
+    #[serde(default)]
+    #[allow(dead_code)]
+    tests: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -299,6 +299,51 @@ pub fn load(path: &Path) -> (Option<PipelineConfig>, Vec<ConfigError>) {
     }
 }
 
+/// Reads the pipeline file at `path` (`${VAR}`s from the environment) as `T`, ignoring what `T`
+/// does not name: another tool's section of the file, such as `flumen test`'s `[[tests]]`.
+/// Errors name the file, line and key, like the pipeline's own.
+pub fn load_section<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigErrors> {
+    let mut report = Report {
+        file: path.to_path_buf(),
+        text: String::new(),
+        errors: Vec::new(),
+    };
+    let text = match std::fs::read(path) {
+        Ok(bytes) if bytes.len() as u64 <= MAX_PIPELINE_BYTES => {
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+        Ok(_) => {
+            report.errors.push(ConfigError {
+                file: path.to_path_buf(),
+                location: None,
+                key: String::new(),
+                message: format!("it is larger than {MAX_PIPELINE_BYTES} bytes"),
+            });
+            return Err(ConfigErrors(report.errors));
+        }
+        Err(e) => {
+            report.errors.push(ConfigError {
+                file: path.to_path_buf(),
+                location: None,
+                key: String::new(),
+                message: format!("cannot read the pipeline file: {e}"),
+            });
+            return Err(ConfigErrors(report.errors));
+        }
+    };
+    report.text = substitute_env(&text, &|name| std::env::var(name).ok(), &mut report);
+    if !report.errors.is_empty() {
+        return Err(ConfigErrors(report.errors));
+    }
+    match toml::from_str(&report.text) {
+        Ok(value) => Ok(value),
+        Err(error) => {
+            report.at_span(error.span(), error.message().to_string());
+            Err(ConfigErrors(report.errors))
+        }
+    }
+}
+
 /// Checks pipeline `text` read from `file`, taking `${VAR}`s from `env`.
 pub fn parse(
     file: &Path,

@@ -88,6 +88,8 @@ pub struct Pipeline {
     checkpoint_dir: Option<std::path::PathBuf>,
     /// The pipeline's graph, for the status.
     graph: crate::telemetry::Graph,
+    /// The watermark a source moves to when it ends: +∞ (every window fires), or a test's.
+    end_watermark: i64,
 }
 
 /// What [`Pipeline::resume`] restored.
@@ -296,7 +298,14 @@ impl Pipeline {
             restored,
             checkpoint_dir,
             graph,
+            end_watermark: i64::MAX,
         })
+    }
+
+    /// Makes an ended source's watermark `watermark` instead of +∞: only the windows that
+    /// watermark completes fire at the end (what `flumen test` checks).
+    pub fn end_at_watermark(&mut self, watermark: i64) {
+        self.end_watermark = watermark;
     }
 
     /// Whether every source has ended: running would do nothing more (a bounded run resumed
@@ -370,8 +379,9 @@ impl Pipeline {
                     Pull::Idle => {}
                     Pull::Busy => progressed = true,
                     Pull::Finished => {
-                        self.sources[s].finished = true;
-                        self.sources[s].watermark = i64::MAX;
+                        let source = &mut self.sources[s];
+                        source.finished = true;
+                        source.watermark = source.watermark.max(self.end_watermark);
                         progressed = true;
                     }
                 }
