@@ -186,3 +186,43 @@ fn flumen_test_passes_fails_with_a_diff_and_refuses_a_malformed_case() {
         "{stderr}"
     );
 }
+
+/// A bounded run on a terminal (a pseudo-terminal from `script`) redraws a progress line —
+/// records, rate, ETA — on standard error; with standard error not a terminal, it writes none.
+#[test]
+fn a_long_bounded_run_on_a_terminal_shows_progress() {
+    let place = tempfile::tempdir().unwrap();
+    let made = flumen()
+        .current_dir(place.path())
+        .args(["new", "pipeline", "slow"])
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let file = place.path().join("slow.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace("count = 10_000", "count = 3000\nrate = 1000"),
+    )
+    .unwrap();
+    let binary = env!("CARGO_BIN_EXE_flumen");
+    let on_tty = Command::new("script")
+        .args(["-qfec", &format!("{binary} run slow.toml"), "/dev/null"])
+        .current_dir(place.path())
+        .env("FLUMEN_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(on_tty.status.success());
+    let shown = String::from_utf8_lossy(&on_tty.stdout);
+    assert!(
+        shown.contains(" records · ") && shown.contains("/s · ETA "),
+        "{shown}"
+    );
+    let piped = flumen()
+        .current_dir(place.path())
+        .args(["run", "slow.toml"])
+        .output()
+        .unwrap();
+    assert!(piped.status.success());
+    assert!(!String::from_utf8_lossy(&piped.stderr).contains(" records · "));
+}

@@ -7,6 +7,7 @@ mod gen_data;
 mod graph;
 mod kafka;
 mod new;
+mod progress;
 mod run;
 mod test;
 mod validate;

@@ -97,6 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(|o| o.module.clone())
         .collect();
     let running_plan = prepared.plan.clone();
+    let running_config = prepared.config.clone();
     let mut running = match start(prepared, fresh) {
         Ok(Start::Run(running)) => *running,
         Ok(Start::Finished(why)) => {
@@ -108,14 +109,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let status = admin.as_ref().map(|_| {
-        Arc::new(std::sync::Mutex::new(flumen::telemetry::Status {
-            pipeline: pipeline.display().to_string(),
-            started_at_ms: flumen::telemetry::status::now_ms(),
-            ..Default::default()
-        }))
-    });
-    if let (Some(address), Some(status)) = (&admin, &status) {
+    // What the admin endpoint serves and the progress line shows.
+    let status = Arc::new(std::sync::Mutex::new(flumen::telemetry::Status {
+        pipeline: pipeline.display().to_string(),
+        started_at_ms: flumen::telemetry::status::now_ms(),
+        ..Default::default()
+    }));
+    if let Some(address) = &admin {
         let config = flumen::admin::AdminConfig {
             address: address.clone(),
             token: admin_token,
@@ -142,11 +142,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    if let Some(status) = status {
-        running.report_to(status);
-    }
+    running.report_to(status.clone());
+    let done = Arc::new(AtomicBool::new(false));
+    // Only for a run that ends by itself: a followed input has no end to estimate.
+    let progress = match follows(&running_config) {
+        true => None,
+        false => super::progress::spawn(status, done.clone()),
+    };
     let started = std::time::Instant::now();
-    let summary = running.run(&stop, Some(&reloads))?;
+    let summary = running.run(&stop, Some(&reloads));
+    done.store(true, Ordering::Relaxed);
+    if let Some(progress) = progress {
+        let _ = progress.join();
+    }
+    let summary = summary?;
     let elapsed = started.elapsed();
     eprint!("{summary}");
     if let Some(path) = summary_json {
@@ -162,6 +171,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether a source of `config` never ends by itself (a followed file, an unbounded topic).
+fn follows(config: &flumen::config::PipelineConfig) -> bool {
+    use flumen::connectors::SourceKind;
+    config.sources.iter().any(|s| match &s.kind {
+        SourceKind::File { follow, .. } => *follow,
+        SourceKind::Kafka(input) => !input.stop_at_end,
+        SourceKind::Generator { .. } | SourceKind::Bench { .. } => false,
+    })
 }
 
 /// What `flumen run` does after preparing the pipeline.

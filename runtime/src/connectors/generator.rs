@@ -243,6 +243,7 @@ pub(super) fn open(
 ) -> Box<dyn Source> {
     Box::new(GeneratorSource {
         lines: OrderGenerator::new(seed).take(count as usize),
+        count,
         batch_size: config.batch_size,
         drawn: 0,
         rate: rate.map(|r| (r, None)),
@@ -263,6 +264,8 @@ pub(super) fn open_typed(count: u64, seed: u64, config: &SourceConfig) -> Box<dy
 /// Generated orders, as `flumen gen orders` writes them.
 struct GeneratorSource<I> {
     lines: I,
+    /// Lines in all.
+    count: u64,
     batch_size: usize,
     /// Lines drawn from `lines` (blank ones included).
     drawn: u64,
@@ -302,6 +305,13 @@ impl<I: Iterator<Item = String>> Source for GeneratorSource<I> {
 
     fn position(&mut self) -> std::io::Result<Position> {
         Ok(Position::Sequence { drawn: self.drawn })
+    }
+
+    fn lag(&mut self) -> Option<crate::telemetry::Lag> {
+        Some(crate::telemetry::Lag {
+            behind: self.count.saturating_sub(self.drawn),
+            unit: "records",
+        })
     }
 
     fn seek(&mut self, position: &Position) -> anyhow::Result<()> {

@@ -271,6 +271,12 @@ pub const METRICS: &[Metric] = &[
         samples: |status, out| lag_in(status, out, "offsets"),
     },
     Metric {
+        name: "source_lag_records",
+        help: "Records a generator source has still to make",
+        kind: MetricType::Gauge,
+        samples: |status, out| lag_in(status, out, "records"),
+    },
+    Metric {
         name: "reloads",
         help: "Reloads, by outcome: ok (swapped in) or failed (the running version kept)",
         kind: MetricType::Counter,

@@ -112,7 +112,7 @@ pub struct StageStatus {
 pub struct Lag {
     /// How much is left to read.
     pub behind: u64,
-    /// In what: `bytes` (a file) or `offsets` (Kafka).
+    /// In what: `bytes` (a file), `offsets` (Kafka) or `records` (a generator).
     pub unit: &'static str,
 }
 
