@@ -57,6 +57,7 @@ $(MERMAID):
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc -p flumen-sdk --no-deps
 
 ## Throughput, Wasm ÷ native, per-stage time and peak RSS of the reference pipeline and the two
 ## peer jobs; writes target/bench.json (BENCH_RECORDS, BENCH_JOB_RECORDS, BENCH_ROUNDS).

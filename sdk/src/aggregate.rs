@@ -34,7 +34,17 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// The bounds of a window: `[start, end)`, milliseconds since the Unix epoch.
+/// The bounds of a window: `[start, end)`, milliseconds since the Unix epoch — what
+/// [`Aggregate::finish`] is told of the window it finishes.
+///
+/// ```
+/// use flumen_sdk::aggregate::Window;
+///
+/// // A tumbling minute: records with 60 000 <= ts < 120 000; it fires at watermark 119 999.
+/// let minute = Window { start: 60_000, end: 120_000 };
+/// assert_eq!(minute.end - minute.start, 60_000);
+/// assert!((minute.start..minute.end).contains(&119_999));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Window {
     /// First instant in the window.
@@ -55,7 +65,7 @@ pub trait Aggregate: Sized + 'static {
     type Params: DeserializeOwned;
 
     /// The shape of [`Self::Output`] (see [`crate::Operator::output_shape`]); the
-    /// [`aggregate`](crate::aggregate) macro fills it in.
+    /// [`aggregate`](macro@crate::aggregate) macro fills it in.
     fn output_shape() -> Option<crate::abi::Shape> {
         None
     }

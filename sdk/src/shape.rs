@@ -1,4 +1,4 @@
-//! The shapes of the types a module consumes and produces ([`abi::Shape`]), traced from their
+//! The shapes of the types a module consumes and produces ([`crate::abi::Shape`]), traced from their
 //! serde `Deserialize` implementation with `serde-reflection`, so the host can refuse an edge
 //! whose two ends would read each other's bincode differently (fields reordered, missing, or of
 //! another type) before any record travels.

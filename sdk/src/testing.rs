@@ -92,6 +92,26 @@ impl Collector for Collected {
 /// module runs under (parameters decoded by `init`, records and state slots encoded as the runtime
 /// encodes them, replies checked entry by entry), keeping each key's state as the runtime keeps
 /// it: the bytes the module returned, changed only by a call that succeeded.
+///
+/// ```
+/// use flumen_sdk::state::ValueState;
+/// use flumen_sdk::testing::Harness;
+///
+/// /// Counts each key's records, emitting the running count.
+/// #[flumen_sdk::process]
+/// fn count(_order: serde_json::Value, seen: &mut ValueState<i64>) -> i64 {
+///     let n = seen.get().copied().unwrap_or(0) + 1;
+///     seen.set(n);
+///     n
+/// }
+///
+/// let mut h = Harness::<CountOperator>::new(serde_json::json!({})).unwrap();
+/// h.run_keyed("a", serde_json::json!({}), 0).unwrap();
+/// let out = h.run_keyed("a", serde_json::json!({}), 0).unwrap();
+/// assert_eq!(out.main, vec![serde_json::json!(2)]);
+/// assert_eq!(h.state("a").and_then(|s| s.get()), Some(&2));
+/// assert!(h.state("b").is_none());
+/// ```
 pub struct Harness<Op: Operator> {
     runner: Runner<Op>,
     side_names: Vec<String>,

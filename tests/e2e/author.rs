@@ -226,3 +226,39 @@ fn a_long_bounded_run_on_a_terminal_shows_progress() {
     assert!(piped.status.success());
     assert!(!String::from_utf8_lossy(&piped.stderr).contains(" records · "));
 }
+
+/// Every Rust snippet of the README is a crate's whole `src/lib.rs`: each compiles as shown
+/// and its tests pass.
+#[test]
+fn the_readme_rust_snippets_compile_and_their_tests_pass() {
+    let readme = std::fs::read_to_string(crate::support::workspace().join("README.md")).unwrap();
+    let mut snippets = Vec::new();
+    let mut lines = readme.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == "```rust" {
+            let body: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
+            snippets.push(body.join("\n"));
+        }
+    }
+    assert!(snippets.len() >= 3, "{} Rust snippets", snippets.len());
+    let place = tempfile::tempdir().unwrap();
+    let target = place.path().join("shared-target");
+    let sdk = crate::support::workspace().join("sdk");
+    for (i, snippet) in snippets.iter().enumerate() {
+        let dir = place.path().join(format!("snippet-{i}"));
+        std::fs::create_dir_all(dir.join("src")).unwrap();
+        std::fs::write(
+            dir.join("Cargo.toml"),
+            format!(
+                "[package]\nname = \"snippet-{i}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n\
+                 [lib]\ncrate-type = [\"cdylib\", \"rlib\"]\n\n[dependencies]\n\
+                 flumen-sdk = {{ path = \"{}\" }}\nserde = {{ version = \"1\", features = [\"derive\"] }}\n\n\
+                 [dev-dependencies]\nserde_json = \"1\"\n\n[workspace]\n",
+                sdk.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.join("src/lib.rs"), snippet).unwrap();
+        cargo_test(&dir, &target);
+    }
+}

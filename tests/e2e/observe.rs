@@ -172,7 +172,7 @@ impl Browser {
                 "--disable-component-update",
                 "--disable-sync",
                 "--remote-debugging-port=0",
-                "--window-size=1400,900",
+                "--window-size=1500,1000",
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
@@ -366,6 +366,15 @@ fn the_web_view_shows_the_running_pipeline() {
     let outcome =
         browser.eval("document.querySelector('#reloads tr.reload td:nth-child(2)').textContent");
     assert_eq!(outcome, json!("ok"));
+    // What the README shows: the page as it is now, kept in target/.
+    let shot = browser.call("Page.captureScreenshot", json!({ "format": "png" }));
+    let png = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        shot["data"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    std::fs::write(workspace().join("target/web-view.png"), png).unwrap();
     feeding.store(false, std::sync::atomic::Ordering::Relaxed);
     feeder.join().unwrap();
     drop(browser);

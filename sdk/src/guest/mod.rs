@@ -280,7 +280,7 @@ macro_rules! export {
     };
 }
 
-/// Exports an [`Aggregate`] as a flumen module; [`aggregate`](crate::aggregate) calls it.
+/// Exports an [`Aggregate`] as a flumen module; [`aggregate`](macro@crate::aggregate) calls it.
 #[macro_export]
 macro_rules! export_aggregate {
     ($agg:ty) => {
