@@ -223,26 +223,26 @@ pub struct Live {
 impl Live {
     /// Starts `flumen run ARGS…` with `envs`, its standard error going to `stderr`.
     pub fn start(args: &[&str], envs: &[(&str, &std::ffi::OsStr)], stderr: PathBuf) -> Live {
-        let log = std::fs::File::create(&stderr).unwrap();
-        let child = flumen()
-            .arg("run")
-            .args(args)
-            .envs(envs.iter().copied())
-            .env("FLUMEN_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Live { child, stderr }
+        Self::start_with(&workspace(), args, envs, stderr)
     }
 
     /// Starts `flumen run ARGS…` in folder `dir`, its standard error going to `stderr`.
     pub fn start_in(dir: &Path, args: &[&str], stderr: PathBuf) -> Live {
+        Self::start_with(dir, args, &[], stderr)
+    }
+
+    fn start_with(
+        dir: &Path,
+        args: &[&str],
+        envs: &[(&str, &std::ffi::OsStr)],
+        stderr: PathBuf,
+    ) -> Live {
         let log = std::fs::File::create(&stderr).unwrap();
         let child = flumen()
             .current_dir(dir)
             .arg("run")
             .args(args)
+            .envs(envs.iter().copied())
             .env("FLUMEN_LOG", "info")
             .stdout(std::process::Stdio::null())
             .stderr(log)

@@ -89,18 +89,9 @@ pub(super) fn host_log(mut caller: Caller<'_, GuestState>, level: u32, ptr: u32,
     if !caller.data_mut().log.allow() {
         return;
     }
-    let Some(memory) = caller
-        .get_export(abi::exports::MEMORY)
-        .and_then(|e| e.into_memory())
-    else {
+    let Some(line) = guest_text(&mut caller, ptr, len, MAX_LOG_LINE) else {
         return;
     };
-    let start = ptr as usize;
-    let end = start.saturating_add((len as usize).min(MAX_LOG_LINE));
-    let Some(bytes) = memory.data(&caller).get(start..end) else {
-        return;
-    };
-    let line = String::from_utf8_lossy(bytes).into_owned();
     let log = &mut caller.data_mut().log;
     let dropped = std::mem::take(&mut log.dropped);
     let (stage, partition) = (&*log.stage, log.partition);
@@ -139,19 +130,25 @@ impl ResourceLimiter for GuestState {
 
 /// `flumen.panic(ptr, len)`: keeps the guest's panic message for the failure report.
 pub(super) fn host_panic(mut caller: Caller<'_, GuestState>, ptr: u32, len: u32) {
-    let Some(memory) = caller
-        .get_export(abi::exports::MEMORY)
-        .and_then(|e| e.into_memory())
-    else {
-        return;
-    };
-    let start = ptr as usize;
-    let end = start.saturating_add((len as usize).min(MAX_PANIC_MESSAGE));
-    let message = memory
-        .data(&caller)
-        .get(start..end)
-        .map(|bytes| String::from_utf8_lossy(bytes).into_owned());
+    let message = guest_text(&mut caller, ptr, len, MAX_PANIC_MESSAGE);
     caller.data_mut().panic_message = message;
+}
+
+/// At most `max` bytes of the guest's memory at `ptr..ptr + len`, as text (lossy); `None` if
+/// they are not all inside its memory.
+fn guest_text(
+    caller: &mut Caller<'_, GuestState>,
+    ptr: u32,
+    len: u32,
+    max: usize,
+) -> Option<String> {
+    let memory = caller
+        .get_export(abi::exports::MEMORY)
+        .and_then(|e| e.into_memory())?;
+    let start = ptr as usize;
+    let end = start.saturating_add((len as usize).min(max));
+    let bytes = memory.data(&*caller).get(start..end)?;
+    Some(String::from_utf8_lossy(bytes).into_owned())
 }
 
 /// One live instance: a Wasm instance, or a native runner.
