@@ -398,3 +398,44 @@ pub fn render(status: &Status) -> String {
     let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::{StageKind, StageStats};
+
+    #[test]
+    fn every_metric_is_defined_once_and_rendered() {
+        let mut names: Vec<&str> = METRICS.iter().map(|m| m.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), METRICS.len(), "a metric name is defined twice");
+        let mut stats = StageStats::new("score", StageKind::Operator, &["main", "late"]);
+        stats.records_in = 7;
+        stats.outputs[1].1 = 2;
+        let mut stage = StageStatus::of(&stats, 60_000);
+        stage.state_keys = vec![3, 4];
+        let status = Status {
+            stages: vec![stage],
+            ..Status::default()
+        };
+        let text = render(&status);
+        for metric in METRICS {
+            assert!(
+                text.contains(&format!("# HELP flumen_{}", metric.name)),
+                "{}",
+                metric.name
+            );
+        }
+        assert!(
+            text.contains("flumen_stage_records_in_total{stage=\"score\",kind=\"operator\"} 7\n")
+        );
+        assert!(text.contains("flumen_stage_records_out_total{stage=\"score\",port=\"late\"} 2\n"));
+        assert!(text.contains("flumen_stage_state_keys{stage=\"score\",partition=\"1\"} 4\n"));
+        assert!(
+            text.contains(
+                "flumen_stage_watermark_seconds{stage=\"score\",kind=\"operator\"} 60.0\n"
+            )
+        );
+    }
+}
