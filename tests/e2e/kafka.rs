@@ -495,11 +495,14 @@ fn three_partitions_take_the_least_watermark_and_an_idle_one_stops_holding_it_ba
         let pipeline = windows_pipeline(&scenario, &broker, idle);
         let tag = if idle.is_some() { "idle" } else { "held" };
         let summary = scenario.path(&format!("{tag}.json"));
+        let address = crate::support::free_loopback_address();
         let live = Live::start(
             &[
                 pipeline.to_str().unwrap(),
                 "--summary-json",
                 summary.to_str().unwrap(),
+                "--admin",
+                &address,
             ],
             &[],
             scenario.path(&format!("{tag}.log")),
@@ -535,6 +538,16 @@ fn three_partitions_take_the_least_watermark_and_an_idle_one_stops_holding_it_ba
                     == produced.iter().map(|&n| Some(n)).collect::<Vec<_>>()
             },
             || live.log(),
+        );
+        // The source's lag in /metrics (high watermarks from librdkafka's statistics, every
+        // second): nothing left behind once everything is read.
+        wait_until(
+            "the source's lag at 0 in /metrics",
+            || {
+                let (_, metrics) = crate::support::http(&address, "GET", "/metrics");
+                metrics.contains("flumen_source_lag_offsets{source=\"clicks\"} 0\n")
+            },
+            || crate::support::http(&address, "GET", "/metrics").1,
         );
         assert!(live.terminate().success());
         let summary: Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
