@@ -138,6 +138,16 @@ fn metrics_are_prometheus_and_equal_the_summary() {
     }
     // Stateful stages hold keys (those without a TTL: `dedupe` forgets at the end of time); the
     // file source has read its whole input.
+    // Each stage's partitions received all its records (one partition here).
+    for (name, stage) in stages.iter().filter(|(_, s)| s["kind"] == "operator") {
+        let key =
+            format!("flumen_stage_partition_records_in_total{{stage=\"{name}\",partition=\"0\"}}");
+        assert_eq!(
+            got.get(&key),
+            stage["records_in"].as_f64().as_ref(),
+            "{key}"
+        );
+    }
     let keys =
         |stage: &str| got[&format!("flumen_stage_state_keys{{stage=\"{stage}\",partition=\"0\"}}")];
     assert!(keys("stock") > 0.0 && keys("score") > 0.0);

@@ -127,6 +127,7 @@ impl Pipeline {
             let mut status = StageStatus::of(&s.stats, s.watermark);
             status.module_hash = Some(s.module_hash().to_string());
             (status.state_keys, status.state_bytes) = s.state_by_partition();
+            status.partition_records = s.partition_records().to_vec();
             status.guest = s.guest_health();
             status.newest_event_time = self
                 .upstream_sources(o)

@@ -151,6 +151,8 @@ pub(crate) struct Stage {
     rules: Rules,
     /// What the guests of the versions this stage replaced went through.
     health_base: GuestHealth,
+    /// Records each partition received (its share of `stats.records_in`: skew shows here).
+    partition_records: Vec<u64>,
 }
 
 impl Stage {
@@ -191,6 +193,7 @@ impl Stage {
             ns_per_record: PARALLEL_STEP_NS,
             module_hash,
             health_base: GuestHealth::default(),
+            partition_records: vec![0; plan.partitions.max(1)],
             rules: Rules {
                 kind: plan.describe.kind,
                 limits: plan.config.limits,
@@ -206,6 +209,10 @@ impl Stage {
         self.watermark = old.watermark;
         self.last_sweep = old.last_sweep;
         self.health_base = old.guest_health();
+        // Partitions are the same ones while their number stays (keys hash alike).
+        if old.partition_records.len() == self.partition_records.len() {
+            self.partition_records.clone_from(&old.partition_records);
+        }
         // Every count goes on (a port the new version dropped takes its count with it).
         let mut outputs = std::mem::take(&mut self.stats.outputs);
         for (port, n) in &mut outputs {
@@ -369,6 +376,11 @@ impl Stage {
             .fold(self.health_base, |sum, p| sum + p.guest.health())
     }
 
+    /// Records each partition received (since the partition count last changed).
+    pub fn partition_records(&self) -> &[u64] {
+        &self.partition_records
+    }
+
     /// Keys with state, windows and sessions held, and their bytes, per partition.
     pub fn state_by_partition(&self) -> (Vec<u64>, Vec<u64>) {
         self.partitions
@@ -444,6 +456,9 @@ impl Stage {
             }
         }
         let total: usize = records.iter().map(Vec::len).sum();
+        for (counted, records) in self.partition_records.iter_mut().zip(&records) {
+            *counted += records.len() as u64;
+        }
         self.stats.records_in += total as u64;
         let ctx = Ctx {
             name: &self.name,

@@ -229,6 +229,12 @@ pub const METRICS: &[Metric] = &[
         },
     },
     Metric {
+        name: "stage_partition_records_in",
+        help: "Records an operator partition received (key skew); restarts when a reload changes the partition count",
+        kind: MetricType::Counter,
+        samples: |status, out| per_partition(status, out, |s| &s.partition_records),
+    },
+    Metric {
         name: "stage_state_keys",
         help: "Keys with state, open windows and sessions an operator partition holds",
         kind: MetricType::Gauge,
@@ -415,6 +421,7 @@ mod tests {
         stats.outputs[1].1 = 2;
         let mut stage = StageStatus::of(&stats, 60_000);
         stage.state_keys = vec![3, 4];
+        stage.partition_records = vec![5, 2];
         let status = Status {
             stages: vec![stage],
             ..Status::default()
@@ -432,6 +439,9 @@ mod tests {
         );
         assert!(text.contains("flumen_stage_records_out_total{stage=\"score\",port=\"late\"} 2\n"));
         assert!(text.contains("flumen_stage_state_keys{stage=\"score\",partition=\"1\"} 4\n"));
+        assert!(text.contains(
+            "flumen_stage_partition_records_in_total{stage=\"score\",partition=\"0\"} 5\n"
+        ));
         assert!(
             text.contains(
                 "flumen_stage_watermark_seconds{stage=\"score\",kind=\"operator\"} 60.0\n"

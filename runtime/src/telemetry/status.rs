@@ -97,6 +97,8 @@ pub struct StageStatus {
     pub watermark: Option<i64>,
     /// The newest event time read by the sources feeding it (sources: read by it).
     pub newest_event_time: Option<i64>,
+    /// Records each partition received (operators; since the partition count last changed).
+    pub partition_records: Vec<u64>,
     /// Keys with state, windows and sessions held, per partition.
     pub state_keys: Vec<u64>,
     /// Bytes of state held, per partition.
