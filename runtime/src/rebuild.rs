@@ -7,7 +7,7 @@
 
 use crate::toolchain::{self, UdfCrate};
 use notify::{RecursiveMode, Watcher};
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
@@ -122,11 +122,11 @@ pub fn spawn(sources: Vec<Source>) -> anyhow::Result<()> {
         .name("flumen-rebuild".into())
         .spawn(move || {
             let _watcher = watcher;
-            let mut pending: BTreeMap<usize, ()> = BTreeMap::new();
+            let mut pending = BTreeSet::new();
             for (owner, source) in sources.iter().enumerate() {
                 if let Some(why) = stale(source) {
                     tracing::info!("{why}; rebuilding it now");
-                    pending.insert(owner, ());
+                    pending.insert(owner);
                 }
             }
             loop {
@@ -136,10 +136,10 @@ pub fn spawn(sources: Vec<Source>) -> anyhow::Result<()> {
                 };
                 match next {
                     Ok(owner) => {
-                        pending.insert(owner, ());
+                        pending.insert(owner);
                     }
                     Err(RecvTimeoutError::Timeout) => {
-                        for (owner, ()) in std::mem::take(&mut pending) {
+                        for owner in std::mem::take(&mut pending) {
                             tracing::info!(crate_dir = %sources[owner].dir.display(), "source changed: rebuilding");
                             build(&sources[owner]);
                         }

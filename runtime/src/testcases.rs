@@ -26,6 +26,7 @@ use crate::config::{ConfigErrors, InputRef, PipelineConfig, SinkConfig};
 use crate::connectors::{SinkKind, SourceConfig, SourceKind};
 use crate::executor::Pipeline;
 use crate::guest::Sandbox;
+use anyhow::Context;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -105,10 +106,8 @@ pub fn read(path: &Path) -> Result<Vec<TestCase>, ConfigErrors> {
 /// Runs `case` on the pipeline at `path` (checked and prepared afresh for each case, so cases
 /// do not share state).
 pub fn run(path: &Path, case: &TestCase, sandbox: &Sandbox) -> anyhow::Result<Outcome> {
-    let scratch = tempdir(&case.name)?;
-    let result = run_in(path, case, sandbox, &scratch);
-    let _ = std::fs::remove_dir_all(&scratch);
-    result
+    let scratch = tempfile::Builder::new().prefix("flumen-test-").tempdir()?;
+    run_in(path, case, sandbox, scratch.path())
 }
 
 fn run_in(
@@ -178,7 +177,13 @@ fn rewire(
         }
         entry.extend(input.lines.iter().cloned());
     }
-    let template = config.sources.first().cloned();
+    // An input straight into an operator reads like the pipeline's first source (event time,
+    // watermark delay, batch size): a checked pipeline has at least one.
+    let template = config
+        .sources
+        .first()
+        .cloned()
+        .context("the pipeline has no source")?;
     let write = |name: &str, lines: &[String]| -> anyhow::Result<PathBuf> {
         let file = scratch.join(format!("in-{name}.jsonl"));
         let mut text = lines.join("\n");
@@ -202,39 +207,27 @@ fn rewire(
         };
         let name = format!("test-input-{}", op.name);
         let file = write(&name, records)?;
-        let mut source = template.clone().unwrap_or_else(|| SourceConfig {
-            name: String::new(),
-            kind: SourceKind::Generator {
-                count: 1,
-                seed: 0,
-                rate: None,
+        let source = SourceConfig {
+            name: name.clone(),
+            kind: SourceKind::File {
+                path: file,
+                follow: false,
             },
-            batch_size: 1024,
-            event_time: None,
-            watermark_delay_ms: 0,
-            max_record_bytes: 1 << 20,
-            max_future_ms: None,
-        });
-        source.name.clone_from(&name);
-        source.kind = SourceKind::File {
-            path: file,
-            follow: false,
+            ..template.clone()
         };
         op.inputs = vec![input_ref(&name, None)];
         config.sources.push(source);
     }
+    let sink_file = |name: &str| scratch.join(format!("sink-{name}.jsonl"));
     for sink in &mut config.sinks {
         sink.kind = SinkKind::File {
-            path: scratch.join(format!("sink-{}.jsonl", sink.name)),
+            path: sink_file(&sink.name),
         };
     }
     let mut captured = Vec::new();
     for (i, output) in case.outputs.iter().enumerate() {
-        if let Some(sink) = config.sinks.iter().find(|s| s.name == output.from) {
-            let SinkKind::File { path } = &sink.kind else {
-                unreachable!("every sink was made a file")
-            };
-            captured.push(path.clone());
+        if config.sinks.iter().any(|s| s.name == output.from) {
+            captured.push(sink_file(&output.from));
             continue;
         }
         let (stage, port) = match output.from.split_once('.') {
@@ -299,24 +292,6 @@ fn diff(output: &str, expected: Vec<Value>, got: Vec<Value>) -> Option<String> {
             lines.join("\n")
         )
     })
-}
-
-/// A fresh scratch folder for a case.
-fn tempdir(name: &str) -> anyhow::Result<PathBuf> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let slug: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .take(40)
-        .collect();
-    let dir = std::env::temp_dir().join(format!(
-        "flumen-test-{}-{}-{slug}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }
 
 #[cfg(test)]

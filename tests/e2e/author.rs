@@ -1,7 +1,7 @@
 //! The UDF author's path, as a newcomer takes it: `flumen new udf` anywhere on the machine →
 //! `cargo test` → `flumen build` → `flumen run --watch --build` → an edit hot-swapped in.
 
-use crate::support::{Live, flumen, modules, wait_until};
+use crate::support::{Live, flumen, modules, succeed, wait_until};
 use std::path::Path;
 use std::process::Command;
 
@@ -37,15 +37,10 @@ fn every_kind_of_new_udf_tests_green_as_created() {
         "aggregate",
     ] {
         let name = format!("my-{kind}");
-        let out = flumen()
-            .args(["new", "udf", &name, "--kind", kind, "--dir"])
-            .arg(place.path().join(&name))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        succeed(
+            flumen()
+                .args(["new", "udf", &name, "--kind", kind, "--dir"])
+                .arg(place.path().join(&name)),
         );
         let dir = place.path().join(&name);
         let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
@@ -69,18 +64,12 @@ fn a_new_udf_is_built_run_and_hot_swapped_on_edit() {
     modules();
     let place = tempfile::tempdir().unwrap();
     let dir = place.path().join("big-orders");
-    let made = flumen()
-        .args(["new", "udf", "big-orders", "--kind", "process", "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(made.status.success());
-    let build = flumen().arg("build").current_dir(&dir).output().unwrap();
-    assert!(
-        build.status.success(),
-        "{}",
-        String::from_utf8_lossy(&build.stderr)
+    succeed(
+        flumen()
+            .args(["new", "udf", "big-orders", "--kind", "process", "--dir"])
+            .arg(&dir),
     );
+    succeed(flumen().arg("build").current_dir(&dir));
     let module = dir.join("target/flumen/big_orders.wasm");
     assert!(module.exists());
     // The build used the shared target folder, not one of the crate's own.
@@ -192,12 +181,11 @@ fn flumen_test_passes_fails_with_a_diff_and_refuses_a_malformed_case() {
 #[test]
 fn a_long_bounded_run_on_a_terminal_shows_progress() {
     let place = tempfile::tempdir().unwrap();
-    let made = flumen()
-        .current_dir(place.path())
-        .args(["new", "pipeline", "slow"])
-        .output()
-        .unwrap();
-    assert!(made.status.success());
+    succeed(
+        flumen()
+            .current_dir(place.path())
+            .args(["new", "pipeline", "slow"]),
+    );
     let file = place.path().join("slow.toml");
     let text = std::fs::read_to_string(&file).unwrap();
     std::fs::write(
@@ -206,24 +194,22 @@ fn a_long_bounded_run_on_a_terminal_shows_progress() {
     )
     .unwrap();
     let binary = env!("CARGO_BIN_EXE_flumen");
-    let on_tty = Command::new("script")
-        .args(["-qfec", &format!("{binary} run slow.toml"), "/dev/null"])
-        .current_dir(place.path())
-        .env("FLUMEN_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(on_tty.status.success());
+    let on_tty = succeed(
+        Command::new("script")
+            .args(["-qfec", &format!("{binary} run slow.toml"), "/dev/null"])
+            .current_dir(place.path())
+            .env("FLUMEN_LOG", "warn"),
+    );
     let shown = String::from_utf8_lossy(&on_tty.stdout);
     assert!(
         shown.contains(" records · ") && shown.contains("/s · ETA "),
         "{shown}"
     );
-    let piped = flumen()
-        .current_dir(place.path())
-        .args(["run", "slow.toml"])
-        .output()
-        .unwrap();
-    assert!(piped.status.success());
+    let piped = succeed(
+        flumen()
+            .current_dir(place.path())
+            .args(["run", "slow.toml"]),
+    );
     assert!(!String::from_utf8_lossy(&piped.stderr).contains(" records · "));
 }
 

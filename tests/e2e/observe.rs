@@ -3,24 +3,22 @@
 //! DevTools protocol, against a real running reference pipeline.
 
 use crate::support::{
-    Live, Scenario, append, free_loopback_address, http, modules, reference_pipeline, wait_until,
-    workspace,
+    Live, Scenario, append, free_loopback_address, http, modules, piped, reference_pipeline,
+    succeed, wait_until, workspace,
 };
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// Generated orders, as `flumen gen orders` writes them.
 fn orders(count: usize, seed: u64) -> String {
-    let out = crate::support::flumen()
-        .args(["gen", "orders", "--count", &count.to_string()])
-        .args(["--seed", &seed.to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let out = succeed(
+        crate::support::flumen()
+            .args(["gen", "orders", "--count", &count.to_string()])
+            .args(["--seed", &seed.to_string()]),
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -78,22 +76,12 @@ fn metrics_are_prometheus_and_equal_the_summary() {
     let (head, text) = http(&address, "GET", "/metrics");
     assert!(head.contains("200"), "{head}");
     let promtool = std::env::var("FLUMEN_PROMTOOL").unwrap_or_else(|_| "promtool".into());
-    let mut check = Command::new(&promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("{promtool} (Debian's `prometheus`; `make test` installs it): {e}")
-        });
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let checked = check.wait_with_output().unwrap();
+    let checked = piped(
+        &promtool,
+        &["check", "metrics"],
+        text.as_bytes(),
+        "Debian's `prometheus`",
+    );
     assert!(
         checked.status.success(),
         "promtool refused the metrics:\n{}{}\n{text}",
@@ -401,32 +389,16 @@ fn flumen_graph_renders_in_dot_and_mermaid() {
     let toml = scenario.write("orders.toml", text.replace("../target/flumen", "/nowhere"));
     let names = stage_names(&toml);
     let graph = |format: &str| {
-        let out = crate::support::flumen()
-            .args(["graph", toml.to_str().unwrap(), "--format", format])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = succeed(crate::support::flumen().args([
+            "graph",
+            toml.to_str().unwrap(),
+            "--format",
+            format,
+        ]));
         String::from_utf8(out.stdout).unwrap()
     };
     let dot = graph("dot");
-    let mut render = Command::new("dot")
-        .arg("-Tsvg")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("dot (Debian's `graphviz`; `make test` installs it): {e}"));
-    render
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(dot.as_bytes())
-        .unwrap();
-    let rendered = render.wait_with_output().unwrap();
+    let rendered = piped("dot", &["-Tsvg"], dot.as_bytes(), "Debian's `graphviz`");
     assert!(
         rendered.status.success(),
         "{}",

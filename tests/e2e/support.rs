@@ -171,6 +171,35 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Runs `command` to its end; it must succeed (else the test fails with what it printed).
+pub fn succeed(command: &mut Command) -> Output {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?} failed:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
+
+/// Runs `program ARGS` with `input` on its standard input, to its end; `package` says where the
+/// program comes from if it is missing.
+pub fn piped(program: &str, args: &[&str], input: &[u8], package: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} ({package}; `make test` installs it): {e}"));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// JSON values in a canonical order, to compare outputs as sets (with multiplicity).
 pub fn sorted(mut values: Vec<Value>) -> Vec<Value> {
     values.sort_by_key(|v| v.to_string());

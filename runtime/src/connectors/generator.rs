@@ -246,7 +246,7 @@ pub(super) fn open(
         count,
         batch_size: config.batch_size,
         drawn: 0,
-        rate: rate.map(|r| (r, None)),
+        pace: Pace::new(rate),
     })
 }
 
@@ -269,19 +269,35 @@ struct GeneratorSource<I> {
     batch_size: usize,
     /// Lines drawn from `lines` (blank ones included).
     drawn: u64,
-    /// Lines a second at most, and since when (the first read) and from which line.
-    rate: Option<(u64, Option<(std::time::Instant, u64)>)>,
+    /// How fast lines may be drawn, if held back.
+    pace: Option<Pace>,
+}
+
+/// At most `rate` lines a second, counted from the first read (`since`: when, and the lines
+/// drawn then).
+struct Pace {
+    rate: u64,
+    since: Option<(std::time::Instant, u64)>,
+}
+
+impl Pace {
+    fn new(rate: Option<u64>) -> Option<Pace> {
+        rate.map(|rate| Pace { rate, since: None })
+    }
+
+    /// How many lines may be drawn now, `drawn` having been drawn so far.
+    fn room(&mut self, drawn: u64) -> u64 {
+        let (at, from) = *self.since.get_or_insert((std::time::Instant::now(), drawn));
+        let due = (at.elapsed().as_secs_f64() * self.rate as f64) as u64;
+        (from + due).saturating_sub(drawn)
+    }
 }
 
 impl<I: Iterator<Item = String>> Source for GeneratorSource<I> {
     fn next_batch(&mut self, out: &mut SourceBatch) -> std::io::Result<Pull> {
         let mut room = self.batch_size;
-        if let Some((rate, since)) = &mut self.rate {
-            let (at, from) = *since.get_or_insert((std::time::Instant::now(), self.drawn));
-            let due = (at.elapsed().as_secs_f64() * *rate as f64) as u64;
-            room = room.min(
-                usize::try_from((from + due).saturating_sub(self.drawn)).unwrap_or(usize::MAX),
-            );
+        if let Some(pace) = &mut self.pace {
+            room = room.min(usize::try_from(pace.room(self.drawn)).unwrap_or(usize::MAX));
             if room == 0 {
                 return Ok(Pull::Idle);
             }
@@ -299,7 +315,7 @@ impl<I: Iterator<Item = String>> Source for GeneratorSource<I> {
     fn retune(&mut self, config: &SourceConfig) {
         self.batch_size = config.batch_size;
         if let SourceKind::Generator { rate, .. } = config.kind {
-            self.rate = rate.map(|r| (r, None));
+            self.pace = Pace::new(rate);
         }
     }
 

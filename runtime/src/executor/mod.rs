@@ -42,8 +42,7 @@ struct Queued {
     origin: Option<usize>,
     /// The stage that produced it, and when: the time it waits is that stage's backpressure
     /// (counted on the copy queued for its first consumer only).
-    producer: Option<NodeRef>,
-    queued_at: Instant,
+    produced: Option<(NodeRef, Instant)>,
 }
 
 struct SourceRuntime {
@@ -492,6 +491,7 @@ impl Pipeline {
             (NodeRef::Sink(_), _) => return Ok(()),
         };
         let mut producing = Some(from.0);
+        let now = Instant::now();
         for &Consumer { node, key } in &port.consumers {
             match node {
                 NodeRef::Operator(o) => queues[o].push_back(Queued {
@@ -499,8 +499,7 @@ impl Pipeline {
                     key,
                     encoding: port.encoding,
                     origin,
-                    producer: producing.take(),
-                    queued_at: Instant::now(),
+                    produced: producing.take().map(|producer| (producer, now)),
                 }),
                 NodeRef::Sink(k) => {
                     let writing = Instant::now();
@@ -564,11 +563,13 @@ impl Pipeline {
     fn drain(&mut self, o: usize) -> anyhow::Result<()> {
         while let Some(queued) = self.queues[o].pop_front() {
             let started = Instant::now();
-            let waited = started.saturating_duration_since(queued.queued_at);
-            match queued.producer {
-                Some(NodeRef::Source(s)) => self.sources[s].stats.backpressured += waited,
-                Some(NodeRef::Operator(u)) => self.stages[u].stats.backpressured += waited,
-                _ => {}
+            if let Some((producer, at)) = queued.produced {
+                let waited = started.saturating_duration_since(at);
+                match producer {
+                    NodeRef::Source(s) => self.sources[s].stats.backpressured += waited,
+                    NodeRef::Operator(u) => self.stages[u].stats.backpressured += waited,
+                    NodeRef::Sink(_) => {}
+                }
             }
             let unreadable =
                 self.stages[o].accept(&queued.batch, queued.key, queued.encoding, &mut self.dead);

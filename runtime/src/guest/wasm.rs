@@ -19,8 +19,9 @@ pub(super) const EPOCH_TICK: Duration = Duration::from_millis(5);
 const MAX_PANIC_MESSAGE: usize = 4096;
 /// Longest log line kept from a guest; the rest is cut.
 pub const MAX_LOG_LINE: usize = 4096;
-/// Log lines an instance may write per second, on average, and at once.
+/// Log lines an instance may write per second, on average.
 pub const LOG_LINES_PER_SECOND: f64 = 50.0;
+/// Log lines an instance may write at once (the bucket's size).
 pub const LOG_BURST: f64 = 200.0;
 
 /// The host state of one store.

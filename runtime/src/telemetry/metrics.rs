@@ -60,17 +60,16 @@ fn stage_sample(stage: &StageStatus, value: impl Into<Value>) -> Sample {
     }
 }
 
-/// Per stage, one value each.
-macro_rules! per_stage {
-    ($filter:expr, $value:expr) => {
-        |status: &Status, out: &mut Vec<Sample>| {
-            let filter: fn(&StageStatus) -> bool = $filter;
-            let value: fn(&StageStatus) -> Value = $value;
-            for stage in status.stages.iter().filter(|s| filter(s)) {
-                out.push(stage_sample(stage, value(stage)));
-            }
-        }
-    };
+/// Per stage that `filter` takes, its `value`.
+fn per_stage(
+    status: &Status,
+    out: &mut Vec<Sample>,
+    filter: fn(&StageStatus) -> bool,
+    value: fn(&StageStatus) -> Value,
+) {
+    for stage in status.stages.iter().filter(|s| filter(s)) {
+        out.push(stage_sample(stage, value(stage)));
+    }
 }
 
 fn any(_: &StageStatus) -> bool {
@@ -147,7 +146,7 @@ pub const METRICS: &[Metric] = &[
         name: "stage_records_in",
         help: "Records read (source), received (operator) or written (sink)",
         kind: MetricType::Counter,
-        samples: per_stage!(any, |s| s.records_in.into()),
+        samples: |status, out| per_stage(status, out, any, |s| s.records_in.into()),
     },
     Metric {
         name: "stage_records_out",
@@ -168,37 +167,37 @@ pub const METRICS: &[Metric] = &[
         name: "stage_dead_letters",
         help: "Records sent to the dead letters by the stage",
         kind: MetricType::Counter,
-        samples: per_stage!(any, |s| s.dead_letters.into()),
+        samples: |status, out| per_stage(status, out, any, |s| s.dead_letters.into()),
     },
     Metric {
         name: "stage_filtered",
         help: "Operator inputs that led to no output record",
         kind: MetricType::Counter,
-        samples: per_stage!(operators, |s| s.filtered.into()),
+        samples: |status, out| per_stage(status, out, operators, |s| s.filtered.into()),
     },
     Metric {
         name: "stage_windowed",
         help: "Window operator inputs added to windows",
         kind: MetricType::Counter,
-        samples: per_stage!(operators, |s| s.windowed.into()),
+        samples: |status, out| per_stage(status, out, operators, |s| s.windowed.into()),
     },
     Metric {
         name: "stage_late_records",
         help: "Window operator inputs too late for every window (sent to the `late` port)",
         kind: MetricType::Counter,
-        samples: per_stage!(operators, |s| s.late.into()),
+        samples: |status, out| per_stage(status, out, operators, |s| s.late.into()),
     },
     Metric {
         name: "stage_busy_seconds",
         help: "Time the stage spent working: reading, processing and firing, or writing",
         kind: MetricType::Counter,
-        samples: per_stage!(any, |s| s.busy_seconds.into()),
+        samples: |status, out| per_stage(status, out, any, |s| s.busy_seconds.into()),
     },
     Metric {
         name: "stage_backpressured_seconds",
         help: "Time the stage's output batches waited for downstream stages to take them",
         kind: MetricType::Counter,
-        samples: per_stage!(any, |s| s.backpressured_seconds.into()),
+        samples: |status, out| per_stage(status, out, any, |s| s.backpressured_seconds.into()),
     },
     Metric {
         name: "stage_watermark_seconds",
@@ -250,19 +249,19 @@ pub const METRICS: &[Metric] = &[
         name: "stage_guest_failures",
         help: "Guest calls that failed: traps (panics, out of memory, bad accesses) and time-outs",
         kind: MetricType::Counter,
-        samples: per_stage!(operators, |s| s.guest.failures.into()),
+        samples: |status, out| per_stage(status, out, operators, |s| s.guest.failures.into()),
     },
     Metric {
         name: "stage_guest_timeouts",
         help: "Guest calls stopped at their deadline (timeout_ms)",
         kind: MetricType::Counter,
-        samples: per_stage!(operators, |s| s.guest.timeouts.into()),
+        samples: |status, out| per_stage(status, out, operators, |s| s.guest.timeouts.into()),
     },
     Metric {
         name: "stage_instance_rebuilds",
         help: "Guest instances rebuilt from their module after a failed call",
         kind: MetricType::Counter,
-        samples: per_stage!(operators, |s| s.guest.rebuilds.into()),
+        samples: |status, out| per_stage(status, out, operators, |s| s.guest.rebuilds.into()),
     },
     Metric {
         name: "source_lag_bytes",
