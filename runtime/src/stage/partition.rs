@@ -318,13 +318,20 @@ impl Partition {
         self.finish_ranked(ctx, windows, &ranks);
     }
 
-    /// Emits the results of fired windows, the i-th at position `ranks[i]`.
+    /// Emits the results of fired windows, the i-th at position `ranks[i]`, in calls of at most
+    /// [`WINDOWS_PER_CALL`] windows.
     pub(super) fn finish_ranked(&mut self, ctx: &Ctx, windows: Vec<Fired>, ranks: &[u64]) {
-        if windows.is_empty() {
-            return;
+        for (windows, ranks) in windows
+            .chunks(WINDOWS_PER_CALL)
+            .zip(ranks.chunks(WINDOWS_PER_CALL))
+        {
+            self.finish_call(ctx, windows, ranks);
         }
+    }
+
+    fn finish_call(&mut self, ctx: &Ctx, windows: &[Fired], ranks: &[u64]) {
         let mut request = BatchWriter::new(Encoding::Bincode);
-        for (window, key, acc) in &windows {
+        for (window, key, acc) in windows {
             request.push_with(key, window.max_timestamp(), &[], |b| {
                 b.extend_from_slice(&window.start.to_le_bytes());
                 b.extend_from_slice(&window.end.to_le_bytes());
@@ -337,7 +344,7 @@ impl Partition {
             Ok(())
         });
         if let Err(failure) = outcome {
-            for (window, key, _) in &windows {
+            for (window, key, _) in windows {
                 let raw = format!(
                     "window [{}, {}) of key {:?}",
                     window.start,
@@ -350,6 +357,10 @@ impl Partition {
         }
     }
 }
+
+/// The most windows merged or finished in one guest call: however many windows a watermark
+/// completes (all of them at the end of the input), one call's work and time stay bounded.
+pub(super) const WINDOWS_PER_CALL: usize = 1024;
 
 /// Whether a partition keeping `bytes` of state would be within its stage's limit.
 pub(super) fn within_state_limit(ctx: &Ctx, bytes: i64) -> Result<(), GuestFailure> {

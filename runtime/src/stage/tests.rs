@@ -471,6 +471,49 @@ fn sliding_windows_from_panes_equal_every_window_summed_whole() {
     assert_accounted(&stage);
 }
 
+/// [`summer`], refusing a merge or finish call of more than `WINDOWS_PER_CALL` windows.
+fn bounded_summer(
+    call: Call,
+    request: &Request,
+    out: &mut OutputWriter,
+) -> Result<(), GuestFailure> {
+    let most = super::partition::WINDOWS_PER_CALL;
+    if matches!(call, Call::Merge | Call::Finish) && request.records.len() > most {
+        return Err(GuestFailure(format!(
+            "{} windows in one call",
+            request.records.len()
+        )));
+    }
+    summer(call, request, out)
+}
+
+#[test]
+fn windows_fired_at_once_are_merged_and_finished_in_bounded_calls() {
+    // 3,000 keys' sliding windows (three each) all fire at the end of the input.
+    let records: Vec<(String, i64, String)> = (0..3000)
+        .map(|i| (format!("k{i:04}"), 250, "1".to_string()))
+        .collect();
+    let records: Vec<(&str, i64, &str)> = records
+        .iter()
+        .map(|(k, t, v)| (k.as_str(), *t, v.as_str()))
+        .collect();
+    let spec = WindowSpec::Sliding {
+        size_ms: 300,
+        slide_ms: 100,
+    };
+    let mut stage = Setup::new(OperatorKind::Aggregate, bounded_summer)
+        .window(spec, 0)
+        .build();
+    let (out, dead) = run(&mut stage, &[(&records, Some(i64::MAX))]);
+    assert!(dead.is_empty(), "{:?}", &dead[..dead.len().min(3)]);
+    let expected: Vec<String> = [300, 400, 500]
+        .iter()
+        .flat_map(|end| (0..3000).map(move |i| format!("k{i:04}@{}..{end}=1", end - 300)))
+        .collect();
+    assert_eq!(out, expected);
+    assert_accounted(&stage);
+}
+
 #[test]
 fn late_records_go_to_late_or_update_a_fired_window_within_lateness() {
     let spec = WindowSpec::Tumbling { size_ms: 10 };

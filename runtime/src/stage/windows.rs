@@ -4,7 +4,7 @@
 
 use super::Ctx;
 use super::output::{Expect, FAILED, check};
-use super::partition::{Partition, within_state_limit};
+use super::partition::{Partition, WINDOWS_PER_CALL, within_state_limit};
 use crate::config::StageLimits;
 use crate::guest::GuestFailure;
 use crate::state::{Bytes, Fired};
@@ -115,7 +115,7 @@ impl Partition {
     }
 
     /// Fires the sliding windows `watermark` completes from the panes of `partition`: each window's
-    /// panes are merged (one guest call for all of them); panes no window needs any more are dropped.
+    /// panes are merged (a guest call per `WINDOWS_PER_CALL` windows); panes no window needs any more are dropped.
     pub(super) fn fire_panes(
         &mut self,
         size: i64,
@@ -155,10 +155,10 @@ impl Partition {
                 end = next;
             }
         }
-        let mut request = BatchWriter::new(Encoding::Bincode);
-        let mut slots = SlotWriter::default();
-        let mut windows: Vec<(Bounds, Bytes, u32)> = Vec::new();
-        for end in ends {
+        let mut call = MergeCall::new();
+        let mut fired = Vec::new();
+        let mut outcome = Ok(());
+        'ends: for end in ends {
             let mut per_key: BTreeMap<&[u8], Vec<&[u8]>> = BTreeMap::new();
             let from = end.saturating_sub(size).saturating_add(slide);
             for (_, keyed) in partition.windows.range(from..=end) {
@@ -167,32 +167,69 @@ impl Partition {
                 }
             }
             for (key, accs) in per_key {
-                let target = slots.push(key, None);
-                let refs: Vec<u32> = std::iter::once(target)
-                    .chain(accs.iter().map(|acc| slots.push(key, Some(acc))))
-                    .collect();
-                request.push_with(key, end - 1, &refs, |_| {});
-                windows.push((
-                    Bounds {
-                        start: end.saturating_sub(size),
-                        end,
-                    },
-                    Bytes::from_slice(key),
-                    target,
-                ));
+                let bounds = Bounds {
+                    start: end.saturating_sub(size),
+                    end,
+                };
+                call.push(bounds, key, &accs);
+                if call.windows.len() == WINDOWS_PER_CALL {
+                    outcome = call.run(partition.guest.as_mut(), limits, &mut fired);
+                    if outcome.is_err() {
+                        break 'ends;
+                    }
+                }
             }
         }
+        if outcome.is_ok() && !call.windows.is_empty() {
+            outcome = call.run(partition.guest.as_mut(), limits, &mut fired);
+        }
+        // Fired or failed, these windows are done: a failure sends them to the dead letters.
         partition.windows.panes_fired_until = Some(last);
         let keep_from = last.saturating_add(slide).saturating_sub(size);
         partition.windows.drop_through(keep_from);
-        if windows.is_empty() {
-            return Ok(Vec::new());
+        outcome.map(|()| fired)
+    }
+}
+
+/// One merge call being written: a request record per window, naming its target slot and the
+/// slots of its panes' accumulators.
+struct MergeCall {
+    request: BatchWriter,
+    slots: SlotWriter,
+    windows: Vec<(Bounds, Bytes, u32)>,
+}
+
+impl MergeCall {
+    fn new() -> MergeCall {
+        MergeCall {
+            request: BatchWriter::new(Encoding::Bincode),
+            slots: SlotWriter::default(),
+            windows: Vec::new(),
         }
-        let output = partition
-            .guest
-            .merge(&[request.as_bytes(), slots.as_bytes()])?;
+    }
+
+    fn push(&mut self, bounds: Bounds, key: &[u8], accs: &[&[u8]]) {
+        let target = self.slots.push(key, None);
+        let refs: Vec<u32> = std::iter::once(target)
+            .chain(accs.iter().map(|acc| self.slots.push(key, Some(acc))))
+            .collect();
+        self.request.push_with(key, bounds.end - 1, &refs, |_| {});
+        self.windows.push((bounds, Bytes::from_slice(key), target));
+    }
+
+    /// Merges the windows written so far into `fired`, and starts the next call.
+    fn run(
+        &mut self,
+        guest: &mut dyn crate::guest::Guest,
+        limits: StageLimits,
+        fired: &mut Vec<Fired>,
+    ) -> Result<(), GuestFailure> {
+        let output = guest.merge(&[self.request.as_bytes(), self.slots.as_bytes()])?;
         // Checked whole like any reply: its size, its framing, its slots, each accumulator's size.
-        check(output, Expect::of(limits, 0, slots.len(), request.len()))?;
+        check(
+            output,
+            Expect::of(limits, 0, self.slots.len(), self.request.len()),
+        )?;
         let mut merged: FxHashMap<u32, Bytes> = FxHashMap::default();
         for entry in OutputReader::new(output) {
             match entry
@@ -210,10 +247,14 @@ impl Partition {
                 _ => {}
             }
         }
-        Ok(windows
-            .into_iter()
-            .filter_map(|(bounds, key, slot)| Some((bounds, key, merged.remove(&slot)?)))
-            .collect())
+        fired.extend(
+            self.windows
+                .drain(..)
+                .filter_map(|(bounds, key, slot)| Some((bounds, key, merged.remove(&slot)?))),
+        );
+        self.request.clear(Encoding::Bincode);
+        self.slots.clear();
+        Ok(())
     }
 }
 

@@ -171,17 +171,12 @@ impl<A: Aggregate> GuestRunner for AggregateRunner<A> {
         for (index, message) in errors {
             output.error(index, &message, b"");
         }
-        let kept: Vec<Option<A::Acc>> = accs
-            .iter_mut()
-            .enumerate()
-            .map(|(slot, acc)| {
-                if merged.contains(&slot) {
-                    acc.take()
-                } else {
-                    None
-                }
-            })
-            .collect();
+        // Only the merged windows' accumulators go back (a source pane's slot stays empty).
+        let mut kept: Vec<Option<A::Acc>> = Vec::new();
+        kept.resize_with(accs.len(), || None);
+        for target in merged {
+            kept[target] = accs[target].take();
+        }
         Self::save_accs(output, &kept);
         output.as_bytes()
     }
