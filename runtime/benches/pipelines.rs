@@ -1,15 +1,20 @@
-//! `make bench`: the reference pipeline (JSON in, every stage and sink) and the two peer jobs
-//! (in-memory orders into a stateless UDF or 1 s windows), each run by the real `flumen` binary
-//! three times with Wasm modules and three times natively, alternating. Prints records/s (median
+//! `make bench`: the reference pipeline (JSON in, every stage and sink), the two peer jobs
+//! (in-memory orders into a stateless UDF or 1 s windows) and the Nexmark queries q0, q1, q2, q5
+//! and q7 (`pipelines/nexmark/`), each run by the real `flumen` binary three times with Wasm
+//! modules and three times natively, alternating. Prints records/s (median
 //! and best), the Wasm ÷ native ratio (median of the rounds' ratios), each stage's busy time and
 //! the peak RSS, and writes `target/bench.json`.
 //!
 //! `BENCH_RECORDS` (default 2,000,000) orders for the reference pipeline, `BENCH_JOB_RECORDS`
-//! (default 20,000,000) for each peer job, `BENCH_ROUNDS` (default 3).
+//! (default 20,000,000) for each peer job, `BENCH_NEXMARK_EVENTS` (default 10,000,000) for each
+//! Nexmark query, `BENCH_ROUNDS` (default 3).
 
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The Nexmark queries `make bench` runs, each `pipelines/nexmark/QUERY.toml`.
+const NEXMARK_QUERIES: [&str; 5] = ["q0", "q1", "q2", "q5", "q7"];
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -117,10 +122,11 @@ fn main() -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let records = env_or("BENCH_RECORDS", 2_000_000);
     let job_records = env_or("BENCH_JOB_RECORDS", 20_000_000);
+    let nexmark_events = env_or("BENCH_NEXMARK_EVENTS", 10_000_000);
     let rounds = env_or("BENCH_ROUNDS", 3).max(1);
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
-    for module in ["validate", "bench_stateless", "bench_window"] {
+    for module in ["validate", "bench_stateless", "bench_window", "nexmark_q7"] {
         let native = flumen::native_module_path(&root.join(format!("target/flumen/{module}.wasm")));
         anyhow::ensure!(
             native.exists(),
@@ -144,7 +150,8 @@ fn main() -> anyhow::Result<()> {
         anyhow::ensure!(status.success(), "flumen gen failed");
     }
     println!(
-        "reference pipeline: {records} orders; peer jobs: {job_records} records; {rounds} rounds"
+        "reference pipeline: {records} orders; peer jobs: {job_records} records; Nexmark: \
+         {nexmark_events} events; {rounds} rounds"
     );
     let reference = job(
         &root,
@@ -171,16 +178,25 @@ fn main() -> anyhow::Result<()> {
         &jobs_env,
         rounds,
     )?;
+    let nexmark_env = [("NEXMARK_EVENTS", nexmark_events.to_string())];
+    let mut nexmark = Vec::new();
+    for query in NEXMARK_QUERIES {
+        let pipeline = format!("pipelines/nexmark/{query}.toml");
+        let result = job(&root, query, &pipeline, &nexmark_env, rounds)?;
+        nexmark.push((format!("nexmark_{query}"), result));
+    }
 
     println!(
         "\n{:<10} {:>14} {:>14} {:>7} {:>14} {:>10}",
         "job", "wasm rec/s", "native rec/s", "ratio", "wasm best", "peak RSS"
     );
-    for (name, result) in [
-        ("reference", &reference),
-        ("stateless", &stateless),
-        ("window", &window),
-    ] {
+    let jobs = [
+        ("reference".to_string(), &reference),
+        ("stateless".to_string(), &stateless),
+        ("window".to_string(), &window),
+    ];
+    let nexmark_jobs = nexmark.iter().map(|(name, result)| (name.clone(), result));
+    for (name, result) in jobs.into_iter().chain(nexmark_jobs) {
         println!(
             "{name:<10} {:>14.0} {:>14.0} {:>7.2} {:>14.0} {:>7} MiB",
             result["wasm_records_per_s"].as_f64().unwrap_or(0.0),
@@ -201,6 +217,9 @@ fn main() -> anyhow::Result<()> {
     }
     let mut report = reference.clone();
     report["jobs"] = json!({"stateless": stateless, "window": window});
+    for (name, result) in nexmark {
+        report["jobs"][name] = result;
+    }
     let path = root.join("target/bench.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
     println!("\nwrote {}", path.display());

@@ -156,7 +156,7 @@ pub fn plan(
             port: PortPlan {
                 name: "main".into(),
                 type_name: s.kind.output().0.into(),
-                shape: None,
+                shape: s.kind.shape(),
                 encoding: s.kind.output().1,
                 consumers: Vec::new(),
                 key_fields: Vec::new(),

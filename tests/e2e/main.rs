@@ -11,6 +11,7 @@ mod hardening;
 mod kafka;
 mod live;
 mod native;
+mod nexmark;
 mod observe;
 mod orders_pipeline;
 mod sandbox;

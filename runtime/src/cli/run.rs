@@ -179,7 +179,9 @@ fn follows(config: &flumen::config::PipelineConfig) -> bool {
     config.sources.iter().any(|s| match &s.kind {
         SourceKind::File { follow, .. } => *follow,
         SourceKind::Kafka(input) => !input.stop_at_end,
-        SourceKind::Generator { .. } | SourceKind::Bench { .. } => false,
+        SourceKind::Generator { .. } | SourceKind::Bench { .. } | SourceKind::Nexmark { .. } => {
+            false
+        }
     })
 }
 

@@ -22,6 +22,7 @@ impl PipelineConfig {
                 }
                 SourceKind::Generator { count, .. } => format!("generator, {count} orders"),
                 SourceKind::Bench { count, .. } => format!("bench, {count} orders"),
+                SourceKind::Nexmark { count, .. } => format!("nexmark, {count} events"),
                 SourceKind::Kafka(input) => format!("kafka {}", input.topics.join(",")),
             };
             nodes.push(node(&source.name, "source", detail));

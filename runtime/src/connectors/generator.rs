@@ -221,6 +221,30 @@ pub const BENCH_ORDER: &str = "BenchOrder";
 /// The options of a generator (or bench) source, besides those of every source.
 pub(super) const SOURCE_OPTIONS: &[&str] = &["count", "seed", "rate"];
 
+/// The options of a source of typed events made in memory (`nexmark`).
+pub(super) const TYPED_OPTIONS: &[&str] = &["count", "seed"];
+
+/// The type name of the `nexmark` source's records: `nexmark_model::Event`, in bincode.
+pub const NEXMARK_EVENT: &str = "Event";
+
+/// A `nexmark` source's kind, from its options.
+pub(super) fn nexmark_kind(options: &mut dyn Options) -> Option<SourceKind> {
+    Some(SourceKind::Nexmark {
+        count: options.positive("count", 1000, u64::MAX >> 1),
+        seed: options.integer("seed").unwrap_or(0) as u64,
+    })
+}
+
+/// A source of `count` Nexmark events from `seed`.
+pub(super) fn open_nexmark(count: u64, seed: u64, config: &SourceConfig) -> Box<dyn Source> {
+    Box::new(NexmarkSource {
+        generator: nexmark_model::generator::Generator::new(seed),
+        count,
+        batch_size: config.batch_size,
+        value: Vec::with_capacity(256),
+    })
+}
+
 /// A generator source's kind (`bench` when `typed`), from its options.
 pub(super) fn source_kind(options: &mut dyn Options, typed: bool) -> Option<SourceKind> {
     let count = options.positive("count", 1000, u64::MAX >> 1);
@@ -406,6 +430,49 @@ impl Source for BenchSource {
     }
 }
 
+/// The Nexmark benchmark's events, made in memory as bincode `Event`s.
+struct NexmarkSource {
+    generator: nexmark_model::generator::Generator,
+    /// Events in all.
+    count: u64,
+    batch_size: usize,
+    value: Vec<u8>,
+}
+
+impl Source for NexmarkSource {
+    fn next_batch(&mut self, out: &mut SourceBatch) -> std::io::Result<Pull> {
+        while out.len() < self.batch_size && self.generator.drawn() < self.count {
+            self.value.clear();
+            let drawn = self.generator.next_into(&mut self.value);
+            out.push_typed(|name| drawn.field(name), drawn.ts, &self.value);
+        }
+        Ok(pulled(out))
+    }
+
+    fn retune(&mut self, config: &SourceConfig) {
+        self.batch_size = config.batch_size;
+    }
+
+    fn position(&mut self) -> std::io::Result<Position> {
+        Ok(Position::Sequence {
+            drawn: self.generator.drawn(),
+        })
+    }
+
+    fn lag(&mut self) -> Option<crate::telemetry::Lag> {
+        Some(crate::telemetry::Lag {
+            behind: self.count.saturating_sub(self.generator.drawn()),
+            unit: "records",
+        })
+    }
+
+    fn seek(&mut self, position: &Position) -> anyhow::Result<()> {
+        let drawn = sequence_to_resume(position, self.generator.drawn())?.min(self.count);
+        self.generator.skip(drawn);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,11 +510,12 @@ mod tests {
             max_record_bytes: 1 << 20,
             max_future_ms: None,
         };
-        let open = |typed: bool, config: &SourceConfig| match typed {
-            true => open_typed(60, 3, config),
-            false => open(60, 3, None, config),
+        let open = |kind: &str, config: &SourceConfig| match kind {
+            "bench" => open_typed(60, 3, config),
+            "nexmark" => open_nexmark(60, 3, config),
+            _ => open(60, 3, None, config),
         };
-        for typed in [false, true] {
+        for typed in ["generator", "bench", "nexmark"] {
             let all = drain(open(typed, &config).as_mut());
             let mut first = open(typed, &config);
             let mut batch = SourceBatch::new(Vec::new(), None);

@@ -81,6 +81,14 @@ pub enum SourceKind {
         /// The seed: the same seed gives the same orders.
         seed: u64,
     },
+    /// The Nexmark benchmark's events, made in memory (no JSON): typed `Event` records of
+    /// `nexmark_model` (people, auctions and bids, 1 : 3 : 46).
+    Nexmark {
+        /// How many events.
+        count: u64,
+        /// The seed: the same seed gives the same events.
+        seed: u64,
+    },
     /// JSON values from every partition of Kafka topics.
     Kafka(Box<kafka::KafkaInput>),
 }
@@ -337,6 +345,11 @@ const SOURCE_TYPES: &[SourceType] = &[
         kind: |options| generator::source_kind(options, true),
     },
     SourceType {
+        name: "nexmark",
+        options: generator::TYPED_OPTIONS,
+        kind: generator::nexmark_kind,
+    },
+    SourceType {
         name: "kafka",
         options: kafka::SOURCE_OPTIONS,
         kind: kafka::source_kind,
@@ -463,6 +476,7 @@ impl SourceKind {
                 generator::open(*count, *seed, *rate, config)
             }
             SourceKind::Bench { count, seed } => generator::open_typed(*count, *seed, config),
+            SourceKind::Nexmark { count, seed } => generator::open_nexmark(*count, *seed, config),
             SourceKind::Kafka(input) => Box::new(kafka::KafkaSource::open(input, config, journal)?),
         })
     }
@@ -481,7 +495,9 @@ impl SourceKind {
                     count: c, seed: s, ..
                 },
             ) => (count, seed) == (c, s) && old.name == new.name,
-            (a @ SourceKind::Bench { .. }, b) => a == b && old.name == new.name,
+            (a @ (SourceKind::Bench { .. } | SourceKind::Nexmark { .. }), b) => {
+                a == b && old.name == new.name
+            }
             _ => false,
         }
     }
@@ -491,9 +507,19 @@ impl SourceKind {
     pub fn output(&self) -> (&'static str, Encoding) {
         match self {
             SourceKind::Bench { .. } => (generator::BENCH_ORDER, Encoding::Bincode),
+            SourceKind::Nexmark { .. } => (generator::NEXMARK_EVENT, Encoding::Bincode),
             SourceKind::File { .. } | SourceKind::Generator { .. } | SourceKind::Kafka(_) => {
                 (JSON_TEXT, Encoding::Json)
             }
+        }
+    }
+
+    /// The shape of a typed source's records, so that a stage reading them is checked field by
+    /// field (none for JSON, read by field name, and for the bench's hand-encoded orders).
+    pub fn shape(&self) -> Option<flumen_sdk::abi::Shape> {
+        match self {
+            SourceKind::Nexmark { .. } => flumen_sdk::shape::of::<nexmark_model::Event>(),
+            _ => None,
         }
     }
 }
@@ -612,6 +638,9 @@ mod tests {
         let mut problems = Nothing(Vec::new());
         assert_eq!(source_kind("file", &mut problems), None);
         assert_eq!(problems.0, ["type: a file source needs `path`"]);
-        assert_eq!(source_types_with("count"), ["generator", "bench"]);
+        assert_eq!(
+            source_types_with("count"),
+            ["generator", "bench", "nexmark"]
+        );
     }
 }

@@ -439,6 +439,7 @@ fn input_of(kind: &SourceKind) -> String {
             format!("generated orders ({count}, seed {seed})")
         }
         SourceKind::Bench { count, seed } => format!("bench orders ({count}, seed {seed})"),
+        SourceKind::Nexmark { count, seed } => format!("nexmark events ({count}, seed {seed})"),
         SourceKind::Kafka(input) => {
             format!(
                 "kafka topics {} on {}",
