@@ -11,7 +11,8 @@ use crate::state::{Bytes, Fired};
 use crate::window::{Bounds, WindowSpec};
 use flumen_sdk::abi::{BatchWriter, Encoding, OutputEntry, OutputReader, RecordRef, SlotWriter};
 use rustc_hash::FxHashMap;
-use std::collections::{BTreeMap, BTreeSet};
+use smallvec::SmallVec;
+use std::collections::BTreeSet;
 
 impl Partition {
     pub(super) fn run_windows(
@@ -159,7 +160,8 @@ impl Partition {
         let mut fired = Vec::new();
         let mut outcome = Ok(());
         'ends: for end in ends {
-            let mut per_key: BTreeMap<&[u8], Vec<&[u8]>> = BTreeMap::new();
+            // In no particular order: the caller sorts fired windows by end, then key.
+            let mut per_key: FxHashMap<&[u8], SmallVec<[&[u8]; 10]>> = FxHashMap::default();
             let from = end.saturating_sub(size).saturating_add(slide);
             for (_, keyed) in partition.windows.range(from..=end) {
                 for (key, pane) in keyed {
