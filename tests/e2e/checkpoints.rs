@@ -173,6 +173,57 @@ fn killed_at_any_moment_a_run_resumes_to_exactly_the_output_of_one_never_killed(
 }
 
 #[test]
+fn no_checkpoints_runs_a_checkpointing_pipeline_without_any_and_from_its_start() {
+    modules();
+    let scenario = Scenario::new();
+    let input = input(&scenario, "5000", "3");
+    let orders = scenario.write("orders.jsonl", &input);
+    let out = scenario.path("out");
+    for _ in 0..2 {
+        // Twice: a run without checkpoints leaves nothing to resume, so the second starts over.
+        let output = flumen()
+            .args(["run", "pipelines/orders.toml", "--no-checkpoints"])
+            .env("ORDERS", &orders)
+            .env("OUT_DIR", &out)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        assert!(!checkpoints(&out).exists(), "{:?}", ids(&out));
+        assert_exact(&out, &input);
+    }
+    // A sink that delivers exactly once needs them: refused before anything runs.
+    let pipeline = scenario.pipeline(
+        r#"
+[pipeline]
+checkpoint = { dir = "{dir}/checkpoints" }
+[sources.orders]
+type = "generator"
+count = 10
+[operators.validate]
+module = "{modules}/validate.wasm"
+inputs = ["orders"]
+[sinks.out]
+type = "kafka"
+brokers = "127.0.0.1:9"
+topic = "valid"
+inputs = ["validate"]
+"#,
+    );
+    let output = flumen()
+        .arg("run")
+        .arg(&pipeline)
+        .arg("--no-checkpoints")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("sink `out` delivers exactly once, which needs checkpoints"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
+#[test]
 fn damaged_checkpoints_are_passed_over_and_foreign_ones_refused() {
     modules();
     let scenario = Scenario::new();

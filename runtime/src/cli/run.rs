@@ -55,6 +55,11 @@ pub struct Args {
     /// Start from the beginning: remove the pipeline's checkpoints instead of resuming from them.
     #[arg(long)]
     fresh: bool,
+    /// Take no checkpoints, even where the pipeline file asks for them (a benchmark, a throwaway
+    /// run): a crash then loses the run's state, and the next run starts from the beginning.
+    /// Refused with a Kafka sink that delivers exactly once.
+    #[arg(long, conflicts_with = "fresh")]
+    no_checkpoints: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -69,6 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         backend,
         summary_json,
         fresh,
+        no_checkpoints,
     } = args;
     if !(1..=MAX_PARALLELISM).contains(&parallelism) {
         anyhow::bail!("--parallelism is between 1 and {MAX_PARALLELISM}");
@@ -82,13 +88,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let capacity = flumen::instances_needed(&pipeline, options);
     let sandbox = Arc::new(Sandbox::with_capacity(capacity)?);
-    let prepared = match flumen::prepare(&pipeline, &sandbox, options) {
+    let mut prepared = match flumen::prepare(&pipeline, &sandbox, options) {
         Ok(prepared) => prepared,
         Err(errors) => {
             eprintln!("{errors}");
             return Ok(ExitCode::from(2));
         }
     };
+    if no_checkpoints {
+        let exactly_once = prepared.config.sinks.iter().find(|sink| {
+            matches!(&sink.kind, flumen::connectors::SinkKind::Kafka(out) if out.exactly_once)
+        });
+        if let Some(sink) = exactly_once {
+            eprintln!(
+                "--no-checkpoints: sink `{}` delivers exactly once, which needs checkpoints \
+                 (set its delivery = \"at_least_once\" to run without)",
+                sink.name
+            );
+            return Ok(ExitCode::from(2));
+        }
+        prepared.config.checkpoint = None;
+    }
     let files = flumen::reload::watched_files(&pipeline, &prepared);
     let modules: Vec<PathBuf> = prepared
         .config
