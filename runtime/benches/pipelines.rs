@@ -32,7 +32,7 @@ fn run(
     args: &[&str],
 ) -> anyhow::Result<Value> {
     let summary = root.join("target/bench/summary.json");
-    let status = Command::new(env!("CARGO_BIN_EXE_flumen"))
+    let output = Command::new(env!("CARGO_BIN_EXE_flumen"))
         .current_dir(root)
         .args([
             "run",
@@ -46,11 +46,13 @@ fn run(
         .args(args)
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .env("FLUMEN_LOG", "warn")
-        .stderr(std::process::Stdio::null())
-        .status()?;
+        .stdout(std::process::Stdio::null())
+        .output()?;
     anyhow::ensure!(
-        status.success(),
-        "flumen run {pipeline} --backend {backend} failed"
+        output.status.success(),
+        "flumen run {pipeline} --backend {backend} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
     );
     Ok(serde_json::from_slice(&std::fs::read(&summary)?)?)
 }

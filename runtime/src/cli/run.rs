@@ -58,7 +58,7 @@ pub struct Args {
     /// Take no checkpoints, even where the pipeline file asks for them (a benchmark, a throwaway
     /// run): a crash then loses the run's state, and the next run starts from the beginning.
     /// Refused with a Kafka sink that delivers exactly once.
-    #[arg(long, conflicts_with = "fresh")]
+    #[arg(long)]
     no_checkpoints: bool,
 }
 
