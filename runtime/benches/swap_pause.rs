@@ -17,7 +17,9 @@ fn main() -> anyhow::Result<()> {
     let swaps: usize = std::env::var("SWAPS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(50);
+        // Enough swaps that p99 is not simply the slowest one (one preemption of a shared
+        // machine's thread would decide it).
+        .unwrap_or(200);
     let orders: u64 = std::env::var("ORDERS")
         .ok()
         .and_then(|s| s.parse().ok())
