@@ -96,10 +96,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     if no_checkpoints {
-        let exactly_once = prepared.config.sinks.iter().find(|sink| {
-            matches!(&sink.kind, flumen::connectors::SinkKind::Kafka(out) if out.exactly_once)
-        });
-        if let Some(sink) = exactly_once {
+        let replaying = prepared.config.sinks.iter().find(|s| s.kind.needs_replay());
+        if let Some(sink) = replaying {
             eprintln!(
                 "--no-checkpoints: sink `{}` delivers exactly once, which needs checkpoints \
                  (set its delivery = \"at_least_once\" to run without)",

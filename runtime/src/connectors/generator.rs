@@ -229,26 +229,29 @@ pub const NEXMARK_EVENT: &str = "Event";
 
 /// A `nexmark` source's kind, from its options.
 pub(super) fn nexmark_kind(options: &mut dyn Options) -> Option<SourceKind> {
-    Some(SourceKind::Nexmark {
-        count: options.positive("count", 1000, u64::MAX >> 1),
-        seed: options.integer("seed").unwrap_or(0) as u64,
-    })
+    let (count, seed) = count_and_seed(options);
+    Some(SourceKind::Nexmark { count, seed })
 }
 
 /// A source of `count` Nexmark events from `seed`.
 pub(super) fn open_nexmark(count: u64, seed: u64, config: &SourceConfig) -> Box<dyn Source> {
-    Box::new(NexmarkSource {
-        generator: nexmark_model::generator::Generator::new(seed),
+    TypedSource::open(
+        nexmark_model::generator::Generator::new(seed),
         count,
-        batch_size: config.batch_size,
-        value: Vec::with_capacity(256),
-    })
+        config,
+    )
+}
+
+/// The options every generated sequence has: how many, and the seed.
+fn count_and_seed(options: &mut dyn Options) -> (u64, u64) {
+    let count = options.positive("count", 1000, u64::MAX >> 1);
+    let seed = options.integer("seed").unwrap_or(0) as u64;
+    (count, seed)
 }
 
 /// A generator source's kind (`bench` when `typed`), from its options.
 pub(super) fn source_kind(options: &mut dyn Options, typed: bool) -> Option<SourceKind> {
-    let count = options.positive("count", 1000, u64::MAX >> 1);
-    let seed = options.integer("seed").unwrap_or(0) as u64;
+    let (count, seed) = count_and_seed(options);
     let rate = options
         .integer("rate")
         .map(|_| options.positive("rate", 1, 100_000_000));
@@ -276,13 +279,7 @@ pub(super) fn open(
 
 /// A source of `count` typed orders (bincode `BenchOrder`s) from `seed`.
 pub(super) fn open_typed(count: u64, seed: u64, config: &SourceConfig) -> Box<dyn Source> {
-    Box::new(BenchSource {
-        generator: BenchGenerator::new(seed),
-        count,
-        left: count,
-        batch_size: config.batch_size,
-        value: Vec::with_capacity(48),
-    })
+    TypedSource::open(BenchGenerator::new(seed), count, config)
 }
 
 /// Generated orders, as `flumen gen orders` writes them.
@@ -382,30 +379,70 @@ fn sequence_to_resume(position: &Position, drawn: u64) -> anyhow::Result<u64> {
     Ok(wanted)
 }
 
-/// The benchmark's orders, made in memory as bincode `BenchOrder`s (six `i64`s).
-struct BenchSource {
-    generator: BenchGenerator,
-    /// Orders in all, and left to make.
+/// Records made in memory already typed (bincode), one after another: the bench's orders,
+/// Nexmark's events.
+trait TypedRecords: 'static {
+    /// Makes the next record, its value encoded into `value`, and pushes it to `out`.
+    fn push_next(&mut self, value: &mut Vec<u8>, out: &mut SourceBatch);
+    /// Makes `n` records and drops them.
+    fn skip(&mut self, n: u64);
+}
+
+impl TypedRecords for BenchGenerator {
+    fn push_next(&mut self, value: &mut Vec<u8>, out: &mut SourceBatch) {
+        let order = self.next_order();
+        for field in order {
+            value.extend_from_slice(&field.to_le_bytes());
+        }
+        out.push_typed(|name| BenchGenerator::field(&order, name), order[5], value);
+    }
+
+    fn skip(&mut self, n: u64) {
+        for _ in 0..n {
+            self.next_order();
+        }
+    }
+}
+
+impl TypedRecords for nexmark_model::generator::Generator {
+    fn push_next(&mut self, value: &mut Vec<u8>, out: &mut SourceBatch) {
+        let drawn = self.next_into(value);
+        out.push_typed(|name| drawn.field(name), drawn.ts, value);
+    }
+
+    fn skip(&mut self, n: u64) {
+        nexmark_model::generator::Generator::skip(self, n);
+    }
+}
+
+/// A source of `count` typed records.
+struct TypedSource<G> {
+    records: G,
+    /// Records in all, and made so far.
     count: u64,
-    left: u64,
+    drawn: u64,
     batch_size: usize,
     value: Vec<u8>,
 }
 
-impl Source for BenchSource {
+impl<G: TypedRecords> TypedSource<G> {
+    fn open(records: G, count: u64, config: &SourceConfig) -> Box<dyn Source> {
+        Box::new(TypedSource {
+            records,
+            count,
+            drawn: 0,
+            batch_size: config.batch_size,
+            value: Vec::with_capacity(256),
+        })
+    }
+}
+
+impl<G: TypedRecords> Source for TypedSource<G> {
     fn next_batch(&mut self, out: &mut SourceBatch) -> std::io::Result<Pull> {
-        while out.len() < self.batch_size && self.left > 0 {
-            self.left -= 1;
-            let order = self.generator.next_order();
+        while out.len() < self.batch_size && self.drawn < self.count {
             self.value.clear();
-            for field in order {
-                self.value.extend_from_slice(&field.to_le_bytes());
-            }
-            out.push_typed(
-                |name| BenchGenerator::field(&order, name),
-                order[5],
-                &self.value,
-            );
+            self.records.push_next(&mut self.value, out);
+            self.drawn += 1;
         }
         Ok(pulled(out))
     }
@@ -415,60 +452,20 @@ impl Source for BenchSource {
     }
 
     fn position(&mut self) -> std::io::Result<Position> {
-        Ok(Position::Sequence {
-            drawn: self.count - self.left,
-        })
-    }
-
-    fn seek(&mut self, position: &Position) -> anyhow::Result<()> {
-        let drawn = sequence_to_resume(position, self.count - self.left)?.min(self.count);
-        for _ in 0..drawn {
-            self.generator.next_order();
-        }
-        self.left = self.count - drawn;
-        Ok(())
-    }
-}
-
-/// The Nexmark benchmark's events, made in memory as bincode `Event`s.
-struct NexmarkSource {
-    generator: nexmark_model::generator::Generator,
-    /// Events in all.
-    count: u64,
-    batch_size: usize,
-    value: Vec<u8>,
-}
-
-impl Source for NexmarkSource {
-    fn next_batch(&mut self, out: &mut SourceBatch) -> std::io::Result<Pull> {
-        while out.len() < self.batch_size && self.generator.drawn() < self.count {
-            self.value.clear();
-            let drawn = self.generator.next_into(&mut self.value);
-            out.push_typed(|name| drawn.field(name), drawn.ts, &self.value);
-        }
-        Ok(pulled(out))
-    }
-
-    fn retune(&mut self, config: &SourceConfig) {
-        self.batch_size = config.batch_size;
-    }
-
-    fn position(&mut self) -> std::io::Result<Position> {
-        Ok(Position::Sequence {
-            drawn: self.generator.drawn(),
-        })
+        Ok(Position::Sequence { drawn: self.drawn })
     }
 
     fn lag(&mut self) -> Option<crate::telemetry::Lag> {
         Some(crate::telemetry::Lag {
-            behind: self.count.saturating_sub(self.generator.drawn()),
+            behind: self.count - self.drawn,
             unit: "records",
         })
     }
 
     fn seek(&mut self, position: &Position) -> anyhow::Result<()> {
-        let drawn = sequence_to_resume(position, self.generator.drawn())?.min(self.count);
-        self.generator.skip(drawn);
+        let drawn = sequence_to_resume(position, self.drawn)?.min(self.count);
+        self.records.skip(drawn);
+        self.drawn = drawn;
         Ok(())
     }
 }

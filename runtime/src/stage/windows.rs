@@ -6,7 +6,8 @@ use super::Ctx;
 use super::output::{Expect, FAILED, check};
 use super::partition::{Partition, WINDOWS_PER_CALL, within_state_limit};
 use crate::config::StageLimits;
-use crate::guest::GuestFailure;
+use crate::guest::{Guest, GuestFailure};
+use crate::state::windows::WindowStore;
 use crate::state::{Bytes, Fired};
 use crate::window::{Bounds, WindowSpec};
 use flumen_sdk::abi::{BatchWriter, Encoding, OutputEntry, OutputReader, RecordRef, SlotWriter};
@@ -115,8 +116,8 @@ impl Partition {
         Ok(())
     }
 
-    /// Fires the sliding windows `watermark` completes from the panes of `partition`: each window's
-    /// panes are merged (a guest call per `WINDOWS_PER_CALL` windows); panes no window needs any more are dropped.
+    /// Fires the sliding windows `watermark` completes from the panes of `partition`: each
+    /// window's panes are merged ([`merge_panes`]); panes no window needs any more are dropped.
     pub(super) fn fire_panes(
         &mut self,
         size: i64,
@@ -156,41 +157,57 @@ impl Partition {
                 end = next;
             }
         }
-        let mut call = MergeCall::new();
-        let mut fired = Vec::new();
-        let mut outcome = Ok(());
-        'ends: for end in ends {
-            // In no particular order: the caller sorts fired windows by end, then key.
-            let mut per_key: FxHashMap<&[u8], SmallVec<[&[u8]; 10]>> = FxHashMap::default();
-            let from = end.saturating_sub(size).saturating_add(slide);
-            for (_, keyed) in partition.windows.range(from..=end) {
-                for (key, pane) in keyed {
-                    per_key.entry(key).or_default().push(&pane.acc);
-                }
-            }
-            for (key, accs) in per_key {
-                let bounds = Bounds {
-                    start: end.saturating_sub(size),
-                    end,
-                };
-                call.push(bounds, key, &accs);
-                if call.windows.len() == WINDOWS_PER_CALL {
-                    outcome = call.run(partition.guest.as_mut(), limits, &mut fired);
-                    if outcome.is_err() {
-                        break 'ends;
-                    }
-                }
-            }
-        }
-        if outcome.is_ok() && !call.windows.is_empty() {
-            outcome = call.run(partition.guest.as_mut(), limits, &mut fired);
-        }
+        let fired = merge_panes(
+            &partition.windows,
+            partition.guest.as_mut(),
+            ends,
+            (size, slide),
+            limits,
+        );
         // Fired or failed, these windows are done: a failure sends them to the dead letters.
         partition.windows.panes_fired_until = Some(last);
         let keep_from = last.saturating_add(slide).saturating_sub(size);
         partition.windows.drop_through(keep_from);
-        outcome.map(|()| fired)
+        fired
     }
+}
+
+/// The windows ending at `ends` (of `size`, every `slide`), each merged from its panes in
+/// `panes`, in guest calls of at most `WINDOWS_PER_CALL` windows.
+fn merge_panes(
+    panes: &WindowStore,
+    guest: &mut dyn Guest,
+    ends: BTreeSet<i64>,
+    (size, slide): (i64, i64),
+    limits: StageLimits,
+) -> Result<Vec<Fired>, GuestFailure> {
+    let mut call = MergeCall::new();
+    let mut fired = Vec::new();
+    // In no particular order: the caller sorts fired windows by end, then key.
+    let mut per_key: FxHashMap<&[u8], SmallVec<[&[u8]; 10]>> = FxHashMap::default();
+    for end in ends {
+        per_key.clear();
+        let from = end.saturating_sub(size).saturating_add(slide);
+        for (_, keyed) in panes.range(from..=end) {
+            for (key, pane) in keyed {
+                per_key.entry(key).or_default().push(&pane.acc);
+            }
+        }
+        let bounds = Bounds {
+            start: end.saturating_sub(size),
+            end,
+        };
+        for (key, accs) in &per_key {
+            call.push(bounds, key, accs);
+            if call.windows.len() == WINDOWS_PER_CALL {
+                call.run(guest, limits, &mut fired)?;
+            }
+        }
+    }
+    if !call.windows.is_empty() {
+        call.run(guest, limits, &mut fired)?;
+    }
+    Ok(fired)
 }
 
 /// One merge call being written: a request record per window, naming its target slot and the
@@ -212,7 +229,7 @@ impl MergeCall {
 
     fn push(&mut self, bounds: Bounds, key: &[u8], accs: &[&[u8]]) {
         let target = self.slots.push(key, None);
-        let refs: Vec<u32> = std::iter::once(target)
+        let refs: SmallVec<[u32; 11]> = std::iter::once(target)
             .chain(accs.iter().map(|acc| self.slots.push(key, Some(acc))))
             .collect();
         self.request.push_with(key, bounds.end - 1, &refs, |_| {});
@@ -222,7 +239,7 @@ impl MergeCall {
     /// Merges the windows written so far into `fired`, and starts the next call.
     fn run(
         &mut self,
-        guest: &mut dyn crate::guest::Guest,
+        guest: &mut dyn Guest,
         limits: StageLimits,
         fired: &mut Vec<Fired>,
     ) -> Result<(), GuestFailure> {

@@ -141,16 +141,18 @@ impl<A: Aggregate> GuestRunner for AggregateRunner<A> {
         };
         accs.clear();
         accs.resize_with(slots.len(), || None);
-        let mut merged = Vec::new();
         let mut errors = Vec::new();
+        let mut refs: Vec<usize> = Vec::new();
         for (index, record) in batch.enumerate() {
             let Ok(record) = record else { break };
-            let refs: Vec<usize> = record
-                .slots
-                .iter()
-                .map(|s| s as usize)
-                .filter(|s| *s < slots.len())
-                .collect();
+            refs.clear();
+            refs.extend(
+                record
+                    .slots
+                    .iter()
+                    .map(|s| s as usize)
+                    .filter(|s| *s < slots.len()),
+            );
             let Some((&target, sources)) = refs.split_first() else {
                 continue;
             };
@@ -163,21 +165,19 @@ impl<A: Aggregate> GuestRunner for AggregateRunner<A> {
                     aggregate.merge(acc, other);
                 }
             }
-            match outcome {
-                Ok(()) => merged.push(target),
-                Err(e) => errors.push((index as u32, e)),
+            if let Err(e) = outcome {
+                // Nothing of a failed window goes back.
+                for &slot in &refs {
+                    accs[slot] = None;
+                }
+                errors.push((index as u32, e));
             }
         }
         for (index, message) in errors {
             output.error(index, &message, b"");
         }
-        // Only the merged windows' accumulators go back (a source pane's slot stays empty).
-        let mut kept: Vec<Option<A::Acc>> = Vec::new();
-        kept.resize_with(accs.len(), || None);
-        for target in merged {
-            kept[target] = accs[target].take();
-        }
-        Self::save_accs(output, &kept);
+        // What is left is each merged window's accumulator (its panes' slots were taken).
+        Self::save_accs(output, accs);
         output.as_bytes()
     }
 

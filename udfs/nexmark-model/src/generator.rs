@@ -148,21 +148,20 @@ impl Generator {
     /// The generator of seed `seed`.
     pub fn new(seed: u64) -> Generator {
         let mut rng = Pcg64Mcg::seed_from_u64(seed);
-        let text = (0..4096)
+        let text: String = (0..4096)
             .map(|_| match rng.random_range(0..27u8) {
                 26 => ' ',
                 c => char::from(b'a' + c),
             })
             .collect();
-        let mut generator = Generator {
+        let hot_urls = std::array::from_fn(|_| base_url(&text, &mut rng));
+        Generator {
             rng,
             next: 0,
             text,
-            hot_urls: Default::default(),
+            hot_urls,
             scratch: Default::default(),
-        };
-        generator.hot_urls = std::array::from_fn(|_| generator.base_url());
-        generator
+        }
     }
 
     /// How many events were drawn.
@@ -339,10 +338,6 @@ impl Generator {
             ts,
             fields: [("auction", auction), ("bidder", bidder), ("price", price)],
         }
-    }
-
-    fn base_url(&mut self) -> String {
-        base_url(&self.text, &mut self.rng)
     }
 }
 
