@@ -16,7 +16,7 @@
 //!
 //! #[flumen_sdk::aggregate]
 //! impl Aggregate for UnitsPerSku {
-//!     type Input = Sale;
+//!     type Input<'a> = Sale;
 //!     type Acc = i64;
 //!     type Output = Units;
 //!     type Params = flumen_sdk::NoParams;
@@ -31,8 +31,8 @@
 //! }
 //! ```
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// The bounds of a window: `[start, end)`, milliseconds since the Unix epoch — what
 /// [`Aggregate::finish`] is told of the window it finishes.
@@ -55,8 +55,9 @@ pub struct Window {
 
 /// An incremental aggregate over the records of a window.
 pub trait Aggregate: Sized + 'static {
-    /// What the window stage consumes.
-    type Input: DeserializeOwned + Serialize;
+    /// What the window stage consumes; it may borrow from the record's bytes, as an
+    /// [`Operator`](crate::Operator)'s input may.
+    type Input<'a>: Deserialize<'a> + Serialize;
     /// The accumulator, stored by the host between batches.
     type Acc: Serialize + DeserializeOwned;
     /// What a fired window produces.
@@ -75,7 +76,7 @@ pub trait Aggregate: Sized + 'static {
     /// An empty accumulator.
     fn create(&self) -> Self::Acc;
     /// Adds a record to an accumulator.
-    fn add(&self, acc: &mut Self::Acc, input: &Self::Input);
+    fn add(&self, acc: &mut Self::Acc, input: &Self::Input<'_>);
     /// Merges `other` into `acc` (when session windows merge).
     fn merge(&self, acc: &mut Self::Acc, other: Self::Acc);
     /// The result of a fired window of `key` (empty for a global window), or none.

@@ -2,8 +2,7 @@
 //! (whose JSON must then be an object).
 
 use crate::abi::Encoding;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// Appends `value` to `buf` in `encoding`.
 pub(crate) fn encode_into<T: Serialize + ?Sized>(
@@ -19,11 +18,13 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     }
 }
 
-/// Decodes a value from `encoding`. With `object_only` (see [`is_struct`]), JSON must be an object
-/// at the top level: serde would otherwise accept an array for a struct's fields in order.
-pub(crate) fn decode<T: DeserializeOwned>(
+/// Decodes a value from `encoding`; the value may borrow from `bytes` (a `&str` or `Cow<str>`
+/// field of the input points into the batch instead of being allocated). With `object_only` (see
+/// [`is_struct`]), JSON must be an object at the top level: serde would otherwise accept an array
+/// for a struct's fields in order.
+pub(crate) fn decode<'a, T: Deserialize<'a>>(
     encoding: Encoding,
-    bytes: &[u8],
+    bytes: &'a [u8],
     object_only: bool,
 ) -> Result<T, String> {
     match encoding {
@@ -38,8 +39,9 @@ pub(crate) fn decode<T: DeserializeOwned>(
             serde_json::from_str(text).map_err(|e| e.to_string())
         }
         Encoding::Bincode => {
-            let (value, used) = bincode::serde::decode_from_slice(bytes, crate::abi::BINCODE)
-                .map_err(|e| e.to_string())?;
+            let (value, used) =
+                bincode::serde::borrow_decode_from_slice(bytes, crate::abi::BINCODE)
+                    .map_err(|e| e.to_string())?;
             if used != bytes.len() {
                 return Err(format!("{} trailing bytes", bytes.len() - used));
             }
@@ -50,7 +52,7 @@ pub(crate) fn decode<T: DeserializeOwned>(
 
 /// Whether `T` deserializes as a struct, found by asking it to deserialize from a probe that
 /// only records which kind of data `T` asks for.
-pub(crate) fn is_struct<T: DeserializeOwned>() -> bool {
+pub(crate) fn is_struct<'de, T: Deserialize<'de>>() -> bool {
     use serde::de::{self, Visitor};
 
     #[derive(Debug)]

@@ -31,6 +31,39 @@
 //! stage's `params` table). It may return `Result<_, E>` with `E: Display`: an `Err`, a panic, or
 //! an input that does not decode sends that record to the dead letters with the message, and the
 //! pipeline goes on. Side outputs are declared in the attribute: `side(name = Type, ...)`.
+//!
+//! ## Reading text without allocating
+//!
+//! An input type may borrow from the record's bytes, which live for the call: a field
+//! `Cow<'a, str>` marked `#[serde(borrow)]` points into the record (JSON text with escapes, such as
+//! `"\u0053KU-1"`, still decodes, into an owned string), and so may an output that passes it on.
+//! Name the lifetime on the function, or write `'_` where the output does not borrow:
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use std::borrow::Cow;
+//!
+//! #[derive(Serialize, Deserialize)]
+//! pub struct Order<'a> {
+//!     pub order_id: i64,
+//!     #[serde(borrow)]
+//!     pub sku: Cow<'a, str>,
+//! }
+//!
+//! #[flumen_sdk::filter_map]
+//! pub fn known_sku<'a>(order: Order<'a>) -> Option<Order<'a>> {
+//!     order.sku.starts_with("SKU-").then_some(order)
+//! }
+//!
+//! # use flumen_sdk::testing::Harness;
+//! let mut harness = Harness::<KnownSkuOperator>::new(serde_json::json!({})).unwrap();
+//! let kept = harness.run(Order { order_id: 1, sku: "SKU-1".into() }).unwrap();
+//! assert_eq!(kept.main, [serde_json::json!({"order_id": 1, "sku": "SKU-1"})]);
+//! ```
+//!
+//! A plain `&'a str` field borrows too, but cannot hold JSON text with escapes: such a record goes
+//! to the dead letters. The host compares `Order<'static>` (named `Order`) with what the producer
+//! writes, so an owned `Order` upstream and a borrowing one downstream agree.
 
 #![warn(missing_docs)]
 
@@ -52,12 +85,43 @@ pub use operator::{NoParams, Operator, Outputs};
 /// shortened to its last segment, so `alloc::vec::Vec<orders::Order>` is `Vec<Order>` and two
 /// crates may each define the same `Order`.
 ///
+/// Lifetimes are left out: an `Order<'a>` that borrows its text is the `Order` its producer
+/// writes.
+///
 /// ```
 /// assert_eq!(flumen_sdk::type_name::<Vec<std::string::String>>(), "Vec<String>");
 /// assert_eq!(flumen_sdk::type_name::<(i64, Option<u8>)>(), "(i64, Option<u8>)");
+/// assert_eq!(flumen_sdk::type_name::<std::borrow::Cow<'static, str>>(), "Cow<str>");
+/// assert_eq!(flumen_sdk::type_name::<Vec<&'static str>>(), "Vec<&str>");
 /// ```
 pub fn type_name<T: ?Sized>() -> String {
-    shorten_paths(std::any::type_name::<T>())
+    without_lifetimes(&shorten_paths(std::any::type_name::<T>()))
+}
+
+/// `name` without its lifetimes: `Cow<'_, str>` is `Cow<str>`, `&'a str` is `&str`, `Order<'_>`
+/// is `Order`.
+fn without_lifetimes(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut rest = name;
+    while let Some(at) = rest.find('\'') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let end = after
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        rest = &after[end..];
+        // The separator that followed it: `'a, T` and `&'a T` keep only `T`.
+        rest = rest
+            .strip_prefix(", ")
+            .or_else(|| rest.strip_prefix(' '))
+            .unwrap_or(rest);
+        if out.ends_with('<') && rest.starts_with('>') {
+            out.pop();
+            rest = &rest[1..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn shorten_paths(full: &str) -> String {

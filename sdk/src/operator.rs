@@ -4,8 +4,8 @@
 use crate::abi::{OperatorKind, OutputWriter, PortSpec, SideOutput};
 use crate::fields::{self, Extracted, FieldRequest};
 use crate::state::KeyedState;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// An operator as the runtime drives it. The attribute macros ([`map`](crate::map),
 /// [`filter`](crate::filter), [`filter_map`](crate::filter_map), [`flat_map`](crate::flat_map))
@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 /// struct Double;
 ///
 /// impl Operator for Double {
-///     type Input = i64;
+///     type Input<'a> = i64;
 ///     type Output = i64;
 ///     type Params = flumen_sdk::NoParams;
 ///     type State = NoState;
@@ -42,9 +42,13 @@ use serde::de::DeserializeOwned;
 /// }
 /// ```
 pub trait Operator: Sized + 'static {
-    /// What the operator consumes.
-    type Input: DeserializeOwned + Serialize;
-    /// What its main output carries.
+    /// What the operator consumes. It may borrow from the record's bytes, which live for the
+    /// call: `Order<'a>` with `Cow<'a, str>` fields (`#[serde(borrow)]`) reads its strings in
+    /// place instead of allocating them. The host compares `Input<'static>` with what producers
+    /// write.
+    type Input<'a>: Deserialize<'a> + Serialize;
+    /// What its main output carries: the `'static` form of the type, if it borrows (the macros
+    /// name it so; the values emitted may borrow from the input).
     type Output: Serialize;
     /// Its parameters, decoded from the stage's TOML `params` table.
     type Params: DeserializeOwned;
@@ -70,7 +74,7 @@ pub trait Operator: Sized + 'static {
     /// and drops whatever it emitted and whatever it changed in the state.
     fn process(
         &mut self,
-        input: Self::Input,
+        input: Self::Input<'_>,
         state: &mut Self::State,
         out: &mut Outputs<'_>,
     ) -> Result<(), String>;

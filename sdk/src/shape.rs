@@ -7,13 +7,14 @@
 //! `serde_json::Value`) or that is `Serialize` only gets no shape, and the host compares its name.
 
 use crate::abi::{Shape, ShapeKind, ShapeNode};
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_reflection::{
     ContainerFormat, Format, Named, Registry, Samples, Tracer, TracerConfig, VariantFormat,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The shape of `T`, or `None` where it cannot be traced.
+/// The shape of `T`, or `None` where it cannot be traced. A type that borrows from its input
+/// (`Order<'a>` with `Cow<'a, str>` fields) is traced as `Order<'static>`.
 ///
 /// ```
 /// use flumen_sdk::abi::ShapeKind;
@@ -26,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 /// let fields: Vec<&str> = shape.nodes[0].children.iter().map(|(n, _)| n.as_str()).collect();
 /// assert_eq!(fields, ["order_id", "qty"]);
 /// ```
-pub fn of<T: DeserializeOwned>() -> Option<Shape> {
+pub fn of<T: Deserialize<'static>>() -> Option<Shape> {
     let (root, registry) = trace::<T>()?;
     let mut builder = Builder {
         registry: &registry,
@@ -42,14 +43,17 @@ pub fn of<T: DeserializeOwned>() -> Option<Shape> {
 /// Traces `T` until every variant of every enum inside it is known. The tracer explores one
 /// more variant of an enum each time its "incomplete" mark is cleared, by name; the names come
 /// from a first trace that reports which enums are still incomplete.
-fn trace<T: DeserializeOwned>() -> Option<(Format, Registry)> {
-    let samples = Samples::new();
+fn trace<T: Deserialize<'static>>() -> Option<(Format, Registry)> {
+    // No sample values: the tracer makes up its own. Static, so that a type borrowing from its
+    // input can be traced at `'static`.
+    static SAMPLES: std::sync::LazyLock<Samples> = std::sync::LazyLock::new(Samples::new);
+    let samples: &'static Samples = &SAMPLES;
     let mut enums: BTreeSet<String> = BTreeSet::new();
     for _ in 0..8 {
         let mut tracer = Tracer::new(TracerConfig::default());
         let mut root = None;
         for _ in 0..256 {
-            let (format, _) = tracer.trace_type_once::<T>(&samples).ok()?;
+            let (format, _) = tracer.trace_type_once::<T>(samples).ok()?;
             root = Some(format);
             let mut explored = false;
             for name in &enums {
@@ -75,7 +79,7 @@ fn trace<T: DeserializeOwned>() -> Option<(Format, Registry)> {
 }
 
 /// Picks, at compile time, whether a type can be traced: `Probe::<T>::new().shape()` calls
-/// [`of`] for a `DeserializeOwned` type and returns `None` for any other (the macros use it on
+/// [`of`] for a `Deserialize` type and returns `None` for any other (the macros use it on
 /// output types, which only need `Serialize`).
 #[doc(hidden)]
 pub struct Probe<T>(std::marker::PhantomData<T>);
@@ -92,7 +96,7 @@ pub trait Traced {
     fn shape(&self) -> Option<Shape>;
 }
 
-impl<T: DeserializeOwned> Traced for Probe<T> {
+impl<T: Deserialize<'static>> Traced for Probe<T> {
     fn shape(&self) -> Option<Shape> {
         of::<T>()
     }

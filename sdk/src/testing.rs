@@ -153,13 +153,18 @@ impl<Op: Operator> Harness<Op> {
     }
 
     /// Processes one unkeyed record; an `Err` is what would go to the dead letters.
-    pub fn run(&mut self, input: Op::Input) -> Result<Collected, String> {
+    pub fn run(&mut self, input: Op::Input<'_>) -> Result<Collected, String> {
         self.run_keyed("", input, 0)
     }
 
     /// Processes one record of key `key` (its key field's text) with event time `ts`. On `Err`
     /// the key's state is left as it was, as the runtime does.
-    pub fn run_keyed(&mut self, key: &str, input: Op::Input, ts: i64) -> Result<Collected, String> {
+    pub fn run_keyed(
+        &mut self,
+        key: &str,
+        input: Op::Input<'_>,
+        ts: i64,
+    ) -> Result<Collected, String> {
         let value = serde_json::to_vec(&input).map_err(|e| format!("cannot encode input: {e}"))?;
         let mut batch = BatchWriter::new(Encoding::Json);
         let mut slots = SlotWriter::default();
@@ -281,7 +286,7 @@ impl WindowKind {
 ///
 /// #[flumen_sdk::aggregate]
 /// impl Aggregate for UnitsPerSku {
-///     type Input = Sale;
+///     type Input<'a> = Sale;
 ///     type Acc = i64;
 ///     type Output = Units;
 ///     type Params = flumen_sdk::NoParams;
@@ -345,7 +350,7 @@ impl<A: crate::aggregate::Aggregate> AggregateHarness<A> {
     /// the sessions it touches). A record whose windows have all fired is late: kept in
     /// [`AggregateHarness::late`], as the stage sends it to `late`. An `Err` is what would go to
     /// the dead letters; the windows are then as they were.
-    pub fn add(&mut self, key: &str, input: A::Input, ts: i64) -> Result<(), String> {
+    pub fn add(&mut self, key: &str, input: A::Input<'_>, ts: i64) -> Result<(), String> {
         let value = serde_json::to_vec(&input).map_err(|e| format!("cannot encode input: {e}"))?;
         let mut windows: Vec<_> = self.window.assign(ts);
         windows.retain(|w| w.end - 1 > self.watermark);
@@ -509,7 +514,7 @@ mod tests {
     struct Sum;
 
     impl Aggregate for Sum {
-        type Input = i64;
+        type Input<'a> = i64;
         type Acc = i64;
         type Output = (String, i64, i64, i64);
         type Params = crate::NoParams;

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 const EVENTS: u64 = 1_500_000;
 
 /// The bids among the first [`EVENTS`] events of seed 1 (the pipelines' seed).
-fn bids() -> Vec<Bid> {
+fn bids() -> Vec<Bid<'static>> {
     let mut generator = Generator::new(1);
     (0..EVENTS)
         .filter_map(|_| match generator.next_event() {

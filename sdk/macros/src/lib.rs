@@ -1,14 +1,20 @@
 //! The attribute macros of `flumen-sdk`: each turns a plain function into a flumen operator (an
 //! `Operator` impl on a struct named after the function, plus the module's exports). See the
 //! `flumen-sdk` documentation for what a function may take and return.
+//!
+//! An input type may borrow from the record (`Order<'a>`): its `'_`, elided reference lifetimes
+//! and the function's lifetime parameters become the `'a` of `Operator::Input<'a>`, and `'static`
+//! in the output and side output types the host compares.
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::{format_ident, quote};
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
+use syn::visit_mut::VisitMut;
 use syn::{
-    FnArg, GenericArgument, Ident, ItemFn, PathArguments, ReturnType, Token, Type, TypeParamBound,
+    FnArg, GenericArgument, Ident, ItemFn, Lifetime, PathArguments, ReturnType, Token, Type,
+    TypeParamBound,
 };
 
 #[derive(Clone, Copy, PartialEq)]
@@ -201,6 +207,39 @@ fn iterator_item(ty: &Type) -> Option<&Type> {
     })
 }
 
+/// Rewrites the lifetimes of a type from the function's signature for a place outside it: `'_`,
+/// an elided reference lifetime and the function's own lifetime parameters become `to` (`'a` for
+/// the input, which borrows from the record's bytes; `'static` for the types the host compares).
+struct Relifetime<'f> {
+    from: &'f [Lifetime],
+    to: Lifetime,
+}
+
+impl VisitMut for Relifetime<'_> {
+    fn visit_lifetime_mut(&mut self, lifetime: &mut Lifetime) {
+        if lifetime.ident == "_" || self.from.iter().any(|l| l.ident == lifetime.ident) {
+            *lifetime = self.to.clone();
+        }
+    }
+
+    fn visit_type_reference_mut(&mut self, reference: &mut syn::TypeReference) {
+        if reference.lifetime.is_none() {
+            reference.lifetime = Some(self.to.clone());
+        }
+        syn::visit_mut::visit_type_reference_mut(self, reference);
+    }
+}
+
+fn relifetime(ty: &Type, from: &[Lifetime], to: &str) -> Type {
+    let mut ty = ty.clone();
+    Relifetime {
+        from,
+        to: Lifetime::new(to, Span::call_site()),
+    }
+    .visit_type_mut(&mut ty);
+    ty
+}
+
 fn generate(kind: Kind, attr: Attr, func: ItemFn) -> syn::Result<TokenStream2> {
     let sig = &func.sig;
     let fn_name = &sig.ident;
@@ -355,8 +394,20 @@ fn generate(kind: Kind, attr: Attr, func: ItemFn) -> syn::Result<TokenStream2> {
     let state_ty = state_ty.unwrap_or_else(|| syn::parse_quote!(::flumen_sdk::state::NoState));
     let params_ty = params_ty.unwrap_or_else(|| syn::parse_quote!(::flumen_sdk::NoParams));
     let variant = kind.variant();
+    let fn_lifetimes: Vec<Lifetime> = sig
+        .generics
+        .lifetimes()
+        .map(|l| l.lifetime.clone())
+        .collect();
+    let input_ty = relifetime(&input_ty, &fn_lifetimes, "'a");
+    let output_ty = relifetime(&output_ty, &fn_lifetimes, "'static");
     let side_names = attr.sides.iter().map(|(n, _)| n.to_string());
-    let side_types = attr.sides.iter().map(|(_, t)| t);
+    let side_types: Vec<Type> = attr
+        .sides
+        .iter()
+        .map(|(_, t)| relifetime(t, &fn_lifetimes, "'static"))
+        .collect();
+    let side_types = side_types.iter();
     let doc = format!("The flumen operator of [`{fn_name}`].");
 
     Ok(quote! {
@@ -369,7 +420,7 @@ fn generate(kind: Kind, attr: Attr, func: ItemFn) -> syn::Result<TokenStream2> {
         }
 
         impl ::flumen_sdk::Operator for #struct_name {
-            type Input = #input_ty;
+            type Input<'a> = #input_ty;
             type Output = #output_ty;
             type Params = #params_ty;
             type State = #state_ty;
@@ -398,7 +449,7 @@ fn generate(kind: Kind, attr: Attr, func: ItemFn) -> syn::Result<TokenStream2> {
             #[allow(clippy::needless_borrow, unused_variables)]
             fn process(
                 &mut self,
-                input: #input_ty,
+                input: Self::Input<'_>,
                 state: &mut #state_ty,
                 out: &mut ::flumen_sdk::Outputs<'_>,
             ) -> ::core::result::Result<(), ::std::string::String> {

@@ -15,7 +15,7 @@ impl<A: Aggregate> Default for AggregateRunner<A> {
         AggregateRunner {
             aggregate: None,
             buffers: Buffers::new(),
-            input_is_struct: codec::is_struct::<A::Input>(),
+            input_is_struct: codec::is_struct::<A::Input<'static>>(),
             accs: Vec::new(),
         }
     }
@@ -95,14 +95,17 @@ impl<A: Aggregate> GuestRunner for AggregateRunner<A> {
         let encoding = batch.encoding();
         for (index, record) in batch.enumerate() {
             let Ok(record) = record else { break };
-            let input: A::Input = match codec::decode(encoding, record.value, is_struct) {
+            let input: A::Input<'_> = match codec::decode(encoding, record.value, is_struct) {
                 Ok(input) => input,
                 Err(e) => {
-                    let message = format!("cannot decode {}: {e}", crate::type_name::<A::Input>());
+                    let message = format!(
+                        "cannot decode {}: {e}",
+                        crate::type_name::<A::Input<'static>>()
+                    );
                     errors.push((
                         index as u32,
                         message,
-                        raw_text::<A::Input>(encoding, record.value, is_struct),
+                        raw_text::<A::Input<'_>>(encoding, record.value, is_struct),
                     ));
                     continue;
                 }
@@ -231,6 +234,7 @@ impl<A: Aggregate> GuestRunner for AggregateRunner<A> {
 
     /// Answers [`abi::exports::TO_JSON`].
     fn to_json(&mut self, len: usize) -> &[u8] {
-        self.buffers.render_json::<A::Input>(len)
+        let Buffers { input, output, .. } = &mut self.buffers;
+        render_json::<A::Input<'_>>(input, output, len)
     }
 }

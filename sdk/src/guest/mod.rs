@@ -11,6 +11,7 @@ use crate::codec;
 use crate::fields::Extracted;
 use crate::operator::{Operator, Outputs, Port, Target};
 use crate::state::KeyedState;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 mod aggregate;
@@ -24,11 +25,11 @@ pub fn describe<Op: Operator>() -> Describe {
     Describe {
         abi_version: ABI_VERSION,
         kind: Op::KIND,
-        input_type: crate::type_name::<Op::Input>(),
+        input_type: crate::type_name::<Op::Input<'static>>(),
         output_type: crate::type_name::<Op::Output>(),
         side_outputs: Op::side_outputs(),
         state_type: (Op::KIND == OperatorKind::Process).then(<Op::State as KeyedState>::type_name),
-        input_shape: crate::shape::of::<Op::Input>(),
+        input_shape: crate::shape::of::<Op::Input<'static>>(),
         output_shape: Op::output_shape(),
     }
 }
@@ -38,11 +39,11 @@ pub fn describe_aggregate<A: Aggregate>() -> Describe {
     Describe {
         abi_version: ABI_VERSION,
         kind: OperatorKind::Aggregate,
-        input_type: crate::type_name::<A::Input>(),
+        input_type: crate::type_name::<A::Input<'static>>(),
         output_type: crate::type_name::<A::Output>(),
         side_outputs: Vec::new(),
         state_type: Some(crate::type_name::<A::Acc>()),
-        input_shape: crate::shape::of::<A::Input>(),
+        input_shape: crate::shape::of::<A::Input<'static>>(),
         output_shape: A::output_shape(),
     }
 }
@@ -103,30 +104,36 @@ impl Buffers {
             .collect();
         Ok(request.params_json)
     }
+}
 
-    fn render_json<T: DeserializeOwned + serde::Serialize>(&mut self, len: usize) -> &[u8] {
-        let is_struct = codec::is_struct::<T>();
-        self.output.clear();
-        let batch = match self.input.get(..len).map(BatchReader::new) {
-            Some(Ok(batch)) => batch,
-            _ => {
-                self.output.error(u32::MAX, "malformed batch", b"");
-                return self.output.as_bytes();
-            }
-        };
-        let encoding = batch.encoding();
-        for (index, record) in batch.enumerate() {
-            let Ok(record) = record else { break };
-            match codec::decode::<T>(encoding, record.value, is_struct) {
-                Ok(value) => {
-                    let entry = self.output.record(0, index as u32, record.ts, 0);
-                    let _ = entry.value(|buf| codec::encode_into(Encoding::Json, &value, buf));
-                }
-                Err(e) => self.output.error(index as u32, &e, record.value),
-            }
+/// Answers [`abi::exports::TO_JSON`] for the batch in the first `len` bytes of `input`: each
+/// record decoded as `T` and written as JSON on port 0.
+fn render_json<'i, 'o, T: Deserialize<'i> + serde::Serialize>(
+    input: &'i [u8],
+    output: &'o mut OutputWriter,
+    len: usize,
+) -> &'o [u8] {
+    let is_struct = codec::is_struct::<T>();
+    output.clear();
+    let batch = match input.get(..len).map(BatchReader::new) {
+        Some(Ok(batch)) => batch,
+        _ => {
+            output.error(u32::MAX, "malformed batch", b"");
+            return output.as_bytes();
         }
-        self.output.as_bytes()
+    };
+    let encoding = batch.encoding();
+    for (index, record) in batch.enumerate() {
+        let Ok(record) = record else { break };
+        match codec::decode::<T>(encoding, record.value, is_struct) {
+            Ok(value) => {
+                let entry = output.record(0, index as u32, record.ts, 0);
+                let _ = entry.value(|buf| codec::encode_into(Encoding::Json, &value, buf));
+            }
+            Err(e) => output.error(index as u32, &e, record.value),
+        }
     }
+    output.as_bytes()
 }
 
 /// Decodes a stage's `params` into the UDF's type. A key the type does not read is an error,
@@ -179,9 +186,9 @@ fn refuse<'a>(output: &'a mut OutputWriter, why: &str) -> &'a [u8] {
 
 /// The failed input as text for a dead letter: JSON input as it came, bincode input decoded and
 /// rendered as JSON.
-fn raw_text<T: DeserializeOwned + serde::Serialize>(
+fn raw_text<'i, T: Deserialize<'i> + serde::Serialize>(
     encoding: Encoding,
-    value: &[u8],
+    value: &'i [u8],
     is_struct: bool,
 ) -> Vec<u8> {
     match encoding {
@@ -262,7 +269,7 @@ pub mod native;
 /// # use flumen_sdk::{Operator, Outputs, abi::{OperatorKind, SideOutput}};
 /// # struct Identity;
 /// # impl Operator for Identity {
-/// #     type Input = i64; type Output = i64; type Params = flumen_sdk::NoParams;
+/// #     type Input<'a> = i64; type Output = i64; type Params = flumen_sdk::NoParams;
 /// #     type State = flumen_sdk::state::NoState;
 /// #     const KIND: OperatorKind = OperatorKind::Map;
 /// #     fn side_outputs() -> Vec<SideOutput> { Vec::new() }
@@ -356,7 +363,7 @@ mod tests {
     struct Double;
 
     impl Operator for Double {
-        type Input = i64;
+        type Input<'a> = i64;
         type Output = i64;
         type Params = crate::NoParams;
         type State = NoState;
@@ -404,10 +411,161 @@ mod tests {
         assert!(whole_call_error(runner.native_call(native::PROCESS, &[])).contains("before init"));
     }
 
+    /// Borrows its text from the record: `name` as a `Cow` (owned only when JSON escapes it),
+    /// `tag` as a plain `&str` (so an escaped JSON `tag` cannot decode).
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Named<'a> {
+        #[serde(borrow)]
+        name: std::borrow::Cow<'a, str>,
+        tag: &'a str,
+    }
+
+    struct Borrows;
+
+    impl Operator for Borrows {
+        type Input<'a> = Named<'a>;
+        type Output = (String, bool, String);
+        type Params = crate::NoParams;
+        type State = NoState;
+        const KIND: OperatorKind = OperatorKind::Map;
+
+        fn side_outputs() -> Vec<abi::SideOutput> {
+            Vec::new()
+        }
+        fn new(_: Self::Params) -> Result<Self, String> {
+            Ok(Borrows)
+        }
+        fn process(
+            &mut self,
+            input: Named<'_>,
+            _: &mut NoState,
+            out: &mut Outputs<'_>,
+        ) -> Result<(), String> {
+            let borrowed = matches!(input.name, std::borrow::Cow::Borrowed(_));
+            out.emit_main(&(&input.name, borrowed, input.tag));
+            Ok(())
+        }
+    }
+
+    /// `runner` initialised with one JSON output port, then given `records` in `encoding`: what
+    /// it emitted (as JSON values) and the messages of what it refused, by input index.
+    fn run_batch<Op: Operator>(
+        encoding: Encoding,
+        records: &[Vec<u8>],
+    ) -> (Vec<serde_json::Value>, Vec<(u32, String)>) {
+        let mut runner = Runner::<Op>::default();
+        let init = InitRequest {
+            stage: "test".into(),
+            params_json: "{}".into(),
+            ports: vec![abi::PortSpec {
+                encoding: Encoding::Json,
+                key_fields: Vec::new(),
+                ts_field: None,
+            }],
+        };
+        let init = bincode::serde::encode_to_vec(&init, abi::BINCODE).unwrap();
+        abi::decode_control::<Result<(), String>>(runner.native_call(native::INIT, &init))
+            .unwrap()
+            .unwrap();
+        let mut batch = abi::BatchWriter::new(encoding);
+        for record in records {
+            batch.push(b"", 0, record);
+        }
+        let slots = abi::SlotWriter::default();
+        let request = [batch.as_bytes(), slots.as_bytes()].concat();
+        let (mut emitted, mut refused) = (Vec::new(), Vec::new());
+        for entry in OutputReader::new(runner.native_call(native::PROCESS, &request)) {
+            match entry.unwrap() {
+                abi::OutputEntry::Record { value, .. } => {
+                    emitted.push(serde_json::from_slice(value).unwrap())
+                }
+                abi::OutputEntry::Error {
+                    input_index,
+                    message,
+                    ..
+                } => refused.push((input_index, message.to_string())),
+                abi::OutputEntry::State { .. } => panic!("a stateless operator saved state"),
+            }
+        }
+        (emitted, refused)
+    }
+
+    #[test]
+    fn inputs_borrow_their_text_from_the_record() {
+        use serde_json::json;
+        let json = |text: &str| text.as_bytes().to_vec();
+        let (emitted, refused) = run_batch::<Borrows>(
+            Encoding::Json,
+            &[
+                json(r#"{"name":"SKU-0001","tag":"a"}"#),
+                // An escaped string cannot point into the record: the `Cow` owns its text...
+                json(r#"{"name":"\u0053KU-0002","tag":"b"}"#),
+                // ...and a plain `&str` cannot hold it: the record is refused, not the batch.
+                json(r#"{"name":"SKU-0003","tag":"\u0063"}"#),
+                json(r#"{"name":"SKU-0004","tag":"d"}"#),
+            ],
+        );
+        assert_eq!(
+            emitted,
+            [
+                json!(["SKU-0001", true, "a"]),
+                json!(["SKU-0002", false, "b"]),
+                json!(["SKU-0004", true, "d"]),
+            ]
+        );
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].0, 2);
+        assert!(
+            refused[0].1.contains("cannot decode Named"),
+            "{}",
+            refused[0].1
+        );
+
+        // Bincode strings are never escaped: every field points into the batch.
+        let records: Vec<Vec<u8>> = [("SKU-0005", "e"), ("é", "")]
+            .iter()
+            .map(|(name, tag)| {
+                let named = Named {
+                    name: (*name).into(),
+                    tag,
+                };
+                bincode::serde::encode_to_vec(&named, abi::BINCODE).unwrap()
+            })
+            .collect();
+        let (emitted, refused) = run_batch::<Borrows>(Encoding::Bincode, &records);
+        assert!(refused.is_empty(), "{refused:?}");
+        assert_eq!(
+            emitted,
+            [json!(["SKU-0005", true, "e"]), json!(["é", true, ""])]
+        );
+    }
+
+    #[test]
+    fn a_borrowing_input_is_described_by_its_static_form() {
+        let described = describe::<Borrows>();
+        assert_eq!(described.input_type, "Named");
+        let shape = described.input_shape.expect("Named<'static> is traced");
+        let fields: Vec<&str> = shape.nodes[0]
+            .children
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
+        assert_eq!(fields, ["name", "tag"]);
+        // What a producer of owned strings writes: the same bincode, so the same shape.
+        #[derive(serde::Deserialize)]
+        #[serde(rename = "Named")]
+        #[allow(dead_code)]
+        struct Owned {
+            name: String,
+            tag: String,
+        }
+        assert_eq!(Some(shape), crate::shape::of::<Owned>());
+    }
+
     struct Sum;
 
     impl crate::aggregate::Aggregate for Sum {
-        type Input = i64;
+        type Input<'a> = i64;
         type Acc = i64;
         type Output = i64;
         type Params = crate::NoParams;

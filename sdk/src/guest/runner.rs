@@ -15,7 +15,7 @@ impl<Op: Operator> Default for Runner<Op> {
         Runner {
             op: None,
             buffers: Buffers::new(),
-            input_is_struct: codec::is_struct::<Op::Input>(),
+            input_is_struct: codec::is_struct::<Op::Input<'static>>(),
             states: Vec::new(),
         }
     }
@@ -70,16 +70,19 @@ impl<Op: Operator> GuestRunner for Runner<Op> {
                     break;
                 }
             };
-            let raw = |is_struct| raw_text::<Op::Input>(encoding, record.value, is_struct);
-            let input: Op::Input = match codec::decode(encoding, record.value, self.input_is_struct)
-            {
-                Ok(input) => input,
-                Err(e) => {
-                    let message = format!("cannot decode {}: {e}", crate::type_name::<Op::Input>());
-                    output.error(index, &message, &raw(self.input_is_struct));
-                    continue;
-                }
-            };
+            let raw = |is_struct| raw_text::<Op::Input<'_>>(encoding, record.value, is_struct);
+            let input: Op::Input<'_> =
+                match codec::decode(encoding, record.value, self.input_is_struct) {
+                    Ok(input) => input,
+                    Err(e) => {
+                        let message = format!(
+                            "cannot decode {}: {e}",
+                            crate::type_name::<Op::Input<'static>>()
+                        );
+                        output.error(index, &message, &raw(self.input_is_struct));
+                        continue;
+                    }
+                };
             let mut no_state = Op::State::default();
             let state = match record.slots.get(0).map(|s| s as usize) {
                 Some(slot) if slot < slots.len() => {
@@ -139,7 +142,8 @@ impl<Op: Operator> GuestRunner for Runner<Op> {
 
     /// Answers [`abi::exports::TO_JSON`]: each input record re-encoded as JSON on port 0.
     fn to_json(&mut self, len: usize) -> &[u8] {
-        self.buffers.render_json::<Op::Input>(len)
+        let Buffers { input, output, .. } = &mut self.buffers;
+        render_json::<Op::Input<'_>>(input, output, len)
     }
 
     fn merge(&mut self, _: usize) -> &[u8] {

@@ -25,7 +25,7 @@ pub struct BenchWindow;
 
 #[flumen_sdk::aggregate]
 impl Aggregate for BenchWindow {
-    type Input = BenchOrder;
+    type Input<'a> = BenchOrder;
     type Acc = CountSum;
     type Output = SkuWindow;
     type Params = NoParams;

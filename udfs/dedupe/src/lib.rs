@@ -6,11 +6,11 @@ use flumen_sdk::state::ValueState;
 use orders_model::{Reject, ValidOrder};
 
 #[flumen_sdk::process(side(rejected = Reject))]
-pub fn dedupe(
-    order: ValidOrder,
+pub fn dedupe<'a>(
+    order: ValidOrder<'a>,
     seen: &mut ValueState<bool>,
     out: &mut Outputs,
-) -> Option<ValidOrder> {
+) -> Option<ValidOrder<'a>> {
     if seen.get().is_some() {
         out.side(
             "rejected",
@@ -31,7 +31,7 @@ mod tests {
     use flumen_sdk::testing::Harness;
     use serde_json::json;
 
-    fn order(id: i64) -> ValidOrder {
+    fn order(id: i64) -> ValidOrder<'static> {
         ValidOrder {
             order_id: id,
             user_id: 1,

@@ -195,12 +195,10 @@ impl Generator {
 
     /// Draws the next event as a value (for tests and reference computations; the source uses
     /// [`Generator::next_into`]).
-    pub fn next_event(&mut self) -> crate::Event {
+    pub fn next_event(&mut self) -> crate::Event<'static> {
         let mut bytes = Vec::new();
         self.next_into(&mut bytes);
-        let (event, _) = bincode::serde::decode_from_slice(&bytes, flumen_sdk::abi::BINCODE)
-            .expect("an event's encoding decodes as an Event");
-        event
+        decode_owned(&bytes).expect("an event's encoding decodes as an Event")
     }
 
     fn person(&mut self, n: u64, ts: i64, out: &mut Vec<u8>) -> Drawn {
@@ -414,6 +412,15 @@ fn extra<'t>(text: &'t str, rng: &mut Pcg64Mcg, size: usize, average: usize) -> 
 }
 
 /// The URL of channel `number`: the same for every bid through it.
+/// The event at the front of `bytes`, decoded into owned strings.
+fn decode_owned(bytes: &[u8]) -> Result<crate::Event<'static>, bincode::error::DecodeError> {
+    use serde::Deserialize;
+    let reader = bincode::de::read::SliceReader::new(bytes);
+    let mut decoder =
+        bincode::serde::OwnedSerdeDecoder::from_reader(reader, flumen_sdk::abi::BINCODE);
+    crate::Event::deserialize(decoder.as_deserializer())
+}
+
 fn channel_url(text: &str, number: u32, url: &mut String) {
     // Three path segments of 1..=5 characters cut from the text where the number's hash says.
     let mut hash = u64::from(number).wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -443,17 +450,17 @@ mod tests {
     use super::*;
     use crate::Event;
 
-    fn events(seed: u64, count: usize) -> Vec<Event> {
+    fn events(seed: u64, count: usize) -> Vec<Event<'static>> {
         let mut generator = Generator::new(seed);
         let mut bytes = Vec::new();
         (0..count)
             .map(|_| {
                 bytes.clear();
                 let drawn = generator.next_into(&mut bytes);
-                let (event, used): (Event, usize) =
-                    bincode::serde::decode_from_slice(&bytes, flumen_sdk::abi::BINCODE)
-                        .expect("decodes as an Event");
-                assert_eq!(used, bytes.len());
+                let event = decode_owned(&bytes).expect("decodes as an Event");
+                // Exactly an `Event`'s encoding, nothing more.
+                let encoded = bincode::serde::encode_to_vec(&event, flumen_sdk::abi::BINCODE);
+                assert_eq!(encoded.expect("encodes"), bytes);
                 let (ts, kind) = match &event {
                     Event::Person(p) => (p.date_time, Kind::Person),
                     Event::Auction(a) => (a.date_time, Kind::Auction),
@@ -508,7 +515,7 @@ mod tests {
                     assert!(b.bidder <= newest_person + PERSON_ID_LEAD);
                     assert!((100..=100_000_000).contains(&b.price), "{}", b.price);
                     assert!(b.url.starts_with("https://www.nexmark.com/"));
-                    hot += usize::from(HOT_CHANNELS.contains(&b.channel.as_str()));
+                    hot += usize::from(HOT_CHANNELS.contains(&b.channel.as_ref()));
                     // A channel keeps its URL.
                     let url = urls
                         .entry(b.channel.clone())

@@ -2,65 +2,84 @@
 //! Flink, Arroyo, RisingWave and Feldera run it, shared by the queries in `pipelines/nexmark/`.
 //! With the feature `generator`, the seeded event generator the runtime's `nexmark` source draws
 //! from (see [`generator`]).
+//!
+//! Events borrow their text from the record's bytes (`Cow<'a, str>`, `#[serde(borrow)]`), so a
+//! query reads the fields it needs without allocating the ones it drops; `Event<'static>` is the
+//! owned form.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// One event of the stream: a new person, a new auction or a bid, 1 : 3 : 46.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Event {
-    Person(Person),
-    Auction(Auction),
-    Bid(Bid),
+pub enum Event<'a> {
+    Person(#[serde(borrow)] Person<'a>),
+    Auction(#[serde(borrow)] Auction<'a>),
+    Bid(#[serde(borrow)] Bid<'a>),
 }
 
 /// A person who may sell or bid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Person {
+pub struct Person<'a> {
     pub id: i64,
-    pub name: String,
-    pub email_address: String,
-    pub credit_card: String,
-    pub city: String,
-    pub state: String,
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
+    #[serde(borrow)]
+    pub email_address: Cow<'a, str>,
+    #[serde(borrow)]
+    pub credit_card: Cow<'a, str>,
+    #[serde(borrow)]
+    pub city: Cow<'a, str>,
+    #[serde(borrow)]
+    pub state: Cow<'a, str>,
     pub date_time: i64,
-    pub extra: String,
+    #[serde(borrow)]
+    pub extra: Cow<'a, str>,
 }
 
 /// An item put up for auction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Auction {
+pub struct Auction<'a> {
     pub id: i64,
-    pub item_name: String,
-    pub description: String,
+    #[serde(borrow)]
+    pub item_name: Cow<'a, str>,
+    #[serde(borrow)]
+    pub description: Cow<'a, str>,
     pub initial_bid: i64,
     pub reserve: i64,
     pub date_time: i64,
     pub expires: i64,
     pub seller: i64,
     pub category: i64,
-    pub extra: String,
+    #[serde(borrow)]
+    pub extra: Cow<'a, str>,
 }
 
 /// A bid on an auction; `price` in cents (US dollars).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Bid {
+pub struct Bid<'a> {
     pub auction: i64,
     pub bidder: i64,
     pub price: i64,
-    pub channel: String,
-    pub url: String,
+    #[serde(borrow)]
+    pub channel: Cow<'a, str>,
+    #[serde(borrow)]
+    pub url: Cow<'a, str>,
     pub date_time: i64,
-    pub extra: String,
+    #[serde(borrow)]
+    pub extra: Cow<'a, str>,
 }
 
-/// What q0 and q1 select of a bid: `auction, bidder, price, dateTime, extra`.
+/// What q0 and q1 select of a bid: `auction, bidder, price, dateTime, extra`. Its `extra` may
+/// point into the bid it came from when emitted; decoded, it owns its text (it is q7's
+/// accumulator too), so `BidView<'static>` is an owned type.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BidView {
+pub struct BidView<'a> {
     pub auction: i64,
     pub bidder: i64,
     pub price: i64,
     pub date_time: i64,
-    pub extra: String,
+    pub extra: Cow<'a, str>,
 }
 
 /// What q2 selects: `auction, price`.
@@ -95,11 +114,11 @@ pub struct HighestBids {
     pub window_start: i64,
     pub window_end: i64,
     pub price: i64,
-    pub bids: Vec<BidView>,
+    pub bids: Vec<BidView<'static>>,
 }
 
-impl From<Bid> for BidView {
-    fn from(bid: Bid) -> BidView {
+impl<'a> From<Bid<'a>> for BidView<'a> {
+    fn from(bid: Bid<'a>) -> BidView<'a> {
         BidView {
             auction: bid.auction,
             bidder: bid.bidder,

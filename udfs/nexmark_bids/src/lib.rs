@@ -3,7 +3,7 @@
 use nexmark_model::{Bid, Event};
 
 #[flumen_sdk::filter_map]
-pub fn nexmark_bids(event: Event) -> Option<Bid> {
+pub fn nexmark_bids<'a>(event: Event<'a>) -> Option<Bid<'a>> {
     match event {
         Event::Bid(bid) => Some(bid),
         Event::Person(_) | Event::Auction(_) => None,

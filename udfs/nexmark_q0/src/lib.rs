@@ -4,7 +4,7 @@
 use nexmark_model::{BidView, Event};
 
 #[flumen_sdk::filter_map]
-pub fn nexmark_q0(event: Event) -> Option<BidView> {
+pub fn nexmark_q0<'a>(event: Event<'a>) -> Option<BidView<'a>> {
     match event {
         Event::Bid(bid) => Some(bid.into()),
         Event::Person(_) | Event::Auction(_) => None,

@@ -9,7 +9,7 @@ pub fn to_euros(cents: i64) -> i64 {
 }
 
 #[flumen_sdk::filter_map]
-pub fn nexmark_q1(event: Event) -> Option<BidView> {
+pub fn nexmark_q1<'a>(event: Event<'a>) -> Option<BidView<'a>> {
     match event {
         Event::Bid(bid) => Some(BidView {
             price: to_euros(bid.price),

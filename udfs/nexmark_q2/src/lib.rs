@@ -3,7 +3,7 @@
 use nexmark_model::{AuctionPrice, Event};
 
 #[flumen_sdk::filter_map]
-pub fn nexmark_q2(event: Event) -> Option<AuctionPrice> {
+pub fn nexmark_q2(event: Event<'_>) -> Option<AuctionPrice> {
     match event {
         Event::Bid(bid) if bid.auction % 123 == 0 => Some(AuctionPrice {
             auction: bid.auction,

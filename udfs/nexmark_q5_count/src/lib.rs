@@ -10,7 +10,7 @@ pub struct BidsPerAuction;
 
 #[flumen_sdk::aggregate]
 impl Aggregate for BidsPerAuction {
-    type Input = Bid;
+    type Input<'a> = Bid<'a>;
     type Acc = i64;
     type Output = AuctionCount;
     type Params = NoParams;
@@ -23,7 +23,7 @@ impl Aggregate for BidsPerAuction {
         0
     }
 
-    fn add(&self, count: &mut i64, _: &Bid) {
+    fn add(&self, count: &mut i64, _: &Bid<'_>) {
         *count += 1;
     }
 

@@ -19,7 +19,7 @@ pub struct Most {
 
 #[flumen_sdk::aggregate]
 impl Aggregate for HotAuctions {
-    type Input = AuctionCount;
+    type Input<'a> = AuctionCount;
     type Acc = Most;
     type Output = HotItems;
     type Params = NoParams;

@@ -11,9 +11,9 @@ pub struct HighestBid;
 
 #[flumen_sdk::aggregate]
 impl Aggregate for HighestBid {
-    type Input = Bid;
+    type Input<'a> = Bid<'a>;
     /// The highest price so far and the bids at it.
-    type Acc = (i64, Vec<BidView>);
+    type Acc = (i64, Vec<BidView<'static>>);
     type Output = HighestBids;
     type Params = NoParams;
 
@@ -21,11 +21,11 @@ impl Aggregate for HighestBid {
         Ok(HighestBid)
     }
 
-    fn create(&self) -> (i64, Vec<BidView>) {
+    fn create(&self) -> (i64, Vec<BidView<'static>>) {
         (i64::MIN, Vec::new())
     }
 
-    fn add(&self, (price, bids): &mut (i64, Vec<BidView>), bid: &Bid) {
+    fn add(&self, (price, bids): &mut (i64, Vec<BidView<'static>>), bid: &Bid<'_>) {
         if bid.price < *price {
             return;
         }
@@ -38,11 +38,11 @@ impl Aggregate for HighestBid {
             bidder: bid.bidder,
             price: bid.price,
             date_time: bid.date_time,
-            extra: bid.extra.clone(),
+            extra: bid.extra.to_string().into(),
         });
     }
 
-    fn merge(&self, acc: &mut (i64, Vec<BidView>), other: (i64, Vec<BidView>)) {
+    fn merge(&self, acc: &mut (i64, Vec<BidView<'static>>), other: (i64, Vec<BidView<'static>>)) {
         if other.0 > acc.0 {
             *acc = other;
         } else if other.0 == acc.0 {
@@ -54,7 +54,7 @@ impl Aggregate for HighestBid {
         &self,
         _: &str,
         window: Window,
-        (price, mut bids): (i64, Vec<BidView>),
+        (price, mut bids): (i64, Vec<BidView<'static>>),
     ) -> Option<HighestBids> {
         bids.sort_by(|a, b| {
             (a.date_time, a.auction, a.bidder, &a.extra).cmp(&(

@@ -1,30 +1,40 @@
 //! The types of the reference e-commerce pipeline (`pipelines/orders.toml`), shared by its UDFs
 //! so that every stage agrees on what crosses each edge. Field names and JSON types are the
 //! spec's (`shared/spec/orders-pipeline.md`).
+//!
+//! The records that flow through every stage borrow their text from the record's bytes
+//! (`Cow<'a, str>` with `#[serde(borrow)]`): a stage reads `sku` and `country` in place instead of
+//! allocating them. JSON text with escapes (`"\u0053KU-0001"`) still decodes, into an owned
+//! string. `Order<'static>` is the owned form, for tests and tools.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// An order event as it arrives, one JSON object per line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Order {
+pub struct Order<'a> {
     pub order_id: i64,
     pub user_id: i64,
-    pub sku: String,
+    #[serde(borrow)]
+    pub sku: Cow<'a, str>,
     pub qty: i64,
     pub price_cents: i64,
-    pub country: String,
+    #[serde(borrow)]
+    pub country: Cow<'a, str>,
     pub ts: i64,
 }
 
 /// An order that passed validation: every input field plus its amount.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ValidOrder {
+pub struct ValidOrder<'a> {
     pub order_id: i64,
     pub user_id: i64,
-    pub sku: String,
+    #[serde(borrow)]
+    pub sku: Cow<'a, str>,
     pub qty: i64,
     pub price_cents: i64,
-    pub country: String,
+    #[serde(borrow)]
+    pub country: Cow<'a, str>,
     pub ts: i64,
     pub amount_cents: i64,
 }

@@ -16,7 +16,7 @@ pub struct SalesPerSku;
 
 #[flumen_sdk::aggregate]
 impl Aggregate for SalesPerSku {
-    type Input = ValidOrder;
+    type Input<'a> = ValidOrder<'a>;
     type Acc = Totals;
     type Output = SkuSales;
     type Params = NoParams;
@@ -29,7 +29,7 @@ impl Aggregate for SalesPerSku {
         Totals::default()
     }
 
-    fn add(&self, acc: &mut Totals, order: &ValidOrder) {
+    fn add(&self, acc: &mut Totals, order: &ValidOrder<'_>) {
         acc.orders += 1;
         acc.units += order.qty;
         acc.revenue_cents += order.amount_cents;

@@ -30,12 +30,12 @@ pub struct UserHistory {
 
 #[flumen_sdk::process]
 pub fn score(
-    order: ValidOrder,
+    order: ValidOrder<'_>,
     history: &mut ValueState<UserHistory>,
     params: &ScoreParams,
 ) -> Score {
     let user = history.get_or_insert_with(|| UserHistory {
-        first_country: order.country.clone(),
+        first_country: order.country.to_string(),
         timestamps: Vec::new(),
     });
     let times = &user.timestamps;
@@ -70,20 +70,20 @@ mod tests {
     use flumen_sdk::testing::Harness;
     use serde_json::json;
 
-    fn order(id: i64, ts: i64, country: &str, qty: i64, price: i64) -> ValidOrder {
+    fn order(id: i64, ts: i64, country: &str, qty: i64, price: i64) -> ValidOrder<'static> {
         ValidOrder {
             order_id: id,
             user_id: 9,
             sku: "SKU-0001".into(),
             qty,
             price_cents: price,
-            country: country.into(),
+            country: country.to_string().into(),
             ts,
             amount_cents: qty * price,
         }
     }
 
-    fn scores(orders: Vec<ValidOrder>) -> Vec<i64> {
+    fn scores(orders: Vec<ValidOrder<'static>>) -> Vec<i64> {
         let mut h = Harness::<ScoreOperator>::new(json!({"flag_threshold": 50})).unwrap();
         orders
             .into_iter()

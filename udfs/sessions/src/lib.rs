@@ -15,7 +15,7 @@ pub struct UserSessions;
 
 #[flumen_sdk::aggregate]
 impl Aggregate for UserSessions {
-    type Input = ValidOrder;
+    type Input<'a> = ValidOrder<'a>;
     type Acc = Activity;
     type Output = Session;
     type Params = NoParams;
@@ -28,7 +28,7 @@ impl Aggregate for UserSessions {
         Activity::default()
     }
 
-    fn add(&self, acc: &mut Activity, order: &ValidOrder) {
+    fn add(&self, acc: &mut Activity, order: &ValidOrder<'_>) {
         acc.orders += 1;
         acc.revenue_cents += order.amount_cents;
     }

@@ -22,16 +22,16 @@ pub struct StockParams {
 }
 
 #[flumen_sdk::process(side(out_of_stock = OutOfStock, alerts = LowStockAlert))]
-pub fn stock(
-    order: ValidOrder,
+pub fn stock<'a>(
+    order: ValidOrder<'a>,
     remaining: &mut ValueState<i64>,
     params: &StockParams,
     out: &mut Outputs,
-) -> Option<ValidOrder> {
+) -> Option<ValidOrder<'a>> {
     let initial = || {
         params
             .initial_by_sku
-            .get(&order.sku)
+            .get(order.sku.as_ref())
             .copied()
             .unwrap_or(params.initial_stock)
     };
@@ -41,7 +41,7 @@ pub fn stock(
             "out_of_stock",
             OutOfStock {
                 order_id: order.order_id,
-                sku: order.sku,
+                sku: order.sku.into_owned(),
                 qty: order.qty,
                 remaining: before,
             },
@@ -54,7 +54,7 @@ pub fn stock(
         out.side(
             "alerts",
             LowStockAlert {
-                sku: order.sku.clone(),
+                sku: order.sku.to_string(),
                 remaining: after,
                 ts: order.ts,
             },
@@ -69,11 +69,11 @@ mod tests {
     use flumen_sdk::testing::Harness;
     use serde_json::json;
 
-    fn order(id: i64, sku: &str, qty: i64) -> ValidOrder {
+    fn order(id: i64, sku: &str, qty: i64) -> ValidOrder<'static> {
         ValidOrder {
             order_id: id,
             user_id: 1,
-            sku: sku.into(),
+            sku: sku.to_string().into(),
             qty,
             price_cents: 100,
             country: "FR".into(),

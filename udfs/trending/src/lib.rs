@@ -2,7 +2,10 @@
 //!
 //! The accumulator is a list of `(sku, units)` sorted by sku: it decodes without building a tree,
 //! two of them merge in one pass, and a window's top skus are selected without sorting them all.
+//! Skus are `CompactString`s: up to 24 bytes they live inline, so decoding the ten panes of a
+//! window allocates nothing per sku.
 
+use compact_str::CompactString;
 use flumen_sdk::aggregate::{Aggregate, Window};
 use orders_model::{SkuUnits, Trending, ValidOrder};
 use serde::Deserialize;
@@ -26,16 +29,16 @@ pub struct TopSkus {
 }
 
 /// Units per sku, sorted by sku, each sku once.
-pub type Units = Vec<(String, i64)>;
+pub type Units = Vec<(CompactString, i64)>;
 
 /// Most units first, then sku ascending.
-fn rank(a: &(String, i64), b: &(String, i64)) -> Ordering {
+fn rank(a: &(CompactString, i64), b: &(CompactString, i64)) -> Ordering {
     b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0))
 }
 
 #[flumen_sdk::aggregate]
 impl Aggregate for TopSkus {
-    type Input = ValidOrder;
+    type Input<'a> = ValidOrder<'a>;
     type Acc = Units;
     type Output = Trending;
     type Params = TrendingParams;
@@ -51,10 +54,10 @@ impl Aggregate for TopSkus {
         Vec::new()
     }
 
-    fn add(&self, units: &mut Units, order: &ValidOrder) {
+    fn add(&self, units: &mut Units, order: &ValidOrder<'_>) {
         match units.binary_search_by(|(sku, _)| sku.as_str().cmp(&order.sku)) {
             Ok(at) => units[at].1 += order.qty,
-            Err(at) => units.insert(at, (order.sku.clone(), order.qty)),
+            Err(at) => units.insert(at, (CompactString::from(&*order.sku), order.qty)),
         }
     }
 
@@ -95,7 +98,10 @@ impl Aggregate for TopSkus {
             window_end: window.end,
             top: units
                 .into_iter()
-                .map(|(sku, units)| SkuUnits { sku, units })
+                .map(|(sku, units)| SkuUnits {
+                    sku: sku.into_string(),
+                    units,
+                })
                 .collect(),
         })
     }
@@ -108,16 +114,16 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn units(pairs: &[(&str, i64)]) -> Units {
-        let mut units: Units = pairs.iter().map(|(s, n)| (s.to_string(), *n)).collect();
+        let mut units: Units = pairs.iter().map(|(s, n)| ((*s).into(), *n)).collect();
         units.sort();
         units
     }
 
-    fn order(sku: &str, qty: i64) -> ValidOrder {
+    fn order(sku: &str, qty: i64) -> ValidOrder<'static> {
         ValidOrder {
             order_id: 1,
             user_id: 1,
-            sku: sku.into(),
+            sku: sku.to_string().into(),
             qty,
             price_cents: 100,
             country: "FR".into(),
@@ -170,14 +176,14 @@ mod tests {
                 }
                 agg.merge(&mut merged, acc);
             }
-            let counted: Units = expected.into_iter().collect();
+            let counted: Units = expected.into_iter().map(|(s, n)| (s.into(), n)).collect();
             prop_assert_eq!(&merged, &counted);
             let mut ranked = counted.clone();
             ranked.sort_by(rank);
             ranked.truncate(top);
             let window = Window { start: 0, end: 1 };
             let out = agg.finish("", window, merged).unwrap();
-            let got: Units = out.top.into_iter().map(|t| (t.sku, t.units)).collect();
+            let got: Units = out.top.into_iter().map(|t| (t.sku.into(), t.units)).collect();
             prop_assert_eq!(got, ranked);
         }
     }

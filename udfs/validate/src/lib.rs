@@ -30,7 +30,7 @@ fn is_country(country: &str) -> bool {
 }
 
 #[flumen_sdk::filter_map(side(rejected = Reject))]
-pub fn validate(order: Order, out: &mut Outputs) -> Option<ValidOrder> {
+pub fn validate<'a>(order: Order<'a>, out: &mut Outputs) -> Option<ValidOrder<'a>> {
     if let Some(reason) = reject_reason(&order) {
         out.side(
             "rejected",
@@ -59,7 +59,7 @@ mod tests {
     use flumen_sdk::testing::Harness;
     use serde_json::json;
 
-    fn order() -> Order {
+    fn order() -> Order<'static> {
         Order {
             order_id: 1,
             user_id: 2,
