@@ -77,7 +77,10 @@ pub trait Aggregate: Sized + 'static {
     fn create(&self) -> Self::Acc;
     /// Adds a record to an accumulator.
     fn add(&self, acc: &mut Self::Acc, input: &Self::Input<'_>);
-    /// Merges `other` into `acc` (when session windows merge).
+    /// Merges `other` into `acc`: when session windows merge, and when a sliding window fires,
+    /// whose accumulator is the merge of its panes (one per slide). It must be associative, as
+    /// Flink's `AggregateFunction::merge` is: panes are merged neighbours first (2 into 1, 4 into
+    /// 3, then 3 into 1…), a later one always into an earlier one, so their order is kept.
     fn merge(&self, acc: &mut Self::Acc, other: Self::Acc);
     /// The result of a fired window of `key` (empty for a global window), or none.
     fn finish(&self, key: &str, window: Window, acc: Self::Acc) -> Option<Self::Output>;

@@ -156,24 +156,35 @@ impl<A: Aggregate> GuestRunner for AggregateRunner<A> {
                     .map(|s| s as usize)
                     .filter(|s| *s < slots.len()),
             );
-            let Some((&target, sources)) = refs.split_first() else {
+            if refs.is_empty() {
                 continue;
-            };
-            let mut outcome = Self::load(aggregate, accs, &slots, target);
-            for &source in sources {
-                outcome = outcome.and_then(|()| Self::load(aggregate, accs, &slots, source));
-                if let (Ok(()), Some(other)) = (&outcome, accs[source].take())
-                    && let Some(acc) = accs[target].as_mut()
-                {
-                    aggregate.merge(acc, other);
-                }
             }
-            if let Err(e) = outcome {
+            let loaded = refs
+                .iter()
+                .try_for_each(|&slot| Self::load(aggregate, accs, &slots, slot));
+            if let Err(e) = loaded {
                 // Nothing of a failed window goes back.
                 for &slot in &refs {
                     accs[slot] = None;
                 }
                 errors.push((index as u32, e));
+                continue;
+            }
+            // Neighbours first, then their results, level by level: each accumulator takes part
+            // in log2(n) merges instead of up to n, which matters where merging costs the size
+            // of both sides (a sorted list of skus). The order of the panes is kept, and the
+            // result lands in the first slot, the window's.
+            let mut width = 1;
+            while width < refs.len() {
+                for pair in refs.chunks(2 * width) {
+                    if let (Some(&left), Some(&right)) = (pair.first(), pair.get(width))
+                        && let Some(other) = accs[right].take()
+                        && let Some(acc) = accs[left].as_mut()
+                    {
+                        aggregate.merge(acc, other);
+                    }
+                }
+                width *= 2;
             }
         }
         for (index, message) in errors {

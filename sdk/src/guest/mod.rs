@@ -447,13 +447,8 @@ mod tests {
         }
     }
 
-    /// `runner` initialised with one JSON output port, then given `records` in `encoding`: what
-    /// it emitted (as JSON values) and the messages of what it refused, by input index.
-    fn run_batch<Op: Operator>(
-        encoding: Encoding,
-        records: &[Vec<u8>],
-    ) -> (Vec<serde_json::Value>, Vec<(u32, String)>) {
-        let mut runner = Runner::<Op>::default();
+    /// Initialises `runner` without parameters and with one JSON output port.
+    fn init(runner: &mut impl GuestRunner) {
         let init = InitRequest {
             stage: "test".into(),
             params_json: "{}".into(),
@@ -467,6 +462,16 @@ mod tests {
         abi::decode_control::<Result<(), String>>(runner.native_call(native::INIT, &init))
             .unwrap()
             .unwrap();
+    }
+
+    /// An operator's runner initialised by [`init`], then given `records` in `encoding`: what
+    /// it emitted (as JSON values) and the messages of what it refused, by input index.
+    fn run_batch<Op: Operator>(
+        encoding: Encoding,
+        records: &[Vec<u8>],
+    ) -> (Vec<serde_json::Value>, Vec<(u32, String)>) {
+        let mut runner = Runner::<Op>::default();
+        init(&mut runner);
         let mut batch = abi::BatchWriter::new(encoding);
         for record in records {
             batch.push(b"", 0, record);
@@ -562,34 +567,77 @@ mod tests {
         assert_eq!(Some(shape), crate::shape::of::<Owned>());
     }
 
-    struct Sum;
+    /// Keeps what it merged, in order: its merge is associative but not commutative.
+    struct Concat;
 
-    impl crate::aggregate::Aggregate for Sum {
-        type Input<'a> = i64;
-        type Acc = i64;
-        type Output = i64;
+    impl crate::aggregate::Aggregate for Concat {
+        type Input<'a> = u32;
+        type Acc = Vec<u32>;
+        type Output = Vec<u32>;
         type Params = crate::NoParams;
 
         fn new(_: Self::Params) -> Result<Self, String> {
-            Ok(Sum)
+            Ok(Concat)
         }
-        fn create(&self) -> i64 {
-            0
+        fn create(&self) -> Vec<u32> {
+            Vec::new()
         }
-        fn add(&self, acc: &mut i64, input: &i64) {
-            *acc += input;
+        fn add(&self, acc: &mut Vec<u32>, input: &u32) {
+            acc.push(*input);
         }
-        fn merge(&self, acc: &mut i64, other: i64) {
-            *acc += other;
+        fn merge(&self, acc: &mut Vec<u32>, other: Vec<u32>) {
+            acc.extend(other);
         }
-        fn finish(&self, _: &str, _: crate::aggregate::Window, acc: i64) -> Option<i64> {
+        fn finish(&self, _: &str, _: crate::aggregate::Window, acc: Vec<u32>) -> Option<Vec<u32>> {
             Some(acc)
         }
     }
 
     #[test]
+    fn a_windows_panes_merge_in_order_into_its_first_slot() {
+        for panes in 1..=9u32 {
+            let mut runner = AggregateRunner::<Concat>::default();
+            init(&mut runner);
+            let mut slots = abi::SlotWriter::default();
+            let refs: Vec<u32> = (0..panes)
+                .map(|pane| {
+                    let acc =
+                        bincode::serde::encode_to_vec(vec![pane * 10, pane * 10 + 1], abi::BINCODE);
+                    slots.push(b"", Some(&acc.unwrap()))
+                })
+                .collect();
+            // A second window whose last pane does not decode: nothing of it comes back.
+            let broken: Vec<u32> = vec![
+                slots.push(b"", Some(&[7])),
+                slots.push(b"", Some(&[0xff; 3])),
+            ];
+            let mut batch = abi::BatchWriter::new(Encoding::Bincode);
+            batch.push_with(b"", 0, &refs, |_| {});
+            batch.push_with(b"", 0, &broken, |_| {});
+            let request = [batch.as_bytes(), slots.as_bytes()].concat();
+            let mut states = Vec::new();
+            let mut errors = Vec::new();
+            for entry in OutputReader::new(runner.native_call(native::MERGE, &request)) {
+                match entry.unwrap() {
+                    abi::OutputEntry::State { slot, value, .. } => {
+                        let value = value.expect("a merged window keeps its accumulator");
+                        let (acc, _): (Vec<u32>, _) =
+                            bincode::serde::decode_from_slice(value, abi::BINCODE).unwrap();
+                        states.push((slot, acc));
+                    }
+                    abi::OutputEntry::Error { input_index, .. } => errors.push(input_index),
+                    abi::OutputEntry::Record { .. } => panic!("merge emitted a record"),
+                }
+            }
+            let expected: Vec<u32> = (0..panes).flat_map(|p| [p * 10, p * 10 + 1]).collect();
+            assert_eq!(states, [(refs[0], expected)], "{panes} panes");
+            assert_eq!(errors, [1]);
+        }
+    }
+
+    #[test]
     fn aggregate_calls_before_init_are_refused() {
-        let mut runner = AggregateRunner::<Sum>::default();
+        let mut runner = AggregateRunner::<Concat>::default();
         for (call, name) in [
             (native::PROCESS, "process"),
             (native::MERGE, "merge"),
