@@ -1,5 +1,6 @@
-//! `make bench`: the reference pipeline (JSON in, every stage and sink; without checkpoints, then
-//! with its 1 s checkpoints), the two peer jobs (in-memory orders into a stateless UDF or 1 s
+//! `make bench`: the reference pipeline (JSON in, every stage and sink; without checkpoints on
+//! every core, then on one thread, then with two partitions per keyed stage, then with its 1 s
+//! checkpoints), the two peer jobs (in-memory orders into a stateless UDF or 1 s
 //! windows) and the Nexmark queries q0, q1, q2, q5 and q7 (`pipelines/nexmark/`), each run by the
 //! real `flumen` binary three times with Wasm modules and three times natively, alternating.
 //! Prints records/s (median and best), the Wasm ÷ native ratio (median of the rounds' ratios),
@@ -172,6 +173,23 @@ fn main() -> anyhow::Result<()> {
         &["--no-checkpoints"],
         rounds,
     )?;
+    // The same on one thread (no stages side by side): what one core does.
+    let one_thread = job(
+        &root,
+        "1 thread",
+        "pipelines/orders.toml",
+        &reference_env,
+        &["--no-checkpoints", "--threads", "1"],
+        rounds,
+    )?;
+    let two_partitions = job(
+        &root,
+        "par. 2",
+        "pipelines/orders.toml",
+        &reference_env,
+        &["--no-checkpoints", "--parallelism", "2"],
+        rounds,
+    )?;
     let checkpointed = job(
         &root,
         "ckpt 1 s",
@@ -211,6 +229,8 @@ fn main() -> anyhow::Result<()> {
     );
     let jobs = [
         ("reference".to_string(), &reference),
+        ("1 thread".to_string(), &one_thread),
+        ("par. 2".to_string(), &two_partitions),
         ("ckpt 1 s".to_string(), &checkpointed),
         ("stateless".to_string(), &stateless),
         ("window".to_string(), &window),
@@ -237,6 +257,8 @@ fn main() -> anyhow::Result<()> {
     }
     let mut report = reference.clone();
     report["jobs"] = json!({
+        "reference_one_thread": one_thread,
+        "reference_parallelism_2": two_partitions,
         "reference_checkpoints_1s": checkpointed,
         "stateless": stateless,
         "window": window,

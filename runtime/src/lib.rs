@@ -20,6 +20,7 @@ pub mod rebuild;
 pub mod reload;
 pub mod shape;
 mod stage;
+pub use stage::limit_threads;
 mod state;
 pub mod telemetry;
 pub mod testcases;

@@ -301,17 +301,18 @@ pub(crate) fn oracle(input: &str) -> BTreeMap<&'static str, Vec<Value>> {
     out
 }
 
-fn run_pipeline(orders: &Path, out: &Path, parallelism: &str) {
-    let summary = run_with_summary(orders, out, parallelism, Duration::from_secs(600));
+fn run_pipeline(orders: &Path, out: &Path, env: &[(&str, &str)]) {
+    let summary = run_with_summary(orders, out, env, Duration::from_secs(600));
     assert_accounted(&summary);
 }
 
-/// Runs the reference pipeline on `orders` into `out`, failing if it takes longer than
-/// `limit`; returns its `--summary-json`.
+/// Runs the reference pipeline on `orders` into `out` with `env` (say `FLUMEN_PARALLELISM`),
+/// failing if it takes longer than `limit`; returns its `--summary-json`. Its standard error
+/// is kept beside `out` (`.stderr.log`).
 pub(crate) fn run_with_summary(
     orders: &Path,
     out: &Path,
-    parallelism: &str,
+    env: &[(&str, &str)],
     limit: Duration,
 ) -> Value {
     let summary = out.with_extension("summary.json");
@@ -321,7 +322,7 @@ pub(crate) fn run_with_summary(
         .arg(&summary)
         .env("ORDERS", orders)
         .env("OUT_DIR", out)
-        .env("FLUMEN_PARALLELISM", parallelism)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
@@ -392,7 +393,7 @@ fn every_sink_matches_the_spec() {
     let input = input(&scenario, "20000", "21");
     let orders = scenario.write("orders.jsonl", &input);
     let out = scenario.path("out");
-    run_pipeline(&orders, &out, "1");
+    run_pipeline(&orders, &out, &[]);
     let expected = oracle(&input);
     for name in SINKS {
         assert_same_set(name, sink(&out, name), expected[name].clone());
@@ -434,8 +435,12 @@ fn output_does_not_depend_on_parallelism() {
     let scenario = Scenario::new();
     let input = input(&scenario, "8000", "4");
     let orders = scenario.write("orders.jsonl", &input);
-    run_pipeline(&orders, &scenario.path("p1"), "1");
-    run_pipeline(&orders, &scenario.path("p4"), "4");
+    run_pipeline(&orders, &scenario.path("p1"), &[]);
+    run_pipeline(
+        &orders,
+        &scenario.path("p4"),
+        &[("FLUMEN_PARALLELISM", "4")],
+    );
     for name in SINKS {
         let (p4, p1) = (
             sink(&scenario.path("p4"), name),
@@ -449,5 +454,35 @@ fn output_does_not_depend_on_parallelism() {
                 "{name}: parallelism 4 changed the lines or their order"
             );
         }
+    }
+}
+
+/// The four readers of `stock` are one level of the graph: with two threads they run side by
+/// side, and every sink — dead letters included — gets the lines one thread writes, in order.
+#[test]
+fn stages_run_side_by_side_write_what_one_thread_writes() {
+    modules();
+    let scenario = Scenario::new();
+    let input = input(&scenario, "20000", "6");
+    let orders = scenario.write("orders.jsonl", &input);
+    let (one, two) = (scenario.path("t1"), scenario.path("t2"));
+    run_pipeline(&orders, &one, &[("FLUMEN_THREADS", "1")]);
+    let log = [
+        ("FLUMEN_THREADS", "2"),
+        ("FLUMEN_LOG", "warn,flumen::executor=debug"),
+    ];
+    run_pipeline(&orders, &two, &log);
+    let stderr = std::fs::read_to_string(two.with_extension("stderr.log")).unwrap();
+    let rounds: u64 = stderr
+        .lines()
+        .find_map(|line| line.split_once(" half rounds ran stages of one level side by side"))
+        .and_then(|(before, _)| before.split_whitespace().last()?.parse().ok())
+        .unwrap_or_else(|| panic!("no count of side-by-side rounds: {stderr}"));
+    assert!(rounds > 0, "no level ran side by side: {stderr}");
+    for name in SINKS {
+        assert!(
+            sink(&two, name) == sink(&one, name),
+            "{name}: running stages side by side changed the lines or their order"
+        );
     }
 }

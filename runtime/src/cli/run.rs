@@ -22,6 +22,11 @@ pub struct Args {
     /// Partitions of every keyed stage.
     #[arg(long, env = "FLUMEN_PARALLELISM", default_value_t = 1)]
     parallelism: usize,
+    /// Threads the run may use: the executor's, and workers that run a stage's partitions and
+    /// stages of one level (none reading another) side by side. Default: one per core; 1 runs
+    /// everything on one thread.
+    #[arg(long, env = "FLUMEN_THREADS", value_name = "N")]
+    threads: Option<usize>,
     /// Reload when the pipeline file or one of its modules changes (SIGHUP reloads anyway); a
     /// module older than the crate it was built from is pointed out.
     #[arg(long)]
@@ -66,6 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let Args {
         pipeline,
         parallelism,
+        threads,
         watch,
         build,
         admin,
@@ -78,6 +84,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } = args;
     if !(1..=MAX_PARALLELISM).contains(&parallelism) {
         anyhow::bail!("--parallelism is between 1 and {MAX_PARALLELISM}");
+    }
+    if let Some(threads) = threads {
+        flumen::limit_threads(threads).map_err(|e| anyhow::anyhow!("--threads: {e}"))?;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let (trigger_sender, triggers) = mpsc::channel();

@@ -10,6 +10,7 @@
 
 mod apply;
 mod checkpoint;
+mod levels;
 
 use crate::Prepared;
 use crate::checkpoint::Checkpoint;
@@ -89,6 +90,8 @@ pub struct Pipeline {
     graph: crate::telemetry::Graph,
     /// The watermark a source moves to when it ends: +∞ (every window fires), or a test's.
     end_watermark: i64,
+    /// How many half rounds ran the stages of a level side by side (`levels.rs`).
+    side_by_side: u64,
 }
 
 /// What [`Pipeline::resume`] restored.
@@ -299,6 +302,7 @@ impl Pipeline {
             checkpoint_dir,
             graph,
             end_watermark: i64::MAX,
+            side_by_side: 0,
         })
     }
 
@@ -402,6 +406,10 @@ impl Pipeline {
             }
         }
         self.pump()?;
+        tracing::debug!(
+            "{} half rounds ran stages of one level side by side",
+            self.side_by_side
+        );
         self.flush()?;
         self.final_checkpoint()?;
         for sink in &mut self.sinks {
@@ -531,30 +539,17 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Runs every stage, in topological order, over what is queued for it, then moves its
-    /// watermark to the minimum of its inputs', handing downstream what each step emits.
+    /// Runs every stage, level by level in topological order (see `levels.rs`), over what is
+    /// queued for it; then moves each stage's watermark to the minimum of its inputs', handing
+    /// downstream what each step emits.
     fn pump(&mut self) -> anyhow::Result<()> {
-        for o in 0..self.stages.len() {
-            self.drain(o)?;
+        let levels = self.levels();
+        for level in &levels {
+            self.run_level(level, false)?;
         }
         self.observe_source_times();
-        for o in 0..self.stages.len() {
-            self.drain(o)?;
-            let watermark = self.upstream[o]
-                .iter()
-                .map(|node| match *node {
-                    NodeRef::Source(s) => self.sources[s].watermark,
-                    NodeRef::Operator(u) => self.stages[u].watermark,
-                    NodeRef::Sink(_) => i64::MAX,
-                })
-                .min()
-                .unwrap_or(i64::MAX);
-            if watermark > self.stages[o].watermark {
-                let started = Instant::now();
-                self.stages[o].advance(watermark, &mut self.dead);
-                self.stages[o].stats.busy += started.elapsed();
-                self.hand_on(o)?;
-            }
+        for level in &levels {
+            self.run_level(level, true)?;
         }
         Ok(())
     }

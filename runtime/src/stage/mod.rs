@@ -146,6 +146,11 @@ pub(crate) struct Stage {
     failed: Vec<u64>,
     /// What a record has cost this stage, on average over recent sequential steps.
     ns_per_record: f64,
+    /// What this stage's share of each half of an executor round has cost, on average over
+    /// recent rounds with work: `[0]` its queued batches, `[1]` those and moving its watermark
+    /// (firing windows). The executor balances the stages of a level over threads by it; the
+    /// two differ by several times for a window stage.
+    pub round_ns: [f64; 2],
     /// The hash of the module it runs.
     module_hash: String,
     rules: Rules,
@@ -191,6 +196,7 @@ impl Stage {
             // Unknown at first: assume records are costly (the first steps of a keyed stage
             // run in parallel), and learn.
             ns_per_record: PARALLEL_STEP_NS,
+            round_ns: [0.0; 2],
             module_hash,
             health_base: GuestHealth::default(),
             partition_records: vec![0; plan.partitions.max(1)],
@@ -616,19 +622,12 @@ impl Stage {
 /// returns when all are done, with how many threads could run them at once. The pool has one
 /// thread fewer than the machine has cores, so the calling thread and the workers together use
 /// every core without competing for one.
-fn in_parallel<T: Send>(items: impl Iterator<Item = T>, task: impl Fn(T) + Sync) -> usize {
-    static WORKERS: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
-    let workers = WORKERS.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(cores.saturating_sub(1).max(1))
-            .thread_name(|i| format!("flumen-worker-{i}"))
-            .build()
-            .inspect_err(|e| tracing::warn!("no worker threads, partitions run in turn: {e}"))
-            .ok()
-    });
+pub(crate) fn in_parallel<T: Send>(
+    items: impl Iterator<Item = T>,
+    task: impl Fn(T) + Sync,
+) -> usize {
     let mut items = items;
-    let Some(workers) = workers else {
+    let Some(workers) = workers() else {
         items.for_each(task);
         return 1;
     };
@@ -643,4 +642,45 @@ fn in_parallel<T: Send>(items: impl Iterator<Item = T>, task: impl Fn(T) + Sync)
         }
     });
     workers.current_num_threads() + 1
+}
+
+/// How many threads [`in_parallel`] runs tasks on at once: the calling one and the workers.
+pub(crate) fn parallel_threads() -> usize {
+    workers().map_or(1, |w| w.current_num_threads() + 1)
+}
+
+/// How many threads a run may use, if set before the pool was made (see [`limit_threads`]).
+static THREADS: OnceLock<usize> = OnceLock::new();
+
+/// Limits the threads a run uses to `threads` (the executor's and `threads - 1` workers); `1`
+/// runs every stage and partition in turn on the executor's thread. Only before the first step
+/// that would use the pool; the default is one thread per core.
+pub fn limit_threads(threads: usize) -> Result<(), String> {
+    if threads == 0 {
+        return Err("a run needs at least one thread".into());
+    }
+    THREADS
+        .set(threads)
+        .map_err(|_| "the number of threads is already set".to_string())
+}
+
+/// The worker pool, made on first use (none with one thread, or if the system refuses threads).
+fn workers() -> Option<&'static rayon::ThreadPool> {
+    static WORKERS: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    let workers = WORKERS.get_or_init(|| {
+        let cores = THREADS
+            .get()
+            .copied()
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if cores <= 1 {
+            return None;
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(cores.saturating_sub(1).max(1))
+            .thread_name(|i| format!("flumen-worker-{i}"))
+            .build()
+            .inspect_err(|e| tracing::warn!("no worker threads, partitions run in turn: {e}"))
+            .ok()
+    });
+    workers.as_ref()
 }
