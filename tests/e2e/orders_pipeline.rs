@@ -3,7 +3,9 @@
 //! and session edges exactly one gap apart, checked sink by sink against an oracle written here
 //! from the spec alone; and the same output sets whatever the parallelism.
 
-use crate::support::{Scenario, assert_accounted, assert_same_set, flumen, modules, read_jsonl};
+use crate::support::{
+    Scenario, assert_accounted, assert_same_set, flumen, modules, read_jsonl, workspace,
+};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -315,10 +317,23 @@ pub(crate) fn run_with_summary(
     env: &[(&str, &str)],
     limit: Duration,
 ) -> Value {
+    run_file(Path::new("pipelines/orders.toml"), orders, out, env, limit)
+}
+
+/// [`run_with_summary`] for the pipeline file `pipeline`.
+fn run_file(
+    pipeline: &Path,
+    orders: &Path,
+    out: &Path,
+    env: &[(&str, &str)],
+    limit: Duration,
+) -> Value {
     let summary = out.with_extension("summary.json");
     let stderr = out.with_extension("stderr.log");
     let mut child = flumen()
-        .args(["run", "pipelines/orders.toml", "--summary-json"])
+        .arg("run")
+        .arg(pipeline)
+        .arg("--summary-json")
         .arg(&summary)
         .env("ORDERS", orders)
         .env("OUT_DIR", out)
@@ -457,32 +472,63 @@ fn output_does_not_depend_on_parallelism() {
     }
 }
 
-/// The four readers of `stock` are one level of the graph: with two threads they run side by
-/// side, and every sink — dead letters included — gets the lines one thread writes, in order.
+/// With two threads, stages of one level run side by side (here `stock` and a second `stock`
+/// reading `dedupe`) and the last level (the four readers of `stock`, feeding only sinks) runs
+/// a round behind, beside the others: every sink — dead letters included — gets the lines one
+/// thread writes, in the same order.
 #[test]
-fn stages_run_side_by_side_write_what_one_thread_writes() {
+fn stages_side_by_side_and_a_round_behind_write_what_one_thread_writes() {
     modules();
     let scenario = Scenario::new();
     let input = input(&scenario, "20000", "6");
     let orders = scenario.write("orders.jsonl", &input);
+    let reference = std::fs::read_to_string(workspace().join("pipelines/orders.toml")).unwrap();
+    let modules = workspace().join("target/flumen").display().to_string();
+    let pipeline = format!(
+        r#"{}
+[operators.stock_again]
+module = "{modules}/stock.wasm"
+inputs = ["dedupe"]
+key_by = "sku"
+params = {{ initial_stock = 1000, low_stock_threshold = 20 }}
+"#,
+        reference.replace("../target/flumen", &modules)
+    );
+    let pipeline = scenario.write("two-stocks.toml", &pipeline);
+    let limit = Duration::from_secs(600);
     let (one, two) = (scenario.path("t1"), scenario.path("t2"));
-    run_pipeline(&orders, &one, &[("FLUMEN_THREADS", "1")]);
-    let log = [
+    assert_accounted(&run_file(
+        &pipeline,
+        &orders,
+        &one,
+        &[("FLUMEN_THREADS", "1")],
+        limit,
+    ));
+    let env = [
         ("FLUMEN_THREADS", "2"),
         ("FLUMEN_LOG", "warn,flumen::executor=debug"),
     ];
-    run_pipeline(&orders, &two, &log);
+    assert_accounted(&run_file(&pipeline, &orders, &two, &env, limit));
     let stderr = std::fs::read_to_string(two.with_extension("stderr.log")).unwrap();
-    let rounds: u64 = stderr
+    // "… N half rounds ran stages of one level side by side, M rounds ran the last level …"
+    let line = stderr
         .lines()
-        .find_map(|line| line.split_once(" half rounds ran stages of one level side by side"))
-        .and_then(|(before, _)| before.split_whitespace().last()?.parse().ok())
-        .unwrap_or_else(|| panic!("no count of side-by-side rounds: {stderr}"));
-    assert!(rounds > 0, "no level ran side by side: {stderr}");
+        .find(|line| line.contains("rounds ran the last level a round behind"))
+        .unwrap_or_else(|| panic!("no counts of rounds run beside others: {stderr}"));
+    let number = |word: Option<&str>| -> u64 { word.and_then(|w| w.parse().ok()).unwrap_or(0) };
+    let side_by_side = number(
+        line.split_once(" half rounds")
+            .and_then(|(head, _)| head.split_whitespace().last()),
+    );
+    let behind = number(
+        line.split_once("side by side, ")
+            .and_then(|(_, tail)| tail.split_whitespace().next()),
+    );
+    assert!(side_by_side > 0 && behind > 0, "{line}");
     for name in SINKS {
         assert!(
             sink(&two, name) == sink(&one, name),
-            "{name}: running stages side by side changed the lines or their order"
+            "{name}: two threads changed the lines or their order"
         );
     }
 }

@@ -333,6 +333,8 @@ impl Pipeline {
 
     /// Snapshots the pipeline (the pause) and hands it to the writer.
     fn take_checkpoint(&mut self) -> anyhow::Result<()> {
+        // Nothing in flight: the round behind, if any, is caught up first.
+        self.settle()?;
         let started = Instant::now();
         if let Some(checkpoints) = &mut self.checkpoints
             && std::mem::take(&mut checkpoints.lost)

@@ -15,31 +15,42 @@ use std::time::{Duration, Instant};
 /// largest) to be worth handing stages to another thread, which costs microseconds.
 const PARALLEL_LEVEL_NS: f64 = 100_000.0;
 
-/// A queued batch as a share takes it: the queue's `Rc` stays on the executor's thread.
-struct Batch<'a> {
+/// A queued batch as a share takes it, borrowed from the queue.
+pub(super) struct Batch<'a> {
     bytes: &'a [u8],
     key: Option<usize>,
     encoding: Encoding,
     origin: Option<usize>,
 }
 
+impl<'a> Batch<'a> {
+    pub(super) fn of(queued: &'a Queued) -> Self {
+        Batch {
+            bytes: queued.batch.as_slice(),
+            key: queued.key,
+            encoding: queued.encoding,
+            origin: queued.origin,
+        }
+    }
+}
+
 /// One stage's share of a level run side by side: the batches it takes (borrowed from its
 /// queue), the watermark it moves to, and what it leaves for the executor to apply in order.
-struct Share<'a> {
-    o: usize,
-    stage: &'a mut Stage,
-    batches: Vec<Batch<'a>>,
-    target: Option<i64>,
+pub(super) struct Share<'a> {
+    pub o: usize,
+    pub stage: &'a mut Stage,
+    pub batches: Vec<Batch<'a>>,
+    pub target: Option<i64>,
     /// Which half of the round: 0 without moving watermarks, 1 with.
-    half: usize,
-    dead: DeadLetters,
+    pub half: usize,
+    pub dead: DeadLetters,
     /// Per batch read straight from a source: the source, and the records that went to the
     /// dead letters.
-    unreadable: Vec<(usize, Vec<u64>)>,
+    pub unreadable: Vec<(usize, Vec<u64>)>,
 }
 
 impl Share<'_> {
-    fn run(&mut self) {
+    pub(super) fn run(&mut self) {
         let before = self.stage.stats.busy;
         for batch in &self.batches {
             let started = Instant::now();
@@ -96,7 +107,7 @@ impl Pipeline {
     }
 
     /// The watermark stage `o` may move to: the minimum of its inputs'.
-    fn upstream_watermark(&self, o: usize) -> i64 {
+    pub(super) fn upstream_watermark(&self, o: usize) -> i64 {
         self.upstream[o]
             .iter()
             .map(|node| match *node {
@@ -180,15 +191,7 @@ impl Pipeline {
             .map(|(((o, stage), queue), target)| Share {
                 o,
                 stage,
-                batches: queue
-                    .iter()
-                    .map(|q| Batch {
-                        bytes: q.batch.as_slice(),
-                        key: q.key,
-                        encoding: q.encoding,
-                        origin: q.origin,
-                    })
-                    .collect(),
+                batches: queue.iter().map(Batch::of).collect(),
                 target,
                 half,
                 dead: DeadLetters::default(),

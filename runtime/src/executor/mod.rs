@@ -10,6 +10,7 @@
 
 mod apply;
 mod checkpoint;
+mod lag;
 mod levels;
 
 use crate::Prepared;
@@ -26,7 +27,7 @@ use crate::telemetry::{ReloadOutcome, SharedStatus, StageStatus};
 use crate::window::{SplitMark, SplitWatermarks};
 use flumen_sdk::abi::{Encoding, OutputEntry, OutputReader};
 use std::collections::VecDeque;
-use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -36,7 +37,7 @@ const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// A batch waiting for a stage: output-entry framing, which key of its entries is the stage's,
 /// and how its values are encoded.
 struct Queued {
-    batch: Rc<Vec<u8>>,
+    batch: Arc<Vec<u8>>,
     key: Option<usize>,
     encoding: Encoding,
     /// The source this batch comes straight from, if any.
@@ -92,6 +93,11 @@ pub struct Pipeline {
     end_watermark: i64,
     /// How many half rounds ran the stages of a level side by side (`levels.rs`).
     side_by_side: u64,
+    /// The last level's work put aside for the next round, when it runs a round behind
+    /// (`lag.rs`).
+    behind: Option<lag::Behind>,
+    /// How many rounds ran the last level's work a round behind, beside the others.
+    rounds_behind: u64,
 }
 
 /// What [`Pipeline::resume`] restored.
@@ -303,6 +309,8 @@ impl Pipeline {
             graph,
             end_watermark: i64::MAX,
             side_by_side: 0,
+            behind: None,
+            rounds_behind: 0,
         })
     }
 
@@ -338,6 +346,7 @@ impl Pipeline {
                         continue;
                     }
                 };
+                self.settle()?;
                 let applied = self.apply(next);
                 if let Some(reloads) = reloads {
                     // The reloader diffs its next version against what runs: tell it.
@@ -406,9 +415,12 @@ impl Pipeline {
             }
         }
         self.pump()?;
+        self.settle()?;
         tracing::debug!(
-            "{} half rounds ran stages of one level side by side",
-            self.side_by_side
+            "{} half rounds ran stages of one level side by side, {} rounds ran the last level \
+             a round behind",
+            self.side_by_side,
+            self.rounds_behind
         );
         self.flush()?;
         self.final_checkpoint()?;
@@ -445,7 +457,7 @@ impl Pipeline {
         if count == 0 {
             return self.write_dead_letters();
         }
-        let batch = Rc::new(runtime.batch.out.take());
+        let batch = Arc::new(runtime.batch.out.take());
         self.deliver((NodeRef::Source(s), 0), batch, Some(s))
     }
 
@@ -480,7 +492,7 @@ impl Pipeline {
     fn deliver(
         &mut self,
         from: (NodeRef, usize),
-        batch: Rc<Vec<u8>>,
+        batch: Arc<Vec<u8>>,
         origin: Option<usize>,
     ) -> anyhow::Result<()> {
         let Pipeline {
@@ -542,13 +554,25 @@ impl Pipeline {
     /// Runs every stage, level by level in topological order (see `levels.rs`), over what is
     /// queued for it; then moves each stage's watermark to the minimum of its inputs', handing
     /// downstream what each step emits.
+    /// The last level may run a round behind the others, beside them (`lag.rs`).
     fn pump(&mut self) -> anyhow::Result<()> {
         let levels = self.levels();
-        for level in &levels {
+        match self.lag_from(&levels) {
+            Some(from) => self.pump_behind(&levels, from),
+            None => {
+                self.settle()?;
+                self.pump_levels(&levels)
+            }
+        }
+    }
+
+    /// Runs `levels` over what is queued for them, then moves their watermarks.
+    fn pump_levels(&mut self, levels: &[Vec<usize>]) -> anyhow::Result<()> {
+        for level in levels {
             self.run_level(level, false)?;
         }
         self.observe_source_times();
-        for level in &levels {
+        for level in levels {
             self.run_level(level, true)?;
         }
         Ok(())
@@ -584,7 +608,7 @@ impl Pipeline {
             if writer.as_bytes().is_empty() {
                 continue;
             }
-            let batch = Rc::new(writer.take());
+            let batch = Arc::new(writer.take());
             self.deliver((NodeRef::Operator(o), port), batch, None)?;
         }
         self.write_dead_letters()

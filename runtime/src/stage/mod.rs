@@ -644,6 +644,26 @@ pub(crate) fn in_parallel<T: Send>(
     workers.current_num_threads() + 1
 }
 
+/// Runs `task` on the worker pool while `here` runs on this thread, and returns both results
+/// (one after the other on this thread when there is no pool).
+pub(crate) fn beside<T: Send, R>(
+    task: impl FnOnce() -> T + Send,
+    here: impl FnOnce() -> R,
+) -> (T, R) {
+    let Some(workers) = workers() else {
+        let done = task();
+        return (done, here());
+    };
+    let mut done = None;
+    let result = workers.in_place_scope(|scope| {
+        scope.spawn(|_| done = Some(task()));
+        here()
+    });
+    // The scope returns once the spawned task has run, and it always sets `done`.
+    let done = done.unwrap_or_else(|| unreachable!("a scoped task that did not run"));
+    (done, result)
+}
+
 /// How many threads [`in_parallel`] runs tasks on at once: the calling one and the workers.
 pub(crate) fn parallel_threads() -> usize {
     workers().map_or(1, |w| w.current_num_threads() + 1)

@@ -1,0 +1,132 @@
+//! The last level one round behind: when the deepest level's stages feed only sinks (the
+//! reference pipeline's four readers of `stock`), each round runs their work of the round before
+//! on a worker thread while the earlier levels take the new batch on this one. Each of those
+//! stages still takes the same batches, in the same order, and moves to the same watermarks
+//! after them, so it emits the same records in the same order; only when its lines reach its
+//! sinks moves, by a round. Before a checkpoint, a reload and the end of the run, the round
+//! behind is caught up (`settle`), so nothing is in flight where the executor must hold still.
+
+use super::levels::{Batch, Share};
+use super::{Pipeline, Queued};
+use crate::dead_letter::DeadLetters;
+use crate::plan::NodeRef;
+use crate::stage::{Stage, beside, parallel_threads};
+use std::time::Instant;
+
+/// The work the last level left for the next round: from which stage on the stages lag, and
+/// each one's batches and the watermark to move to after them.
+pub(super) struct Behind {
+    from: usize,
+    work: Vec<(Vec<Queued>, Option<i64>)>,
+}
+
+/// What the last level's stages must cost a round, together, for running them beside the
+/// other levels to be worth a handover to another thread.
+const LAG_MIN_NS: f64 = 100_000.0;
+
+impl Pipeline {
+    /// Where the stages that may run a round behind start: the deepest level, if it is more
+    /// than the only one, is the tail of the stages, reads only operators, feeds only sinks,
+    /// has a thread to run on and has lately cost enough to be worth it.
+    pub(super) fn lag_from(&self, levels: &[Vec<usize>]) -> Option<usize> {
+        let [_, .., last] = levels else { return None };
+        let from = *last.first()?;
+        let tail = last.iter().copied().eq(from..self.stages.len());
+        let reads_operators = last
+            .iter()
+            .all(|&o| (self.upstream[o].iter()).all(|n| matches!(n, NodeRef::Operator(_))));
+        let feeds_sinks = last.iter().all(|&o| {
+            let ports = &self.plan.operators[o].ports;
+            (ports.iter().flat_map(|p| &p.consumers)).all(|c| matches!(c.node, NodeRef::Sink(_)))
+        });
+        let cost: f64 = last.iter().map(|&o| self.stages[o].round_ns[1]).sum();
+        (tail && reads_operators && feeds_sinks && parallel_threads() > 1 && cost >= LAG_MIN_NS)
+            .then_some(from)
+    }
+
+    /// One round with the last level (stages `from..`) a round behind: its work of the last
+    /// round on a worker thread beside the other levels' work of this one; then what it emitted
+    /// is handed on, and this round's work is put aside for the next.
+    pub(super) fn pump_behind(&mut self, levels: &[Vec<usize>], from: usize) -> anyhow::Result<()> {
+        if self.behind.as_ref().is_some_and(|b| b.from != from) {
+            self.settle()?;
+        }
+        let behind = self.behind.take();
+        self.rounds_behind += u64::from(behind.is_some());
+        self.count_waits(behind.as_ref());
+        let mut back = self.stages.split_off(from);
+        let mut dead = DeadLetters::default();
+        let earlier = &levels[..levels.len() - 1];
+        let (_, front) = beside(
+            || run_behind(&mut back, behind.as_ref(), &mut dead),
+            || self.pump_levels(earlier),
+        );
+        self.stages.append(&mut back);
+        front?;
+        self.dead.append(&mut dead);
+        for o in from..self.stages.len() {
+            self.hand_on(o)?;
+        }
+        let work = (from..self.stages.len())
+            .map(|o| {
+                let batches = self.queues[o].drain(..).collect();
+                let watermark = self.upstream_watermark(o);
+                (
+                    batches,
+                    (watermark > self.stages[o].watermark).then_some(watermark),
+                )
+            })
+            .collect();
+        self.behind = Some(Behind { from, work });
+        Ok(())
+    }
+
+    /// Catches up the round behind, if any, on this thread, and hands on what it emitted.
+    pub(super) fn settle(&mut self) -> anyhow::Result<()> {
+        let Some(behind) = self.behind.take() else {
+            return Ok(());
+        };
+        self.count_waits(Some(&behind));
+        let mut back = self.stages.split_off(behind.from);
+        let mut dead = DeadLetters::default();
+        run_behind(&mut back, Some(&behind), &mut dead);
+        self.stages.append(&mut back);
+        self.dead.append(&mut dead);
+        for o in behind.from..self.stages.len() {
+            self.hand_on(o)?;
+        }
+        Ok(())
+    }
+
+    /// The time the batches put aside waited is their producers' backpressure.
+    fn count_waits(&mut self, behind: Option<&Behind>) {
+        let now = Instant::now();
+        let produced = behind
+            .into_iter()
+            .flat_map(|b| &b.work)
+            .flat_map(|(q, _)| q);
+        for (producer, at) in produced.filter_map(|q| q.produced) {
+            if let NodeRef::Operator(u) = producer {
+                self.stages[u].stats.backpressured += now.saturating_duration_since(at);
+            }
+        }
+    }
+}
+
+/// Runs the work put aside for `stages` (the lagging tail, in order), one stage after another.
+fn run_behind(stages: &mut [Stage], behind: Option<&Behind>, dead: &mut DeadLetters) {
+    let Some(behind) = behind else { return };
+    for (stage, (queued, target)) in stages.iter_mut().zip(&behind.work) {
+        let mut share = Share {
+            o: 0,
+            stage,
+            batches: queued.iter().map(Batch::of).collect(),
+            target: *target,
+            half: 1,
+            dead: DeadLetters::default(),
+            unreadable: Vec::new(),
+        };
+        share.run();
+        dead.append(&mut share.dead);
+    }
+}
