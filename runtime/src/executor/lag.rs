@@ -3,8 +3,10 @@
 //! on a worker thread while the earlier levels take the new batch on this one. Each of those
 //! stages still takes the same batches, in the same order, and moves to the same watermarks
 //! after them, so it emits the same records in the same order; only when its lines reach its
-//! sinks moves, by a round. Before a checkpoint, a reload and the end of the run, the round
-//! behind is caught up (`settle`), so nothing is in flight where the executor must hold still.
+//! sinks moves, by a round — so a sink also fed by an earlier level (the dead letters) may get
+//! their lines interleaved otherwise, and a pipeline with a sink that delivers exactly once by
+//! replay does not lag. Before a checkpoint, a reload and the end of the run, the round behind
+//! is caught up (`settle`), so nothing is in flight where the executor must hold still.
 
 use super::levels::{Batch, Share};
 use super::{Pipeline, Queued};
@@ -26,8 +28,8 @@ const LAG_MIN_NS: f64 = 100_000.0;
 
 impl Pipeline {
     /// Where the stages that may run a round behind start: the deepest level, if it is more
-    /// than the only one, is the tail of the stages, reads only operators, feeds only sinks,
-    /// has a thread to run on and has lately cost enough to be worth it.
+    /// than the only one, is the tail of the stages, reads only operators, feeds only sinks, no
+    /// sink replays, and it has a thread to run on and has lately cost enough to be worth it.
     pub(super) fn lag_from(&self, levels: &[Vec<usize>]) -> Option<usize> {
         let [_, .., last] = levels else { return None };
         let from = *last.first()?;
@@ -39,9 +41,14 @@ impl Pipeline {
             let ports = &self.plan.operators[o].ports;
             (ports.iter().flat_map(|p| &p.consumers)).all(|c| matches!(c.node, NodeRef::Sink(_)))
         });
+        // A sink fed by this level and by an earlier one (the dead letters) gets their lines
+        // interleaved by a round, and where depends on when checkpoints settle the lag: a sink
+        // that delivers exactly once by replaying (and skipping what it wrote) needs the same
+        // order on every run.
+        let replays = self.plan.sinks.iter().any(|s| s.config.kind.needs_replay());
         let cost: f64 = last.iter().map(|&o| self.stages[o].round_ns[1]).sum();
-        (tail && reads_operators && feeds_sinks && parallel_threads() > 1 && cost >= LAG_MIN_NS)
-            .then_some(from)
+        let worth = parallel_threads() > 1 && cost >= LAG_MIN_NS;
+        (tail && reads_operators && feeds_sinks && !replays && worth).then_some(from)
     }
 
     /// One round with the last level (stages `from..`) a round behind: its work of the last
