@@ -24,6 +24,16 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// A job of `make bench`: its label, its key under `jobs` in the report, its pipeline,
+/// environment and flags.
+struct Job<'a> {
+    label: String,
+    key: String,
+    pipeline: String,
+    envs: &'a [(&'a str, String)],
+    args: &'static [&'static str],
+}
+
 /// One run of `flumen run`; its summary JSON.
 fn run(
     root: &Path,
@@ -159,86 +169,75 @@ fn main() -> anyhow::Result<()> {
         "reference pipeline: {records} orders; peer jobs: {job_records} records; Nexmark: \
          {nexmark_events} events; {rounds} rounds"
     );
-    let reference_env = [
+    let reference_env = vec![
         ("ORDERS", orders.display().to_string()),
         ("OUT_DIR", dir.join("out").display().to_string()),
     ];
-    // The headline figure without checkpoints (as every engine's throughput is quoted), and
-    // again with the 1 s checkpoints pipelines/orders.toml asks for.
-    let reference = job(
-        &root,
-        "reference",
-        "pipelines/orders.toml",
-        &reference_env,
-        &["--no-checkpoints"],
-        rounds,
-    )?;
-    // The same on one thread (no stages side by side): what one core does.
-    let one_thread = job(
-        &root,
-        "1 thread",
-        "pipelines/orders.toml",
-        &reference_env,
-        &["--no-checkpoints", "--threads", "1"],
-        rounds,
-    )?;
-    let two_partitions = job(
-        &root,
-        "par. 2",
-        "pipelines/orders.toml",
-        &reference_env,
-        &["--no-checkpoints", "--parallelism", "2"],
-        rounds,
-    )?;
-    let checkpointed = job(
-        &root,
-        "ckpt 1 s",
-        "pipelines/orders.toml",
-        &reference_env,
-        &[],
-        rounds,
-    )?;
-    let jobs_env = [("BENCH_RECORDS", job_records.to_string())];
-    let stateless = job(
-        &root,
-        "stateless",
-        "pipelines/bench-stateless.toml",
-        &jobs_env,
-        &[],
-        rounds,
-    )?;
-    let window = job(
-        &root,
-        "window",
-        "pipelines/bench-window.toml",
-        &jobs_env,
-        &[],
-        rounds,
-    )?;
-    let nexmark_env = [("NEXMARK_EVENTS", nexmark_events.to_string())];
-    let mut nexmark = Vec::new();
+    let jobs_env = vec![("BENCH_RECORDS", job_records.to_string())];
+    let nexmark_env = vec![("NEXMARK_EVENTS", nexmark_events.to_string())];
+    // The first job is the headline (its fields at the top of the report): the reference
+    // pipeline without checkpoints, as every engine's throughput is quoted; then the same on
+    // one thread (what one core does), with two partitions, and with the 1 s checkpoints
+    // pipelines/orders.toml asks for.
+    let reference = |label: &str, key: &str, args: &'static [&'static str]| Job {
+        label: label.into(),
+        key: key.into(),
+        pipeline: "pipelines/orders.toml".into(),
+        envs: &reference_env,
+        args,
+    };
+    let mut jobs = vec![
+        reference("reference", "", &["--no-checkpoints"]),
+        reference(
+            "1 thread",
+            "reference_one_thread",
+            &["--no-checkpoints", "--threads", "1"],
+        ),
+        reference(
+            "par. 2",
+            "reference_parallelism_2",
+            &["--no-checkpoints", "--parallelism", "2"],
+        ),
+        reference("ckpt 1 s", "reference_checkpoints_1s", &[]),
+    ];
+    for name in ["stateless", "window"] {
+        jobs.push(Job {
+            label: name.into(),
+            key: name.into(),
+            pipeline: format!("pipelines/bench-{name}.toml"),
+            envs: &jobs_env,
+            args: &[],
+        });
+    }
     for query in NEXMARK_QUERIES {
-        let pipeline = format!("pipelines/nexmark/{query}.toml");
-        let result = job(&root, query, &pipeline, &nexmark_env, &[], rounds)?;
-        nexmark.push((format!("nexmark_{query}"), result));
+        jobs.push(Job {
+            label: query.into(),
+            key: format!("nexmark_{query}"),
+            pipeline: format!("pipelines/nexmark/{query}.toml"),
+            envs: &nexmark_env,
+            args: &[],
+        });
+    }
+    let mut results = Vec::new();
+    for Job {
+        label,
+        key,
+        pipeline,
+        envs,
+        args,
+    } in jobs
+    {
+        let result = job(&root, &label, &pipeline, envs, args, rounds)?;
+        results.push((label, key, result));
     }
 
     println!(
         "\n{:<10} {:>14} {:>14} {:>7} {:>14} {:>10}",
         "job", "wasm rec/s", "native rec/s", "ratio", "wasm best", "peak RSS"
     );
-    let jobs = [
-        ("reference".to_string(), &reference),
-        ("1 thread".to_string(), &one_thread),
-        ("par. 2".to_string(), &two_partitions),
-        ("ckpt 1 s".to_string(), &checkpointed),
-        ("stateless".to_string(), &stateless),
-        ("window".to_string(), &window),
-    ];
-    let nexmark_jobs = nexmark.iter().map(|(name, result)| (name.clone(), result));
-    for (name, result) in jobs.into_iter().chain(nexmark_jobs) {
+    for (label, _, result) in &results {
         println!(
-            "{name:<10} {:>14.0} {:>14.0} {:>7.2} {:>14.0} {:>7} MiB",
+            "{label:<10} {:>14.0} {:>14.0} {:>7.2} {:>14.0} {:>7} MiB",
             result["wasm_records_per_s"].as_f64().unwrap_or(0.0),
             result["native_records_per_s"].as_f64().unwrap_or(0.0),
             result["ratio"].as_f64().unwrap_or(0.0),
@@ -246,8 +245,12 @@ fn main() -> anyhow::Result<()> {
             result["peak_rss_bytes"].as_u64().unwrap_or(0) >> 20
         );
     }
+    let mut results = results.into_iter();
+    let Some((_, _, mut report)) = results.next() else {
+        anyhow::bail!("no jobs ran");
+    };
     println!("\nreference pipeline, busy time per stage (wasm):");
-    if let Some(stages) = reference["stages"].as_object() {
+    if let Some(stages) = report["stages"].as_object() {
         for (stage, s) in stages {
             println!(
                 "  {stage:<18} {:>8.3} s",
@@ -255,16 +258,9 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    let mut report = reference.clone();
-    report["jobs"] = json!({
-        "reference_one_thread": one_thread,
-        "reference_parallelism_2": two_partitions,
-        "reference_checkpoints_1s": checkpointed,
-        "stateless": stateless,
-        "window": window,
-    });
-    for (name, result) in nexmark {
-        report["jobs"][name] = result;
+    report["jobs"] = json!({});
+    for (_, key, result) in results {
+        report["jobs"][key] = result;
     }
     let path = root.join("target/bench.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;

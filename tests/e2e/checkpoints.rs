@@ -6,7 +6,7 @@
 //! written never stops the run.
 
 use crate::live::{pipeline_copy, write_atomically};
-use crate::orders_pipeline::{SINKS, input, oracle, sink};
+use crate::orders_pipeline::{SINKS, input, oracle, sink, with_orders};
 use crate::support::{
     Live, Scenario, append, assert_accounted, assert_same_set, checkpoint_ids, flumen, line_count,
     modules, text, wait_until,
@@ -88,10 +88,7 @@ fn finish(scenario: &Scenario, orders: &Path, out: &Path, parallelism: &str) -> 
 
 #[test]
 fn killed_at_any_moment_a_run_resumes_to_exactly_the_output_of_one_never_killed() {
-    modules();
-    let scenario = Scenario::new();
-    let input = input(&scenario, "120000", "31");
-    let orders = scenario.write("orders.jsonl", &input);
+    let (scenario, input, orders) = with_orders("120000", "31");
     let out = scenario.path("out");
     let pipeline = Path::new("pipelines/orders.toml");
 
@@ -174,10 +171,7 @@ fn killed_at_any_moment_a_run_resumes_to_exactly_the_output_of_one_never_killed(
 
 #[test]
 fn no_checkpoints_runs_a_checkpointing_pipeline_without_any_and_from_its_start() {
-    modules();
-    let scenario = Scenario::new();
-    let input = input(&scenario, "5000", "3");
-    let orders = scenario.write("orders.jsonl", &input);
+    let (scenario, input, orders) = with_orders("5000", "3");
     let out = scenario.path("out");
     for _ in 0..2 {
         // Twice: a run without checkpoints leaves nothing to resume, so the second starts over.
@@ -225,10 +219,7 @@ inputs = ["validate"]
 
 #[test]
 fn damaged_checkpoints_are_passed_over_and_foreign_ones_refused() {
-    modules();
-    let scenario = Scenario::new();
-    let input = input(&scenario, "60000", "32");
-    let orders = scenario.write("orders.jsonl", &input);
+    let (scenario, input, orders) = with_orders("60000", "32");
     let out = scenario.path("out");
     let pipeline = Path::new("pipelines/orders.toml");
     let live = start(&scenario, "1.log", pipeline, &orders, &out, &[]);
@@ -344,10 +335,7 @@ fn damaged_checkpoints_are_passed_over_and_foreign_ones_refused() {
 
 #[test]
 fn a_checkpoint_folder_that_cannot_be_written_is_a_loud_error_and_the_run_goes_on() {
-    modules();
-    let scenario = Scenario::new();
-    let input = input(&scenario, "20000", "33");
-    let orders = scenario.write("orders.jsonl", &input);
+    let (scenario, input, orders) = with_orders("20000", "33");
     let out = scenario.path("out");
     let folder = checkpoints(&out);
     std::fs::create_dir_all(&folder).unwrap();

@@ -8,7 +8,7 @@ use crate::support::{
 };
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const BATCH: usize = 1024;
@@ -374,6 +374,16 @@ pub(crate) fn sink(out: &Path, name: &str) -> Vec<Value> {
 
 /// Generated orders, plus one user's sessions exactly one gap apart (merged) and one gap and
 /// a millisecond apart (not merged), at the very end so they make nothing else late.
+/// A scenario with the modules built and `count` orders generated with `seed` in its
+/// `orders.jsonl`: the scenario, the orders' text, and the file.
+pub(crate) fn with_orders(count: &str, seed: &str) -> (Scenario, String, PathBuf) {
+    modules();
+    let scenario = Scenario::new();
+    let input = input(&scenario, count, seed);
+    let orders = scenario.write("orders.jsonl", &input);
+    (scenario, input, orders)
+}
+
 pub(crate) fn input(scenario: &Scenario, count: &str, seed: &str) -> String {
     let generated = scenario.path("generated.jsonl");
     let status = flumen()
@@ -403,10 +413,7 @@ pub(crate) fn input(scenario: &Scenario, count: &str, seed: &str) -> String {
 
 #[test]
 fn every_sink_matches_the_spec() {
-    modules();
-    let scenario = Scenario::new();
-    let input = input(&scenario, "20000", "21");
-    let orders = scenario.write("orders.jsonl", &input);
+    let (scenario, input, orders) = with_orders("20000", "21");
     let out = scenario.path("out");
     run_pipeline(&orders, &out, &[]);
     let expected = oracle(&input);
@@ -446,10 +453,7 @@ fn every_sink_matches_the_spec() {
 /// set; each partition's go out together).
 #[test]
 fn output_does_not_depend_on_parallelism() {
-    modules();
-    let scenario = Scenario::new();
-    let input = input(&scenario, "8000", "4");
-    let orders = scenario.write("orders.jsonl", &input);
+    let (scenario, _, orders) = with_orders("8000", "4");
     run_pipeline(&orders, &scenario.path("p1"), &[]);
     run_pipeline(
         &orders,
@@ -478,10 +482,7 @@ fn output_does_not_depend_on_parallelism() {
 /// thread writes, in the same order.
 #[test]
 fn stages_side_by_side_and_a_round_behind_write_what_one_thread_writes() {
-    modules();
-    let scenario = Scenario::new();
-    let input = input(&scenario, "20000", "6");
-    let orders = scenario.write("orders.jsonl", &input);
+    let (scenario, _, orders) = with_orders("20000", "6");
     let reference = std::fs::read_to_string(workspace().join("pipelines/orders.toml")).unwrap();
     let modules = workspace().join("target/flumen").display().to_string();
     let pipeline = format!(

@@ -8,18 +8,19 @@
 //! replay does not lag. Before a checkpoint, a reload and the end of the run, the round behind
 //! is caught up (`settle`), so nothing is in flight where the executor must hold still.
 
-use super::levels::{Batch, Share};
+use super::levels::Share;
 use super::{Pipeline, Queued};
 use crate::dead_letter::DeadLetters;
 use crate::plan::NodeRef;
 use crate::stage::{Stage, beside, parallel_threads};
+use std::collections::VecDeque;
 use std::time::Instant;
 
 /// The work the last level left for the next round: from which stage on the stages lag, and
 /// each one's batches and the watermark to move to after them.
 pub(super) struct Behind {
     from: usize,
-    work: Vec<(Vec<Queued>, Option<i64>)>,
+    work: Vec<(VecDeque<Queued>, Option<i64>)>,
 }
 
 /// What the last level's stages must cost a round, together, for running them beside the
@@ -64,28 +65,12 @@ impl Pipeline {
         }
         let behind = self.behind.take();
         self.rounds_behind += u64::from(behind.is_some());
-        self.count_waits(behind.as_ref());
-        let mut back = self.stages.split_off(from);
-        let mut dead = DeadLetters::default();
-        let earlier = &levels[..levels.len() - 1];
-        let (_, front) = beside(
-            || run_behind(&mut back, behind.as_ref(), &mut dead),
-            || self.pump_levels(earlier),
-        );
-        self.stages.append(&mut back);
-        front?;
-        self.dead.append(&mut dead);
-        for o in from..self.stages.len() {
-            self.hand_on(o)?;
-        }
+        self.catch_up(from, behind, Some(&levels[..levels.len() - 1]))?;
         let work = (from..self.stages.len())
             .map(|o| {
-                let batches = self.queues[o].drain(..).collect();
                 let watermark = self.upstream_watermark(o);
-                (
-                    batches,
-                    (watermark > self.stages[o].watermark).then_some(watermark),
-                )
+                let target = (watermark > self.stages[o].watermark).then_some(watermark);
+                (std::mem::take(&mut self.queues[o]), target)
             })
             .collect();
         self.behind = Some(Behind { from, work });
@@ -94,50 +79,49 @@ impl Pipeline {
 
     /// Catches up the round behind, if any, on this thread, and hands on what it emitted.
     pub(super) fn settle(&mut self) -> anyhow::Result<()> {
-        let Some(behind) = self.behind.take() else {
-            return Ok(());
-        };
-        self.count_waits(Some(&behind));
-        let mut back = self.stages.split_off(behind.from);
+        match self.behind.take() {
+            Some(behind) => self.catch_up(behind.from, Some(behind), None),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `behind` on the stages `from..` — on a worker beside the `earlier` levels' work of
+    /// this round, if any — then hands on what those stages emitted, in stage order.
+    fn catch_up(
+        &mut self,
+        from: usize,
+        behind: Option<Behind>,
+        earlier: Option<&[Vec<usize>]>,
+    ) -> anyhow::Result<()> {
+        let now = Instant::now();
+        for (queue, _) in behind.iter().flat_map(|b| &b.work) {
+            for queued in queue {
+                self.count_wait(queued, now);
+            }
+        }
+        let mut back = self.stages.split_off(from);
         let mut dead = DeadLetters::default();
-        run_behind(&mut back, Some(&behind), &mut dead);
+        let run = |back: &mut [Stage], dead: &mut DeadLetters| {
+            for (stage, (queue, target)) in back.iter_mut().zip(behind.iter().flat_map(|b| &b.work))
+            {
+                let mut share = Share::new(stage, queue, *target, 1);
+                share.run();
+                dead.append(&mut share.dead);
+            }
+        };
+        let earlier = match earlier {
+            Some(levels) => beside(|| run(&mut back, &mut dead), || self.pump_levels(levels)).1,
+            None => {
+                run(&mut back, &mut dead);
+                Ok(())
+            }
+        };
         self.stages.append(&mut back);
+        earlier?;
         self.dead.append(&mut dead);
-        for o in behind.from..self.stages.len() {
+        for o in from..self.stages.len() {
             self.hand_on(o)?;
         }
         Ok(())
-    }
-
-    /// The time the batches put aside waited is their producers' backpressure.
-    fn count_waits(&mut self, behind: Option<&Behind>) {
-        let now = Instant::now();
-        let produced = behind
-            .into_iter()
-            .flat_map(|b| &b.work)
-            .flat_map(|(q, _)| q);
-        for (producer, at) in produced.filter_map(|q| q.produced) {
-            if let NodeRef::Operator(u) = producer {
-                self.stages[u].stats.backpressured += now.saturating_duration_since(at);
-            }
-        }
-    }
-}
-
-/// Runs the work put aside for `stages` (the lagging tail, in order), one stage after another.
-fn run_behind(stages: &mut [Stage], behind: Option<&Behind>, dead: &mut DeadLetters) {
-    let Some(behind) = behind else { return };
-    for (stage, (queued, target)) in stages.iter_mut().zip(&behind.work) {
-        let mut share = Share {
-            o: 0,
-            stage,
-            batches: queued.iter().map(Batch::of).collect(),
-            target: *target,
-            half: 1,
-            dead: DeadLetters::default(),
-            unreadable: Vec::new(),
-        };
-        share.run();
-        dead.append(&mut share.dead);
     }
 }

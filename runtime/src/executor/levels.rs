@@ -16,41 +16,59 @@ use std::time::{Duration, Instant};
 const PARALLEL_LEVEL_NS: f64 = 100_000.0;
 
 /// A queued batch as a share takes it, borrowed from the queue.
-pub(super) struct Batch<'a> {
+struct Batch<'a> {
     bytes: &'a [u8],
     key: Option<usize>,
     encoding: Encoding,
     origin: Option<usize>,
 }
 
-impl<'a> Batch<'a> {
-    pub(super) fn of(queued: &'a Queued) -> Self {
-        Batch {
-            bytes: queued.batch.as_slice(),
-            key: queued.key,
-            encoding: queued.encoding,
-            origin: queued.origin,
-        }
-    }
-}
-
-/// One stage's share of a level run side by side: the batches it takes (borrowed from its
-/// queue), the watermark it moves to, and what it leaves for the executor to apply in order.
+/// One stage's work in a half round: the batches it takes (borrowed from its queue), then the
+/// watermark it moves to; and what it leaves for the executor to apply in stage order.
 pub(super) struct Share<'a> {
-    pub o: usize,
-    pub stage: &'a mut Stage,
-    pub batches: Vec<Batch<'a>>,
-    pub target: Option<i64>,
+    stage: &'a mut Stage,
+    batches: Vec<Batch<'a>>,
+    target: Option<i64>,
     /// Which half of the round: 0 without moving watermarks, 1 with.
-    pub half: usize,
+    half: usize,
     pub dead: DeadLetters,
     /// Per batch read straight from a source: the source, and the records that went to the
     /// dead letters.
-    pub unreadable: Vec<(usize, Vec<u64>)>,
+    unreadable: Vec<(usize, Vec<u64>)>,
 }
 
-impl Share<'_> {
+impl<'a> Share<'a> {
+    pub(super) fn new(
+        stage: &'a mut Stage,
+        queue: &'a VecDeque<Queued>,
+        target: Option<i64>,
+        half: usize,
+    ) -> Self {
+        let batches = queue
+            .iter()
+            .map(|queued| Batch {
+                bytes: queued.batch.as_slice(),
+                key: queued.key,
+                encoding: queued.encoding,
+                origin: queued.origin,
+            })
+            .collect();
+        Share {
+            stage,
+            batches,
+            target,
+            half,
+            dead: DeadLetters::default(),
+            unreadable: Vec::new(),
+        }
+    }
+
+    /// Takes the batches, then moves the watermark, and learns what that cost; nothing (not
+    /// even a cost of zero) when there is no work.
     pub(super) fn run(&mut self) {
+        if self.batches.is_empty() && self.target.is_none() {
+            return;
+        }
         let before = self.stage.stats.busy;
         for batch in &self.batches {
             let started = Instant::now();
@@ -79,6 +97,27 @@ impl Share<'_> {
 fn learn(stage: &mut Stage, half: usize, cost: Duration) {
     let average = &mut stage.round_ns[half];
     *average = 0.8 * *average + 0.2 * cost.as_nanos() as f64;
+}
+
+/// Runs `shares` on as many groups as there are threads, the costliest first, each to the
+/// lightest group: a task handed to the pool waits for a free worker, so one per stage would
+/// leave the calling thread idle while the workers go through the rest.
+fn run_side_by_side(shares: &mut [Share<'_>]) {
+    let mut groups: Vec<(f64, Vec<&mut Share<'_>>)> = Vec::new();
+    groups.resize_with(parallel_threads().min(shares.len()), Default::default);
+    let mut by_cost: Vec<&mut Share<'_>> = shares.iter_mut().collect();
+    by_cost.sort_by(|a, b| b.cost().total_cmp(&a.cost()));
+    for share in by_cost {
+        if let Some(group) = groups.iter_mut().min_by(|a, b| a.0.total_cmp(&b.0)) {
+            group.0 += share.cost();
+            group.1.push(share);
+        }
+    }
+    in_parallel(groups.into_iter(), |(_, group)| {
+        for share in group {
+            share.run();
+        }
+    });
 }
 
 impl Pipeline {
@@ -120,113 +159,48 @@ impl Pipeline {
     }
 
     /// Runs the stages of `level` over what is queued for them and, with `advance`, moves each
-    /// to its inputs' watermark (firing what that completes), handing on what they emit; side by
-    /// side when at least two have work and their recent costs say it pays.
+    /// to its inputs' watermark (firing what that completes); side by side when at least two
+    /// have work and their recent costs say it pays. Then hands on what each emitted, in stage
+    /// order.
     pub(super) fn run_level(&mut self, level: &[usize], advance: bool) -> anyhow::Result<()> {
-        let targets: Vec<Option<i64>> = level
-            .iter()
-            .map(|&o| {
-                let watermark = self.upstream_watermark(o);
-                (advance && watermark > self.stages[o].watermark).then_some(watermark)
-            })
-            .collect();
         let half = usize::from(advance);
-        let costs: Vec<f64> = level
-            .iter()
-            .zip(&targets)
-            .filter(|&(&o, target)| !self.queues[o].is_empty() || target.is_some())
-            .map(|(&o, _)| self.stages[o].round_ns[half])
-            .collect();
-        let saving = costs.iter().sum::<f64>() - costs.iter().copied().fold(0.0, f64::max);
-        if costs.len() < 2 || saving < PARALLEL_LEVEL_NS {
-            for (&o, target) in level.iter().zip(targets) {
-                let before = self.stages[o].stats.busy;
-                let worked = !self.queues[o].is_empty() || target.is_some();
-                self.drain(o)?;
-                if let Some(watermark) = target {
-                    let started = Instant::now();
-                    self.stages[o].advance(watermark, &mut self.dead);
-                    self.stages[o].stats.busy += started.elapsed();
-                    self.hand_on(o)?;
-                }
-                if worked {
-                    let cost = self.stages[o].stats.busy - before;
-                    learn(&mut self.stages[o], half, cost);
-                }
+        // The stages with work: each one's queue, and the watermark it moves to.
+        let mut work: Vec<(usize, VecDeque<Queued>, Option<i64>)> = Vec::new();
+        for &o in level {
+            let watermark = self.upstream_watermark(o);
+            let target = (advance && watermark > self.stages[o].watermark).then_some(watermark);
+            if target.is_some() || !self.queues[o].is_empty() {
+                work.push((o, std::mem::take(&mut self.queues[o]), target));
             }
-            return Ok(());
         }
-        self.run_side_by_side(level, targets, half)
-    }
-
-    fn run_side_by_side(
-        &mut self,
-        level: &[usize],
-        targets: Vec<Option<i64>>,
-        half: usize,
-    ) -> anyhow::Result<()> {
-        let queues: Vec<VecDeque<Queued>> = level
-            .iter()
-            .map(|&o| std::mem::take(&mut self.queues[o]))
-            .collect();
-        // The time a batch waited in a queue is its producer's backpressure (a lower level's
-        // stage, or a source).
         let now = Instant::now();
-        for (producer, at) in queues.iter().flatten().filter_map(|q| q.produced) {
-            let waited = now.saturating_duration_since(at);
-            match producer {
-                NodeRef::Source(s) => self.sources[s].stats.backpressured += waited,
-                NodeRef::Operator(u) => self.stages[u].stats.backpressured += waited,
-                NodeRef::Sink(_) => {}
+        for (_, queue, _) in &work {
+            for queued in queue {
+                self.count_wait(queued, now);
             }
         }
-        let stages = self
-            .stages
-            .iter_mut()
-            .enumerate()
-            .filter(|(o, _)| level.contains(o));
+        let stages = (self.stages.iter_mut().enumerate())
+            .filter(|(o, _)| work.iter().any(|(w, ..)| w == o))
+            .map(|(_, stage)| stage);
         let mut shares: Vec<Share<'_>> = stages
-            .zip(&queues)
-            .zip(targets)
-            .map(|(((o, stage), queue), target)| Share {
-                o,
-                stage,
-                batches: queue.iter().map(Batch::of).collect(),
-                target,
-                half,
-                dead: DeadLetters::default(),
-                unreadable: Vec::new(),
-            })
+            .zip(&work)
+            .map(|(stage, (_, queue, target))| Share::new(stage, queue, *target, half))
             .collect();
-        // As many groups as threads, the costliest stages first, each to the lightest group: a
-        // task handed to the pool waits for a free worker, so one per stage would leave the
-        // calling thread idle while the workers go through the rest.
-        let mut groups: Vec<(f64, Vec<&mut Share<'_>>)> = Vec::new();
-        groups.resize_with(parallel_threads().min(shares.len()), Default::default);
-        let mut by_cost: Vec<&mut Share<'_>> = shares.iter_mut().collect();
-        by_cost.sort_by(|a, b| b.cost().total_cmp(&a.cost()));
-        for share in by_cost {
-            if let Some(group) = groups.iter_mut().min_by(|a, b| a.0.total_cmp(&b.0)) {
-                group.0 += share.cost();
-                group.1.push(share);
-            }
+        let costs = shares.iter().map(Share::cost);
+        let saving = costs.clone().sum::<f64>() - costs.fold(0.0, f64::max);
+        if shares.len() > 1 && saving >= PARALLEL_LEVEL_NS {
+            self.side_by_side += 1;
+            run_side_by_side(&mut shares);
+        } else {
+            shares.iter_mut().for_each(Share::run);
         }
-        self.side_by_side += 1;
-        in_parallel(groups.into_iter(), |(_, group)| {
-            for share in group {
-                share.run();
-            }
-        });
-        let done: Vec<_> = shares
-            .into_iter()
-            .map(|share| (share.o, share.dead, share.unreadable))
-            .collect();
-        for (o, mut dead, unreadable) in done {
+        let done: Vec<_> = shares.into_iter().map(|s| (s.dead, s.unreadable)).collect();
+        for ((o, ..), (mut dead, unreadable)) in work.iter().zip(done) {
             self.dead.append(&mut dead);
             for (s, records) in unreadable {
                 self.sources[s].unreadable.extend(records);
             }
-            self.hand_on(o)?;
+            self.hand_on(*o)?;
         }
         Ok(())
     }

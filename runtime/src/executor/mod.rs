@@ -553,8 +553,8 @@ impl Pipeline {
 
     /// Runs every stage, level by level in topological order (see `levels.rs`), over what is
     /// queued for it; then moves each stage's watermark to the minimum of its inputs', handing
-    /// downstream what each step emits.
-    /// The last level may run a round behind the others, beside them (`lag.rs`).
+    /// downstream what each step emits. The last level may run a round behind the others,
+    /// beside them (`lag.rs`).
     fn pump(&mut self) -> anyhow::Result<()> {
         let levels = self.levels();
         match self.lag_from(&levels) {
@@ -578,27 +578,17 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Runs stage `o` over everything queued for it.
-    fn drain(&mut self, o: usize) -> anyhow::Result<()> {
-        while let Some(queued) = self.queues[o].pop_front() {
-            let started = Instant::now();
-            if let Some((producer, at)) = queued.produced {
-                let waited = started.saturating_duration_since(at);
-                match producer {
-                    NodeRef::Source(s) => self.sources[s].stats.backpressured += waited,
-                    NodeRef::Operator(u) => self.stages[u].stats.backpressured += waited,
-                    NodeRef::Sink(_) => {}
-                }
-            }
-            let unreadable =
-                self.stages[o].accept(&queued.batch, queued.key, queued.encoding, &mut self.dead);
-            self.stages[o].stats.busy += started.elapsed();
-            if let Some(s) = queued.origin {
-                self.sources[s].unreadable.extend(unreadable);
-            }
-            self.hand_on(o)?;
+    /// Counts the time `queued` waited, until `now`, as its producer's backpressure.
+    fn count_wait(&mut self, queued: &Queued, now: Instant) {
+        let Some((producer, at)) = queued.produced else {
+            return;
+        };
+        let waited = now.saturating_duration_since(at);
+        match producer {
+            NodeRef::Source(s) => self.sources[s].stats.backpressured += waited,
+            NodeRef::Operator(u) => self.stages[u].stats.backpressured += waited,
+            NodeRef::Sink(_) => {}
         }
-        Ok(())
     }
 
     /// Hands what stage `o` emitted to its consumers, and its dead letters to the sink.

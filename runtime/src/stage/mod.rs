@@ -696,7 +696,7 @@ fn workers() -> Option<&'static rayon::ThreadPool> {
             return None;
         }
         rayon::ThreadPoolBuilder::new()
-            .num_threads(cores.saturating_sub(1).max(1))
+            .num_threads(cores - 1)
             .thread_name(|i| format!("flumen-worker-{i}"))
             .build()
             .inspect_err(|e| tracing::warn!("no worker threads, partitions run in turn: {e}"))
