@@ -33,18 +33,32 @@ pub(crate) struct FieldRequest<'a> {
     pub ts_field: Option<&'a str>,
 }
 
-/// What [`extract`] found, indexed like [`FieldRequest::key_fields`].
+/// What [`extract`] found, indexed like [`FieldRequest::key_fields`]. Its buffers are reused
+/// from record to record: reading a key allocates nothing once they are grown.
 #[derive(Debug, Default)]
 pub(crate) struct Extracted {
-    pub keys: Vec<Option<Vec<u8>>>,
+    /// Each key's text (empty until found).
+    pub keys: Vec<Vec<u8>>,
+    /// Whether each key was found.
+    found: Vec<bool>,
     pub ts: Option<i64>,
+    /// The event time's text, before it is read as a number.
+    scratch: Vec<u8>,
 }
 
 impl Extracted {
     pub(crate) fn reset(&mut self, key_count: usize) {
-        self.keys.clear();
-        self.keys.resize(key_count, None);
+        self.keys.resize_with(key_count, Vec::new);
+        self.keys.iter_mut().for_each(Vec::clear);
+        self.found.clear();
+        self.found.resize(key_count, false);
         self.ts = None;
+    }
+
+    /// Key `i`'s text, if it was found.
+    #[cfg(test)]
+    fn key(&self, i: usize) -> Option<&[u8]> {
+        self.found[i].then(|| self.keys[i].as_slice())
     }
 }
 
@@ -61,8 +75,8 @@ pub(crate) fn extract<T: Serialize + ?Sized>(
         found: into,
         pending_key: None,
     })?;
-    for (name, key) in request.key_fields.iter().zip(&into.keys) {
-        if key.is_none() {
+    for (name, found) in request.key_fields.iter().zip(&into.found) {
+        if !found {
             return Err(FieldError(format!("key field `{name}` is missing")));
         }
     }
@@ -82,19 +96,26 @@ impl Finder<'_, '_> {
     fn field<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> Result<(), FieldError> {
         for (i, wanted) in self.request.key_fields.iter().enumerate() {
             if wanted == name {
-                let text = value
-                    .serialize(Scalar)
+                let text = &mut self.found.keys[i];
+                text.clear();
+                value
+                    .serialize(Scalar(text))
                     .map_err(|e| FieldError(format!("key field `{name}` {e}")))?;
-                self.found.keys[i] = Some(text.into_bytes());
+                self.found.found[i] = true;
             }
         }
         if self.request.ts_field == Some(name) {
-            let text = value
-                .serialize(Scalar)
+            let text = &mut self.found.scratch;
+            text.clear();
+            value
+                .serialize(Scalar(text))
                 .map_err(|e| FieldError(format!("event time field `{name}` {e}")))?;
-            let ts = text
-                .parse::<i64>()
-                .map_err(|_| FieldError(format!("event time field `{name}` is not an integer")))?;
+            let ts = std::str::from_utf8(text)
+                .ok()
+                .and_then(|t| t.parse::<i64>().ok())
+                .ok_or_else(|| {
+                    FieldError(format!("event time field `{name}` is not an integer"))
+                })?;
             self.found.ts = Some(ts);
         }
         Ok(())
@@ -104,6 +125,13 @@ impl Finder<'_, '_> {
 macro_rules! refuse {
     ($err:expr; $($method:ident($($arg:ty),*)),* $(,)?) => {
         $(fn $method(self, $(_: $arg),*) -> Result<Self::Ok, Self::Error> { Err($err) })*
+    };
+}
+
+/// Scalars written as their `Display` text.
+macro_rules! display {
+    ($($method:ident($arg:ty)),* $(,)?) => {
+        $(fn $method(self, v: $arg) -> Result<(), FieldError> { self.display(v) })*
     };
 }
 
@@ -220,7 +248,11 @@ impl ser::SerializeMap for Finder<'_, '_> {
     type Error = FieldError;
 
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), FieldError> {
-        self.pending_key = key.serialize(Scalar).ok();
+        let mut text = Vec::new();
+        self.pending_key = key
+            .serialize(Scalar(&mut text))
+            .ok()
+            .and_then(|()| String::from_utf8(text).ok());
         Ok(())
     }
 
@@ -236,78 +268,73 @@ impl ser::SerializeMap for Finder<'_, '_> {
     }
 }
 
-/// Serializes a scalar as its canonical key text.
-struct Scalar;
+/// Writes a scalar as its canonical key text.
+struct Scalar<'b>(&'b mut Vec<u8>);
+
+impl Scalar<'_> {
+    fn text(self, text: &str) -> Result<(), FieldError> {
+        self.0.extend_from_slice(text.as_bytes());
+        Ok(())
+    }
+
+    fn display(self, value: impl fmt::Display) -> Result<(), FieldError> {
+        use std::io::Write;
+        write!(self.0, "{value}").map_err(|e| FieldError(e.to_string()))
+    }
+}
 
 fn not_a_scalar() -> FieldError {
     FieldError("is not a string, an integer or a bool".into())
 }
 
-impl ser::Serializer for Scalar {
-    type Ok = String;
+impl ser::Serializer for Scalar<'_> {
+    type Ok = ();
     type Error = FieldError;
-    type SerializeSeq = Impossible<String, FieldError>;
-    type SerializeTuple = Impossible<String, FieldError>;
-    type SerializeTupleStruct = Impossible<String, FieldError>;
-    type SerializeTupleVariant = Impossible<String, FieldError>;
-    type SerializeMap = Impossible<String, FieldError>;
-    type SerializeStruct = Impossible<String, FieldError>;
-    type SerializeStructVariant = Impossible<String, FieldError>;
+    type SerializeSeq = Impossible<(), FieldError>;
+    type SerializeTuple = Impossible<(), FieldError>;
+    type SerializeTupleStruct = Impossible<(), FieldError>;
+    type SerializeTupleVariant = Impossible<(), FieldError>;
+    type SerializeMap = Impossible<(), FieldError>;
+    type SerializeStruct = Impossible<(), FieldError>;
+    type SerializeStructVariant = Impossible<(), FieldError>;
 
     refuse!(not_a_scalar();
         serialize_f32(f32), serialize_f64(f64), serialize_bytes(&[u8]), serialize_none(),
         serialize_unit(), serialize_unit_struct(&'static str),
     );
 
-    fn serialize_bool(self, v: bool) -> Result<String, FieldError> {
-        Ok(v.to_string())
-    }
-    fn serialize_i8(self, v: i8) -> Result<String, FieldError> {
-        Ok(v.to_string())
-    }
-    fn serialize_i16(self, v: i16) -> Result<String, FieldError> {
-        Ok(v.to_string())
-    }
-    fn serialize_i32(self, v: i32) -> Result<String, FieldError> {
-        Ok(v.to_string())
-    }
-    fn serialize_i64(self, v: i64) -> Result<String, FieldError> {
-        Ok(v.to_string())
-    }
-    fn serialize_u8(self, v: u8) -> Result<String, FieldError> {
-        Ok(v.to_string())
-    }
-    fn serialize_u16(self, v: u16) -> Result<String, FieldError> {
-        Ok(v.to_string())
-    }
-    fn serialize_u32(self, v: u32) -> Result<String, FieldError> {
-        Ok(v.to_string())
-    }
-    fn serialize_u64(self, v: u64) -> Result<String, FieldError> {
-        Ok(v.to_string())
-    }
-    fn serialize_char(self, v: char) -> Result<String, FieldError> {
-        Ok(v.to_string())
-    }
-    fn serialize_str(self, v: &str) -> Result<String, FieldError> {
-        Ok(v.to_owned())
+    display!(
+        serialize_bool(bool),
+        serialize_i8(i8),
+        serialize_i16(i16),
+        serialize_i32(i32),
+        serialize_i64(i64),
+        serialize_u8(u8),
+        serialize_u16(u16),
+        serialize_u32(u32),
+        serialize_u64(u64),
+        serialize_char(char),
+    );
+
+    fn serialize_str(self, v: &str) -> Result<(), FieldError> {
+        self.text(v)
     }
     fn serialize_unit_variant(
         self,
         _: &'static str,
         _: u32,
         variant: &'static str,
-    ) -> Result<String, FieldError> {
-        Ok(variant.to_owned())
+    ) -> Result<(), FieldError> {
+        self.text(variant)
     }
-    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<String, FieldError> {
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), FieldError> {
         value.serialize(self)
     }
     fn serialize_newtype_struct<T: Serialize + ?Sized>(
         self,
         _: &'static str,
         value: &T,
-    ) -> Result<String, FieldError> {
+    ) -> Result<(), FieldError> {
         value.serialize(self)
     }
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
@@ -316,7 +343,7 @@ impl ser::Serializer for Scalar {
         _: u32,
         _: &'static str,
         _: &T,
-    ) -> Result<String, FieldError> {
+    ) -> Result<(), FieldError> {
         Err(not_a_scalar())
     }
     fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, FieldError> {
@@ -395,8 +422,8 @@ mod tests {
         };
         let mut found = Extracted::default();
         extract(&order(), &request, &mut found).unwrap();
-        assert_eq!(found.keys[0].as_deref(), Some(&b"SKU-0001"[..]));
-        assert_eq!(found.keys[1].as_deref(), Some(&b"-7"[..]));
+        assert_eq!(found.key(0), Some(&b"SKU-0001"[..]));
+        assert_eq!(found.key(1), Some(&b"-7"[..]));
         assert_eq!(found.ts, Some(1_700_000_000_000));
     }
 

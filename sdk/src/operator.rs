@@ -214,7 +214,7 @@ pub(crate) fn write_record<T: Serialize + ?Sized>(
     let mut entry = writer.record(index as u16, input_index, ts, key_count);
     if wants_fields {
         for key in &extracted.keys {
-            entry.key(|buf| buf.extend_from_slice(key.as_deref().unwrap_or_default()));
+            entry.key(|buf| buf.extend_from_slice(key));
         }
     }
     entry.value(|buf| crate::codec::encode_into(spec.encoding, value, buf))

@@ -22,6 +22,8 @@ pub struct SourceBatch {
     count: u64,
     key_fields: Vec<String>,
     event_time: Option<String>,
+    /// The fields read from each JSON record: the key fields, then the event time field.
+    wanted: Vec<String>,
     found: Vec<Option<serde_json::Value>>,
     /// The far-future guard: the most a record's event time may be ahead of `newest`.
     max_future_ms: Option<i64>,
@@ -35,9 +37,11 @@ pub const REJECTED_PREFIX: usize = 256;
 impl SourceBatch {
     /// An empty batch whose records carry keys `key_fields` and event time `event_time`.
     pub fn new(key_fields: Vec<String>, event_time: Option<String>) -> Self {
+        let wanted = key_fields.iter().chain(&event_time).cloned().collect();
         SourceBatch {
             key_fields,
             event_time,
+            wanted,
             ..SourceBatch::default()
         }
     }
@@ -82,18 +86,12 @@ impl SourceBatch {
     /// is not an object, or lacks a field, gets empty keys and no event time: the first operator
     /// will send it to the dead letters.
     pub fn push_json(&mut self, line: &[u8]) {
-        let wanted: Vec<&str> = self
-            .key_fields
-            .iter()
-            .map(String::as_str)
-            .chain(self.event_time.as_deref())
-            .collect();
         self.found.clear();
-        self.found.resize(wanted.len(), None);
-        if !wanted.is_empty() {
+        self.found.resize(self.wanted.len(), None);
+        if !self.wanted.is_empty() {
             let mut deserializer = serde_json::Deserializer::from_slice(line);
             let _ = FieldPicker {
-                wanted: &wanted,
+                wanted: &self.wanted,
                 found: &mut self.found,
             }
             .deserialize(&mut deserializer);
@@ -180,12 +178,12 @@ pub(crate) fn field(json: &[u8], name: &str) -> Option<serde_json::Value> {
 }
 
 /// Deserializes only the wanted top-level fields of a JSON object, skipping the rest unparsed.
-struct FieldPicker<'a, 'b> {
-    wanted: &'a [&'b str],
+struct FieldPicker<'a, S> {
+    wanted: &'a [S],
     found: &'a mut [Option<serde_json::Value>],
 }
 
-impl<'de> DeserializeSeed<'de> for FieldPicker<'_, '_> {
+impl<'de, S: AsRef<str>> DeserializeSeed<'de> for FieldPicker<'_, S> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
@@ -193,7 +191,7 @@ impl<'de> DeserializeSeed<'de> for FieldPicker<'_, '_> {
     }
 }
 
-impl<'de> Visitor<'de> for FieldPicker<'_, '_> {
+impl<'de, S: AsRef<str>> Visitor<'de> for FieldPicker<'_, S> {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -201,8 +199,8 @@ impl<'de> Visitor<'de> for FieldPicker<'_, '_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            match self.wanted.iter().position(|w| *w == key) {
+        while let Some(wanted) = map.next_key_seed(FieldName(self.wanted))? {
+            match wanted {
                 Some(i) => self.found[i] = Some(map.next_value()?),
                 None => {
                     map.next_value::<IgnoredAny>()?;
@@ -210,6 +208,29 @@ impl<'de> Visitor<'de> for FieldPicker<'_, '_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Reads an object's key as which of the wanted fields it is, if any, without copying it.
+struct FieldName<'a, S>(&'a [S]);
+
+impl<'de, S: AsRef<str>> DeserializeSeed<'de> for FieldName<'_, S> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<usize>, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de, S: AsRef<str>> Visitor<'de> for FieldName<'_, S> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Option<usize>, E> {
+        Ok(self.0.iter().position(|w| w.as_ref() == name))
     }
 }
 
@@ -249,6 +270,8 @@ mod tests {
         assert_eq!(field(json, "n"), Some(serde_json::Value::from(7)));
         assert_eq!(field(json, "missing"), None);
         assert_eq!(field(b"[1]", "sku"), None);
+        // A name with escapes is the name it spells.
+        assert_eq!(field(br#"{"s\u006bu": "S-2"}"#, "sku"), Some("S-2".into()));
     }
 
     #[test]

@@ -22,16 +22,19 @@ impl Partition {
         slots.clear();
         let mut slot_of: FxHashMap<&[u8], u32> =
             FxHashMap::with_capacity_and_hasher(records.len(), Default::default());
-        let mut slot_keys: Vec<&[u8]> = Vec::new();
-        let mut slot_ts: Vec<i64> = Vec::new();
+        // Per slot: its key, the key's hash in the store and the bytes it takes there now, and
+        // the latest event time of its records.
+        let mut slot_keys: Vec<(&[u8], u64, usize)> = Vec::with_capacity(records.len());
+        let mut slot_ts: Vec<i64> = Vec::with_capacity(records.len());
         let rebuilt = &mut self.batch;
         rebuilt.clear(ctx.encoding);
         for record in records {
             let slot = *slot_of.entry(record.key).or_insert_with(|| {
-                let stored = self.keyed.live(record.key, watermark);
-                slot_keys.push(record.key);
+                let hash = self.keyed.hash(record.key);
+                let found = self.keyed.find(record.key, hash, watermark);
+                slot_keys.push((record.key, hash, found.footprint));
                 slot_ts.push(record.ts);
-                slots.push(record.key, stored)
+                slots.push(record.key, found.live)
             });
             let latest = &mut slot_ts[slot as usize];
             *latest = (*latest).max(record.ts);
@@ -49,8 +52,7 @@ impl Partition {
         // The state the call leaves, measured before anything is applied.
         let mut bytes = held;
         for &(slot, len) in &checked.states {
-            let key = slot_keys[slot as usize];
-            let old = self.keyed.footprint(key);
+            let (key, _, old) = slot_keys[slot as usize];
             let new = len.map_or(0, |len| key.len() + len);
             bytes += new as i64 - old as i64;
         }
@@ -58,12 +60,12 @@ impl Partition {
         let state = &mut self.keyed;
         self.out
             .apply(ctx.name, output, &checked, globals, |slot, value| {
-                let key = slot_keys[slot as usize];
+                let (key, hash, _) = slot_keys[slot as usize];
                 match value {
-                    None => state.remove(key),
+                    None => state.remove_hashed(key, hash),
                     Some(value) => {
                         let expires = ttl.map(|t| slot_ts[slot as usize].saturating_add(t));
-                        state.put(key, value, expires);
+                        state.put_hashed(key, hash, value, expires);
                     }
                 }
             });

@@ -31,10 +31,10 @@ impl Partition {
         slots.clear();
         let mut slot_of: FxHashMap<(i64, &[u8]), u32> =
             FxHashMap::with_capacity_and_hasher(records.len() * 2, Default::default());
-        let mut slot_windows: Vec<(Bounds, &[u8])> = Vec::new();
+        let mut slot_windows: Vec<(Bounds, &[u8])> = Vec::with_capacity(records.len());
         // The position of the last record each slot takes: where a window it updates after it
         // fired is emitted again.
-        let mut slot_last: Vec<u64> = Vec::new();
+        let mut slot_last: Vec<u64> = Vec::with_capacity(records.len());
         let rebuilt = &mut self.batch;
         rebuilt.clear(encoding);
         let mut late = BatchWriter::new(encoding);

@@ -7,12 +7,15 @@
 //! so a checkpoint costs the executor nearly nothing however large the state; the checkpoint
 //! writer, which holds the rest, merges it in.
 
-use super::{Blob, Bytes, Map, Store, partition_of};
+use super::{Blob, Bytes, Store, partition_of};
+use hashbrown::{HashTable, hash_table};
 use serde::{Deserialize, Serialize};
+use std::hash::BuildHasher;
 
 /// The state of one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
+    key: Bytes,
     value: Bytes,
     /// Event time from which the entry may be dropped (time-to-live).
     expires: Option<i64>,
@@ -29,9 +32,15 @@ fn log(log: &mut Vec<Change>, epoch: u32, change: Change) -> (u32, u32) {
 }
 
 /// The keyed state of one partition.
+///
+/// Entries sit in a hash table of their own whose hash a caller computes once per key
+/// ([`KeyedStore::hash`]) and hands to every later lookup of that key: a batch looks a key up
+/// once when it reads its state and once when it writes it back, each a single probe of a table
+/// that may hold millions of keys (a cache miss each).
 #[derive(Debug, Default)]
 pub(crate) struct KeyedStore {
-    entries: Map<Bytes, Entry>,
+    entries: HashTable<Entry>,
+    hasher: foldhash::fast::RandomState,
     bytes: usize,
     /// Whether changes are logged.
     tracking: bool,
@@ -112,26 +121,66 @@ impl KeyedSnapshot {
     }
 }
 
+/// What a key holds now: its value unless expired, and the bytes it takes (expired or not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Found<'a> {
+    pub live: Option<&'a [u8]>,
+    pub footprint: usize,
+}
+
 impl KeyedStore {
+    /// The hash of `key` in this store, for [`KeyedStore::find`], [`KeyedStore::put_hashed`]
+    /// and [`KeyedStore::remove_hashed`].
+    pub fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// What `key` (of hash `hash`) holds at `watermark`.
+    pub fn find(&self, key: &[u8], hash: u64, watermark: i64) -> Found<'_> {
+        match self.entries.find(hash, |e| e.key.as_slice() == key) {
+            Some(e) => Found {
+                live: e
+                    .expires
+                    .is_none_or(|at| at > watermark)
+                    .then_some(e.value.as_slice()),
+                footprint: key.len() + e.value.len(),
+            },
+            None => Found {
+                live: None,
+                footprint: 0,
+            },
+        }
+    }
+
     /// The value of `key`, unless it expired at `watermark`.
+    #[cfg(test)]
     pub fn live(&self, key: &[u8], watermark: i64) -> Option<&[u8]> {
-        self.entries
-            .get(key)
-            .filter(|e| e.expires.is_none_or(|at| at > watermark))
-            .map(|e| e.value.as_slice())
+        self.find(key, self.hash(key), watermark).live
     }
 
     /// The bytes `key` takes now (none if it has no entry, expired or not).
+    #[cfg(test)]
     pub fn footprint(&self, key: &[u8]) -> usize {
-        self.entries
-            .get(key)
-            .map_or(0, |e| key.len() + e.value.len())
+        self.find(key, self.hash(key), i64::MIN).footprint
     }
 
     /// Sets `key` to `value`, to expire at `expires`.
+    #[cfg(test)]
     pub fn put(&mut self, key: &[u8], value: &[u8], expires: Option<i64>) {
-        match self.entries.get_mut(key) {
-            Some(entry) => {
+        self.put_hashed(key, self.hash(key), value, expires);
+    }
+
+    /// Sets `key` (of hash `hash`) to `value`, to expire at `expires`.
+    pub fn put_hashed(&mut self, key: &[u8], hash: u64, value: &[u8], expires: Option<i64>) {
+        let hasher = &self.hasher;
+        let entry = self.entries.entry(
+            hash,
+            |e| e.key.as_slice() == key,
+            |e| hasher.hash_one(e.key.as_slice()),
+        );
+        match entry {
+            hash_table::Entry::Occupied(mut occupied) => {
+                let entry = occupied.get_mut();
                 self.bytes = self.bytes - entry.value.len() + value.len();
                 entry.value.clear();
                 entry.value.extend_from_slice(value);
@@ -153,26 +202,34 @@ impl KeyedStore {
                     }
                 }
             }
-            None => {
+            hash_table::Entry::Vacant(vacant) => {
                 self.bytes += key.len() + value.len();
-                let key = Bytes::from_slice(key);
-                let mut entry = Entry {
+                let logged = if self.tracking {
+                    let change = (Blob::from(key), Some((Blob::from(value), expires)));
+                    log(&mut self.log, self.epoch, change)
+                } else {
+                    (0, 0)
+                };
+                vacant.insert(Entry {
+                    key: Bytes::from_slice(key),
                     value: Bytes::from_slice(value),
                     expires,
-                    logged: (0, 0),
-                };
-                if self.tracking {
-                    let change = (Blob(key.clone()), Some((Blob::from(value), expires)));
-                    entry.logged = log(&mut self.log, self.epoch, change);
-                }
-                self.entries.insert(key, entry);
+                    logged,
+                });
             }
         }
     }
 
     /// Drops `key`'s state.
+    #[cfg(test)]
     pub fn remove(&mut self, key: &[u8]) {
-        if let Some(gone) = self.entries.remove(key) {
+        self.remove_hashed(key, self.hash(key));
+    }
+
+    /// Drops the state of `key`, of hash `hash`.
+    pub fn remove_hashed(&mut self, key: &[u8], hash: u64) {
+        if let Ok(found) = self.entries.find_entry(hash, |e| e.key.as_slice() == key) {
+            let (gone, _) = found.remove();
             self.bytes -= key.len() + gone.value.len();
             if self.tracking {
                 self.log.push((Blob::from(key), None));
@@ -185,12 +242,12 @@ impl KeyedStore {
         let bytes = &mut self.bytes;
         let log = &mut self.log;
         let tracking = self.tracking;
-        self.entries.retain(|key, e| {
+        self.entries.retain(|e| {
             let keep = e.expires.is_none_or(|at| at > watermark);
             if !keep {
-                *bytes -= key.len() + e.value.len();
+                *bytes -= e.key.len() + e.value.len();
                 if tracking {
-                    log.push((Blob(key.clone()), None));
+                    log.push((Blob(e.key.clone()), None));
                 }
             }
             keep
@@ -233,7 +290,7 @@ impl KeyedStore {
         self.epoch = match self.epoch.checked_add(1) {
             Some(next) => next,
             None => {
-                for entry in self.entries.values_mut() {
+                for entry in self.entries.iter_mut() {
                     entry.logged = (0, 0);
                 }
                 1
@@ -242,24 +299,36 @@ impl KeyedStore {
         std::mem::take(&mut self.log)
     }
 
+    /// Adds an entry for a key it does not hold.
+    fn insert_new(&mut self, entry: Entry) {
+        self.bytes += entry.key.len() + entry.value.len();
+        let hasher = &self.hasher;
+        let hash = hasher.hash_one(entry.key.as_slice());
+        self.entries
+            .insert_unique(hash, entry, |e| hasher.hash_one(e.key.as_slice()));
+    }
+
     /// Puts every entry of `snapshot` in the store among `parts` its key hashes to; each part
     /// is filled on a thread of its own when there are several.
     pub fn restore_into(parts: &mut [KeyedStore], snapshot: &KeyedSnapshot) {
         use rayon::prelude::*;
         let count = parts.len();
         let fill = |(at, part): (usize, &mut KeyedStore)| {
-            part.entries.reserve(snapshot.entries.len() / count.max(1));
+            let hasher = &part.hasher;
+            part.entries
+                .reserve(snapshot.entries.len() / count.max(1), |e| {
+                    hasher.hash_one(e.key.as_slice())
+                });
             for (key, value, expires) in &snapshot.entries {
                 if partition_of(key, count) != at {
                     continue;
                 }
-                part.bytes += key.len() + value.len();
-                let entry = Entry {
+                part.insert_new(Entry {
+                    key: Bytes::from_slice(key),
                     value: Bytes::from_slice(value),
                     expires: *expires,
                     logged: (0, 0),
-                };
-                part.entries.insert(Bytes::from_slice(key), entry);
+                });
             }
         };
         match parts {
@@ -276,7 +345,7 @@ impl Store for KeyedStore {
         let mut entries: Vec<_> = self
             .entries
             .iter()
-            .map(|(k, e)| (Blob(k.clone()), Blob(e.value.clone()), e.expires))
+            .map(|e| (Blob(e.key.clone()), Blob(e.value.clone()), e.expires))
             .collect();
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         KeyedSnapshot { entries }
@@ -306,11 +375,9 @@ impl Store for KeyedStore {
             })
             .collect();
         for part in parts {
-            for (key, mut entry) in part.entries {
+            for mut entry in part.entries {
                 entry.logged = (0, 0);
-                let home = &mut spread[partition_of(&key, count)];
-                home.bytes += key.len() + entry.value.len();
-                home.entries.insert(key, entry);
+                spread[partition_of(&entry.key, count)].insert_new(entry);
             }
             for change in part.log {
                 spread[partition_of(&change.0, count)].log.push(change);
