@@ -227,7 +227,8 @@ impl<T> SessionSet<T> {
     /// order; none if it touches nothing). Returns the merged bounds.
     pub fn merge_in(&mut self, window: Bounds, combine: impl FnOnce(Vec<T>) -> T) -> Bounds {
         let mut cover = window;
-        let mut taken = Vec::new();
+        // Most records touch one session or none.
+        let mut taken: smallvec::SmallVec<[(Bounds, T); 2]> = smallvec::SmallVec::new();
         loop {
             let before = taken.len();
             let mut i = 0;

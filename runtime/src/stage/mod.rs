@@ -144,6 +144,8 @@ pub(crate) struct Stage {
     order: Vec<(u64, usize, u16, usize, usize)>,
     /// Positions of the input records of the last step that went to the dead letters.
     failed: Vec<u64>,
+    /// How many records the last batch held.
+    last_batch: usize,
     /// What a record has cost this stage, on average over recent sequential steps.
     ns_per_record: f64,
     /// What this stage's share of each half of an executor round has cost, on average over
@@ -193,6 +195,7 @@ impl Stage {
             outputs: writers(),
             order: Vec::new(),
             failed: Vec::new(),
+            last_batch: 0,
             // Unknown at first: assume records are costly (the first steps of a keyed stage
             // run in parallel), and learn.
             ns_per_record: PARALLEL_STEP_NS,
@@ -422,9 +425,12 @@ impl Stage {
         dead: &mut DeadLetters,
     ) -> Vec<u64> {
         let count = self.partitions.len();
-        // Each partition's records, borrowed from the batch, and their positions in it.
-        let mut records: Vec<Vec<RecordRef<'_>>> = vec![Vec::new(); count];
-        let mut globals: Vec<Vec<u64>> = vec![Vec::new(); count];
+        // Each partition's records, borrowed from the batch, and their positions in it; sized
+        // for the last batch's share (batches tend to be alike), so they are not regrown.
+        let room = self.last_batch / count + 1;
+        let mut records: Vec<Vec<RecordRef<'_>>> =
+            (0..count).map(|_| Vec::with_capacity(room)).collect();
+        let mut globals: Vec<Vec<u64>> = (0..count).map(|_| Vec::with_capacity(room)).collect();
         // A stateless stage without a key takes contiguous runs of the batch instead (below).
         let runs = matches!(self.behaviour, Behaviour::Stateless) && key.is_none() && count > 1;
         // A plain loop: this is the hottest one of a cheap stage, and iterator adapters over
@@ -462,6 +468,7 @@ impl Stage {
             }
         }
         let total: usize = records.iter().map(Vec::len).sum();
+        self.last_batch = total;
         for (counted, records) in self.partition_records.iter_mut().zip(&records) {
             *counted += records.len() as u64;
         }

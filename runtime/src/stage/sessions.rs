@@ -77,7 +77,9 @@ impl Partition {
                 continue;
             }
             sessions.merge_in(window, |parts| {
-                let mut merged = SessionWork::default();
+                // Most records extend one session: it is taken as it is.
+                let mut parts = parts.into_iter();
+                let mut merged = parts.next().unwrap_or_default();
                 for part in parts {
                     merged.accs.extend(part.accs);
                     merged.records.extend(part.records);
