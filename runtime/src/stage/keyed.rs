@@ -8,6 +8,18 @@ use crate::guest::GuestFailure;
 use flumen_sdk::abi::RecordRef;
 use rustc_hash::FxHashMap;
 
+/// The key of a state slot of one call.
+struct SlotKey<'a> {
+    key: &'a [u8],
+    /// The key's hash in the keyed store.
+    hash: u64,
+    /// The bytes the key takes in the store now.
+    footprint: usize,
+    /// The latest event time of the call's records with this key (its time-to-live counts
+    /// from there).
+    latest: i64,
+}
+
 impl Partition {
     pub(super) fn run_keyed(
         &mut self,
@@ -22,21 +34,22 @@ impl Partition {
         slots.clear();
         let mut slot_of: FxHashMap<&[u8], u32> =
             FxHashMap::with_capacity_and_hasher(records.len(), Default::default());
-        // Per slot: its key, the key's hash in the store and the bytes it takes there now, and
-        // the latest event time of its records.
-        let mut slot_keys: Vec<(&[u8], u64, usize)> = Vec::with_capacity(records.len());
-        let mut slot_ts: Vec<i64> = Vec::with_capacity(records.len());
+        let mut slot_keys: Vec<SlotKey> = Vec::with_capacity(records.len());
         let rebuilt = &mut self.batch;
         rebuilt.clear(ctx.encoding);
         for record in records {
             let slot = *slot_of.entry(record.key).or_insert_with(|| {
                 let hash = self.keyed.hash(record.key);
                 let found = self.keyed.find(record.key, hash, watermark);
-                slot_keys.push((record.key, hash, found.footprint));
-                slot_ts.push(record.ts);
+                slot_keys.push(SlotKey {
+                    key: record.key,
+                    hash,
+                    footprint: found.footprint,
+                    latest: record.ts,
+                });
                 slots.push(record.key, found.live)
             });
-            let latest = &mut slot_ts[slot as usize];
+            let latest = &mut slot_keys[slot as usize].latest;
             *latest = (*latest).max(record.ts);
             rebuilt.push_with(record.key, record.ts, &[slot], |b| {
                 b.extend_from_slice(record.value)
@@ -52,20 +65,20 @@ impl Partition {
         // The state the call leaves, measured before anything is applied.
         let mut bytes = held;
         for &(slot, len) in &checked.states {
-            let (key, _, old) = slot_keys[slot as usize];
-            let new = len.map_or(0, |len| key.len() + len);
-            bytes += new as i64 - old as i64;
+            let slot = &slot_keys[slot as usize];
+            let new = len.map_or(0, |len| slot.key.len() + len);
+            bytes += new as i64 - slot.footprint as i64;
         }
         within_state_limit(ctx, bytes)?;
         let state = &mut self.keyed;
         self.out
             .apply(ctx.name, output, &checked, globals, |slot, value| {
-                let (key, hash, _) = slot_keys[slot as usize];
+                let slot = &slot_keys[slot as usize];
                 match value {
-                    None => state.remove_hashed(key, hash),
+                    None => state.remove_hashed(slot.key, slot.hash),
                     Some(value) => {
-                        let expires = ttl.map(|t| slot_ts[slot as usize].saturating_add(t));
-                        state.put_hashed(key, hash, value, expires);
+                        let expires = ttl.map(|t| slot.latest.saturating_add(t));
+                        state.put_hashed(slot.key, slot.hash, value, expires);
                     }
                 }
             });
