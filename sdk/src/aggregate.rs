@@ -58,8 +58,10 @@ pub trait Aggregate: Sized + 'static {
     /// What the window stage consumes; it may borrow from the record's bytes, as an
     /// [`Operator`](crate::Operator)'s input may.
     type Input<'a>: Deserialize<'a> + Serialize;
-    /// The accumulator, stored by the host between batches.
-    type Acc: Serialize + DeserializeOwned;
+    /// The accumulator, stored by the host between batches. `Clone`: a sliding window's pane,
+    /// decoded once, is copied into each of the windows that hold it instead of being decoded
+    /// again for each.
+    type Acc: Serialize + DeserializeOwned + Clone;
     /// What a fired window produces.
     type Output: Serialize;
     /// Parameters, from the stage's `params` table.

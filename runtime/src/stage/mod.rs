@@ -28,7 +28,7 @@ use crate::plan::OperatorPlan;
 use crate::state::keyed::{KeyedDelta, KeyedSnapshot, KeyedStore};
 use crate::state::sessions::{SessionSnapshot, SessionStore};
 use crate::state::windows::{WindowSnapshot, WindowStore};
-use crate::state::{Bytes, Fired, Store, partition_of};
+use crate::state::{Bytes, Fired, FiredAcc, Store, partition_of};
 use crate::telemetry::{GuestHealth, StageKind, StageStats};
 use crate::window::{Bounds, WindowSpec};
 use flumen_sdk::abi::{
@@ -563,24 +563,11 @@ impl Stage {
             Behaviour::Window { spec, lateness } => {
                 // Fire in (end, key) order across partitions, so the order of results does not
                 // depend on how keys are spread.
-                let mut due: Vec<(Bounds, Bytes, Bytes, usize)> = Vec::new();
+                let mut due: Vec<(Bounds, Bytes, FiredAcc, usize)> = Vec::new();
                 for p in 0..self.partitions.len() {
                     let fired = match (windows::pane_size(spec, lateness), spec) {
                         (Some(slide), WindowSpec::Sliding { size_ms, .. }) => {
-                            let limits = self.rules.limits;
-                            match self.partitions[p].fire_panes(size_ms, slide, watermark, limits) {
-                                Ok(fired) => fired,
-                                Err(failure) => {
-                                    self.stats.dead_letters += 1;
-                                    let raw = format!("windows of partition {p} up to {watermark}");
-                                    dead.push(
-                                        &self.name,
-                                        &format!("merge {}", failure.0),
-                                        raw.as_bytes(),
-                                    );
-                                    Vec::new()
-                                }
-                            }
+                            self.partitions[p].fire_panes(size_ms, slide, watermark)
                         }
                         (_, WindowSpec::Session { .. }) => {
                             self.partitions[p].sessions.fire(watermark, lateness)

@@ -7,7 +7,7 @@ use crate::guest::{Guest, GuestFailure};
 use crate::state::keyed::KeyedStore;
 use crate::state::sessions::SessionStore;
 use crate::state::windows::WindowStore;
-use crate::state::{Fired, Store};
+use crate::state::{Fired, FiredAcc, Store};
 use flumen_sdk::abi::{
     BatchReader, BatchWriter, Encoding, OperatorKind, OutputEntry, OutputReader, OutputWriter,
     RecordRef, SlotWriter,
@@ -331,14 +331,28 @@ impl Partition {
 
     fn finish_call(&mut self, ctx: &Ctx, windows: &[Fired], ranks: &[u64]) {
         let mut request = BatchWriter::new(Encoding::Bincode);
+        let mut slots = SlotWriter::default();
+        let mut refs: Vec<u32> = Vec::new();
         for (window, key, acc) in windows {
-            request.push_with(key, window.max_timestamp(), &[], |b| {
+            refs.clear();
+            if let FiredAcc::Panes(panes) = acc {
+                refs.extend(panes.iter().map(|(_, pane)| slots.push(key, Some(pane))));
+            }
+            request.push_with(key, window.max_timestamp(), &refs, |b| {
                 b.extend_from_slice(&window.start.to_le_bytes());
                 b.extend_from_slice(&window.end.to_le_bytes());
-                b.extend_from_slice(acc);
+                match acc {
+                    FiredAcc::Whole(acc) => b.extend_from_slice(acc),
+                    FiredAcc::Panes(panes) => {
+                        for (token, _) in panes {
+                            b.extend_from_slice(&token.to_le_bytes());
+                        }
+                    }
+                }
             });
         }
-        let outcome = self.guest.finish(&[request.as_bytes()]).and_then(|output| {
+        let request = [request.as_bytes(), slots.as_bytes()];
+        let outcome = self.guest.finish(&request).and_then(|output| {
             let checked = check(output, ctx.expect(ctx.guest_ports, 0, windows.len()))?;
             self.out.apply(ctx.name, output, &checked, ranks, |_, _| {});
             Ok(())

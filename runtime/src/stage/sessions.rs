@@ -6,7 +6,7 @@ use super::Ctx;
 use super::output::FAILED;
 use super::partition::{Partition, within_state_limit};
 use crate::guest::{Call, GuestFailure};
-use crate::state::{Bytes, WindowAcc};
+use crate::state::{Bytes, FiredAcc, WindowAcc};
 use crate::window::{SessionSet, WindowSpec};
 use flumen_sdk::abi::{BatchWriter, RecordRef, SlotWriter};
 use rustc_hash::FxHashMap;
@@ -179,15 +179,12 @@ impl Partition {
                 if session.fired && !session.records.is_empty() {
                     let last = session.records.iter().map(|&i| globals.get(i).copied());
                     let position = last.max().flatten().unwrap_or(u64::MAX);
-                    refire.push(((window, Bytes::from_slice(key), acc.clone()), position));
+                    refire.push((
+                        (window, Bytes::from_slice(key), FiredAcc::Whole(acc.clone())),
+                        position,
+                    ));
                 }
-                stored.push((
-                    window,
-                    WindowAcc {
-                        acc,
-                        fired: session.fired,
-                    },
-                ));
+                stored.push((window, WindowAcc::new(acc, session.fired)));
             }
             self.sessions.replace(key, stored);
         }

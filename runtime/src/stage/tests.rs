@@ -88,7 +88,8 @@ fn counter(call: Call, request: &Request, out: &mut OutputWriter) -> Result<(), 
     Ok(())
 }
 
-/// An aggregate summing numbers: add, merge, and finish as `key@start..end=sum`.
+/// An aggregate summing numbers: add, merge, and finish (a window's accumulator, or its panes)
+/// as `key@start..end=sum`.
 fn summer(call: Call, request: &Request, out: &mut OutputWriter) -> Result<(), GuestFailure> {
     refuse_poison(request)?;
     let stored = |slot: u32| number(request.slots[slot as usize].value.as_deref());
@@ -114,7 +115,15 @@ fn summer(call: Call, request: &Request, out: &mut OutputWriter) -> Result<(), G
             for (i, r) in request.records.iter().enumerate() {
                 let start = i64::from_le_bytes(r.value[0..8].try_into().unwrap_or_default());
                 let end = i64::from_le_bytes(r.value[8..16].try_into().unwrap_or_default());
-                let sum = number(Some(&r.value[16..]));
+                // A window kept as panes names them, a non-zero token for each after its bounds.
+                let mut tokens = r.value[16..].chunks_exact(8);
+                let sum = if r.slots.is_empty() {
+                    number(Some(&r.value[16..]))
+                } else if r.value.len() != 16 + 8 * r.slots.len() || tokens.any(|t| t == [0; 8]) {
+                    return Err(GuestFailure("panes without their tokens".into()));
+                } else {
+                    r.slots.iter().map(|&s| stored(s)).sum()
+                };
                 emit(
                     out,
                     i,
@@ -707,13 +716,13 @@ fn a_stage_restored_from_its_snapshot_goes_on_as_if_never_stopped() {
 }
 
 #[test]
-fn a_pane_merge_reply_past_the_limits_dead_letters_its_windows_and_nothing_else() {
-    /// `summer`, whose merge writes an accumulator far past the per-key limit.
+fn a_pane_window_finish_reply_past_the_limits_dead_letters_its_windows_and_nothing_else() {
+    /// `summer`, whose finish of a window made of panes writes a result far past the limit.
     fn hoarder(call: Call, request: &Request, out: &mut OutputWriter) -> Result<(), GuestFailure> {
         match call {
-            Call::Merge => {
-                for r in &request.records {
-                    set_state(out, r.slots[0], Some("9".repeat(1000)));
+            Call::Finish if request.records.iter().any(|r| !r.slots.is_empty()) => {
+                for (i, r) in request.records.iter().enumerate() {
+                    emit(out, i, r.ts, &"9".repeat(1000));
                 }
                 Ok(())
             }
@@ -727,17 +736,18 @@ fn a_pane_merge_reply_past_the_limits_dead_letters_its_windows_and_nothing_else(
         },
         0,
     );
-    setup.limits.max_state_bytes_per_key = 100;
+    setup.limits.max_record_output_bytes = 100;
     let mut stage = setup.build();
     let (out, dead) = run(
         &mut stage,
         &[(&[("a", 10, "1"), ("b", 20, "2")], Some(i64::MAX))],
     );
     assert!(out.is_empty(), "{out:?}");
-    assert_eq!(
-        dead.len(),
-        1,
-        "one letter for the partition's windows: {dead:?}"
+    // Each key's three windows holding the pane [0, 100).
+    assert_eq!(dead.len(), 6, "one letter per window: {dead:?}");
+    assert!(
+        dead.iter().all(|d| d.contains("max_record_output_bytes")),
+        "{dead:?}"
     );
-    assert!(dead[0].contains("max_state_bytes_per_key"), "{dead:?}");
+    assert_eq!(stage.stats.windowed, 2);
 }

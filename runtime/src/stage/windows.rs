@@ -3,16 +3,14 @@
 //! windows a watermark completes fire.
 
 use super::Ctx;
-use super::output::{Expect, FAILED, check};
-use super::partition::{Partition, WINDOWS_PER_CALL, within_state_limit};
-use crate::config::StageLimits;
-use crate::guest::{Guest, GuestFailure};
+use super::output::{FAILED, check};
+use super::partition::{Partition, within_state_limit};
+use crate::guest::GuestFailure;
 use crate::state::windows::WindowStore;
-use crate::state::{Bytes, Fired};
+use crate::state::{Bytes, Fired, FiredAcc};
 use crate::window::{Bounds, WindowSpec};
-use flumen_sdk::abi::{BatchWriter, Encoding, OutputEntry, OutputReader, RecordRef, SlotWriter};
+use flumen_sdk::abi::{BatchWriter, RecordRef};
 use rustc_hash::FxHashMap;
-use smallvec::SmallVec;
 use std::collections::BTreeSet;
 
 impl Partition {
@@ -106,7 +104,11 @@ impl Partition {
                     // A cleared accumulator is left as it was.
                     let Some(acc) = value else { return };
                     if windows.set(window.end, key, acc) {
-                        let fired = (window, Bytes::from_slice(key), Bytes::from_slice(acc));
+                        let fired = (
+                            window,
+                            Bytes::from_slice(key),
+                            FiredAcc::Whole(Bytes::from_slice(acc)),
+                        );
                         refire.push((fired, slot_last[slot as usize]));
                     }
                 });
@@ -116,37 +118,31 @@ impl Partition {
         Ok(())
     }
 
-    /// Fires the sliding windows `watermark` completes from the panes of `partition`: each
-    /// window's panes are merged ([`merge_panes`]); panes no window needs any more are dropped.
-    pub(super) fn fire_panes(
-        &mut self,
-        size: i64,
-        slide: i64,
-        watermark: i64,
-        limits: StageLimits,
-    ) -> Result<Vec<Fired>, GuestFailure> {
-        let partition = self;
-        let Some((min_end, max_end)) = partition.windows.span() else {
-            return Ok(Vec::new());
+    /// Fires the sliding windows `watermark` completes from the panes of this partition, each
+    /// with its panes' accumulators in order (the module merges them as it finishes the window);
+    /// panes no window needs any more are dropped.
+    pub(super) fn fire_panes(&mut self, size: i64, slide: i64, watermark: i64) -> Vec<Fired> {
+        let store = &mut self.windows;
+        let Some((min_end, max_end)) = store.span() else {
+            return Vec::new();
         };
         // Window ends are multiples of the slide; the watermark completes those up to `last`.
-        let first = partition
-            .windows
+        let first = store
             .panes_fired_until
             .map_or(min_end, |f| f.saturating_add(slide));
         let last = watermark
             .saturating_add(1)
             .min(max_end.saturating_add(size - slide));
         let Some(last) = last.checked_sub(last.rem_euclid(slide)) else {
-            return Ok(Vec::new());
+            return Vec::new();
         };
         if last < first {
-            return Ok(Vec::new());
+            return Vec::new();
         }
         // Only windows holding at least one pane: the work is proportional to the panes that exist,
         // never to the span of time between them.
         let mut ends = BTreeSet::new();
-        for (&pane, _) in partition.windows.range(first.saturating_sub(size)..) {
+        for (&pane, _) in store.range(first.saturating_sub(size)..) {
             let mut end = pane.max(first);
             let until = pane.saturating_add(size - slide).min(last);
             while end <= until {
@@ -157,124 +153,41 @@ impl Partition {
                 end = next;
             }
         }
-        let fired = merge_panes(
-            &partition.windows,
-            partition.guest.as_mut(),
-            ends,
-            (size, slide),
-            limits,
-        );
-        // Fired or failed, these windows are done: a failure sends them to the dead letters.
-        partition.windows.panes_fired_until = Some(last);
+        let fired = window_panes(store, ends, (size, slide));
+        store.panes_fired_until = Some(last);
         let keep_from = last.saturating_add(slide).saturating_sub(size);
-        partition.windows.drop_through(keep_from);
+        store.drop_through(keep_from);
         fired
     }
 }
 
-/// The windows ending at `ends` (of `size`, every `slide`), each merged from its panes in
-/// `panes`, in guest calls of at most `WINDOWS_PER_CALL` windows.
-fn merge_panes(
-    panes: &WindowStore,
-    guest: &mut dyn Guest,
-    ends: BTreeSet<i64>,
-    (size, slide): (i64, i64),
-    limits: StageLimits,
-) -> Result<Vec<Fired>, GuestFailure> {
-    let mut call = MergeCall::new();
+/// The windows ending at `ends` (of `size`, every `slide`), each with the accumulators of its
+/// panes in `panes`, in order, with their tokens. In no particular order: the caller sorts fired
+/// windows by end, then key.
+fn window_panes(panes: &WindowStore, ends: BTreeSet<i64>, (size, slide): (i64, i64)) -> Vec<Fired> {
     let mut fired = Vec::new();
-    // In no particular order: the caller sorts fired windows by end, then key.
-    let mut per_key: FxHashMap<&[u8], SmallVec<[&[u8]; 10]>> = FxHashMap::default();
+    let mut per_key: FxHashMap<&[u8], Vec<(u64, Bytes)>> = FxHashMap::default();
     for end in ends {
-        per_key.clear();
         let from = end.saturating_sub(size).saturating_add(slide);
         for (_, keyed) in panes.range(from..=end) {
             for (key, pane) in keyed {
-                per_key.entry(key).or_default().push(&pane.acc);
+                per_key
+                    .entry(key)
+                    .or_default()
+                    .push((pane.token, pane.acc.clone()));
             }
         }
         let bounds = Bounds {
             start: end.saturating_sub(size),
             end,
         };
-        for (key, accs) in &per_key {
-            call.push(bounds, key, accs);
-            if call.windows.len() == WINDOWS_PER_CALL {
-                call.run(guest, limits, &mut fired)?;
-            }
-        }
-    }
-    if !call.windows.is_empty() {
-        call.run(guest, limits, &mut fired)?;
-    }
-    Ok(fired)
-}
-
-/// One merge call being written: a request record per window, naming its target slot and the
-/// slots of its panes' accumulators.
-struct MergeCall {
-    request: BatchWriter,
-    slots: SlotWriter,
-    windows: Vec<(Bounds, Bytes, u32)>,
-}
-
-impl MergeCall {
-    fn new() -> MergeCall {
-        MergeCall {
-            request: BatchWriter::new(Encoding::Bincode),
-            slots: SlotWriter::default(),
-            windows: Vec::new(),
-        }
-    }
-
-    fn push(&mut self, bounds: Bounds, key: &[u8], accs: &[&[u8]]) {
-        let target = self.slots.push(key, None);
-        let refs: SmallVec<[u32; 11]> = std::iter::once(target)
-            .chain(accs.iter().map(|acc| self.slots.push(key, Some(acc))))
-            .collect();
-        self.request.push_with(key, bounds.end - 1, &refs, |_| {});
-        self.windows.push((bounds, Bytes::from_slice(key), target));
-    }
-
-    /// Merges the windows written so far into `fired`, and starts the next call.
-    fn run(
-        &mut self,
-        guest: &mut dyn Guest,
-        limits: StageLimits,
-        fired: &mut Vec<Fired>,
-    ) -> Result<(), GuestFailure> {
-        let output = guest.merge(&[self.request.as_bytes(), self.slots.as_bytes()])?;
-        // Checked whole like any reply: its size, its framing, its slots, each accumulator's size.
-        check(
-            output,
-            Expect::of(limits, 0, self.slots.len(), self.request.len()),
-        )?;
-        let mut merged: FxHashMap<u32, Bytes> = FxHashMap::default();
-        for entry in OutputReader::new(output) {
-            match entry
-                .map_err(|e| GuestFailure(format!("module returned a malformed output: {e}")))?
-            {
-                OutputEntry::State {
-                    slot,
-                    value: Some(acc),
-                } => {
-                    merged.insert(slot, Bytes::from_slice(acc));
-                }
-                OutputEntry::Error { message, .. } => {
-                    return Err(GuestFailure(message.to_string()));
-                }
-                _ => {}
-            }
-        }
         fired.extend(
-            self.windows
-                .drain(..)
-                .filter_map(|(bounds, key, slot)| Some((bounds, key, merged.remove(&slot)?))),
+            per_key
+                .drain()
+                .map(|(key, accs)| (bounds, Bytes::from_slice(key), FiredAcc::Panes(accs))),
         );
-        self.request.clear(Encoding::Bincode);
-        self.slots.clear();
-        Ok(())
     }
+    fired
 }
 
 /// The pane size when sliding windows are kept as panes (one accumulator per slide, merged into

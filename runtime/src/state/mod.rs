@@ -69,15 +69,53 @@ impl<'de> serde::Deserialize<'de> for Blob {
 /// outside. Maps that live for one batch use FxHash.
 pub(crate) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// A fired window: its bounds, its key, its accumulator.
-pub(crate) type Fired = (Bounds, Bytes, Bytes);
+/// A fired window: its bounds, its key, what its result is made from.
+pub(crate) type Fired = (Bounds, Bytes, FiredAcc);
+
+/// What a fired window's result is made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FiredAcc {
+    /// Its accumulator.
+    Whole(Bytes),
+    /// A sliding window kept as panes: its panes' accumulators in order, each with its token
+    /// ([`WindowAcc::token`]), merged by the module as it finishes the window.
+    Panes(Vec<(u64, Bytes)>),
+}
 
 /// The accumulator of one window; `fired` once its result was emitted (it stays while allowed
 /// lateness lasts).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) struct WindowAcc {
     pub acc: Bytes,
     pub fired: bool,
+    /// Names this value of `acc`, uniquely in the process (a new value gets a new token): a module
+    /// keeps the panes it decoded by token, so a pane shared by consecutive windows is decoded
+    /// once. Not part of the content: two accumulators with the same bytes are equal.
+    pub token: u64,
+}
+
+impl WindowAcc {
+    pub fn new(acc: Bytes, fired: bool) -> WindowAcc {
+        WindowAcc {
+            acc,
+            fired,
+            token: next_token(),
+        }
+    }
+}
+
+impl PartialEq for WindowAcc {
+    fn eq(&self, other: &Self) -> bool {
+        self.acc == other.acc && self.fired == other.fired
+    }
+}
+
+impl Eq for WindowAcc {}
+
+/// A token never handed out before in this process (never 0, which names nothing).
+pub(crate) fn next_token() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Where a key goes among `count` partitions: a fixed hash, the same on every run (one partition

@@ -1,7 +1,7 @@
 //! Session windows of an aggregate stage: per key, its open sessions (non-overlapping, in start
 //! order), and every session in firing order (end, key, start).
 
-use super::{Bytes, Fired, Map, Store, WindowAcc, partition_of};
+use super::{Bytes, Fired, FiredAcc, Map, Store, WindowAcc, partition_of};
 use crate::window::{Bounds, SessionSet};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -91,7 +91,7 @@ impl SessionStore {
             let acc = &mut set.sessions[at].1;
             if !acc.fired {
                 acc.fired = true;
-                due.push((bounds, key.clone(), acc.acc.clone()));
+                due.push((bounds, key.clone(), FiredAcc::Whole(acc.acc.clone())));
             }
             if bounds.is_fired(watermark, lateness) {
                 let (_, gone) = set.sessions.remove(at);
@@ -140,10 +140,7 @@ impl Store for SessionStore {
                 start: s.start,
                 end: s.end,
             };
-            let acc = WindowAcc {
-                acc: s.acc.into(),
-                fired: s.fired,
-            };
+            let acc = WindowAcc::new(s.acc.into(), s.fired);
             // In start order, as a session set keeps them.
             let at = sessions.partition_point(|(b, _)| b.start < bounds.start);
             sessions.insert(at, (bounds, acc));
@@ -174,10 +171,7 @@ mod tests {
     use super::*;
 
     fn acc(bytes: &[u8]) -> WindowAcc {
-        WindowAcc {
-            acc: Bytes::from_slice(bytes),
-            fired: false,
-        }
+        WindowAcc::new(Bytes::from_slice(bytes), false)
     }
 
     #[test]
@@ -261,7 +255,7 @@ mod tests {
                     .map(|(j, &(len, byte, fired))| {
                         let start = j as i64 * 100;
                         let bounds = Bounds { start, end: start + 10 + len };
-                        (bounds, WindowAcc { acc: Bytes::from_slice(&[byte; 3]), fired })
+                        (bounds, WindowAcc::new(Bytes::from_slice(&[byte; 3]), fired))
                     })
                     .collect();
                 store.replace(format!("user-{key}").as_bytes(), sessions);

@@ -2,7 +2,7 @@
 //! Sliding windows without allowed lateness are kept as panes (one accumulator per slide, keyed
 //! by the pane's end) and merged into windows when they fire.
 
-use super::{Bytes, Fired, Map, Store, WindowAcc, partition_of};
+use super::{Bytes, Fired, FiredAcc, Map, Store, WindowAcc, next_token, partition_of};
 use crate::window::Bounds;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -62,14 +62,12 @@ impl WindowStore {
                 self.bytes = self.bytes - entry.acc.len() + acc.len();
                 entry.acc.clear();
                 entry.acc.extend_from_slice(acc);
+                entry.token = next_token();
                 entry.fired
             }
             None => {
                 self.bytes += key.len() + acc.len();
-                let acc = WindowAcc {
-                    acc: Bytes::from_slice(acc),
-                    fired: false,
-                };
+                let acc = WindowAcc::new(Bytes::from_slice(acc), false);
                 keyed.insert(Bytes::from_slice(key), acc);
                 false
             }
@@ -124,7 +122,7 @@ impl WindowStore {
             for (key, window) in keyed.iter_mut() {
                 if !window.fired {
                     window.fired = true;
-                    due.push((bounds, key.clone(), window.acc.clone()));
+                    due.push((bounds, key.clone(), FiredAcc::Whole(window.acc.clone())));
                 }
             }
             if purge && let Some(gone) = self.windows.remove(&end) {
@@ -168,10 +166,7 @@ impl Store for WindowStore {
             ..Self::default()
         };
         for w in snapshot.windows {
-            let acc = WindowAcc {
-                acc: w.acc.into(),
-                fired: w.fired,
-            };
+            let acc = WindowAcc::new(w.acc.into(), w.fired);
             store.insert(w.end, Bytes::from_vec(w.key), acc);
         }
         store
@@ -225,14 +220,15 @@ mod tests {
         let fired = s.fire(10, 9, 5);
         let mut keys: Vec<_> = fired
             .iter()
-            .map(|(b, k, a)| (b.end, k.to_vec(), a.to_vec()))
+            .map(|(b, k, a)| (b.end, k.to_vec(), a.clone()))
             .collect();
-        keys.sort();
+        keys.sort_by(|a, b| a.1.cmp(&b.1));
+        let whole = |acc: &[u8]| FiredAcc::Whole(Bytes::from_slice(acc));
         assert_eq!(
             keys,
             [
-                (10, b"a".to_vec(), b"1".to_vec()),
-                (10, b"b".to_vec(), b"22".to_vec())
+                (10, b"a".to_vec(), whole(b"1")),
+                (10, b"b".to_vec(), whole(b"22"))
             ]
         );
         assert!(s.fire(10, 9, 5).is_empty(), "a window fires once");

@@ -1,6 +1,7 @@
 //! [`AggregateRunner`]: drives one [`Aggregate`] through the ABI (add, merge, finish).
 
 use super::*;
+use std::collections::HashMap;
 
 /// Drives one [`Aggregate`] through the ABI.
 pub struct AggregateRunner<A: Aggregate> {
@@ -8,6 +9,7 @@ pub struct AggregateRunner<A: Aggregate> {
     buffers: Buffers,
     input_is_struct: bool,
     accs: Vec<Option<A::Acc>>,
+    panes: PaneCache<A::Acc>,
 }
 
 impl<A: Aggregate> Default for AggregateRunner<A> {
@@ -17,8 +19,80 @@ impl<A: Aggregate> Default for AggregateRunner<A> {
             buffers: Buffers::new(),
             input_is_struct: codec::is_struct::<A::Input<'static>>(),
             accs: Vec::new(),
+            panes: PaneCache::default(),
         }
     }
+}
+
+/// The panes of sliding windows decoded by the last `finish` call, by the token the host gave
+/// each pane's stored accumulator (a token names one value: a pane that changes gets a new one).
+/// Consecutive windows share all their panes but one, so each pane is decoded once instead of
+/// once per window it belongs to. Only the panes the last call used are kept: at most one call's
+/// worth, dropped with the instance (a swap, a trap), and never needed for correctness — a pane
+/// not found is decoded from the bytes the host sends every time.
+struct PaneCache<Acc> {
+    decoded: HashMap<u64, (Acc, u64)>,
+    call: u64,
+}
+
+impl<Acc> Default for PaneCache<Acc> {
+    fn default() -> Self {
+        PaneCache {
+            decoded: HashMap::new(),
+            call: 0,
+        }
+    }
+}
+
+impl<Acc: Clone + DeserializeOwned> PaneCache<Acc> {
+    /// The pane `token` names, decoded from `bytes` (or `create`d, when it has none) unless an
+    /// earlier call did. Token 0 names nothing: decoded and not kept.
+    fn get(
+        &mut self,
+        token: u64,
+        bytes: Option<&[u8]>,
+        create: impl FnOnce() -> Acc,
+    ) -> Result<Acc, String> {
+        if let Some((acc, used)) = self.decoded.get_mut(&token) {
+            *used = self.call;
+            return Ok(acc.clone());
+        }
+        let acc = match bytes {
+            Some(bytes) => codec::decode(Encoding::Bincode, bytes, false)
+                .map_err(|e| format!("cannot decode the stored accumulator: {e}"))?,
+            None => create(),
+        };
+        if token != 0 {
+            self.decoded.insert(token, (acc.clone(), self.call));
+        }
+        Ok(acc)
+    }
+
+    /// Forgets the panes the call that just ended did not use, and starts the next.
+    fn end_call(&mut self) {
+        let call = self.call;
+        self.decoded.retain(|_, (_, used)| *used == call);
+        self.call += 1;
+    }
+}
+
+/// The merge of `accs` in order: neighbours first, then their results, level by level, so each
+/// accumulator takes part in log2(n) merges instead of up to n (which matters where merging
+/// costs the size of both sides, a sorted list of skus); a later one is always merged into an
+/// earlier one. `None` for no accumulator.
+fn merge_in_order<A: Aggregate>(aggregate: &A, mut accs: Vec<A::Acc>) -> Option<A::Acc> {
+    while accs.len() > 1 {
+        let mut merged = Vec::with_capacity(accs.len().div_ceil(2));
+        let mut level = accs.into_iter();
+        while let Some(mut left) = level.next() {
+            if let Some(right) = level.next() {
+                aggregate.merge(&mut left, right);
+            }
+            merged.push(left);
+        }
+        accs = merged;
+    }
+    accs.pop()
 }
 
 impl<A: Aggregate> AggregateRunner<A> {
@@ -170,22 +244,9 @@ impl<A: Aggregate> GuestRunner for AggregateRunner<A> {
                 errors.push((index as u32, e));
                 continue;
             }
-            // Neighbours first, then their results, level by level: each accumulator takes part
-            // in log2(n) merges instead of up to n, which matters where merging costs the size
-            // of both sides (a sorted list of skus). The order of the panes is kept, and the
-            // result lands in the first slot, the window's.
-            let mut width = 1;
-            while width < refs.len() {
-                for pair in refs.chunks(2 * width) {
-                    if let (Some(&left), Some(&right)) = (pair.first(), pair.get(width))
-                        && let Some(other) = accs[right].take()
-                        && let Some(acc) = accs[left].as_mut()
-                    {
-                        aggregate.merge(acc, other);
-                    }
-                }
-                width *= 2;
-            }
+            // The result lands in the first slot, the window's.
+            let parts = refs.iter().filter_map(|&slot| accs[slot].take()).collect();
+            accs[refs[0]] = merge_in_order(aggregate, parts);
         }
         for (index, message) in errors {
             output.error(index, &message, b"");
@@ -200,6 +261,7 @@ impl<A: Aggregate> GuestRunner for AggregateRunner<A> {
         let Some(aggregate) = self.aggregate.as_ref() else {
             return refuse(&mut self.buffers.output, "finish called before init");
         };
+        let panes = &mut self.panes;
         let Buffers {
             ports,
             input,
@@ -207,22 +269,17 @@ impl<A: Aggregate> GuestRunner for AggregateRunner<A> {
             extracted,
             ..
         } = &mut self.buffers;
-        output.clear();
-        let Some(Ok(batch)) = input.get(..len).map(BatchReader::new) else {
-            output.error(u32::MAX, "malformed finish request", b"");
+        let Some((batch, slots)) = read_batch(input, len, output) else {
             return output.as_bytes();
         };
         for (index, record) in batch.enumerate() {
             let Ok(record) = record else { break };
-            let window = |value: &[u8]| -> Option<(Window, A::Acc)> {
-                let start = i64::from_le_bytes(value.get(0..8)?.try_into().ok()?);
-                let end = i64::from_le_bytes(value.get(8..16)?.try_into().ok()?);
-                let acc = codec::decode(Encoding::Bincode, value.get(16..)?, false).ok()?;
-                Some((Window { start, end }, acc))
-            };
-            let Some((bounds, acc)) = window(record.value) else {
-                output.error(index as u32, "cannot decode a fired window", b"");
-                continue;
+            let (bounds, acc) = match fired_window(aggregate, panes, &record, &slots) {
+                Ok(fired) => fired,
+                Err(e) => {
+                    output.error(index as u32, &e, b"");
+                    continue;
+                }
             };
             let key = std::str::from_utf8(record.key).unwrap_or_default();
             if let Some(result) = aggregate.finish(key, bounds, acc) {
@@ -240,6 +297,7 @@ impl<A: Aggregate> GuestRunner for AggregateRunner<A> {
                 }
             }
         }
+        panes.end_call();
         output.as_bytes()
     }
 
@@ -248,4 +306,42 @@ impl<A: Aggregate> GuestRunner for AggregateRunner<A> {
         let Buffers { input, output, .. } = &mut self.buffers;
         render_json::<A::Input<'_>>(input, output, len)
     }
+}
+
+/// A fired window of a `finish` request: its bounds, then either its accumulator, or (a sliding
+/// window kept as panes) a token per slot the record names, the window's accumulator being the
+/// merge of those slots in order.
+fn fired_window<A: Aggregate>(
+    aggregate: &A,
+    panes: &mut PaneCache<A::Acc>,
+    record: &abi::RecordRef<'_>,
+    slots: &[SlotRef<'_>],
+) -> Result<(Window, A::Acc), String> {
+    let bound = |at: usize| {
+        let bytes = record.value.get(at..at + 8)?;
+        Some(i64::from_le_bytes(bytes.try_into().ok()?))
+    };
+    let (Some(start), Some(end)) = (bound(0), bound(8)) else {
+        return Err("cannot decode a fired window".into());
+    };
+    let window = Window { start, end };
+    let rest = &record.value[16..];
+    if record.slots.is_empty() {
+        let acc = codec::decode(Encoding::Bincode, rest, false)
+            .map_err(|e| format!("cannot decode a fired window: {e}"))?;
+        return Ok((window, acc));
+    }
+    if rest.len() != 8 * record.slots.len() {
+        return Err("a fired window's panes and their tokens do not match".into());
+    }
+    let mut accs = Vec::with_capacity(record.slots.len());
+    for (slot, token) in record.slots.iter().zip(rest.chunks_exact(8)) {
+        let slot = slots
+            .get(slot as usize)
+            .ok_or("a fired window names a slot that does not exist")?;
+        let token = u64::from_le_bytes(token.try_into().unwrap_or_default());
+        accs.push(panes.get(token, slot.value, || aggregate.create())?);
+    }
+    let acc = merge_in_order(aggregate, accs).unwrap_or_else(|| aggregate.create());
+    Ok((window, acc))
 }

@@ -635,6 +635,113 @@ mod tests {
         }
     }
 
+    /// A pane of a fired window: its token and its accumulator, if any.
+    type Pane = (u64, Option<Vec<u32>>);
+
+    /// A `finish` request of windows kept as panes: each window names its panes' slots, a token
+    /// per pane after its bounds. Returns each window's result, or its error.
+    fn finish_panes(
+        runner: &mut AggregateRunner<Concat>,
+        windows: &[&[Pane]],
+    ) -> Vec<Result<Vec<u32>, String>> {
+        let mut slots = abi::SlotWriter::default();
+        let mut batch = abi::BatchWriter::new(Encoding::Bincode);
+        for panes in windows {
+            let refs: Vec<u32> = panes
+                .iter()
+                .map(|(_, acc)| {
+                    let acc = acc
+                        .as_ref()
+                        .map(|acc| bincode::serde::encode_to_vec(acc, abi::BINCODE).unwrap());
+                    slots.push(b"", acc.as_deref())
+                })
+                .collect();
+            batch.push_with(b"", 9, &refs, |b| {
+                b.extend_from_slice(&0i64.to_le_bytes());
+                b.extend_from_slice(&10i64.to_le_bytes());
+                for (token, _) in panes.iter() {
+                    b.extend_from_slice(&token.to_le_bytes());
+                }
+            });
+        }
+        let request = [batch.as_bytes(), slots.as_bytes()].concat();
+        let mut results: Vec<Option<Result<Vec<u32>, String>>> = vec![None; windows.len()];
+        for entry in OutputReader::new(runner.native_call(native::FINISH, &request)) {
+            match entry.unwrap() {
+                abi::OutputEntry::Record {
+                    input_index, value, ..
+                } => {
+                    let acc: Vec<u32> = serde_json::from_slice(value).unwrap();
+                    results[input_index as usize] = Some(Ok(acc));
+                }
+                abi::OutputEntry::Error {
+                    input_index,
+                    message,
+                    ..
+                } => results[input_index as usize] = Some(Err(message.to_string())),
+                abi::OutputEntry::State { .. } => panic!("finish returned state"),
+            }
+        }
+        results.into_iter().map(Option::unwrap).collect()
+    }
+
+    #[test]
+    fn a_window_of_panes_finishes_as_their_merge_in_order() {
+        let mut runner = AggregateRunner::<Concat>::default();
+        init(&mut runner);
+        for count in 1..=9u32 {
+            let panes: Vec<Pane> = (0..count)
+                .map(|p| (0, Some(vec![p * 10, p * 10 + 1])))
+                .collect();
+            let expected: Vec<u32> = (0..count).flat_map(|p| [p * 10, p * 10 + 1]).collect();
+            assert_eq!(finish_panes(&mut runner, &[&panes]), [Ok(expected)]);
+        }
+        // A pane without an accumulator is an empty one; a pane that does not decode fails its
+        // window alone; tokens must match the panes.
+        let empty = [(0, None), (0, Some(vec![5]))];
+        let broken = [(0, Some(vec![1]))];
+        let results = finish_panes(&mut runner, &[&empty, &broken]);
+        assert_eq!(results[0], Ok(vec![5]));
+        let mut slots = abi::SlotWriter::default();
+        slots.push(b"", Some(&[0xff; 3]));
+        let mut batch = abi::BatchWriter::new(Encoding::Bincode);
+        batch.push_with(b"", 9, &[0], |b| b.extend_from_slice(&[0; 24]));
+        batch.push_with(b"", 9, &[0], |b| b.extend_from_slice(&[0; 20]));
+        let request = [batch.as_bytes(), slots.as_bytes()].concat();
+        let errors: Vec<String> = OutputReader::new(runner.native_call(native::FINISH, &request))
+            .filter_map(|entry| match entry.unwrap() {
+                abi::OutputEntry::Error { message, .. } => Some(message.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(errors.len(), 2);
+        assert!(errors[0].starts_with("cannot decode the stored accumulator"));
+        assert_eq!(
+            errors[1],
+            "a fired window's panes and their tokens do not match"
+        );
+    }
+
+    #[test]
+    fn a_pane_is_decoded_once_while_consecutive_calls_use_it() {
+        let mut runner = AggregateRunner::<Concat>::default();
+        init(&mut runner);
+        let first = [(1, Some(vec![1])), (2, Some(vec![2]))];
+        assert_eq!(finish_panes(&mut runner, &[&first]), [Ok(vec![1, 2])]);
+        // Token 2 names the value decoded by the last call: the bytes sent now are not read. A
+        // token the guest has not seen is decoded.
+        let second = [(2, Some(vec![99])), (3, Some(vec![3]))];
+        assert_eq!(finish_panes(&mut runner, &[&second]), [Ok(vec![2, 3])]);
+        // Token 1 was not used by the last call: forgotten, decoded again from its bytes.
+        let third = [(1, Some(vec![7])), (3, Some(vec![99]))];
+        assert_eq!(finish_panes(&mut runner, &[&third]), [Ok(vec![7, 3])]);
+        // Token 0 is never kept.
+        let fourth = [(0, Some(vec![4]))];
+        assert_eq!(finish_panes(&mut runner, &[&fourth]), [Ok(vec![4])]);
+        let fifth = [(0, Some(vec![5]))];
+        assert_eq!(finish_panes(&mut runner, &[&fifth]), [Ok(vec![5])]);
+    }
+
     #[test]
     fn aggregate_calls_before_init_are_refused() {
         let mut runner = AggregateRunner::<Concat>::default();
