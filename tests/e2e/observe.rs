@@ -117,6 +117,10 @@ fn metrics_are_prometheus_and_equal_the_summary() {
                 metric("stage_filtered"),
                 stage["filtered"].as_f64().unwrap()
             );
+            assert_eq!(
+                metric("stage_failed_windows"),
+                stage["failed_windows"].as_f64().unwrap()
+            );
             assert!(metric("stage_busy_seconds") > 0.0, "{name} never busy");
         }
         for (port, n) in stage["outputs"].as_object().unwrap() {

@@ -516,6 +516,7 @@ impl Stage {
             self.stats.filtered += std::mem::take(&mut counts.filtered);
             self.stats.windowed += std::mem::take(&mut counts.windowed);
             self.stats.late += std::mem::take(&mut counts.late);
+            self.stats.failed_windows += std::mem::take(&mut counts.failed_windows);
             for (total, n) in self.stats.outputs.iter_mut().zip(&mut counts.outputs) {
                 total.1 += std::mem::take(n);
             }

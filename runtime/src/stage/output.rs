@@ -21,6 +21,8 @@ pub(super) struct Counts {
     pub windowed: u64,
     /// Input records too late for every window.
     pub late: u64,
+    /// Fired windows whose result could not be made: dead letters that are not input records.
+    pub failed_windows: u64,
     /// Records emitted, per port.
     pub outputs: Vec<u64>,
 }

@@ -330,6 +330,8 @@ impl Partition {
     }
 
     fn finish_call(&mut self, ctx: &Ctx, windows: &[Fired], ranks: &[u64]) {
+        let dead_before = self.out.counts.dead_letters;
+        let failed_before = self.out.pending.failed.len();
         let mut request = BatchWriter::new(Encoding::Bincode);
         let mut slots = SlotWriter::default();
         let mut refs: Vec<u32> = Vec::new();
@@ -369,6 +371,10 @@ impl Partition {
                 self.out.dead_letter(ctx.name, None, &why, raw.as_bytes());
             }
         }
+        // A window's result is not an input record: its dead letters are counted apart, and
+        // mark no input record failed (the positions here are the windows' ranks).
+        self.out.pending.failed.truncate(failed_before);
+        self.out.counts.failed_windows += self.out.counts.dead_letters - dead_before;
     }
 }
 

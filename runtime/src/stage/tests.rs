@@ -749,5 +749,6 @@ fn a_pane_window_finish_reply_past_the_limits_dead_letters_its_windows_and_nothi
         dead.iter().all(|d| d.contains("max_record_output_bytes")),
         "{dead:?}"
     );
-    assert_eq!(stage.stats.windowed, 2);
+    assert_eq!(stage.stats.failed_windows, 6);
+    assert_accounted(&stage);
 }

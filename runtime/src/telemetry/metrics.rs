@@ -188,6 +188,12 @@ pub const METRICS: &[Metric] = &[
         samples: |status, out| per_stage(status, out, operators, |s| s.late.into()),
     },
     Metric {
+        name: "stage_failed_windows",
+        help: "Fired windows whose result could not be made (dead letters that are not inputs)",
+        kind: MetricType::Counter,
+        samples: |status, out| per_stage(status, out, operators, |s| s.failed_windows.into()),
+    },
+    Metric {
         name: "stage_busy_seconds",
         help: "Time the stage spent working: reading, processing and firing, or writing",
         kind: MetricType::Counter,

@@ -25,7 +25,7 @@ impl StageKind {
 }
 
 /// What one stage saw and produced. Every record is accounted for: an operator's
-/// `records_in` = `produced + filtered + windowed + late + dead_letters` (see
+/// `records_in` = `produced + filtered + windowed + late + dead_letters - failed_windows` (see
 /// [`StageStats::unaccounted`]); a source's `records_in` = main output + `dead_letters`; a sink's
 /// `records_in` = lines written + `dead_letters`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +48,9 @@ pub struct StageStats {
     pub windowed: u64,
     /// Window operators: input records too late for every window (sent to `late`).
     pub late: u64,
+    /// Window operators: fired windows whose result could not be made (each a dead letter, which
+    /// is not an input record: its records were counted `windowed`).
+    pub failed_windows: u64,
     /// Time spent in this stage (a source reading, an operator processing and firing, a sink
     /// writing).
     pub busy: std::time::Duration,
@@ -61,12 +64,16 @@ impl StageStats {
     pub fn unaccounted(&self) -> i128 {
         let accounted = match self.kind {
             StageKind::Operator => {
-                self.produced + self.filtered + self.windowed + self.late + self.dead_letters
+                i128::from(self.produced + self.filtered + self.windowed + self.late)
+                    + i128::from(self.dead_letters)
+                    - i128::from(self.failed_windows)
             }
-            StageKind::Source => self.outputs.first().map_or(0, |(_, n)| *n) + self.dead_letters,
-            StageKind::Sink => self.records_in,
+            StageKind::Source => {
+                i128::from(self.outputs.first().map_or(0, |(_, n)| *n) + self.dead_letters)
+            }
+            StageKind::Sink => i128::from(self.records_in),
         };
-        i128::from(self.records_in) - i128::from(accounted)
+        i128::from(self.records_in) - accounted
     }
 
     /// Zero counts for stage `name` with output `ports` (main first).
@@ -81,6 +88,7 @@ impl StageStats {
             filtered: 0,
             windowed: 0,
             late: 0,
+            failed_windows: 0,
             busy: std::time::Duration::ZERO,
             backpressured: std::time::Duration::ZERO,
         }
@@ -198,6 +206,7 @@ impl Summary {
                         "filtered": s.filtered,
                         "windowed": s.windowed,
                         "late": s.late,
+                        "failed_windows": s.failed_windows,
                         "busy_s": s.busy.as_secs_f64(),
                         "backpressured_s": s.backpressured.as_secs_f64(),
                     }),

@@ -88,6 +88,9 @@ pub struct StageStatus {
     pub windowed: u64,
     /// Window operators: inputs too late for every window.
     pub late: u64,
+    /// Window operators: fired windows whose result could not be made (dead letters that are
+    /// not input records).
+    pub failed_windows: u64,
     /// Seconds spent working (a source reading, an operator processing and firing, a sink
     /// writing).
     pub busy_seconds: f64,
@@ -152,6 +155,7 @@ impl StageStatus {
             filtered: stats.filtered,
             windowed: stats.windowed,
             late: stats.late,
+            failed_windows: stats.failed_windows,
             busy_seconds: stats.busy.as_secs_f64(),
             backpressured_seconds: stats.backpressured.as_secs_f64(),
             watermark: known(watermark),
