@@ -39,11 +39,18 @@ fn rank(a: &(CompactString, i64), b: &(CompactString, i64)) -> Ordering {
 /// The order of `str` (byte by byte), deciding on the first eight bytes as one number where it
 /// can: skus share their `SKU-` prefix, and a `memcmp` call per comparison was half of merging.
 fn by_sku(a: &str, b: &str) -> Ordering {
+    /// The first eight bytes as one number, zero-padded. Read in one load where there are eight:
+    /// a copy of a length not known in advance is a `memory.copy` call out of Wasm.
     fn head(s: &str) -> u64 {
-        let mut bytes = [0; 8];
-        let n = s.len().min(8);
-        bytes[..n].copy_from_slice(&s.as_bytes()[..n]);
-        u64::from_be_bytes(bytes)
+        let s = s.as_bytes();
+        match s.first_chunk::<8>() {
+            Some(first) => u64::from_be_bytes(*first),
+            None => {
+                let mut bytes = [0; 8];
+                bytes[..s.len()].copy_from_slice(s);
+                u64::from_be_bytes(bytes)
+            }
+        }
     }
     // Zero-padded, two heads differ only where the texts differ in their first eight bytes, or
     // where one ends there and the other goes on with a non-zero byte: the same order either way.
@@ -80,7 +87,8 @@ impl Aggregate for TopSkus {
             return;
         }
         let mine = std::mem::take(units);
-        units.reserve(mine.len().max(other.len()));
+        // As long as both together: the merged list is never copied to grow.
+        units.reserve(mine.len() + other.len());
         let (mut a, mut b) = (mine.into_iter().peekable(), other.into_iter().peekable());
         loop {
             let next = match (a.peek(), b.peek()) {
@@ -93,8 +101,15 @@ impl Aggregate for TopSkus {
                         Some((sku, n + m))
                     }
                 },
-                (Some(_), None) => a.next(),
-                (None, Some(_)) => b.next(),
+                // One side is done: the rest of the other follows as it is.
+                (Some(_), None) => {
+                    units.extend(a);
+                    break;
+                }
+                (None, Some(_)) => {
+                    units.extend(b);
+                    break;
+                }
                 (None, None) => break,
             };
             units.extend(next);
