@@ -128,10 +128,13 @@ macro_rules! refuse {
     };
 }
 
-/// Scalars written as their `Display` text.
-macro_rules! display {
+/// Integers written as their decimal text, by `itoa`: `Display` goes through `core::fmt`,
+/// several times the work (most of all in Wasm), for every key and event time of every record.
+macro_rules! decimal {
     ($($method:ident($arg:ty)),* $(,)?) => {
-        $(fn $method(self, v: $arg) -> Result<(), FieldError> { self.display(v) })*
+        $(fn $method(self, v: $arg) -> Result<(), FieldError> {
+            self.text(itoa::Buffer::new().format(v))
+        })*
     };
 }
 
@@ -276,11 +279,6 @@ impl Scalar<'_> {
         self.0.extend_from_slice(text.as_bytes());
         Ok(())
     }
-
-    fn display(self, value: impl fmt::Display) -> Result<(), FieldError> {
-        use std::io::Write;
-        write!(self.0, "{value}").map_err(|e| FieldError(e.to_string()))
-    }
 }
 
 fn not_a_scalar() -> FieldError {
@@ -303,8 +301,7 @@ impl ser::Serializer for Scalar<'_> {
         serialize_unit(), serialize_unit_struct(&'static str),
     );
 
-    display!(
-        serialize_bool(bool),
+    decimal!(
         serialize_i8(i8),
         serialize_i16(i16),
         serialize_i32(i32),
@@ -313,8 +310,14 @@ impl ser::Serializer for Scalar<'_> {
         serialize_u16(u16),
         serialize_u32(u32),
         serialize_u64(u64),
-        serialize_char(char),
     );
+
+    fn serialize_bool(self, v: bool) -> Result<(), FieldError> {
+        self.text(if v { "true" } else { "false" })
+    }
+    fn serialize_char(self, v: char) -> Result<(), FieldError> {
+        self.text(v.encode_utf8(&mut [0; 4]))
+    }
 
     fn serialize_str(self, v: &str) -> Result<(), FieldError> {
         self.text(v)
@@ -425,6 +428,33 @@ mod tests {
         assert_eq!(found.key(0), Some(&b"SKU-0001"[..]));
         assert_eq!(found.key(1), Some(&b"-7"[..]));
         assert_eq!(found.ts, Some(1_700_000_000_000));
+    }
+
+    /// A key's text is what `Display` writes (so the host, reading a JSON source, and a module
+    /// agree), whatever the scalar's type and value.
+    #[test]
+    fn scalars_are_keyed_by_their_display_text() {
+        fn text<T: Serialize>(value: T) -> String {
+            let mut buf = Vec::new();
+            value.serialize(Scalar(&mut buf)).unwrap();
+            String::from_utf8(buf).unwrap()
+        }
+        for v in [i64::MIN, -1, 0, 7, 1_700_000_000_000, i64::MAX] {
+            assert_eq!(text(v), v.to_string());
+        }
+        for v in [0, 9, 10, 99, 100, u64::MAX] {
+            assert_eq!(text(v), v.to_string());
+        }
+        assert_eq!(text(i8::MIN), "-128");
+        assert_eq!(text(u8::MAX), "255");
+        assert_eq!(text(i16::MIN), "-32768");
+        assert_eq!(text(u16::MAX), "65535");
+        assert_eq!(text(i32::MIN), "-2147483648");
+        assert_eq!(text(u32::MAX), "4294967295");
+        assert_eq!(text(true), "true");
+        assert_eq!(text(false), "false");
+        assert_eq!(text('é'), "é");
+        assert_eq!(text(Some(3)), "3");
     }
 
     #[test]
