@@ -44,24 +44,19 @@ impl<Acc> Default for PaneCache<Acc> {
     }
 }
 
-impl<Acc: Clone + DeserializeOwned> PaneCache<Acc> {
-    /// The pane `token` names, decoded from `bytes` (or `create`d, when it has none) unless an
-    /// earlier call did. Token 0 names nothing: decoded and not kept.
+impl<Acc: Clone> PaneCache<Acc> {
+    /// The pane `token` names, made by `decode` unless an earlier call did. Token 0 names
+    /// nothing: decoded and not kept.
     fn get(
         &mut self,
         token: u64,
-        bytes: Option<&[u8]>,
-        create: impl FnOnce() -> Acc,
+        decode: impl FnOnce() -> Result<Acc, String>,
     ) -> Result<Acc, String> {
         if let Some((acc, used)) = self.decoded.get_mut(&token) {
             *used = self.call;
             return Ok(acc.clone());
         }
-        let acc = match bytes {
-            Some(bytes) => codec::decode(Encoding::Bincode, bytes, false)
-                .map_err(|e| format!("cannot decode the stored accumulator: {e}"))?,
-            None => create(),
-        };
+        let acc = decode()?;
         if token != 0 {
             self.decoded.insert(token, (acc.clone(), self.call));
         }
@@ -95,6 +90,15 @@ fn merge_in_order<A: Aggregate>(aggregate: &A, mut accs: Vec<A::Acc>) -> Option<
     accs.pop()
 }
 
+/// The accumulator a slot holds: decoded from its bytes, or a new one when it has none.
+fn stored_acc<A: Aggregate>(aggregate: &A, bytes: Option<&[u8]>) -> Result<A::Acc, String> {
+    match bytes {
+        Some(bytes) => codec::decode(Encoding::Bincode, bytes, false)
+            .map_err(|e| format!("cannot decode the stored accumulator: {e}")),
+        None => Ok(aggregate.create()),
+    }
+}
+
 impl<A: Aggregate> AggregateRunner<A> {
     fn load(
         aggregate: &A,
@@ -103,11 +107,7 @@ impl<A: Aggregate> AggregateRunner<A> {
         slot: usize,
     ) -> Result<(), String> {
         if accs[slot].is_none() {
-            accs[slot] = Some(match slots[slot].value {
-                Some(bytes) => codec::decode(Encoding::Bincode, bytes, false)
-                    .map_err(|e| format!("cannot decode the stored accumulator: {e}"))?,
-                None => aggregate.create(),
-            });
+            accs[slot] = Some(stored_acc(aggregate, slots[slot].value)?);
         }
         Ok(())
     }
@@ -340,7 +340,7 @@ fn fired_window<A: Aggregate>(
             .get(slot as usize)
             .ok_or("a fired window names a slot that does not exist")?;
         let token = u64::from_le_bytes(token.try_into().unwrap_or_default());
-        accs.push(panes.get(token, slot.value, || aggregate.create())?);
+        accs.push(panes.get(token, || stored_acc(aggregate, slot.value))?);
     }
     let acc = merge_in_order(aggregate, accs).unwrap_or_else(|| aggregate.create());
     Ok((window, acc))
