@@ -35,7 +35,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every incompatible change of anything in this module.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// The names of the functions a flumen module exports.
 pub mod exports {
@@ -55,9 +55,12 @@ pub mod exports {
     /// `(len: i32) -> i64`, aggregates only: each record is a fired window (key: the window's
     /// key; value: `start: i64, end: i64`, then the accumulator); returns the results on port 0.
     /// A sliding window kept as panes names its panes' slots instead, in order, and its value
-    /// holds a `token: u64` per slot after the bounds: its accumulator is the merge of those
-    /// slots (as [`MERGE`] would make it). A token names one value of one pane for the life of
-    /// the process, so a module may keep the panes it decoded by token (token 0 names nothing).
+    /// holds a `token: u64` and the pane's `end: i64` per slot after the bounds: its
+    /// accumulator is the merge of those slots, later ones merged into earlier ones, nested by
+    /// the panes' positions alone (the SDK: a suffix of a block of the window's size, then a
+    /// prefix of the next). A token names one value of one pane for the life of the process, so
+    /// a module may keep the panes it decoded, and merges of runs of them, by token (token 0
+    /// names nothing).
     pub const FINISH: &str = "flumen_finish";
     /// `(len: i32) -> i64`: takes an input batch, returns each record re-encoded as JSON on port 0
     /// (or an error entry), without running the operator.

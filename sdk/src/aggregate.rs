@@ -81,8 +81,11 @@ pub trait Aggregate: Sized + 'static {
     fn add(&self, acc: &mut Self::Acc, input: &Self::Input<'_>);
     /// Merges `other` into `acc`: when session windows merge, and when a sliding window fires,
     /// whose accumulator is the merge of its panes (one per slide). It must be associative, as
-    /// Flink's `AggregateFunction::merge` is: panes are merged neighbours first (2 into 1, 4 into
-    /// 3, then 3 into 1…), a later one always into an earlier one, so their order is kept.
+    /// Flink's `AggregateFunction::merge` is: a window's panes are merged as runs that the
+    /// windows sliding over them share (those of a block of the window's size from its end,
+    /// those of the next block from its start, then the two), a later one always into an
+    /// earlier one, so their order is kept; the nesting depends on the panes' positions alone,
+    /// so a merge that rounds gives the same result in every run.
     fn merge(&self, acc: &mut Self::Acc, other: Self::Acc);
     /// The result of a fired window of `key` (empty for a global window), or none.
     fn finish(&self, key: &str, window: Window, acc: Self::Acc) -> Option<Self::Output>;

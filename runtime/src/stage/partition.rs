@@ -338,7 +338,7 @@ impl Partition {
         for (window, key, acc) in windows {
             refs.clear();
             if let FiredAcc::Panes(panes) = acc {
-                refs.extend(panes.iter().map(|(_, pane)| slots.push(key, Some(pane))));
+                refs.extend(panes.iter().map(|(_, _, pane)| slots.push(key, Some(pane))));
             }
             request.push_with(key, window.max_timestamp(), &refs, |b| {
                 b.extend_from_slice(&window.start.to_le_bytes());
@@ -346,8 +346,9 @@ impl Partition {
                 match acc {
                     FiredAcc::Whole(acc) => b.extend_from_slice(acc),
                     FiredAcc::Panes(panes) => {
-                        for (token, _) in panes {
+                        for (token, end, _) in panes {
                             b.extend_from_slice(&token.to_le_bytes());
+                            b.extend_from_slice(&end.to_le_bytes());
                         }
                     }
                 }

@@ -115,12 +115,23 @@ fn summer(call: Call, request: &Request, out: &mut OutputWriter) -> Result<(), G
             for (i, r) in request.records.iter().enumerate() {
                 let start = i64::from_le_bytes(r.value[0..8].try_into().unwrap_or_default());
                 let end = i64::from_le_bytes(r.value[8..16].try_into().unwrap_or_default());
-                // A window kept as panes names them, a non-zero token for each after its bounds.
-                let mut tokens = r.value[16..].chunks_exact(8);
+                // A window kept as panes names them, after its bounds a non-zero token and the
+                // end of each, in order, within the window.
+                let panes: Vec<(u64, i64)> = r.value[16..]
+                    .chunks_exact(16)
+                    .map(|p| {
+                        let word = |at: usize| p[at..at + 8].try_into().unwrap_or_default();
+                        (u64::from_le_bytes(word(0)), i64::from_le_bytes(word(8)))
+                    })
+                    .collect();
+                let in_order = panes.windows(2).all(|w| w[0].1 < w[1].1)
+                    && panes.iter().all(|&(token, pane_end)| {
+                        token != 0 && start < pane_end && pane_end <= end
+                    });
                 let sum = if r.slots.is_empty() {
                     number(Some(&r.value[16..]))
-                } else if r.value.len() != 16 + 8 * r.slots.len() || tokens.any(|t| t == [0; 8]) {
-                    return Err(GuestFailure("panes without their tokens".into()));
+                } else if r.value.len() != 16 + 16 * r.slots.len() || !in_order {
+                    return Err(GuestFailure("panes without their tokens and ends".into()));
                 } else {
                     r.slots.iter().map(|&s| stored(s)).sum()
                 };

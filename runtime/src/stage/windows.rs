@@ -7,7 +7,7 @@ use super::output::{FAILED, check};
 use super::partition::{Partition, within_state_limit};
 use crate::guest::GuestFailure;
 use crate::state::windows::WindowStore;
-use crate::state::{Bytes, Fired, FiredAcc};
+use crate::state::{Bytes, Fired, FiredAcc, Pane};
 use crate::window::{Bounds, WindowSpec};
 use flumen_sdk::abi::{BatchWriter, RecordRef};
 use rustc_hash::FxHashMap;
@@ -162,19 +162,19 @@ impl Partition {
 }
 
 /// The windows ending at `ends` (of `size`, every `slide`), each with the accumulators of its
-/// panes in `panes`, in order, with their tokens. In no particular order: the caller sorts fired
+/// panes in `panes`, in order, with their tokens and ends. In no particular order: the caller sorts fired
 /// windows by end, then key.
 fn window_panes(panes: &WindowStore, ends: BTreeSet<i64>, (size, slide): (i64, i64)) -> Vec<Fired> {
     let mut fired = Vec::new();
-    let mut per_key: FxHashMap<&[u8], Vec<(u64, Bytes)>> = FxHashMap::default();
+    let mut per_key: FxHashMap<&[u8], Vec<Pane>> = FxHashMap::default();
     for end in ends {
         let from = end.saturating_sub(size).saturating_add(slide);
-        for (_, keyed) in panes.range(from..=end) {
+        for (&pane_end, keyed) in panes.range(from..=end) {
             for (key, pane) in keyed {
                 per_key
                     .entry(key)
                     .or_default()
-                    .push((pane.token, pane.acc.clone()));
+                    .push((pane.token, pane_end, pane.acc.clone()));
             }
         }
         let bounds = Bounds {

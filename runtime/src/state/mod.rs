@@ -72,14 +72,17 @@ pub(crate) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// A fired window: its bounds, its key, what its result is made from.
 pub(crate) type Fired = (Bounds, Bytes, FiredAcc);
 
+/// A pane of a fired sliding window: its accumulator's token, its end, its accumulator.
+pub(crate) type Pane = (u64, i64, Bytes);
+
 /// What a fired window's result is made from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum FiredAcc {
     /// Its accumulator.
     Whole(Bytes),
     /// A sliding window kept as panes: its panes' accumulators in order, each with its token
-    /// ([`WindowAcc::token`]), merged by the module as it finishes the window.
-    Panes(Vec<(u64, Bytes)>),
+    /// ([`WindowAcc::token`]) and its end, merged by the module as it finishes the window.
+    Panes(Vec<Pane>),
 }
 
 /// The accumulator of one window; `fired` once its result was emitted (it stays while allowed

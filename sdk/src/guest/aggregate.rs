@@ -1,7 +1,7 @@
 //! [`AggregateRunner`]: drives one [`Aggregate`] through the ABI (add, merge, finish).
 
 use super::*;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Drives one [`Aggregate`] through the ABI.
 pub struct AggregateRunner<A: Aggregate> {
@@ -24,50 +24,138 @@ impl<A: Aggregate> Default for AggregateRunner<A> {
     }
 }
 
-/// The panes of sliding windows decoded by the last `finish` call, by the token the host gave
-/// each pane's stored accumulator (a token names one value: a pane that changes gets a new one).
-/// Consecutive windows share all their panes but one, so each pane is decoded once instead of
-/// once per window it belongs to. Only the panes the last call used are kept: at most one call's
-/// worth, dropped with the instance (a swap, a trap), and never needed for correctness — a pane
-/// not found is decoded from the bytes the host sends every time.
+/// The panes of sliding windows, and merges of runs of them, kept between `finish` calls by the
+/// tokens the host gave each pane's stored accumulator (a token names one value: a pane that
+/// changes gets a new one). Consecutive windows share all their panes but one, so each pane is
+/// decoded once, and a window is the merge of two runs that earlier windows mostly built (see
+/// [`fired_window`]). What a call's windows no longer hold is dropped at its end: at most the
+/// runs of one call's panes are kept, dropped with the instance (a swap, a trap), and never
+/// needed for correctness — a window's result depends only on its panes and their positions.
 struct PaneCache<Acc> {
-    decoded: HashMap<u64, (Acc, u64)>,
-    call: u64,
+    kept: HashMap<(Run, Vec<u64>), Acc>,
+    /// The tokens of the panes of this call's windows.
+    seen: HashSet<u64>,
+}
+
+/// What a kept accumulator is, with the tokens of its panes in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Run {
+    /// One pane.
+    Pane,
+    /// Panes that end a block: each merged with the merge of those after it.
+    Suffix,
+    /// Panes that start a block: the merge of those before each, merged with it.
+    Prefix,
 }
 
 impl<Acc> Default for PaneCache<Acc> {
     fn default() -> Self {
         PaneCache {
-            decoded: HashMap::new(),
-            call: 0,
+            kept: HashMap::new(),
+            seen: HashSet::new(),
         }
     }
 }
 
+/// One pane of a fired window: its token, its end, its slot's bytes.
+struct PaneRef<'a> {
+    token: u64,
+    end: i64,
+    bytes: Option<&'a [u8]>,
+}
+
 impl<Acc: Clone> PaneCache<Acc> {
-    /// The pane `token` names, made by `decode` unless an earlier call did. Token 0 names
-    /// nothing: decoded and not kept.
-    fn get(
+    /// The accumulator of `pane`, decoded unless an earlier window did. Token 0 names nothing:
+    /// decoded and not kept.
+    fn pane<A: Aggregate<Acc = Acc>>(
         &mut self,
-        token: u64,
-        decode: impl FnOnce() -> Result<Acc, String>,
+        aggregate: &A,
+        pane: &PaneRef<'_>,
     ) -> Result<Acc, String> {
-        if let Some((acc, used)) = self.decoded.get_mut(&token) {
-            *used = self.call;
+        self.seen.insert(pane.token);
+        let key = (Run::Pane, vec![pane.token]);
+        if let Some(acc) = self.kept.get(&key) {
             return Ok(acc.clone());
         }
-        let acc = decode()?;
-        if token != 0 {
-            self.decoded.insert(token, (acc.clone(), self.call));
+        let acc = stored_acc(aggregate, pane.bytes)?;
+        if pane.token != 0 {
+            self.kept.insert(key, acc.clone());
         }
         Ok(acc)
     }
 
-    /// Forgets the panes the call that just ended did not use, and starts the next.
+    /// The merge of `panes` as `run` builds it, `None` for no pane. Each shorter run it is built
+    /// from is kept for the windows after (token 0 in a run: not kept).
+    fn run<A: Aggregate<Acc = Acc>>(
+        &mut self,
+        aggregate: &A,
+        run: Run,
+        panes: &[PaneRef<'_>],
+    ) -> Result<Option<Acc>, String> {
+        let tokens: Vec<u64> = panes.iter().map(|pane| pane.token).collect();
+        let keep = !tokens.contains(&0);
+        let key = |len: usize| match run {
+            Run::Suffix => (run, tokens[tokens.len() - len..].to_vec()),
+            _ => (run, tokens[..len].to_vec()),
+        };
+        // A whole suffix serves one window only (the next one starts a pane later), a whole
+        // prefix also the next window's prefix: the one is taken, the other kept.
+        let keep_whole = run == Run::Prefix;
+        // The longest run already made (a suffix is made from its end, a prefix from its start).
+        let mut len = panes.len();
+        let mut acc = None;
+        while len > 1 {
+            let found = match keep {
+                true if len == panes.len() && !keep_whole => self.kept.remove(&key(len)),
+                true => self.kept.get(&key(len)).cloned(),
+                false => None,
+            };
+            if found.is_some() {
+                acc = found;
+                break;
+            }
+            len -= 1;
+        }
+        for pane in panes {
+            self.seen.insert(pane.token);
+        }
+        let mut acc = match acc {
+            Some(acc) => acc,
+            None if panes.is_empty() => return Ok(None),
+            None => {
+                len = 1;
+                let at = if run == Run::Suffix {
+                    panes.len() - 1
+                } else {
+                    0
+                };
+                self.pane(aggregate, &panes[at])?
+            }
+        };
+        while len < panes.len() {
+            len += 1;
+            if run == Run::Suffix {
+                let mut earlier = self.pane(aggregate, &panes[panes.len() - len])?;
+                aggregate.merge(&mut earlier, acc);
+                acc = earlier;
+            } else {
+                let later = self.pane(aggregate, &panes[len - 1])?;
+                aggregate.merge(&mut acc, later);
+            }
+            if keep && (keep_whole || len < panes.len()) {
+                self.kept.insert(key(len), acc.clone());
+            }
+        }
+        Ok(Some(acc))
+    }
+
+    /// Forgets what holds a pane that no window of the call that just ended held (the windows
+    /// after it slid past that pane), and starts the next call.
     fn end_call(&mut self) {
-        let call = self.call;
-        self.decoded.retain(|_, (_, used)| *used == call);
-        self.call += 1;
+        let seen = &self.seen;
+        self.kept
+            .retain(|(_, tokens), _| tokens.iter().all(|token| seen.contains(token)));
+        self.seen.clear();
     }
 }
 
@@ -309,39 +397,80 @@ impl<A: Aggregate> GuestRunner for AggregateRunner<A> {
 }
 
 /// A fired window of a `finish` request: its bounds, then either its accumulator, or (a sliding
-/// window kept as panes) a token per slot the record names, the window's accumulator being the
-/// merge of those slots in order.
+/// window kept as panes) a token and an end per slot the record names, the window's accumulator
+/// being the merge of those slots in order.
+///
+/// The merge follows the panes' positions only, never what the cache holds, so a window's result
+/// is the same in any run (an aggregate's merge may round, as floating point does): time is cut
+/// into blocks as long as the window, aligned on multiples of its size, and a window is the merge
+/// of its panes in the block it starts in (a suffix of that block, each pane merged with the
+/// merge of those after it) with those in the next block (a prefix, the merge of those before
+/// each merged with it). A window holds at most one block boundary, and the windows sliding over
+/// a block share its suffixes and prefixes: about three merges a window instead of one per pane.
+/// A later pane is always merged into an earlier one.
 fn fired_window<A: Aggregate>(
     aggregate: &A,
     panes: &mut PaneCache<A::Acc>,
     record: &abi::RecordRef<'_>,
     slots: &[SlotRef<'_>],
 ) -> Result<(Window, A::Acc), String> {
-    let bound = |at: usize| {
+    let word = |at: usize| {
         let bytes = record.value.get(at..at + 8)?;
-        Some(i64::from_le_bytes(bytes.try_into().ok()?))
+        Some(u64::from_le_bytes(bytes.try_into().ok()?))
     };
-    let (Some(start), Some(end)) = (bound(0), bound(8)) else {
+    let (Some(start), Some(end)) = (word(0), word(8)) else {
         return Err("cannot decode a fired window".into());
     };
-    let window = Window { start, end };
+    let window = Window {
+        start: start as i64,
+        end: end as i64,
+    };
     let rest = &record.value[16..];
     if record.slots.is_empty() {
         let acc = codec::decode(Encoding::Bincode, rest, false)
             .map_err(|e| format!("cannot decode a fired window: {e}"))?;
         return Ok((window, acc));
     }
-    if rest.len() != 8 * record.slots.len() {
+    if rest.len() != 16 * record.slots.len() {
         return Err("a fired window's panes and their tokens do not match".into());
     }
-    let mut accs = Vec::with_capacity(record.slots.len());
-    for (slot, token) in record.slots.iter().zip(rest.chunks_exact(8)) {
+    let mut refs = Vec::with_capacity(record.slots.len());
+    for (at, slot) in record.slots.iter().enumerate() {
         let slot = slots
             .get(slot as usize)
             .ok_or("a fired window names a slot that does not exist")?;
-        let token = u64::from_le_bytes(token.try_into().unwrap_or_default());
-        accs.push(panes.get(token, || stored_acc(aggregate, slot.value))?);
+        let (Some(token), Some(end)) = (word(16 + 16 * at), word(24 + 16 * at)) else {
+            return Err("cannot decode a fired window".into());
+        };
+        refs.push(PaneRef {
+            token,
+            end: end as i64,
+            bytes: slot.value,
+        });
     }
-    let acc = merge_in_order(aggregate, accs).unwrap_or_else(|| aggregate.create());
+    // The first block boundary at or after the window's start (none where that overflows: all
+    // panes are then one prefix).
+    let size = window.end.saturating_sub(window.start);
+    let boundary = (size > 0)
+        .then(|| {
+            window
+                .start
+                .checked_add((size - window.start.rem_euclid(size)) % size)
+        })
+        .flatten();
+    let split = refs
+        .iter()
+        .position(|pane| boundary.is_none_or(|boundary| pane.end > boundary))
+        .unwrap_or(refs.len());
+    let before = panes.run(aggregate, Run::Suffix, &refs[..split])?;
+    let after = panes.run(aggregate, Run::Prefix, &refs[split..])?;
+    let acc = match (before, after) {
+        (Some(mut before), Some(after)) => {
+            aggregate.merge(&mut before, after);
+            before
+        }
+        (Some(acc), None) | (None, Some(acc)) => acc,
+        (None, None) => aggregate.create(),
+    };
     Ok((window, acc))
 }

@@ -638,18 +638,49 @@ mod tests {
     /// A pane of a fired window: its token and its accumulator, if any.
     type Pane = (u64, Option<Vec<u32>>);
 
-    /// A `finish` request of windows kept as panes: each window names its panes' slots, a token
-    /// per pane after its bounds. Returns each window's result, or its error.
+    /// A pane of a fired window at its place: its token, its end, its accumulator if any.
+    type PaneAt<Acc> = (u64, i64, Option<Acc>);
+
+    /// A fired window kept as panes: its start, its panes.
+    type PaneWindow<Acc> = (i64, Vec<PaneAt<Acc>>);
+
+    /// A `finish` request of windows `[0, 10)` kept as panes, the i-th pane ending at `i + 1`.
     fn finish_panes(
         runner: &mut AggregateRunner<Concat>,
         windows: &[&[Pane]],
     ) -> Vec<Result<Vec<u32>, String>> {
+        let windows: Vec<PaneWindow<Vec<u32>>> = windows
+            .iter()
+            .map(|panes| {
+                let ends = 1..;
+                let panes = panes
+                    .iter()
+                    .zip(ends)
+                    .map(|((t, acc), end)| (*t, end, acc.clone()));
+                (0, panes.collect())
+            })
+            .collect();
+        finish_windows(runner, 10, &windows)
+    }
+
+    /// A `finish` request of windows kept as panes, each `(start, panes)` of `size`, each pane
+    /// `(token, end, accumulator)`: each window names its panes' slots, and after its bounds a
+    /// token and an end per pane. Returns each window's result, or its error.
+    fn finish_windows<A>(
+        runner: &mut AggregateRunner<A>,
+        size: i64,
+        windows: &[PaneWindow<A::Acc>],
+    ) -> Vec<Result<A::Output, String>>
+    where
+        A: crate::aggregate::Aggregate,
+        A::Output: serde::de::DeserializeOwned + Clone,
+    {
         let mut slots = abi::SlotWriter::default();
         let mut batch = abi::BatchWriter::new(Encoding::Bincode);
-        for panes in windows {
+        for (start, panes) in windows {
             let refs: Vec<u32> = panes
                 .iter()
-                .map(|(_, acc)| {
+                .map(|(_, _, acc)| {
                     let acc = acc
                         .as_ref()
                         .map(|acc| bincode::serde::encode_to_vec(acc, abi::BINCODE).unwrap());
@@ -657,21 +688,22 @@ mod tests {
                 })
                 .collect();
             batch.push_with(b"", 9, &refs, |b| {
-                b.extend_from_slice(&0i64.to_le_bytes());
-                b.extend_from_slice(&10i64.to_le_bytes());
-                for (token, _) in panes.iter() {
+                b.extend_from_slice(&start.to_le_bytes());
+                b.extend_from_slice(&(start + size).to_le_bytes());
+                for (token, end, _) in panes.iter() {
                     b.extend_from_slice(&token.to_le_bytes());
+                    b.extend_from_slice(&end.to_le_bytes());
                 }
             });
         }
         let request = [batch.as_bytes(), slots.as_bytes()].concat();
-        let mut results: Vec<Option<Result<Vec<u32>, String>>> = vec![None; windows.len()];
+        let mut results: Vec<Option<Result<A::Output, String>>> = vec![None; windows.len()];
         for entry in OutputReader::new(runner.native_call(native::FINISH, &request)) {
             match entry.unwrap() {
                 abi::OutputEntry::Record {
                     input_index, value, ..
                 } => {
-                    let acc: Vec<u32> = serde_json::from_slice(value).unwrap();
+                    let acc = serde_json::from_slice(value).unwrap();
                     results[input_index as usize] = Some(Ok(acc));
                 }
                 abi::OutputEntry::Error {
@@ -705,8 +737,8 @@ mod tests {
         let mut slots = abi::SlotWriter::default();
         slots.push(b"", Some(&[0xff; 3]));
         let mut batch = abi::BatchWriter::new(Encoding::Bincode);
+        batch.push_with(b"", 9, &[0], |b| b.extend_from_slice(&[0; 32]));
         batch.push_with(b"", 9, &[0], |b| b.extend_from_slice(&[0; 24]));
-        batch.push_with(b"", 9, &[0], |b| b.extend_from_slice(&[0; 20]));
         let request = [batch.as_bytes(), slots.as_bytes()].concat();
         let errors: Vec<String> = OutputReader::new(runner.native_call(native::FINISH, &request))
             .filter_map(|entry| match entry.unwrap() {
@@ -740,6 +772,110 @@ mod tests {
         assert_eq!(finish_panes(&mut runner, &[&fourth]), [Ok(vec![4])]);
         let fifth = [(0, Some(vec![5]))];
         assert_eq!(finish_panes(&mut runner, &[&fifth]), [Ok(vec![5])]);
+    }
+
+    /// How many merges [`Nested`] made.
+    static MERGES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    /// Writes down how it merged, so a result shows the order and nesting of its merges.
+    struct Nested;
+
+    impl crate::aggregate::Aggregate for Nested {
+        type Input<'a> = u32;
+        type Acc = String;
+        type Output = String;
+        type Params = crate::NoParams;
+
+        fn new(_: Self::Params) -> Result<Self, String> {
+            Ok(Nested)
+        }
+        fn create(&self) -> String {
+            String::new()
+        }
+        fn add(&self, acc: &mut String, input: &u32) {
+            acc.push_str(&input.to_string());
+        }
+        fn merge(&self, acc: &mut String, other: String) {
+            MERGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            *acc = format!("({acc} {other})");
+        }
+        fn finish(&self, _: &str, _: crate::aggregate::Window, acc: String) -> Option<String> {
+            Some(acc)
+        }
+    }
+
+    #[test]
+    fn a_sliding_window_merges_by_the_positions_of_its_panes_alone() {
+        // Windows of 10 sliding by 1 over panes 0..40 (pane p ends at p + 1; panes 13 and 27
+        // hold nothing and are not sent), the window starting at s holding panes s..s + 10.
+        let pane = |p: i64| (p as u64 + 1, p + 1, Some(p.to_string()));
+        let window = |s: i64| {
+            (
+                s,
+                (s..s + 10)
+                    .filter(|p| ![13, 27].contains(p))
+                    .map(pane)
+                    .collect(),
+            )
+        };
+        let windows: Vec<_> = (0..31).map(window).collect();
+        // Blocks of 10 from 0: the panes before the window's first boundary nested from the
+        // right, then those after it from the left, the two merged.
+        let expected: Vec<Result<String, String>> = (0..31)
+            .map(|s: i64| {
+                let boundary = (s as u64).div_ceil(10) as i64 * 10;
+                let present = |p: &i64| ![13, 27].contains(p);
+                let before = (s..boundary).filter(present).map(|p| p.to_string());
+                let before = before
+                    .rev()
+                    .reduce(|later, earlier| format!("({earlier} {later})"));
+                let after = (boundary..s + 10).filter(present).map(|p| p.to_string());
+                let after = after.reduce(|earlier, later| format!("({earlier} {later})"));
+                Ok(match (before, after) {
+                    (Some(b), Some(a)) => format!("({b} {a})"),
+                    (b, a) => b.or(a).unwrap_or_default(),
+                })
+            })
+            .collect();
+        // One window a call, as a watermark fires them: each result as expected, with about
+        // three merges a window (not one per pane).
+        let mut runner = AggregateRunner::<Nested>::default();
+        init(&mut runner);
+        let before = MERGES.load(std::sync::atomic::Ordering::Relaxed);
+        let one_by_one: Vec<_> = windows
+            .iter()
+            .flat_map(|w| finish_windows(&mut runner, 10, std::slice::from_ref(w)))
+            .collect();
+        let merges = MERGES.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert_eq!(one_by_one, expected);
+        assert!(
+            merges <= 3 * windows.len(),
+            "{merges} merges for {} windows",
+            windows.len()
+        );
+        // All in one call, every window with a fresh instance, or tokens that name nothing (no
+        // run kept): the same results.
+        let mut runner = AggregateRunner::<Nested>::default();
+        init(&mut runner);
+        assert_eq!(finish_windows(&mut runner, 10, &windows), expected);
+        for (w, expected) in windows.iter().zip(&expected) {
+            let mut runner = AggregateRunner::<Nested>::default();
+            init(&mut runner);
+            assert_eq!(
+                &finish_windows(&mut runner, 10, std::slice::from_ref(w))[0],
+                expected
+            );
+        }
+        let untokened: Vec<_> = windows
+            .iter()
+            .map(|(s, panes)| {
+                (
+                    *s,
+                    panes.iter().map(|(_, e, a)| (0, *e, a.clone())).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(finish_windows(&mut runner, 10, &untokened), expected);
     }
 
     #[test]
