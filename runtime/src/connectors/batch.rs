@@ -89,12 +89,16 @@ impl SourceBatch {
         self.found.clear();
         self.found.resize(self.wanted.len(), None);
         if !self.wanted.is_empty() {
-            let mut deserializer = serde_json::Deserializer::from_slice(line);
-            let _ = FieldPicker {
+            let picker = FieldPicker {
                 wanted: &self.wanted,
                 found: &mut self.found,
-            }
-            .deserialize(&mut deserializer);
+            };
+            // UTF-8 checked for the whole line at once, the parser then skips it string by
+            // string; a line that is not UTF-8 is read as far as it goes.
+            let _ = match std::str::from_utf8(line) {
+                Ok(text) => picker.deserialize(&mut serde_json::Deserializer::from_str(text)),
+                Err(_) => picker.deserialize(&mut serde_json::Deserializer::from_slice(line)),
+            };
         }
         let keys = self.key_fields.len();
         let ts = self
@@ -245,7 +249,10 @@ mod tests {
         batch.push_json(br#"{"ts": 7, "sku": "S-1", "user": 42, "other": [1, {"x": 2}]}"#);
         batch.push_json(b"not json");
         batch.push_json(br#"{"ts": "late", "sku": "S-2"}"#);
-        assert_eq!(batch.times, vec![(0, 7)]);
+        // A line that is not UTF-8 is read up to its first bad byte.
+        batch.push_json(b"{\"ts\": 9, \"sku\": \"S-\xff\"}");
+        batch.push_json(b"{\"sku\": \"S-\xff\", \"ts\": 11}");
+        assert_eq!(batch.times, vec![(0, 7), (3, 9)]);
         let entries: Vec<_> = OutputReader::new(batch.out.as_bytes())
             .map(Result::unwrap)
             .collect();
