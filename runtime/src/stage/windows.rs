@@ -162,8 +162,8 @@ impl Partition {
 }
 
 /// The windows ending at `ends` (of `size`, every `slide`), each with the accumulators of its
-/// panes in `panes`, in order, with their tokens and ends. In no particular order: the caller sorts fired
-/// windows by end, then key.
+/// panes in `panes`, in order, with their tokens and ends. In no particular order: the caller
+/// sorts fired windows by end, then key.
 fn window_panes(panes: &WindowStore, ends: BTreeSet<i64>, (size, slide): (i64, i64)) -> Vec<Fired> {
     let mut fired = Vec::new();
     let mut per_key: FxHashMap<&[u8], Vec<Pane>> = FxHashMap::default();

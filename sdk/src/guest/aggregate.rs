@@ -72,7 +72,6 @@ impl<Acc: Clone> PaneCache<Acc> {
         aggregate: &A,
         pane: &PaneRef<'_>,
     ) -> Result<Acc, String> {
-        self.seen.insert(pane.token);
         let key = (Run::Pane, vec![pane.token]);
         if let Some(acc) = self.kept.get(&key) {
             return Ok(acc.clone());
@@ -92,58 +91,56 @@ impl<Acc: Clone> PaneCache<Acc> {
         run: Run,
         panes: &[PaneRef<'_>],
     ) -> Result<Option<Acc>, String> {
-        let tokens: Vec<u64> = panes.iter().map(|pane| pane.token).collect();
-        let keep = !tokens.contains(&0);
-        let key = |len: usize| match run {
-            Run::Suffix => (run, tokens[tokens.len() - len..].to_vec()),
-            _ => (run, tokens[..len].to_vec()),
+        // In the order the run is built: a suffix from its last pane back, a prefix from its
+        // first on. A run is kept under its tokens in that order.
+        let order: Vec<&PaneRef<'_>> = match run {
+            Run::Suffix => panes.iter().rev().collect(),
+            _ => panes.iter().collect(),
         };
+        let tokens: Vec<u64> = order.iter().map(|pane| pane.token).collect();
+        self.seen.extend(&tokens);
+        let keep = !tokens.contains(&0);
+        let whole = order.len();
         // A whole suffix serves one window only (the next one starts a pane later), a whole
         // prefix also the next window's prefix: the one is taken, the other kept.
         let keep_whole = run == Run::Prefix;
-        // The longest run already made (a suffix is made from its end, a prefix from its start).
-        let mut len = panes.len();
-        let mut acc = None;
-        while len > 1 {
-            let found = match keep {
-                true if len == panes.len() && !keep_whole => self.kept.remove(&key(len)),
-                true => self.kept.get(&key(len)).cloned(),
-                false => None,
+        // The longest part of it already made.
+        let (mut made, mut len) = (None, whole);
+        while keep && made.is_none() && len > 1 {
+            let key = (run, tokens[..len].to_vec());
+            made = match len == whole && !keep_whole {
+                true => self.kept.remove(&key),
+                false => self.kept.get(&key).cloned(),
             };
-            if found.is_some() {
-                acc = found;
-                break;
+            if made.is_none() {
+                len -= 1;
             }
-            len -= 1;
         }
-        for pane in panes {
-            self.seen.insert(pane.token);
-        }
-        let mut acc = match acc {
-            Some(acc) => acc,
-            None if panes.is_empty() => return Ok(None),
-            None => {
+        let mut acc = match (made, order.first()) {
+            (Some(acc), _) => acc,
+            (None, None) => return Ok(None),
+            (None, Some(first)) => {
                 len = 1;
-                let at = if run == Run::Suffix {
-                    panes.len() - 1
-                } else {
-                    0
-                };
-                self.pane(aggregate, &panes[at])?
+                self.pane(aggregate, first)?
             }
         };
-        while len < panes.len() {
+        for pane in &order[len..] {
+            let next = self.pane(aggregate, pane)?;
+            acc = match run {
+                // An earlier pane takes in what follows it.
+                Run::Suffix => {
+                    let mut earlier = next;
+                    aggregate.merge(&mut earlier, acc);
+                    earlier
+                }
+                _ => {
+                    aggregate.merge(&mut acc, next);
+                    acc
+                }
+            };
             len += 1;
-            if run == Run::Suffix {
-                let mut earlier = self.pane(aggregate, &panes[panes.len() - len])?;
-                aggregate.merge(&mut earlier, acc);
-                acc = earlier;
-            } else {
-                let later = self.pane(aggregate, &panes[len - 1])?;
-                aggregate.merge(&mut acc, later);
-            }
-            if keep && (keep_whole || len < panes.len()) {
-                self.kept.insert(key(len), acc.clone());
+            if keep && (keep_whole || len < whole) {
+                self.kept.insert((run, tokens[..len].to_vec()), acc.clone());
             }
         }
         Ok(Some(acc))
@@ -414,16 +411,13 @@ fn fired_window<A: Aggregate>(
     record: &abi::RecordRef<'_>,
     slots: &[SlotRef<'_>],
 ) -> Result<(Window, A::Acc), String> {
-    let word = |at: usize| {
-        let bytes = record.value.get(at..at + 8)?;
-        Some(u64::from_le_bytes(bytes.try_into().ok()?))
-    };
+    let word = |at: usize| -> Option<[u8; 8]> { record.value.get(at..at + 8)?.try_into().ok() };
     let (Some(start), Some(end)) = (word(0), word(8)) else {
         return Err("cannot decode a fired window".into());
     };
     let window = Window {
-        start: start as i64,
-        end: end as i64,
+        start: i64::from_le_bytes(start),
+        end: i64::from_le_bytes(end),
     };
     let rest = &record.value[16..];
     if record.slots.is_empty() {
@@ -443,8 +437,8 @@ fn fired_window<A: Aggregate>(
             return Err("cannot decode a fired window".into());
         };
         refs.push(PaneRef {
-            token,
-            end: end as i64,
+            token: u64::from_le_bytes(token),
+            end: i64::from_le_bytes(end),
             bytes: slot.value,
         });
     }

@@ -147,11 +147,13 @@ impl Aggregate for TopSkus {
     }
 
     fn finish(&self, _: &str, window: Window, mut units: Units) -> Option<Trending> {
-        if units.len() > self.top && self.top <= SCAN_TOP {
-            units = top_by_scan(&units, self.top);
-        } else if units.len() > self.top {
-            units.select_nth_unstable_by(self.top - 1, rank);
-            units.truncate(self.top);
+        if units.len() > self.top {
+            if self.top <= SCAN_TOP {
+                units = top_by_scan(&units, self.top);
+            } else {
+                units.select_nth_unstable_by(self.top - 1, rank);
+                units.truncate(self.top);
+            }
         }
         units.sort_by(rank);
         Some(Trending {
