@@ -180,15 +180,23 @@ fn unmatched(taken: &[bool]) -> Vec<usize> {
 }
 
 /// Whether a stage can go on as it runs: same module bytes, same settings (inputs aside), same
-/// partitions.
+/// partitions, and its ports written as before (a new sink or consumer may need a port in
+/// another encoding, or other keys extracted).
 fn unchanged(old: &OperatorPlan, new: &OperatorPlan) -> bool {
     let settings = |c: &OperatorConfig| OperatorConfig {
         inputs: Vec::new(),
         ..c.clone()
     };
+    let written = |op: &OperatorPlan| {
+        op.guest_ports()
+            .iter()
+            .map(|p| (p.encoding, p.key_fields.clone(), p.ts_field.clone()))
+            .collect::<Vec<_>>()
+    };
     old.module_hash == new.module_hash
         && old.partitions == new.partitions
         && settings(&old.config) == settings(&new.config)
+        && written(old) == written(new)
 }
 
 /// What a stage's state is shaped by: the type its module keeps, the key it is kept under, and
@@ -281,6 +289,7 @@ mod tests {
             type_name: "T".into(),
             shape: None,
             encoding: Encoding::Json,
+            json: None,
             consumers: Vec::new(),
             key_fields: Vec::new(),
             ts_field: None,
@@ -454,6 +463,26 @@ mod tests {
                     }];
                 },
                 unchanged(),
+            ),
+            (
+                "a port now read by a text sink, or keyed for a new reader: swapped, state kept",
+                |p| {
+                    p.operators[1].ports[0].encoding = Encoding::Bincode;
+                    p.operators[0].ports[0].key_fields = vec!["sku".into()];
+                },
+                ReloadPlan {
+                    operators: vec![
+                        OperatorStep::Swap {
+                            old: 0,
+                            state: StateStep::Keep,
+                        },
+                        OperatorStep::Swap {
+                            old: 1,
+                            state: StateStep::Keep,
+                        },
+                    ],
+                    ..unchanged()
+                },
             ),
             (
                 "a new module, same state type: swapped, state kept",

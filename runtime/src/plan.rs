@@ -33,6 +33,10 @@ pub struct PortPlan {
     pub shape: Option<flumen_sdk::abi::Shape>,
     /// How its records' values are written.
     pub encoding: Encoding,
+    /// How the host writes a record's JSON for the text sinks reading it, from its bincode: set
+    /// where the module vouched for its type's JSON ([`flumen_sdk::abi::Shape::json`]), so the
+    /// port stays bincode instead of the module writing JSON.
+    pub json: Option<std::sync::Arc<flumen_sdk::render::JsonShape>>,
     /// The stages reading it.
     pub consumers: Vec<Consumer>,
     /// The fields the producer extracts as keys, one per distinct `key_by` of its consumers.
@@ -158,6 +162,7 @@ pub fn plan(
                 type_name: s.kind.output().0.into(),
                 shape: s.kind.shape(),
                 encoding: s.kind.output().1,
+                json: None,
                 consumers: Vec::new(),
                 key_fields: Vec::new(),
                 ts_field: None,
@@ -187,6 +192,7 @@ pub fn plan(
                 type_name: type_name.to_string(),
                 shape: shape.clone(),
                 encoding: Encoding::Bincode,
+                json: None,
                 consumers: Vec::new(),
                 key_fields: Vec::new(),
                 ts_field: None,
@@ -348,15 +354,20 @@ pub fn plan(
         }
     }
 
-    // A port read by a text sink is written as JSON by its producer; a blackhole takes anything.
+    // A port read by a text sink is written as JSON: by the host from its bincode where the
+    // module vouched for its type's JSON, else by its producer. A blackhole takes anything.
     for op in &mut operators {
         for port in &mut op.ports {
             let text_sink = port.consumers.iter().any(|c| match c.node {
                 NodeRef::Sink(k) => config.sinks.get(k).is_some_and(|s| s.kind.writes_lines()),
                 _ => false,
             });
-            if text_sink {
-                port.encoding = Encoding::Json;
+            if text_sink && port.encoding == Encoding::Bincode {
+                let vouched = port.shape.as_ref().filter(|shape| shape.json);
+                match vouched.and_then(flumen_sdk::render::JsonShape::new) {
+                    Some(json) => port.json = Some(std::sync::Arc::new(json)),
+                    None => port.encoding = Encoding::Json,
+                }
             }
         }
     }
@@ -528,15 +539,28 @@ mod tests {
              [operators.a]\nmodule = \"a.wasm\"\ninputs = [\"src\"]\n\
              [sinks.out]\ntype = \"stdout\"\ninputs = [\"b\", \"a.bad\"]\n",
         );
-        let plan = plan(
-            &config,
-            &modules(&[
-                ("a", describe("Order", "Valid", &[("bad", "Reject")])),
-                ("b", describe("Valid", "Score", &[])),
-            ]),
-            1,
-        )
-        .unwrap();
+        // `b` vouches for its output's JSON: the host writes it, the port stays bincode.
+        let score = |json| Describe {
+            output_shape: flumen_sdk::shape::of::<(i64, bool)>()
+                .map(|shape| flumen_sdk::abi::Shape { json, ..shape }),
+            ..describe("Valid", "Score", &[])
+        };
+        let planned = |b: Describe| {
+            plan(
+                &config,
+                &modules(&[
+                    ("a", describe("Order", "Valid", &[("bad", "Reject")])),
+                    ("b", b),
+                ]),
+                1,
+            )
+            .unwrap()
+        };
+        let b = &planned(score(true)).operators[1].ports[0];
+        assert_eq!((b.encoding, b.json.is_some()), (Encoding::Bincode, true));
+        let b = &planned(score(false)).operators[1].ports[0];
+        assert_eq!((b.encoding, b.json.is_some()), (Encoding::Json, false));
+        let plan = planned(describe("Valid", "Score", &[]));
         let names: Vec<_> = plan
             .operators
             .iter()
@@ -549,6 +573,7 @@ mod tests {
         assert_eq!(a.ports[0].encoding, Encoding::Bincode);
         assert_eq!(nodes(&a.ports[1]), vec![NodeRef::Sink(0)]);
         assert_eq!(a.ports[1].encoding, Encoding::Json);
+        assert!(a.ports[1].json.is_none());
         assert_eq!(nodes(&plan.sources[0].port), vec![NodeRef::Operator(0)]);
     }
 

@@ -331,6 +331,7 @@ mod tests {
                 name: String::new(),
                 children: vec![(String::new(), 0)],
             }],
+            json: false,
         };
         assert_eq!(check(&cyclic), Ok(()));
         assert_eq!(compare(&cyclic, &cyclic), Ok(()));
@@ -340,6 +341,7 @@ mod tests {
                 name: String::new(),
                 children: vec![(String::new(), 7)],
             }],
+            json: false,
         };
         assert!(check(&dangling).is_err());
         assert!(compare(&dangling, &dangling).is_err());
@@ -352,6 +354,7 @@ mod tests {
                     children: vec![(String::new(), (i + 1).min(199))],
                 })
                 .collect(),
+            json: false,
         };
         let too_deep = compare(&deep, &deep).unwrap_err();
         assert!(too_deep.upstream.contains("too deeply"), "{too_deep}");

@@ -35,7 +35,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every incompatible change of anything in this module.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// The names of the functions a flumen module exports.
 pub mod exports {
@@ -244,6 +244,10 @@ pub struct SideOutput {
 pub struct Shape {
     /// The nodes; the root is the first.
     pub nodes: Vec<ShapeNode>,
+    /// Whether the type's JSON is what [`crate::render::JsonShape`] writes from a value's
+    /// bincode by these nodes: the SDK checked it on sample values ([`crate::render::vouch`]).
+    /// A port of such a type that a sink reads travels in bincode, and the host writes the JSON.
+    pub json: bool,
 }
 
 /// One node of a [`Shape`].

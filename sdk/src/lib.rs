@@ -74,6 +74,7 @@ mod fields;
 pub mod guest;
 pub mod log;
 mod operator;
+pub mod render;
 pub mod shape;
 pub mod state;
 pub mod testing;

@@ -37,6 +37,7 @@ pub fn of<T: Deserialize<'static>>() -> Option<Shape> {
     builder.format(&root);
     Some(Shape {
         nodes: builder.nodes,
+        json: false,
     })
 }
 
@@ -99,6 +100,34 @@ pub trait Traced {
 impl<T: Deserialize<'static>> Traced for Probe<T> {
     fn shape(&self) -> Option<Shape> {
         of::<T>()
+    }
+}
+
+/// Marks a traced shape [`Shape::json`] where the type's JSON is what its shape renders
+/// ([`crate::render::vouch`]): `(&probe).vouched(shape)` checks a type that is `Serialize` and
+/// `Deserialize`, and leaves any other type's shape unmarked.
+#[doc(hidden)]
+pub trait Vouched {
+    fn vouched(&self, shape: Option<Shape>) -> Option<Shape>;
+}
+
+impl<T: serde::Serialize + Deserialize<'static>> Vouched for Probe<T> {
+    fn vouched(&self, shape: Option<Shape>) -> Option<Shape> {
+        shape.map(|mut shape| {
+            shape.json = crate::render::vouch::<T>(&shape);
+            shape
+        })
+    }
+}
+
+#[doc(hidden)]
+pub trait Unvouched {
+    fn vouched(&self, shape: Option<Shape>) -> Option<Shape>;
+}
+
+impl<T> Unvouched for &Probe<T> {
+    fn vouched(&self, shape: Option<Shape>) -> Option<Shape> {
+        shape
     }
 }
 

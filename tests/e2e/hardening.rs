@@ -342,14 +342,9 @@ fn a_map_that_answers_nothing_sends_every_record_to_the_dead_letters() {
     }));
 }
 
-/// A module that writes a value with a line break, or bytes that are not JSON, for a JSON Lines
-/// sink: the sink gets only valid single lines; the rest are dead letters.
-#[test]
-fn a_module_cannot_forge_lines_in_a_json_sink() {
-    let scenario = Scenario::new();
-    let good = encode(&describe_of(OperatorKind::Map, "Value", "Value"));
-    // `process` answers, for input 0, a record whose value is `{"a":1}\n{"forged":true}`, and
-    // for input 1 the bytes `\xff`: output-entry framing (tag, port, index, ts, keys, value).
+/// A module whose `process` answers, whatever its input, a record on port 0 for input `i` with
+/// value `values[i]` (output-entry framing: tag, port, index, ts, keys, value).
+fn replying_module(describe: &Describe, values: &[&[u8]]) -> String {
     let entry = |index: u32, value: &[u8]| {
         let mut e = vec![flumen_sdk::abi::TAG_RECORD];
         e.extend_from_slice(&0u16.to_le_bytes());
@@ -360,30 +355,109 @@ fn a_module_cannot_forge_lines_in_a_json_sink() {
         e.extend_from_slice(value);
         e
     };
-    let mut reply = entry(0, b"{\"a\":1}\n{\"forged\":true}");
-    reply.extend(entry(1, b"\xff"));
-    reply.extend(entry(2, b"{\"fine\":true}"));
+    let reply: Vec<u8> = (0u32..)
+        .zip(values)
+        .flat_map(|(i, value)| entry(i, value))
+        .collect();
     let data: String = reply.iter().map(|b| format!("\\{b:02x}")).collect();
-    let wat = raw_module(&good, &INIT_OK, 1).replace(
+    raw_module(&encode(describe), &INIT_OK, 1).replace(
         "(func (export \"flumen_process\") (param i32) (result i64) (i64.const 0))",
         &format!(
             "(data (i32.const 12288) \"{data}\")\n  (func (export \"flumen_process\") (param i32) (result i64) (i64.const {}))",
             (12288u64 << 32) | reply.len() as u64
         ),
-    );
+    )
+}
+
+/// Runs `values.len()` probes through a module answering `values`; returns the sink's text and
+/// the dead letters' errors.
+fn run_replies(describe: &Describe, values: &[&[u8]]) -> (String, Vec<String>) {
+    let scenario = Scenario::new();
+    let wat = replying_module(describe, values);
     let module = scenario.write("forger.wasm", wat::parse_str(&wat).unwrap());
-    scenario.write("probes.jsonl", "{\"n\": 0}\n{\"n\": 1}\n{\"n\": 2}\n");
-    scenario.run(&pipeline_with(&module.display().to_string()));
+    let probes: String = (0..values.len())
+        .map(|n| format!("{{\"n\": {n}}}\n"))
+        .collect();
+    scenario.write("probes.jsonl", &probes);
+    let pipeline = scenario.pipeline(&pipeline_with(&module.display().to_string()));
+    scenario.run_accounted(&pipeline);
     let out = std::fs::read_to_string(scenario.path("out.jsonl")).unwrap();
-    assert_eq!(out, "{\"fine\":true}\n");
     let dead = scenario.jsonl("dead.jsonl");
+    let errors = dead
+        .iter()
+        .map(|d| d["error"].as_str().unwrap().to_string())
+        .collect();
+    (out, errors)
+}
+
+/// A module that writes a value with a line break, or bytes that are not JSON, for a JSON Lines
+/// sink: the sink gets only valid single lines; the rest are dead letters.
+#[test]
+fn a_module_cannot_forge_lines_in_a_json_sink() {
+    let (out, dead) = run_replies(
+        &describe_of(OperatorKind::Map, "Value", "Value"),
+        &[b"{\"a\":1}\n{\"forged\":true}", b"\xff", b"{\"fine\":true}"],
+    );
+    assert_eq!(out, "{\"fine\":true}\n");
     assert_eq!(dead.len(), 2, "{dead:?}");
-    assert!(dead.iter().all(|d| {
-        d["error"]
-            .as_str()
-            .unwrap()
-            .contains("not one line of JSON")
-    }));
+    assert!(
+        dead.iter().all(|e| e.contains("not one line of JSON")),
+        "{dead:?}"
+    );
+}
+
+/// A module that vouches for its output type's JSON hands the sink bincode, and the host writes
+/// the JSON from the type's shape: a value that does not read as the shape says (cut short, a
+/// string that is not UTF-8, bytes left over, a bad bool) is a dead letter naming the type, and
+/// nothing it writes can forge a line.
+#[test]
+fn a_module_vouching_for_its_json_gets_only_what_its_shape_reads_written() {
+    use flumen_sdk::abi::{Shape, ShapeKind, ShapeNode};
+    let node = |kind, name: &str, children: &[(&str, u32)]| ShapeNode {
+        kind,
+        name: name.into(),
+        children: children.iter().map(|(n, c)| (n.to_string(), *c)).collect(),
+    };
+    let shape = Shape {
+        nodes: vec![
+            node(ShapeKind::Struct, "Out", &[("a", 1), ("s", 2), ("ok", 3)]),
+            node(ShapeKind::I64, "", &[]),
+            node(ShapeKind::Str, "", &[]),
+            node(ShapeKind::Bool, "", &[]),
+        ],
+        json: true,
+    };
+    let describe = Describe {
+        output_shape: Some(shape),
+        ..describe_of(OperatorKind::Map, "Value", "Out")
+    };
+    let value = |a: i64, s: &[u8], ok: u8| {
+        let mut v = a.to_le_bytes().to_vec();
+        v.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        v.extend_from_slice(s);
+        v.push(ok);
+        v
+    };
+    let good = value(-5, b"line\nbreak \"quoted\"", 1);
+    let cut = &good[..good.len() - 1];
+    let not_utf8 = value(1, b"\xff", 0);
+    let bad_bool = value(1, b"x", 2);
+    let left_over = [value(2, b"", 0), vec![0]].concat();
+    let (out, dead) = run_replies(&describe, &[&good, cut, &not_utf8, &bad_bool, &left_over]);
+    assert_eq!(
+        out,
+        "{\"a\":-5,\"s\":\"line\\nbreak \\\"quoted\\\"\",\"ok\":true}\n"
+    );
+    assert_eq!(dead.len(), 4, "{dead:?}");
+    for (error, why) in dead
+        .iter()
+        .zip(["ends early", "not UTF-8", "neither 0 nor 1", "left over"])
+    {
+        assert!(
+            error.contains("does not read as `Out`") && error.contains(why),
+            "{error}"
+        );
+    }
 }
 
 /// The admin endpoint against a hostile client: a huge declared body is refused without being

@@ -524,23 +524,42 @@ impl Pipeline {
                 NodeRef::Sink(k) => {
                     let writing = Instant::now();
                     // A JSON Lines sink takes only what is one line of JSON: whatever a module
-                    // hands over, it cannot forge lines or write what is not JSON.
-                    let text =
-                        port.encoding == Encoding::Json && plan.sinks[k].config.kind.writes_lines();
+                    // hands over, it cannot forge lines or write what is not JSON. A port in
+                    // bincode has its JSON written here, from its type's shape.
+                    let lines = plan.sinks[k].config.kind.writes_lines();
+                    let render = port.json.as_deref().filter(|_| lines);
+                    let check = lines && port.encoding == Encoding::Json;
+                    let mut line = Vec::new();
                     for entry in OutputReader::new(&batch) {
                         if let OutputEntry::Record { value, .. } = entry? {
                             sink_stats[k].records_in += 1;
-                            if text && !is_json_line(value) {
-                                sink_stats[k].dead_letters += 1;
-                                let why = format!(
-                                    "wrote a value for sink `{}` that is not one line of JSON",
-                                    plan.sinks[k].config.name
-                                );
-                                let raw = &value[..value.len().min(1024)];
-                                dead.push(producer, &why, raw);
-                                continue;
+                            let sink = &plan.sinks[k].config.name;
+                            let written = match render {
+                                Some(json) => {
+                                    line.clear();
+                                    json.render(value, &mut line)
+                                        .map(|()| line.as_slice())
+                                        .map_err(|error| {
+                                            format!(
+                                                "wrote a value for sink `{sink}` that does not \
+                                                 read as `{}`: {error}",
+                                                port.type_name
+                                            )
+                                        })
+                                }
+                                None if check && !is_json_line(value) => Err(format!(
+                                    "wrote a value for sink `{sink}` that is not one line of JSON"
+                                )),
+                                None => Ok(value),
+                            };
+                            match written {
+                                Ok(text) => sinks[k].write(text)?,
+                                Err(why) => {
+                                    sink_stats[k].dead_letters += 1;
+                                    let raw = &value[..value.len().min(1024)];
+                                    dead.push(producer, &why, raw);
+                                }
                             }
-                            sinks[k].write(value)?;
                         }
                     }
                     sink_stats[k].busy += writing.elapsed();

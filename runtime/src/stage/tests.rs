@@ -200,6 +200,7 @@ impl Setup {
             type_name: "T".into(),
             shape: None,
             encoding: Encoding::Json,
+            json: None,
             consumers: Vec::new(),
             key_fields: Vec::new(),
             ts_field: None,

@@ -90,11 +90,10 @@ pub fn aggregate(attr: TokenStream, item: TokenStream) -> TokenStream {
         _ => None,
     });
     if let Some(output) = output {
+        let shape = output_shape(&output);
         block.items.push(syn::parse_quote! {
             fn output_shape() -> ::core::option::Option<::flumen_sdk::abi::Shape> {
-                #[allow(unused_imports)]
-                use ::flumen_sdk::shape::{Traced as _, Untraced as _};
-                (&::flumen_sdk::shape::Probe::<#output>::new()).shape()
+                #shape
             }
         });
     }
@@ -407,7 +406,9 @@ fn generate(kind: Kind, attr: Attr, func: ItemFn) -> syn::Result<TokenStream2> {
         .iter()
         .map(|(_, t)| relifetime(t, &fn_lifetimes, "'static"))
         .collect();
+    let side_shapes: Vec<TokenStream2> = side_types.iter().map(output_shape).collect();
     let side_types = side_types.iter();
+    let output_shape = output_shape(&output_ty);
     let doc = format!("The flumen operator of [`{fn_name}`].");
 
     Ok(quote! {
@@ -427,19 +428,15 @@ fn generate(kind: Kind, attr: Attr, func: ItemFn) -> syn::Result<TokenStream2> {
             const KIND: ::flumen_sdk::abi::OperatorKind = ::flumen_sdk::abi::OperatorKind::#variant;
 
             fn side_outputs() -> ::std::vec::Vec<::flumen_sdk::abi::SideOutput> {
-                #[allow(unused_imports)]
-                use ::flumen_sdk::shape::{Traced as _, Untraced as _};
                 ::std::vec![#(::flumen_sdk::abi::SideOutput {
                     name: ::std::string::String::from(#side_names),
                     type_name: ::flumen_sdk::type_name::<#side_types>(),
-                    shape: (&::flumen_sdk::shape::Probe::<#side_types>::new()).shape(),
+                    shape: #side_shapes,
                 }),*]
             }
 
             fn output_shape() -> ::core::option::Option<::flumen_sdk::abi::Shape> {
-                #[allow(unused_imports)]
-                use ::flumen_sdk::shape::{Traced as _, Untraced as _};
-                (&::flumen_sdk::shape::Probe::<#output_ty>::new()).shape()
+                #output_shape
             }
 
             fn new(params: #params_ty) -> ::core::result::Result<Self, ::std::string::String> {
@@ -461,6 +458,18 @@ fn generate(kind: Kind, attr: Attr, func: ItemFn) -> syn::Result<TokenStream2> {
 
         ::flumen_sdk::export!(#struct_name);
     })
+}
+
+/// The expression of an output type's shape: traced where the type is `Deserialize`, marked as
+/// rendered by the host where the SDK vouches for its JSON (`flumen_sdk::render::vouch`).
+fn output_shape(ty: &Type) -> TokenStream2 {
+    quote! {{
+        #[allow(unused_imports)]
+        use ::flumen_sdk::shape::{Traced as _, Untraced as _, Unvouched as _, Vouched as _};
+        let probe = ::flumen_sdk::shape::Probe::<#ty>::new();
+        #[allow(clippy::needless_borrow)]
+        (&probe).vouched((&probe).shape())
+    }}
 }
 
 fn to_camel_case(name: &str) -> String {
