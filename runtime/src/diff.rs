@@ -190,7 +190,7 @@ fn unchanged(old: &OperatorPlan, new: &OperatorPlan) -> bool {
     let written = |op: &OperatorPlan| {
         op.guest_ports()
             .iter()
-            .map(|p| (p.encoding, p.key_fields.clone(), p.ts_field.clone()))
+            .map(|p| p.spec())
             .collect::<Vec<_>>()
     };
     old.module_hash == new.module_hash
@@ -293,6 +293,7 @@ mod tests {
             consumers: Vec::new(),
             key_fields: Vec::new(),
             ts_field: None,
+            host_keys: None,
         }
     }
 

@@ -28,7 +28,6 @@ pub mod toolchain;
 pub mod window;
 
 use config::{ConfigError, ConfigErrors, PipelineConfig};
-use flumen_sdk::abi::PortSpec;
 use guest::{InstanceConfig, Limits, ModuleError, OperatorInstance, Sandbox};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -207,11 +206,7 @@ fn prepare_against(
                 ports: op
                     .guest_ports()
                     .iter()
-                    .map(|p| PortSpec {
-                        encoding: p.encoding,
-                        key_fields: p.key_fields.clone(),
-                        ts_field: p.ts_field.clone(),
-                    })
+                    .map(crate::plan::PortPlan::spec)
                     .collect(),
                 limits: Limits {
                     memory_bytes: op.config.memory_limit_bytes,

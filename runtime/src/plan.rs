@@ -43,6 +43,24 @@ pub struct PortPlan {
     pub key_fields: Vec<String>,
     /// The field the producer takes event time from, if a consumer asks (`event_time`).
     pub ts_field: Option<String>,
+    /// Where the host reads each of `key_fields` in a record's bincode, when it reads them all
+    /// itself (the module vouched for the type, each key is at a fixed offset, no event time is
+    /// asked for): the producer then writes no keys.
+    pub host_keys: Option<Vec<flumen_sdk::render::KeyField>>,
+}
+
+impl PortPlan {
+    /// How the producing module must write the port.
+    pub fn spec(&self) -> flumen_sdk::abi::PortSpec {
+        flumen_sdk::abi::PortSpec {
+            encoding: self.encoding,
+            key_fields: match self.host_keys {
+                Some(_) => Vec::new(),
+                None => self.key_fields.clone(),
+            },
+            ts_field: self.ts_field.clone(),
+        }
+    }
 }
 
 /// A stage reading a port, and which of the port's keys is its key.
@@ -166,6 +184,7 @@ pub fn plan(
                 consumers: Vec::new(),
                 key_fields: Vec::new(),
                 ts_field: None,
+                host_keys: None,
             },
         })
         .collect();
@@ -196,6 +215,7 @@ pub fn plan(
                 consumers: Vec::new(),
                 key_fields: Vec::new(),
                 ts_field: None,
+                host_keys: None,
             };
             let late = config.window.is_some().then(|| PortPlan {
                 encoding: Encoding::Json,
@@ -356,18 +376,32 @@ pub fn plan(
 
     // A port read by a text sink is written as JSON: by the host from its bincode where the
     // module vouched for its type's JSON, else by its producer. A blackhole takes anything.
+    // A vouched type's keys are read by the host where they sit at fixed offsets.
     for op in &mut operators {
         for port in &mut op.ports {
             let text_sink = port.consumers.iter().any(|c| match c.node {
                 NodeRef::Sink(k) => config.sinks.get(k).is_some_and(|s| s.kind.writes_lines()),
                 _ => false,
             });
+            let vouched = port.shape.as_ref().filter(|shape| shape.json);
+            let json = vouched.and_then(flumen_sdk::render::JsonShape::new);
             if text_sink && port.encoding == Encoding::Bincode {
-                let vouched = port.shape.as_ref().filter(|shape| shape.json);
-                match vouched.and_then(flumen_sdk::render::JsonShape::new) {
-                    Some(json) => port.json = Some(std::sync::Arc::new(json)),
+                match &json {
+                    Some(json) => port.json = Some(std::sync::Arc::new(json.clone())),
                     None => port.encoding = Encoding::Json,
                 }
+            }
+            // Keys the host can read at their offsets in the bincode are not written by the
+            // module (it would serialize each value a second time to find them).
+            if let Some(json) = json.filter(|_| port.encoding == Encoding::Bincode)
+                && port.ts_field.is_none()
+                && !port.key_fields.is_empty()
+            {
+                port.host_keys = port
+                    .key_fields
+                    .iter()
+                    .map(|field| json.key_field(field))
+                    .collect();
             }
         }
     }
@@ -763,5 +797,48 @@ mod keyed_tests {
             .find(|o| o.config.name == "global")
             .unwrap();
         assert_eq!(global.partitions, 1);
+        // Not vouched for: the module writes the keys.
+        assert_eq!(a.ports[0].host_keys, None);
+        assert_eq!(a.ports[0].spec().key_fields, a.ports[0].key_fields);
+
+        // Vouched for, `user_id` at a fixed offset and `sku` after it: the host reads both,
+        // and the module is asked for none.
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Valid {
+            user_id: i64,
+            sku: String,
+            after: i64,
+        }
+        let shape = flumen_sdk::shape::of::<Valid>().map(|shape| flumen_sdk::abi::Shape {
+            json: true,
+            ..shape
+        });
+        let vouched = |modules: &BTreeMap<String, Describe>| {
+            let mut modules = modules.clone();
+            modules.get_mut("a").unwrap().output_shape = shape.clone();
+            modules
+        };
+        let port_of_a = |plan: &Plan| {
+            let a = plan.operators.iter().find(|o| o.config.name == "a");
+            a.unwrap().ports[0].clone()
+        };
+        let plan = super::plan(&config, &vouched(&modules), 2).unwrap();
+        let port = &port_of_a(&plan);
+        let json = flumen_sdk::render::JsonShape::new(shape.as_ref().unwrap()).unwrap();
+        let expected: Vec<_> = port
+            .key_fields
+            .iter()
+            .map(|f| json.key_field(f).unwrap())
+            .collect();
+        assert_eq!(port.host_keys.as_ref(), Some(&expected));
+        assert!(port.spec().key_fields.is_empty());
+        // A key after a string has no fixed offset: the module writes them all.
+        let text = text.replace("key_by = \"sku\"", "key_by = \"after\"");
+        let config = config::parse(Path::new("p.toml"), &text, &|_| None).unwrap();
+        let plan = super::plan(&config, &vouched(&modules), 2).unwrap();
+        let port = &port_of_a(&plan);
+        assert_eq!(port.host_keys, None);
+        assert_eq!(port.spec().key_fields.len(), 2);
     }
 }

@@ -222,6 +222,156 @@ impl JsonShape {
     }
 }
 
+/// Where a top-level field of a struct sits in its bincode, and how its key text is read: the
+/// host reads a record's key (`key_by`) this way instead of the producing module serializing the
+/// value a second time to find it. Only a field after fixed-size fields alone (so at a fixed
+/// offset) whose key text cannot fail: a string, an integer, a bool or a char (or a newtype of
+/// one). The text is what the SDK's field reader writes: a string as it is, the rest in decimal
+/// or `true`/`false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyField {
+    offset: usize,
+    kind: KeyKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    Str,
+    Bool,
+    Char,
+    I8,
+    I16,
+    I32,
+    I64,
+    U8,
+    U16,
+    U32,
+    U64,
+}
+
+impl JsonShape {
+    /// Where field `name` of the root struct is, if its key can be read at a fixed offset.
+    pub fn key_field(&self, name: &str) -> Option<KeyField> {
+        let Node::Struct(fields) = &self.nodes[0] else {
+            return None;
+        };
+        let wanted = field(name);
+        let mut offset = 0;
+        for (label, node) in fields {
+            if *label == wanted {
+                return Some(KeyField {
+                    offset,
+                    kind: self.key_kind(*node, 0)?,
+                });
+            }
+            offset = offset.checked_add(self.fixed_size(*node, 0)?)?;
+        }
+        None
+    }
+
+    fn key_kind(&self, node: u32, depth: usize) -> Option<KeyKind> {
+        Some(match &self.nodes[node as usize] {
+            Node::Str => KeyKind::Str,
+            Node::Bool => KeyKind::Bool,
+            Node::Char => KeyKind::Char,
+            Node::I8 => KeyKind::I8,
+            Node::I16 => KeyKind::I16,
+            Node::I32 => KeyKind::I32,
+            Node::I64 => KeyKind::I64,
+            Node::U8 => KeyKind::U8,
+            Node::U16 => KeyKind::U16,
+            Node::U32 => KeyKind::U32,
+            Node::U64 => KeyKind::U64,
+            Node::Inner(inner) if depth < MAX_DEPTH => self.key_kind(*inner, depth + 1)?,
+            _ => return None,
+        })
+    }
+
+    /// The size of every value of `node` in bincode, if they all have one.
+    fn fixed_size(&self, node: u32, depth: usize) -> Option<usize> {
+        if depth >= MAX_DEPTH {
+            return None;
+        }
+        let sum = |items: Vec<u32>| {
+            items.into_iter().try_fold(0usize, |total, item| {
+                total.checked_add(self.fixed_size(item, depth + 1)?)
+            })
+        };
+        match &self.nodes[node as usize] {
+            Node::Null => Some(0),
+            Node::Bool | Node::I8 | Node::U8 => Some(1),
+            Node::I16 | Node::U16 => Some(2),
+            Node::I32 | Node::U32 | Node::F32 => Some(4),
+            Node::I64 | Node::U64 | Node::F64 => Some(8),
+            Node::Inner(inner) => self.fixed_size(*inner, depth + 1),
+            Node::Array(len, item) => usize::try_from(*len)
+                .ok()?
+                .checked_mul(self.fixed_size(*item, depth + 1)?),
+            Node::Tuple(items) => sum(items.clone()),
+            Node::Struct(fields) => sum(fields.iter().map(|(_, item)| *item).collect()),
+            _ => None,
+        }
+    }
+}
+
+impl KeyField {
+    /// Appends the key text of the field in `value` (a value's bincode) to `out`.
+    pub fn text(&self, value: &[u8], out: &mut Vec<u8>) -> Result<(), RenderError> {
+        let at = value.get(self.offset..).ok_or(SHORT)?;
+        let word = |n: usize| at.get(..n).ok_or(SHORT);
+        let mut digits = itoa::Buffer::new();
+        let text: &[u8] = match self.kind {
+            KeyKind::Str => {
+                let len = u64::from_le_bytes(word(8)?.try_into().unwrap_or_default());
+                let len = usize::try_from(len).map_err(|_| SHORT)?;
+                let end = len.checked_add(8).ok_or(SHORT)?;
+                at.get(8..end).ok_or(SHORT)?
+            }
+            KeyKind::Bool => match word(1)? {
+                [0] => b"false",
+                [1] => b"true",
+                _ => return Err(RenderError("a bool is neither 0 nor 1")),
+            },
+            KeyKind::Char => {
+                let width = at.len().min(4);
+                let text = match std::str::from_utf8(&at[..width]) {
+                    Ok(text) => text,
+                    Err(e) => std::str::from_utf8(&at[..e.valid_up_to()]).unwrap_or_default(),
+                };
+                let c = text
+                    .chars()
+                    .next()
+                    .ok_or(RenderError("a char is not UTF-8"))?;
+                &at[..c.len_utf8()]
+            }
+            KeyKind::I8 => decimal(&mut digits, at, i8::from_le_bytes)?,
+            KeyKind::U8 => decimal(&mut digits, at, u8::from_le_bytes)?,
+            KeyKind::I16 => decimal(&mut digits, at, i16::from_le_bytes)?,
+            KeyKind::U16 => decimal(&mut digits, at, u16::from_le_bytes)?,
+            KeyKind::I32 => decimal(&mut digits, at, i32::from_le_bytes)?,
+            KeyKind::U32 => decimal(&mut digits, at, u32::from_le_bytes)?,
+            KeyKind::I64 => decimal(&mut digits, at, i64::from_le_bytes)?,
+            KeyKind::U64 => decimal(&mut digits, at, u64::from_le_bytes)?,
+        };
+        out.extend_from_slice(text);
+        Ok(())
+    }
+}
+
+fn array<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    bytes.try_into().unwrap_or([0; N])
+}
+
+/// The integer of `N` bytes at the start of `at`, in decimal.
+fn decimal<'d, T: itoa::Integer, const N: usize>(
+    digits: &'d mut itoa::Buffer,
+    at: &[u8],
+    from: fn([u8; N]) -> T,
+) -> Result<&'d [u8], RenderError> {
+    let word = at.get(..N).ok_or(SHORT)?;
+    Ok(digits.format(from(array(word))).as_bytes())
+}
+
 struct Walk<'a> {
     nodes: &'a [Node],
     bytes: &'a [u8],
@@ -901,6 +1051,77 @@ mod tests {
             qty: i64,
         }
         assert!(vouch::<Borrows<'static>>(&shape_of::<Borrows<'static>>()));
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    struct Keyed {
+        a: i64,
+        b: u8,
+        flag: bool,
+        pair: (i32, u16),
+        rgb: [u8; 3],
+        id: Id,
+        small: i16,
+        word: u32,
+        s: String,
+        after: i64,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    struct Lettered {
+        c: char,
+        s: String,
+    }
+
+    proptest! {
+        /// A key read at its field's offset is the text the SDK's field reader gives it.
+        #[test]
+        fn a_key_read_by_offset_is_the_field_readers_text(
+            ints in (any::<i64>(), any::<u8>(), any::<bool>(), any::<(i32, u16)>(),
+                     any::<[u8; 3]>(), any::<i64>(), any::<char>(), any::<i16>(), any::<u32>()),
+            s in text(),
+            after in any::<i64>(),
+        ) {
+            let (a, b, flag, pair, rgb, id, c, small, word) = ints;
+
+            let value = Keyed { a, b, flag, pair, rgb, id: Id(id), small, word, s: s.clone(), after };
+            let json = JsonShape::new(&shape_of::<Keyed>()).unwrap();
+            let bytes = bincode::serde::encode_to_vec(&value, BINCODE).unwrap();
+            let names = ["a", "b", "flag", "id", "small", "word", "s"];
+            let wanted: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let request = crate::fields::FieldRequest { key_fields: &wanted, ts_field: None };
+            let mut extracted = crate::fields::Extracted::default();
+            crate::fields::extract(&value, &request, &mut extracted).unwrap();
+            for (i, name) in names.iter().enumerate() {
+                let mut text = b"x".to_vec();
+                json.key_field(name).unwrap().text(&bytes, &mut text).unwrap();
+                prop_assert_eq!(&text[1..], extracted.keys[i].as_slice(), "{}", name);
+            }
+            // Cut short, the read fails; it never reads past the value.
+            let field = json.key_field("s").unwrap();
+            prop_assert!(field.text(&bytes[..bytes.len() - 9], &mut Vec::new()).is_err());
+            // A char is read as its UTF-8.
+            let lettered = Lettered { c, s };
+            let bytes = bincode::serde::encode_to_vec(&lettered, BINCODE).unwrap();
+            let json = JsonShape::new(&shape_of::<Lettered>()).unwrap();
+            let mut text = Vec::new();
+            json.key_field("c").unwrap().text(&bytes, &mut text).unwrap();
+            prop_assert_eq!(text, c.to_string().into_bytes());
+            prop_assert!(json.key_field("s").is_none(), "after a char, the offset varies");
+        }
+    }
+
+    #[test]
+    fn only_fields_at_a_fixed_offset_with_a_key_text_are_read_by_offset() {
+        let json = JsonShape::new(&shape_of::<Keyed>()).unwrap();
+        assert!(json.key_field("pair").is_none(), "a tuple has no key text");
+        assert!(
+            json.key_field("after").is_none(),
+            "after a string, the offset varies"
+        );
+        assert!(json.key_field("missing").is_none());
+        let list = JsonShape::new(&shape_of::<Vec<i64>>()).unwrap();
+        assert!(list.key_field("a").is_none(), "not a struct");
     }
 
     fn node(kind: ShapeKind, children: &[u32]) -> ShapeNode {

@@ -369,9 +369,13 @@ fn replying_module(describe: &Describe, values: &[&[u8]]) -> String {
     )
 }
 
-/// Runs `values.len()` probes through a module answering `values`; returns the sink's text and
-/// the dead letters' errors.
-fn run_replies(describe: &Describe, values: &[&[u8]]) -> (String, Vec<String>) {
+/// Runs `values.len()` probes through a module answering `values`, with `more` added to the
+/// pipeline; returns the sink's text and each dead letter's stage and error.
+fn run_replies(
+    describe: &Describe,
+    values: &[&[u8]],
+    more: &str,
+) -> (String, Vec<(String, String)>) {
     let scenario = Scenario::new();
     let wat = replying_module(describe, values);
     let module = scenario.write("forger.wasm", wat::parse_str(&wat).unwrap());
@@ -379,13 +383,18 @@ fn run_replies(describe: &Describe, values: &[&[u8]]) -> (String, Vec<String>) {
         .map(|n| format!("{{\"n\": {n}}}\n"))
         .collect();
     scenario.write("probes.jsonl", &probes);
-    let pipeline = scenario.pipeline(&pipeline_with(&module.display().to_string()));
+    let more = more.replace("{scenario}", &scenario.path("").display().to_string());
+    let toml = pipeline_with(&module.display().to_string()) + &more;
+    let pipeline = scenario.pipeline(&toml);
     scenario.run_accounted(&pipeline);
     let out = std::fs::read_to_string(scenario.path("out.jsonl")).unwrap();
     let dead = scenario.jsonl("dead.jsonl");
     let errors = dead
         .iter()
-        .map(|d| d["error"].as_str().unwrap().to_string())
+        .map(|d| {
+            let field = |name: &str| d[name].as_str().unwrap().to_string();
+            (field("stage"), field("error"))
+        })
         .collect();
     (out, errors)
 }
@@ -397,11 +406,12 @@ fn a_module_cannot_forge_lines_in_a_json_sink() {
     let (out, dead) = run_replies(
         &describe_of(OperatorKind::Map, "Value", "Value"),
         &[b"{\"a\":1}\n{\"forged\":true}", b"\xff", b"{\"fine\":true}"],
+        "",
     );
     assert_eq!(out, "{\"fine\":true}\n");
     assert_eq!(dead.len(), 2, "{dead:?}");
     assert!(
-        dead.iter().all(|e| e.contains("not one line of JSON")),
+        dead.iter().all(|(_, e)| e.contains("not one line of JSON")),
         "{dead:?}"
     );
 }
@@ -443,21 +453,49 @@ fn a_module_vouching_for_its_json_gets_only_what_its_shape_reads_written() {
     let not_utf8 = value(1, b"\xff", 0);
     let bad_bool = value(1, b"x", 2);
     let left_over = [value(2, b"", 0), vec![0]].concat();
-    let (out, dead) = run_replies(&describe, &[&good, cut, &not_utf8, &bad_bool, &left_over]);
+    // A stage keyed by `a` reads each key at its offset in the bincode (the module writes no
+    // keys): a value too short to hold it is a dead letter there.
+    let keyed = Describe {
+        input_shape: describe.output_shape.clone(),
+        ..describe_of(OperatorKind::Filter, "Out", "Out")
+    };
+    let scenario = Scenario::new();
+    let filter = scenario.write(
+        "keyed.wasm",
+        wat::parse_str(raw_module(&encode(&keyed), &INIT_OK, 1)).unwrap(),
+    );
+    let more = format!(
+        "[operators.keyed]\nmodule = \"{}\"\ninputs = [\"probe\"]\nkey_by = \"a\"\n\
+         [sinks.kept]\ntype = \"file\"\npath = \"{{dir}}/kept.jsonl\"\ninputs = [\"keyed\"]\n",
+        filter.display()
+    );
+    let (out, dead) = run_replies(
+        &describe,
+        &[&good, cut, &not_utf8, &bad_bool, &left_over, &[1, 2, 3]],
+        &more,
+    );
     assert_eq!(
         out,
         "{\"a\":-5,\"s\":\"line\\nbreak \\\"quoted\\\"\",\"ok\":true}\n"
     );
-    assert_eq!(dead.len(), 4, "{dead:?}");
-    for (error, why) in dead
-        .iter()
-        .zip(["ends early", "not UTF-8", "neither 0 nor 1", "left over"])
-    {
+    let (at_sink, at_keyed): (Vec<_>, Vec<_>) =
+        dead.iter().partition(|(stage, _)| stage == "probe");
+    assert_eq!(at_sink.len(), 5, "{dead:?}");
+    for ((_, error), why) in at_sink.iter().zip([
+        "ends early",
+        "not UTF-8",
+        "neither 0 nor 1",
+        "left over",
+        "ends early",
+    ]) {
         assert!(
             error.contains("does not read as `Out`") && error.contains(why),
             "{error}"
         );
     }
+    assert_eq!(at_keyed.len(), 1, "{dead:?}");
+    assert_eq!(at_keyed[0].0, "keyed");
+    assert!(at_keyed[0].1.contains("its key does not read"), "{dead:?}");
 }
 
 /// The admin endpoint against a hostile client: a huge declared body is refused without being

@@ -18,7 +18,7 @@ const PARALLEL_LEVEL_NS: f64 = 100_000.0;
 /// A queued batch as a share takes it, borrowed from the queue.
 struct Batch<'a> {
     bytes: &'a [u8],
-    key: Option<usize>,
+    key: Option<crate::stage::KeyAt>,
     encoding: Encoding,
     origin: Option<usize>,
 }

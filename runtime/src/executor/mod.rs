@@ -21,7 +21,7 @@ use crate::dead_letter::DeadLetters;
 use crate::guest::{Guest, OperatorInstance};
 use crate::plan::{Consumer, NodeRef, Plan, PortPlan};
 use crate::reload::{Reloads, Version};
-use crate::stage::Stage;
+use crate::stage::{KeyAt, Stage};
 use crate::telemetry::{CheckpointStats, StageKind, StageStats, Summary};
 use crate::telemetry::{ReloadOutcome, SharedStatus, StageStatus};
 use crate::window::{SplitMark, SplitWatermarks};
@@ -38,7 +38,7 @@ const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// and how its values are encoded.
 struct Queued {
     batch: Arc<Vec<u8>>,
-    key: Option<usize>,
+    key: Option<KeyAt>,
     encoding: Encoding,
     /// The source this batch comes straight from, if any.
     origin: Option<usize>,
@@ -516,7 +516,10 @@ impl Pipeline {
             match node {
                 NodeRef::Operator(o) => queues[o].push_back(Queued {
                     batch: batch.clone(),
-                    key,
+                    key: key.map(|k| match &port.host_keys {
+                        Some(fields) => KeyAt::Field(fields[k]),
+                        None => KeyAt::Entry(k),
+                    }),
                     encoding: port.encoding,
                     origin,
                     produced: producing.take().map(|producer| (producer, now)),

@@ -162,6 +162,15 @@ pub(crate) struct Stage {
     partition_records: Vec<u64>,
 }
 
+/// Where a stage finds each record's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAt {
+    /// Among the keys the producer wrote with the record, at this index.
+    Entry(usize),
+    /// In the record's value, read by the host.
+    Field(flumen_sdk::render::KeyField),
+}
+
 impl Stage {
     /// A stage running `guests` (one per partition) as `plan` says.
     pub fn new(plan: &OperatorPlan, guests: Vec<Box<dyn Guest>>) -> Self {
@@ -414,16 +423,29 @@ impl Stage {
         &self.module_hash
     }
 
-    /// Takes a batch from upstream (output-entry framing, values in `encoding`), keyed by the
-    /// port's key number `key`, and processes it partition by partition. Returns the indices of
-    /// the batch's records that went to the dead letters.
+    /// Takes a batch from upstream (output-entry framing, values in `encoding`), keyed by `key`,
+    /// and processes it partition by partition. Returns the indices of the batch's records that
+    /// went to the dead letters.
     pub fn accept(
         &mut self,
         batch: &[u8],
-        key: Option<usize>,
+        key: Option<KeyAt>,
         encoding: Encoding,
         dead: &mut DeadLetters,
     ) -> Vec<u64> {
+        // Keys read from the values by the host, held here for the records that borrow them:
+        // each record's span of `texts`, or why it has none.
+        let mut texts = Vec::new();
+        let mut spans = Vec::new();
+        if let Some(KeyAt::Field(field)) = key {
+            for entry in OutputReader::new(batch).flatten() {
+                if let OutputEntry::Record { value, .. } = entry {
+                    let start = texts.len();
+                    spans.push(field.text(value, &mut texts).map(|()| start..texts.len()));
+                }
+            }
+        }
+        let mut spans = spans.into_iter();
         let count = self.partitions.len();
         // Each partition's records, borrowed from the batch, and their positions in it; sized
         // for the last batch's share (batches tend to be alike), so they are not regrown.
@@ -446,7 +468,22 @@ impl Stage {
             else {
                 continue;
             };
-            let k = key.and_then(|k| keys.get(k)).unwrap_or_default();
+            let k = match key {
+                Some(KeyAt::Entry(k)) => keys.get(k).unwrap_or_default(),
+                Some(KeyAt::Field(_)) => match spans.next() {
+                    Some(Ok(span)) => &texts[span],
+                    Some(Err(error)) => {
+                        self.stats.records_in += 1;
+                        self.stats.dead_letters += 1;
+                        self.failed.push(index);
+                        let why = format!("its key does not read as its type says: {error}");
+                        dead.push(&self.name, &why, &value[..value.len().min(1024)]);
+                        continue;
+                    }
+                    None => &[],
+                },
+                None => &[],
+            };
             let p = if runs { 0 } else { partition_of(k, count) };
             records[p].push(RecordRef {
                 key: k,

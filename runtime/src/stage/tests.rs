@@ -5,7 +5,7 @@
 //! Every expectation is computed by a plain model of what the stage should do (counting per key,
 //! summing per window), never copied from a run.
 
-use super::Stage;
+use super::{KeyAt, Stage};
 use crate::config::{OnStateChange, OperatorConfig, StageLimits};
 use crate::dead_letter::DeadLetters;
 use crate::guest::fake::{FakeGuest, Request};
@@ -204,6 +204,7 @@ impl Setup {
             consumers: Vec::new(),
             key_fields: Vec::new(),
             ts_field: None,
+            host_keys: None,
         };
         let mut ports = vec![port("main")];
         if self.window.is_some() {
@@ -284,7 +285,12 @@ fn run(stage: &mut Stage, batches: &[Step]) -> (Vec<String>, Vec<String>) {
     let mut dead = DeadLetters::default();
     let mut out = Vec::new();
     for (records, watermark) in batches {
-        stage.accept(&batch(records), Some(0), Encoding::Json, &mut dead);
+        stage.accept(
+            &batch(records),
+            Some(KeyAt::Entry(0)),
+            Encoding::Json,
+            &mut dead,
+        );
         out.extend(drain(stage, 0));
         if let Some(watermark) = watermark {
             stage.advance(*watermark, &mut dead);
@@ -543,10 +549,20 @@ fn late_records_go_to_late_or_update_a_fired_window_within_lateness() {
         .window(spec, 0)
         .build();
     let mut dead = DeadLetters::default();
-    stage.accept(&batch(&[("a", 3, "5")]), Some(0), Encoding::Json, &mut dead);
+    stage.accept(
+        &batch(&[("a", 3, "5")]),
+        Some(KeyAt::Entry(0)),
+        Encoding::Json,
+        &mut dead,
+    );
     stage.advance(10, &mut dead);
     assert_eq!(drain(&mut stage, 0), ["a@0..10=5"]);
-    stage.accept(&batch(&[("a", 4, "6")]), Some(0), Encoding::Json, &mut dead);
+    stage.accept(
+        &batch(&[("a", 4, "6")]),
+        Some(KeyAt::Entry(0)),
+        Encoding::Json,
+        &mut dead,
+    );
     assert_eq!(drain(&mut stage, 1), [r#"{"stage":"stage","record":6}"#]);
     assert_eq!(stage.stats.late, 1);
     assert_accounted(&stage);
@@ -555,13 +571,28 @@ fn late_records_go_to_late_or_update_a_fired_window_within_lateness() {
     let mut stage = Setup::new(OperatorKind::Aggregate, summer)
         .window(spec, 5)
         .build();
-    stage.accept(&batch(&[("a", 3, "5")]), Some(0), Encoding::Json, &mut dead);
+    stage.accept(
+        &batch(&[("a", 3, "5")]),
+        Some(KeyAt::Entry(0)),
+        Encoding::Json,
+        &mut dead,
+    );
     stage.advance(10, &mut dead);
     assert_eq!(drain(&mut stage, 0), ["a@0..10=5"]);
-    stage.accept(&batch(&[("a", 4, "6")]), Some(0), Encoding::Json, &mut dead);
+    stage.accept(
+        &batch(&[("a", 4, "6")]),
+        Some(KeyAt::Entry(0)),
+        Encoding::Json,
+        &mut dead,
+    );
     assert_eq!(drain(&mut stage, 0), ["a@0..10=11"]);
     stage.advance(15, &mut dead);
-    stage.accept(&batch(&[("a", 4, "7")]), Some(0), Encoding::Json, &mut dead);
+    stage.accept(
+        &batch(&[("a", 4, "7")]),
+        Some(KeyAt::Entry(0)),
+        Encoding::Json,
+        &mut dead,
+    );
     assert!(drain(&mut stage, 0).is_empty());
     assert_eq!(drain(&mut stage, 1).len(), 1, "past lateness: late");
     assert!(dead.lines.is_empty());
