@@ -384,10 +384,12 @@ pub fn plan(
                 _ => false,
             });
             let vouched = port.shape.as_ref().filter(|shape| shape.json);
-            let json = vouched.and_then(flumen_sdk::render::JsonShape::new);
+            let json = vouched
+                .and_then(flumen_sdk::render::JsonShape::new)
+                .map(std::sync::Arc::new);
             if text_sink && port.encoding == Encoding::Bincode {
                 match &json {
-                    Some(json) => port.json = Some(std::sync::Arc::new(json.clone())),
+                    Some(json) => port.json = Some(json.clone()),
                     None => port.encoding = Encoding::Json,
                 }
             }

@@ -332,18 +332,7 @@ impl KeyField {
                 [1] => b"true",
                 _ => return Err(RenderError("a bool is neither 0 nor 1")),
             },
-            KeyKind::Char => {
-                let width = at.len().min(4);
-                let text = match std::str::from_utf8(&at[..width]) {
-                    Ok(text) => text,
-                    Err(e) => std::str::from_utf8(&at[..e.valid_up_to()]).unwrap_or_default(),
-                };
-                let c = text
-                    .chars()
-                    .next()
-                    .ok_or(RenderError("a char is not UTF-8"))?;
-                &at[..c.len_utf8()]
-            }
+            KeyKind::Char => utf8_char(at)?.as_bytes(),
             KeyKind::I8 => decimal(&mut digits, at, i8::from_le_bytes)?,
             KeyKind::U8 => decimal(&mut digits, at, u8::from_le_bytes)?,
             KeyKind::I16 => decimal(&mut digits, at, i16::from_le_bytes)?,
@@ -356,6 +345,19 @@ impl KeyField {
         out.extend_from_slice(text);
         Ok(())
     }
+}
+
+/// The char bincode wrote at the start of `at`: its UTF-8, one to four bytes.
+fn utf8_char(at: &[u8]) -> Result<&str, RenderError> {
+    let width = match at.first().ok_or(SHORT)? {
+        0x00..=0x7f => 1,
+        0xc0..=0xdf => 2,
+        0xe0..=0xef => 3,
+        0xf0..=0xf7 => 4,
+        _ => return Err(RenderError("a char is not UTF-8")),
+    };
+    let bytes = at.get(..width).ok_or(SHORT)?;
+    std::str::from_utf8(bytes).map_err(|_| RenderError("a char is not UTF-8"))
 }
 
 fn array<const N: usize>(bytes: &[u8]) -> [u8; N] {
@@ -502,20 +504,8 @@ impl<'a> Walk<'a> {
                 self.json(&value)?;
             }
             Node::Char => {
-                let [first] = self.take::<1>()?;
-                let width = match first {
-                    0x00..=0x7f => 1,
-                    0xc0..=0xdf => 2,
-                    0xe0..=0xef => 3,
-                    0xf0..=0xf7 => 4,
-                    _ => return Err(RenderError("a char is not UTF-8")),
-                };
-                let start = self.at - 1;
-                let end = start + width;
-                let text = self.bytes.get(start..end).ok_or(SHORT)?;
-                let text =
-                    std::str::from_utf8(text).map_err(|_| RenderError("a char is not UTF-8"))?;
-                self.at = end;
+                let text = utf8_char(&self.bytes[self.at..])?;
+                self.at += text.len();
                 self.json(&text)?;
             }
             Node::Str => self.string()?,

@@ -532,11 +532,11 @@ impl Pipeline {
                     let lines = plan.sinks[k].config.kind.writes_lines();
                     let render = port.json.as_deref().filter(|_| lines);
                     let check = lines && port.encoding == Encoding::Json;
+                    let sink = &plan.sinks[k].config.name;
                     let mut line = Vec::new();
                     for entry in OutputReader::new(&batch) {
                         if let OutputEntry::Record { value, .. } = entry? {
                             sink_stats[k].records_in += 1;
-                            let sink = &plan.sinks[k].config.name;
                             let written = match render {
                                 Some(json) => {
                                     line.clear();
