@@ -6,8 +6,10 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use flumen::connectors::SourceBatch;
 use flumen::guest::{Guest, InstanceConfig, Limits, OperatorInstance, Sandbox};
 use flumen::window::{Bounds, WindowSpec};
-use flumen_sdk::abi::{BINCODE, BatchWriter, Encoding, PortSpec};
+use flumen_sdk::abi::{BINCODE, BatchWriter, Encoding, PortSpec, put_parsed};
+use flumen_sdk::render::JsonShape;
 use flumen_sdk::state::{KeyedState, ValueState};
+use flumen_sdk::transcode::{Scratch, Transcoder};
 use serde::{Deserialize, Serialize};
 use std::hint::black_box;
 use std::path::Path;
@@ -39,6 +41,7 @@ fn guest_call(c: &mut Criterion) {
     }
     let sandbox = Sandbox::new().expect("engine");
     let loaded = sandbox.load(&module).expect("validate.wasm loads");
+    let shape = loaded.describe().input_shape.clone();
     let config = InstanceConfig {
         partition: 0,
         stage: "validate".into(),
@@ -59,6 +62,35 @@ fn guest_call(c: &mut Criterion) {
         group.throughput(Throughput::Elements(size as u64));
         group.bench_with_input(BenchmarkId::from_parameter(size), &batch, |b, batch| {
             b.iter(|| black_box(instance.process(&[batch.as_bytes()]).map(<[u8]>::len)))
+        });
+    }
+    group.finish();
+
+    // The same orders read into bincode on the host first, as a source does for a module that
+    // vouched for reading its input type: `validate` from JSON, both sides, per record.
+    let reader = shape
+        .filter(|shape| shape.json)
+        .and_then(|shape| JsonShape::new(&shape))
+        .and_then(|json| Transcoder::new(&json))
+        .expect("validate's input type is read on the host");
+    let text = std::str::from_utf8(LINE).expect("UTF-8");
+    let mut group = c.benchmark_group("validate_from_json_read_on_host");
+    let (mut scratch, mut bincode) = (Scratch::default(), Vec::new());
+    let mut batch = BatchWriter::new(Encoding::Parsed);
+    for size in [64usize, 1024] {
+        group.throughput(Throughput::Elements(size as u64));
+        group.bench_function(BenchmarkId::from_parameter(size), |b| {
+            b.iter(|| {
+                batch.clear(Encoding::Parsed);
+                for _ in 0..size {
+                    bincode.clear();
+                    let read = reader.transcode(black_box(text), &mut scratch, &mut bincode);
+                    batch.push_with(b"", 0, &[], |buf| {
+                        put_parsed(buf, read.then_some(&bincode[..]), LINE)
+                    });
+                }
+                black_box(instance.process(&[batch.as_bytes()]).map(<[u8]>::len))
+            })
         });
     }
     group.finish();

@@ -294,6 +294,7 @@ mod tests {
             key_fields: Vec::new(),
             ts_field: None,
             host_keys: None,
+            parsed: None,
         }
     }
 

@@ -47,6 +47,10 @@ pub struct PortPlan {
     /// itself (the module vouched for the type, each key is at a fixed offset, no event time is
     /// asked for): the producer then writes no keys.
     pub host_keys: Option<Vec<flumen_sdk::render::KeyField>>,
+    /// How a JSON source's lines are read into its readers' input type on the host, where
+    /// every reader vouched for reading that type this way: the port is then
+    /// [`Encoding::Parsed`].
+    pub parsed: Option<std::sync::Arc<flumen_sdk::transcode::Transcoder>>,
 }
 
 impl PortPlan {
@@ -185,6 +189,7 @@ pub fn plan(
                 key_fields: Vec::new(),
                 ts_field: None,
                 host_keys: None,
+                parsed: None,
             },
         })
         .collect();
@@ -216,6 +221,7 @@ pub fn plan(
                 key_fields: Vec::new(),
                 ts_field: None,
                 host_keys: None,
+                parsed: None,
             };
             let late = config.window.is_some().then(|| PortPlan {
                 encoding: Encoding::Json,
@@ -405,6 +411,36 @@ pub fn plan(
                     .map(|field| json.key_field(field))
                     .collect();
             }
+        }
+    }
+    // A JSON source whose readers are all modules that vouched for reading one input type has
+    // each line read into that type's bincode here, natively and once (the line's event time
+    // is read in the same pass); a line the host declines reaches them as text.
+    for source in &mut sources {
+        let port = &mut source.port;
+        if port.encoding != Encoding::Json || port.consumers.is_empty() {
+            continue;
+        }
+        let mut shapes = port.consumers.iter().map(|c| match c.node {
+            NodeRef::Operator(o) if modules.contains_key(&operators[o].config.name) => operators[o]
+                .describe
+                .input_shape
+                .as_ref()
+                .filter(|shape| shape.json),
+            _ => None,
+        });
+        let Some(Some(first)) = shapes.next() else {
+            continue;
+        };
+        if !shapes.all(|shape| shape.is_some_and(|shape| shape.nodes == first.nodes)) {
+            continue;
+        }
+        let reader = flumen_sdk::render::JsonShape::new(first)
+            .as_ref()
+            .and_then(flumen_sdk::transcode::Transcoder::new);
+        if let Some(reader) = reader {
+            port.encoding = Encoding::Parsed;
+            port.parsed = Some(std::sync::Arc::new(reader));
         }
     }
     for op in &operators {
@@ -611,6 +647,63 @@ mod tests {
         assert_eq!(a.ports[1].encoding, Encoding::Json);
         assert!(a.ports[1].json.is_none());
         assert_eq!(nodes(&plan.sources[0].port), vec![NodeRef::Operator(0)]);
+    }
+
+    #[test]
+    fn a_json_source_is_read_on_the_host_only_for_readers_that_all_vouched_for_one_type() {
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Order {
+            id: i64,
+            sku: String,
+        }
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Other {
+            id: i64,
+        }
+        let reading = |json, shape: Option<flumen_sdk::abi::Shape>| Describe {
+            input_shape: shape.map(|shape| flumen_sdk::abi::Shape { json, ..shape }),
+            ..describe("Order", "Valid", &[])
+        };
+        let order = flumen_sdk::shape::of::<Order>();
+        let other = flumen_sdk::shape::of::<Other>();
+        let source = |body: &str, a: Describe, b: Describe| {
+            let config = pipeline(&format!(
+                "[operators.a]\nmodule = \"a.wasm\"\ninputs = [\"src\"]\n\
+                 [operators.b]\nmodule = \"b.wasm\"\ninputs = [\"src\"]\n{body}"
+            ));
+            let port = plan(&config, &modules(&[("a", a), ("b", b)]), 1)
+                .unwrap()
+                .sources
+                .remove(0)
+                .port;
+            (port.encoding, port.parsed.is_some())
+        };
+        let parsed = (Encoding::Parsed, true);
+        let json = (Encoding::Json, false);
+        let vouched = || reading(true, order.clone());
+        assert_eq!(source("", vouched(), vouched()), parsed);
+        assert_eq!(source("", vouched(), reading(false, order.clone())), json);
+        assert_eq!(source("", vouched(), reading(true, other.clone())), json);
+        assert_eq!(source("", vouched(), reading(true, None)), json);
+        let sink = "[sinks.raw]\ntype = \"stdout\"\ninputs = [\"src\"]\n";
+        assert_eq!(
+            source(sink, vouched(), vouched()),
+            json,
+            "a sink takes the lines"
+        );
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Nested {
+            order: Other,
+        }
+        let nested = || reading(true, flumen_sdk::shape::of::<Nested>());
+        assert_eq!(
+            source("", nested(), nested()),
+            json,
+            "only flat types are read"
+        );
     }
 
     #[test]

@@ -15,8 +15,8 @@
 //! Input batch framing (little-endian, fixed width):
 //! `encoding: u8, count: u32, records_len: u32` (the bytes of the records that follow, so the
 //! slot section is found without walking them), then per record
-//! `key_len: u32, key, ts: i64, slot_count: u16, slot: u32 *, value_len: u32, value`,
-//! then, optionally, the **state slots** the records refer to:
+//! `key_len: u32, key, ts: i64, slot_count: u16, slot: u32 *, value_len: u32, value` (a value
+//! in the batch's [`Encoding`]), then, optionally, the **state slots** the records refer to:
 //! `slot_count: u32`, then per slot `id_len: u32, id, present: u8, value_len: u32, value`.
 //! A slot is host-owned state lent to the guest for one call: the keyed state of a record's key
 //! (a `process` operator: one slot per record), or the accumulators of the windows a record
@@ -35,7 +35,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every incompatible change of anything in this module.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// The names of the functions a flumen module exports.
 pub mod exports {
@@ -244,9 +244,13 @@ pub struct SideOutput {
 pub struct Shape {
     /// The nodes; the root is the first.
     pub nodes: Vec<ShapeNode>,
-    /// Whether the type's JSON is what [`crate::render::JsonShape`] writes from a value's
-    /// bincode by these nodes: the SDK checked it on sample values ([`crate::render::vouch`]).
-    /// A port of such a type that a sink reads travels in bincode, and the host writes the JSON.
+    /// Of an output type: whether the type's JSON is what [`crate::render::JsonShape`] writes
+    /// from a value's bincode by these nodes, as the SDK checked on sample values
+    /// ([`crate::render::vouch`]); a port of such a type that a sink reads travels in bincode,
+    /// and the host writes the JSON. Of an input type: whether serde_json reads the type as
+    /// [`crate::transcode::Transcoder`] reads its JSON into bincode, as the SDK checked
+    /// ([`crate::transcode::vouch_reading`]); the module then takes [`Encoding::Parsed`]
+    /// batches.
     pub json: bool,
 }
 
@@ -339,6 +343,47 @@ pub enum Encoding {
     Bincode = 0,
     /// One JSON document per value: from sources, to sinks.
     Json = 1,
+    /// JSON read by the host (input batches only, to a module whose input shape is vouched
+    /// for reading): each value is `bincode_len: u32`, then, unless it is `u32::MAX`, that many
+    /// bytes of the value in bincode by the input type's shape, then the JSON text. A value the
+    /// host could not read has only the text, which the module decodes itself.
+    Parsed = 2,
+}
+
+/// The parts of a value in a [`Encoding::Parsed`] batch: its bincode, if the host read it, and
+/// its JSON text; `None` if the value is shorter than its length says.
+pub fn parsed_parts(value: &[u8]) -> Option<(Option<&[u8]>, &[u8])> {
+    let (len, rest) = value.split_first_chunk::<4>()?;
+    match u32::from_le_bytes(*len) {
+        u32::MAX => Some((None, rest)),
+        len => {
+            let (bincode, text) = rest.split_at_checked(len as usize)?;
+            Some((Some(bincode), text))
+        }
+    }
+}
+
+/// The JSON text of a value in `encoding`, where it has one (not in bincode). A
+/// [`Encoding::Parsed`] value shorter than its length says is taken as text whole.
+pub fn json_text(encoding: Encoding, value: &[u8]) -> Option<&[u8]> {
+    match encoding {
+        Encoding::Json => Some(value),
+        Encoding::Parsed => Some(parsed_parts(value).map_or(value, |(_, text)| text)),
+        Encoding::Bincode => None,
+    }
+}
+
+/// Appends a [`Encoding::Parsed`] value to `buf`: `bincode` (what the host read, if any), then
+/// `text`.
+pub fn put_parsed(buf: &mut Vec<u8>, bincode: Option<&[u8]>, text: &[u8]) {
+    match bincode.and_then(|b| u32::try_from(b.len()).ok().filter(|&n| n != u32::MAX)) {
+        Some(len) => {
+            buf.extend_from_slice(&len.to_le_bytes());
+            buf.extend_from_slice(bincode.unwrap_or_default());
+        }
+        None => buf.extend_from_slice(&u32::MAX.to_le_bytes()),
+    }
+    buf.extend_from_slice(text);
 }
 
 impl Encoding {
@@ -346,6 +391,7 @@ impl Encoding {
         match byte {
             0 => Some(Encoding::Bincode),
             1 => Some(Encoding::Json),
+            2 => Some(Encoding::Parsed),
             _ => None,
         }
     }

@@ -12,6 +12,12 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
 ) -> Result<(), String> {
     match encoding {
         Encoding::Json => serde_json::to_writer(buf, value).map_err(|e| e.to_string()),
+        Encoding::Parsed => {
+            let mut text = Vec::new();
+            serde_json::to_writer(&mut text, value).map_err(|e| e.to_string())?;
+            crate::abi::put_parsed(buf, None, &text);
+            Ok(())
+        }
         Encoding::Bincode => bincode::serde::encode_into_std_write(value, buf, crate::abi::BINCODE)
             .map(drop)
             .map_err(|e| e.to_string()),
@@ -38,6 +44,11 @@ pub(crate) fn decode<'a, T: Deserialize<'a>>(
             let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))?;
             serde_json::from_str(text).map_err(|e| e.to_string())
         }
+        Encoding::Parsed => match crate::abi::parsed_parts(bytes) {
+            Some((Some(bincode), _)) => decode(Encoding::Bincode, bincode, object_only),
+            Some((None, text)) => decode(Encoding::Json, text, object_only),
+            None => Err("a value read by the host is shorter than its length".into()),
+        },
         Encoding::Bincode => {
             let (value, used) =
                 bincode::serde::borrow_decode_from_slice(bytes, crate::abi::BINCODE)

@@ -22,11 +22,11 @@ const MAX_DEPTH: usize = 64;
 /// escaped once.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JsonShape {
-    nodes: Vec<Node>,
+    pub(crate) nodes: Vec<Node>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum Node {
+pub(crate) enum Node {
     /// `()` and unit structs: `null`.
     Null,
     Bool,
@@ -60,14 +60,14 @@ enum Node {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-struct Variant {
+pub(crate) struct Variant {
     /// The variant's name as a JSON string.
     name: Box<[u8]>,
     form: Form,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum Form {
+pub(crate) enum Form {
     /// `"Name"`.
     Unit,
     /// `{"Name":value}`.

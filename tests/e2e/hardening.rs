@@ -416,18 +416,26 @@ fn a_module_cannot_forge_lines_in_a_json_sink() {
     );
 }
 
+/// A shape node of `kind` named `name` with `children` (name, node index).
+fn node(
+    kind: flumen_sdk::abi::ShapeKind,
+    name: &str,
+    children: &[(&str, u32)],
+) -> flumen_sdk::abi::ShapeNode {
+    flumen_sdk::abi::ShapeNode {
+        kind,
+        name: name.into(),
+        children: children.iter().map(|(n, c)| (n.to_string(), *c)).collect(),
+    }
+}
+
 /// A module that vouches for its output type's JSON hands the sink bincode, and the host writes
 /// the JSON from the type's shape: a value that does not read as the shape says (cut short, a
 /// string that is not UTF-8, bytes left over, a bad bool) is a dead letter naming the type, and
 /// nothing it writes can forge a line.
 #[test]
 fn a_module_vouching_for_its_json_gets_only_what_its_shape_reads_written() {
-    use flumen_sdk::abi::{Shape, ShapeKind, ShapeNode};
-    let node = |kind, name: &str, children: &[(&str, u32)]| ShapeNode {
-        kind,
-        name: name.into(),
-        children: children.iter().map(|(n, c)| (n.to_string(), *c)).collect(),
-    };
+    use flumen_sdk::abi::{Shape, ShapeKind};
     let shape = Shape {
         nodes: vec![
             node(ShapeKind::Struct, "Out", &[("a", 1), ("s", 2), ("ok", 3)]),
@@ -573,4 +581,54 @@ fn the_admin_endpoint_bounds_what_a_client_can_hold() {
     );
     drop(idle);
     assert!(live.terminate().success());
+}
+
+/// A module that vouches for reading its input type the host's way gets a JSON source's lines
+/// read into bincode (`Encoding::Parsed`), and one that does not gets them as text. When it
+/// fails on them, each dead letter's `raw` is the line as it came, read by the host or not.
+#[test]
+fn lines_read_on_the_host_go_only_to_modules_that_vouched_and_dead_letter_as_they_came() {
+    use flumen_sdk::abi::{Shape, ShapeKind};
+    let lines = [
+        r#"{"n": 1, "s": "a\"b\u00e9"}"#,
+        r#"{"s": "", "n": -2}"#,
+        r#"{"n": 3, "s": "x", "extra": 0}"#,
+        r#"{"n": 4.0, "s": "x"}"#,
+    ];
+    for json in [true, false] {
+        let describe = Describe {
+            input_shape: Some(Shape {
+                nodes: vec![
+                    node(ShapeKind::Struct, "In", &[("n", 1), ("s", 2)]),
+                    node(ShapeKind::I64, "", &[]),
+                    node(ShapeKind::Str, "", &[]),
+                ],
+                json,
+            }),
+            ..describe_of(OperatorKind::Filter, "In", "In")
+        };
+        // It traps on a batch read by the host (encoding 2) and keeps nothing of any other.
+        let wat = raw_module(&encode(&describe), &INIT_OK, 1).replace(
+            "(func (export \"flumen_process\") (param i32) (result i64) (i64.const 0))",
+            "(func (export \"flumen_process\") (param i32) (result i64)
+               (if (i32.eq (i32.load8_u (i32.const 16384)) (i32.const 2)) (then unreachable))
+               (i64.const 0))",
+        );
+        let scenario = Scenario::new();
+        let module = scenario.write("reader.wasm", wat::parse_str(&wat).unwrap());
+        scenario.write("probes.jsonl", lines.join("\n") + "\n");
+        let toml = pipeline_with(&module.display().to_string());
+        scenario.run_accounted(&scenario.pipeline(&toml));
+        let dead = scenario.jsonl("dead.jsonl");
+        if json {
+            let raw: Vec<&str> = dead.iter().map(|d| d["raw"].as_str().unwrap()).collect();
+            assert_eq!(raw, lines, "each line fails alone, as it came");
+            assert!(dead.iter().all(|d| d["stage"] == "probe"), "{dead:?}");
+        } else {
+            assert!(
+                dead.is_empty(),
+                "a module that did not vouch reads text: {dead:?}"
+            );
+        }
+    }
 }

@@ -87,6 +87,14 @@ not json
 {"order_id": 900020, "user_id": 1, "sku": "SKU-0001", "qty": 2, "price_cents": 1, "country": "FR", "ts": 1} trailing
 {"order_id": 900021, "user_id": 1, "sku": "SKU-0001", "qty": 2.0, "price_cents": 1, "country": "FR", "ts": 1}
 {"order_id": 900022, "user_id": 1, "sku": "SKU-0001", "qty": 2, "price_cents": 1, "country": "FR", "ts": 1}
+{"ts":5,"country":"DE","price_cents":9,"qty":1,"sku":"SKU-0003","user_id":-9223372036854775808,"order_id":9223372036854775807}
+ {	"order_id" :900025 , "user_id": 1, "sku": "SKU-\u003000\u00301", "note": "a\/b", "qty": 2, "price_cents": 1, "country": "F\u0052", "ts": 1 }
+{"order_id": 900026, "user_id": 1, "sku": "SKU-0001", "q\u0074y": 2, "price_cents": 1, "country": "FR", "ts": 1}
+{"order_id": 900027, "user_id": 1, "sku": "SKU-0001", "qty": 2, "price_cents": 1, "country": "\u00c9\ud83d\ude00", "ts": 1}
+{"order_id": 900028, "user_id": 1, "sku": "SKU-0001", "qty": 2, "price_cents": 1, "country": "FR", "ts": -0}
+{"order_id": 900029, "user_id": 1, "sku": "SKU-0001", "qty": 2, "price_cents": 1, "country": "FR", "ts": 9223372036854775808}
+{"order_id": 900030, "user_id": 1, "sku": "SKU-0001", "qty": 2, "price_cents": 1e2, "country": "FR", "ts": 1}
+{"order_id": 900031, "user_id": 1, "sku": "SKU-\ud800", "qty": 2, "price_cents": 1, "country": "FR", "ts": 1}
 "#;
 
 #[test]

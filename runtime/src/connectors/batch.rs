@@ -2,6 +2,7 @@
 //! consumers need and its event time, read from JSON without decoding the rest of it.
 
 use flumen_sdk::abi::OutputWriter;
+use flumen_sdk::transcode::{Scratch, Transcoder};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 /// One batch being read: records in output-entry framing, each with one key per field in
@@ -29,6 +30,19 @@ pub struct SourceBatch {
     max_future_ms: Option<i64>,
     /// The newest event time seen so far (kept up to date by [`Self::push_json`]).
     pub newest: Option<i64>,
+    /// Where the port is [`flumen_sdk::abi::Encoding::Parsed`]: how each line is read into
+    /// its readers' input type.
+    reader: Option<Reader>,
+}
+
+/// Reads lines into a type's bincode for a port in [`flumen_sdk::abi::Encoding::Parsed`].
+#[derive(Debug)]
+struct Reader {
+    transcoder: std::sync::Arc<Transcoder>,
+    /// The event-time field's position in the type, if it is an integer field of it.
+    ts: Option<usize>,
+    scratch: Scratch,
+    bincode: Vec<u8>,
 }
 
 /// How much of a refused record's text its dead letter keeps.
@@ -49,6 +63,21 @@ impl SourceBatch {
     /// Guards against far-future event times: see [`super::SourceConfig::max_future_ms`].
     pub fn with_max_future(mut self, max_future_ms: Option<i64>) -> Self {
         self.max_future_ms = max_future_ms;
+        self
+    }
+
+    /// Writes each record as its readers' input type reads it, in bincode beside its text
+    /// ([`flumen_sdk::abi::Encoding::Parsed`]), where the plan found a `transcoder` for them.
+    pub fn with_reader(mut self, transcoder: Option<std::sync::Arc<Transcoder>>) -> Self {
+        self.reader = transcoder.map(|transcoder| Reader {
+            ts: self
+                .event_time
+                .as_deref()
+                .and_then(|field| transcoder.int_field(field)),
+            transcoder,
+            scratch: Scratch::default(),
+            bincode: Vec::new(),
+        });
         self
     }
 
@@ -86,25 +115,49 @@ impl SourceBatch {
     /// is not an object, or lacks a field, gets empty keys and no event time: the first operator
     /// will send it to the dead letters.
     pub fn push_json(&mut self, line: &[u8]) {
+        // UTF-8 checked for the whole line at once, the parsers then skip it string by string.
+        let text = std::str::from_utf8(line);
+        // Read into the readers' type where the port wants it and the line is plain; its
+        // event time then comes from there, unless keys are wanted too.
+        let read = match (&mut self.reader, &text) {
+            (Some(reader), Ok(text)) => {
+                reader.bincode.clear();
+                reader
+                    .transcoder
+                    .transcode(text, &mut reader.scratch, &mut reader.bincode)
+            }
+            _ => false,
+        };
+        let from_reader = match &self.reader {
+            Some(reader) if read && self.key_fields.is_empty() => match reader.ts {
+                Some(field) => Some(
+                    reader
+                        .transcoder
+                        .int(&reader.scratch, &reader.bincode, field),
+                ),
+                None => self.event_time.is_none().then_some(None),
+            },
+            _ => None,
+        };
         self.found.clear();
         self.found.resize(self.wanted.len(), None);
-        if !self.wanted.is_empty() {
+        if !self.wanted.is_empty() && from_reader.is_none() {
             let picker = FieldPicker {
                 wanted: &self.wanted,
                 found: &mut self.found,
             };
-            // UTF-8 checked for the whole line at once, the parser then skips it string by
-            // string; a line that is not UTF-8 is read as far as it goes.
-            let _ = match std::str::from_utf8(line) {
+            // A line that is not UTF-8 is read as far as it goes.
+            let _ = match text {
                 Ok(text) => picker.deserialize(&mut serde_json::Deserializer::from_str(text)),
                 Err(_) => picker.deserialize(&mut serde_json::Deserializer::from_slice(line)),
             };
         }
         let keys = self.key_fields.len();
-        let ts = self
-            .event_time
-            .as_ref()
-            .and_then(|_| self.found.get(keys)?.as_ref()?.as_i64());
+        let ts = from_reader.unwrap_or_else(|| {
+            self.event_time
+                .as_ref()
+                .and_then(|_| self.found.get(keys)?.as_ref()?.as_i64())
+        });
         if let (Some(ts), Some(limit), Some(newest)) = (ts, self.max_future_ms, self.newest)
             && ts.saturating_sub(newest) > limit
         {
@@ -136,7 +189,12 @@ impl SourceBatch {
             });
         }
         let _ = entry.value(|b| {
-            b.extend_from_slice(line);
+            match &self.reader {
+                Some(reader) => {
+                    flumen_sdk::abi::put_parsed(b, read.then_some(&reader.bincode[..]), line)
+                }
+                None => b.extend_from_slice(line),
+            }
             Ok::<_, ()>(())
         });
         self.count += 1;
@@ -267,6 +325,68 @@ mod tests {
         match &entries[2] {
             OutputEntry::Record { keys, .. } => assert_eq!(keys.get(1), Some(&b""[..])),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn lines_read_on_the_host_carry_their_bincode_and_the_rest_their_text_alone() {
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        struct Order {
+            id: i64,
+            sku: String,
+            ts: i64,
+        }
+        let shape = flumen_sdk::shape::of::<Order>().unwrap();
+        let json = flumen_sdk::render::JsonShape::new(&shape).unwrap();
+        let reader = std::sync::Arc::new(Transcoder::new(&json).unwrap());
+        let lines: [&[u8]; 4] = [
+            br#"{"id": 1, "sku": "S-1", "ts": 7}"#,
+            br#"{"ts": 8, "sku": "S-\u0032", "id": 2}"#,
+            // Declined: an extra field, a float for an integer, not UTF-8.
+            br#"{"id": 3, "sku": "S-3", "ts": 9, "note": "x"}"#,
+            b"{\"id\": 4.0, \"sku\": \"S-\xff\", \"ts\": 10}",
+        ];
+        for keys in [vec![], vec!["sku".to_string()]] {
+            let mut batch =
+                SourceBatch::new(keys.clone(), Some("ts".into())).with_reader(Some(reader.clone()));
+            for line in lines {
+                batch.push_json(line);
+            }
+            // The event time of a line read on the host comes from its bincode; of the others
+            // from the text, as before.
+            assert_eq!(batch.times[..3], [(0, 7), (1, 8), (2, 9)]);
+            let values: Vec<_> = OutputReader::new(batch.out.as_bytes())
+                .map(|e| match e.unwrap() {
+                    OutputEntry::Record { value, keys, .. } => {
+                        let (bincode, text) = flumen_sdk::abi::parsed_parts(value).unwrap();
+                        let order = bincode.map(|b| {
+                            bincode::serde::decode_from_slice::<Order, _>(
+                                b,
+                                flumen_sdk::abi::BINCODE,
+                            )
+                            .unwrap()
+                            .0
+                        });
+                        (order, text.to_vec(), keys.get(0).map(<[u8]>::to_vec))
+                    }
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            let order = |id, sku: &str, ts| Order {
+                id,
+                sku: sku.into(),
+                ts,
+            };
+            assert_eq!(values[0].0, Some(order(1, "S-1", 7)));
+            assert_eq!(values[1].0, Some(order(2, "S-2", 8)));
+            assert_eq!((&values[2].0, &values[3].0), (&None, &None));
+            for (value, line) in values.iter().zip(lines) {
+                assert_eq!(value.1, line, "each value keeps its line");
+            }
+            if !keys.is_empty() {
+                let picked: Vec<_> = values.iter().map(|v| v.2.clone().unwrap()).collect();
+                assert_eq!(picked, [&b"S-1"[..], b"S-2", b"S-3", b""]);
+            }
         }
     }
 

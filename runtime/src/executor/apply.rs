@@ -230,6 +230,7 @@ fn retune(kept: &mut SourceRuntime, plan: &SourcePlan) {
     kept.stats.name.clone_from(&plan.config.name);
     let newest = kept.batch.newest;
     kept.batch = SourceBatch::new(plan.port.key_fields.clone(), plan.config.event_time.clone())
-        .with_max_future(plan.config.max_future_ms);
+        .with_max_future(plan.config.max_future_ms)
+        .with_reader(plan.port.parsed.clone());
     kept.batch.newest = newest;
 }

@@ -681,7 +681,8 @@ fn new_source_runtime(
         marks: Vec::new(),
         unreadable: std::collections::HashSet::new(),
         batch: SourceBatch::new(port.key_fields.clone(), config.event_time.clone())
-            .with_max_future(config.max_future_ms),
+            .with_max_future(config.max_future_ms)
+            .with_reader(port.parsed.clone()),
     }
 }
 

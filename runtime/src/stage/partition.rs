@@ -192,9 +192,9 @@ impl Partition {
 
     /// Sends `record` (at position `global`) to the dead letters, rendered as JSON.
     fn dead_letter(&mut self, ctx: &Ctx, record: &RecordRef, global: u64, error: &str) {
-        let raw = match ctx.encoding {
-            Encoding::Json => record.value.to_vec(),
-            Encoding::Bincode => {
+        let raw = match flumen_sdk::abi::json_text(ctx.encoding, record.value) {
+            Some(text) => text.to_vec(),
+            None => {
                 self.batch.clear(ctx.encoding);
                 self.batch.push(record.key, record.ts, record.value);
                 render_json(self.guest.as_mut(), self.batch.as_bytes())
@@ -247,9 +247,13 @@ impl Partition {
             Err(_) => Vec::new(),
         };
         // Each late record's JSON text, or why there is none.
-        let mut json: Vec<Result<Vec<u8>, String>> = match ctx.encoding {
-            Encoding::Json => records.iter().map(|r| Ok(r.value.to_vec())).collect(),
-            Encoding::Bincode => {
+        let texts: Option<Vec<_>> = records
+            .iter()
+            .map(|r| flumen_sdk::abi::json_text(ctx.encoding, r.value))
+            .collect();
+        let mut json: Vec<Result<Vec<u8>, String>> = match texts {
+            Some(texts) => texts.into_iter().map(|t| Ok(t.to_vec())).collect(),
+            None => {
                 let unanswered = Err("module did not render this late record as JSON".into());
                 let mut json = vec![unanswered; records.len()];
                 match self.guest.to_json(late.as_bytes()) {

@@ -205,6 +205,7 @@ impl Setup {
             key_fields: Vec::new(),
             ts_field: None,
             host_keys: None,
+            parsed: None,
         };
         let mut ports = vec![port("main")];
         if self.window.is_some() {

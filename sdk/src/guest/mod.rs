@@ -29,9 +29,18 @@ pub fn describe<Op: Operator>() -> Describe {
         output_type: crate::type_name::<Op::Output>(),
         side_outputs: Op::side_outputs(),
         state_type: (Op::KIND == OperatorKind::Process).then(<Op::State as KeyedState>::type_name),
-        input_shape: crate::shape::of::<Op::Input<'static>>(),
+        input_shape: reading::<Op::Input<'static>>(),
         output_shape: Op::output_shape(),
     }
+}
+
+/// The traced shape of an input type, marked [`abi::Shape::json`] where serde_json reads it as
+/// the host's [`crate::transcode::Transcoder`] does.
+fn reading<T: serde::Serialize + Deserialize<'static>>() -> Option<abi::Shape> {
+    crate::shape::of::<T>().map(|mut shape| {
+        shape.json = crate::transcode::vouch_reading::<T>(&shape);
+        shape
+    })
 }
 
 /// The description of aggregate `A`.
@@ -43,7 +52,7 @@ pub fn describe_aggregate<A: Aggregate>() -> Describe {
         output_type: crate::type_name::<A::Output>(),
         side_outputs: Vec::new(),
         state_type: Some(crate::type_name::<A::Acc>()),
-        input_shape: crate::shape::of::<A::Input<'static>>(),
+        input_shape: reading::<A::Input<'static>>(),
         output_shape: A::output_shape(),
     }
 }
@@ -191,9 +200,9 @@ fn raw_text<'i, T: Deserialize<'i> + serde::Serialize>(
     value: &'i [u8],
     is_struct: bool,
 ) -> Vec<u8> {
-    match encoding {
-        Encoding::Json => value.to_vec(),
-        Encoding::Bincode => codec::decode::<T>(encoding, value, is_struct)
+    match abi::json_text(encoding, value) {
+        Some(text) => text.to_vec(),
+        None => codec::decode::<T>(encoding, value, is_struct)
             .ok()
             .and_then(|v| serde_json::to_vec(&v).ok())
             .unwrap_or_else(|| format!("<{} undecodable bytes>", value.len()).into_bytes()),
