@@ -418,7 +418,7 @@ pub fn plan(
     // is read in the same pass); a line the host declines reaches them as text.
     for source in &mut sources {
         let port = &mut source.port;
-        if port.encoding != Encoding::Json || port.consumers.is_empty() {
+        if port.encoding != Encoding::Json {
             continue;
         }
         let mut shapes = port.consumers.iter().map(|c| match c.node {

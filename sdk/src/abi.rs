@@ -376,10 +376,10 @@ pub fn json_text(encoding: Encoding, value: &[u8]) -> Option<&[u8]> {
 /// Appends a [`Encoding::Parsed`] value to `buf`: `bincode` (what the host read, if any), then
 /// `text`.
 pub fn put_parsed(buf: &mut Vec<u8>, bincode: Option<&[u8]>, text: &[u8]) {
-    match bincode.and_then(|b| u32::try_from(b.len()).ok().filter(|&n| n != u32::MAX)) {
-        Some(len) => {
-            buf.extend_from_slice(&len.to_le_bytes());
-            buf.extend_from_slice(bincode.unwrap_or_default());
+    match bincode.filter(|b| b.len() < u32::MAX as usize) {
+        Some(bincode) => {
+            buf.extend_from_slice(&(bincode.len() as u32).to_le_bytes());
+            buf.extend_from_slice(bincode);
         }
         None => buf.extend_from_slice(&u32::MAX.to_le_bytes()),
     }

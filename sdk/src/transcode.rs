@@ -469,20 +469,19 @@ fn string(s: &[u8], i: usize, buf: &mut Vec<u8>, text: &mut Vec<u8>) -> Option<u
     if s.get(i) != Some(&b'"') {
         return None;
     }
-    let mut i = i + 1;
-    let plain = s[i..]
-        .iter()
-        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-    if s[i + plain] == b'"' {
-        buf.extend_from_slice(&(plain as u64).to_le_bytes());
-        buf.extend_from_slice(&s[i..i + plain]);
-        return Some(i + plain + 1);
-    }
+    let start = i + 1;
+    let mut i = start;
     text.clear();
     loop {
         let run = s[i..]
             .iter()
             .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        // A string without escapes (the usual one) is copied straight from the line.
+        if i == start && s[i + run] == b'"' {
+            buf.extend_from_slice(&(run as u64).to_le_bytes());
+            buf.extend_from_slice(&s[i..i + run]);
+            return Some(i + run + 1);
+        }
         text.extend_from_slice(&s[i..i + run]);
         i += run;
         match s[i] {

@@ -140,8 +140,8 @@ impl SourceBatch {
             _ => None,
         };
         self.found.clear();
-        self.found.resize(self.wanted.len(), None);
         if !self.wanted.is_empty() && from_reader.is_none() {
+            self.found.resize(self.wanted.len(), None);
             let picker = FieldPicker {
                 wanted: &self.wanted,
                 found: &mut self.found,
