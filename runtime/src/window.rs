@@ -225,7 +225,11 @@ impl<T> SessionSet<T> {
     /// Adds the session window of a new record: every session it touches (directly or through
     /// another) is merged with it into one, whose payload `combine` makes from theirs (in start
     /// order; none if it touches nothing). Returns the merged bounds.
-    pub fn merge_in(&mut self, window: Bounds, combine: impl FnOnce(Vec<T>) -> T) -> Bounds {
+    pub fn merge_in(
+        &mut self,
+        window: Bounds,
+        combine: impl FnOnce(smallvec::SmallVec<[T; 2]>) -> T,
+    ) -> Bounds {
         let mut cover = window;
         // Most records touch one session or none.
         let mut taken: smallvec::SmallVec<[(Bounds, T); 2]> = smallvec::SmallVec::new();

@@ -970,10 +970,16 @@ impl<'a> OutputReader<'a> {
     fn entry(&mut self) -> Result<OutputEntry<'a>, FrameError> {
         match self.cursor.u8("entry tag")? {
             TAG_RECORD => {
-                let port = self.cursor.u16("record port")?;
-                let input_index = self.cursor.u32("record index")?;
-                let ts = self.cursor.i64("record ts")?;
-                let count = self.cursor.u8("record keys")?;
+                // The fixed part in one bounds check: port, input index, ts, key count.
+                let head = self
+                    .cursor
+                    .array::<15>("record header (port, index, ts, key count)")?;
+                let port = u16::from_le_bytes([head[0], head[1]]);
+                let input_index = u32::from_le_bytes([head[2], head[3], head[4], head[5]]);
+                let ts = i64::from_le_bytes([
+                    head[6], head[7], head[8], head[9], head[10], head[11], head[12], head[13],
+                ]);
+                let count = head[14];
                 let start = self.cursor.buf;
                 for _ in 0..count {
                     self.cursor.bytes("record key")?;

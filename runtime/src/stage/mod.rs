@@ -146,6 +146,8 @@ pub(crate) struct Stage {
     failed: Vec<u64>,
     /// How many records the last batch held.
     last_batch: usize,
+    /// How many bytes the keys read from the last batch's values took.
+    last_texts: usize,
     /// What a record has cost this stage, on average over recent sequential steps.
     ns_per_record: f64,
     /// What this stage's share of each half of an executor round has cost, on average over
@@ -205,6 +207,7 @@ impl Stage {
             order: Vec::new(),
             failed: Vec::new(),
             last_batch: 0,
+            last_texts: 0,
             // Unknown at first: assume records are costly (the first steps of a keyed stage
             // run in parallel), and learn.
             ns_per_record: PARALLEL_STEP_NS,
@@ -435,8 +438,9 @@ impl Stage {
     ) -> Vec<u64> {
         // Keys read from the values by the host, held here for the records that borrow them:
         // each record's span of `texts`, or why it has none.
-        let mut texts = Vec::new();
-        let mut spans = Vec::new();
+        // Sized for the last batch's, as below.
+        let mut texts = Vec::with_capacity(self.last_texts);
+        let mut spans = Vec::with_capacity(self.last_batch);
         if let Some(KeyAt::Field(field)) = key {
             for entry in OutputReader::new(batch).flatten() {
                 if let OutputEntry::Record { value, .. } = entry {
@@ -444,6 +448,7 @@ impl Stage {
                     spans.push(field.text(value, &mut texts).map(|()| start..texts.len()));
                 }
             }
+            self.last_texts = texts.len();
         }
         let mut spans = spans.into_iter();
         let count = self.partitions.len();
@@ -619,7 +624,11 @@ impl Stage {
                     };
                     due.extend(fired.into_iter().map(|(b, k, a)| (b, k, a, p)));
                 }
-                due.sort_by(|a, b| (a.0.end, &a.1, a.0.start).cmp(&(b.0.end, &b.1, b.0.start)));
+                // No two are equal (a key's windows are in one partition), so an unstable sort
+                // gives the one order.
+                due.sort_unstable_by(|a, b| {
+                    (a.0.end, &a.1, a.0.start).cmp(&(b.0.end, &b.1, b.0.start))
+                });
                 let mut per_partition: Vec<Vec<Fired>> = vec![Vec::new(); self.partitions.len()];
                 let mut ranks: Vec<Vec<u64>> = vec![Vec::new(); self.partitions.len()];
                 for (rank, (bounds, key, acc, p)) in due.into_iter().enumerate() {

@@ -336,8 +336,10 @@ impl Partition {
     fn finish_call(&mut self, ctx: &Ctx, windows: &[Fired], ranks: &[u64]) {
         let dead_before = self.out.counts.dead_letters;
         let failed_before = self.out.pending.failed.len();
-        let mut request = BatchWriter::new(Encoding::Bincode);
-        let mut slots = SlotWriter::default();
+        // The partition's writers, reused from call to call.
+        let (request, slots) = (&mut self.batch, &mut self.slots);
+        request.clear(Encoding::Bincode);
+        slots.clear();
         let mut refs: Vec<u32> = Vec::new();
         for (window, key, acc) in windows {
             refs.clear();
@@ -358,12 +360,14 @@ impl Partition {
                 }
             });
         }
-        let request = [request.as_bytes(), slots.as_bytes()];
-        let outcome = self.guest.finish(&request).and_then(|output| {
-            let checked = check(output, ctx.expect(ctx.guest_ports, 0, windows.len()))?;
-            self.out.apply(ctx.name, output, &checked, ranks, |_, _| {});
-            Ok(())
-        });
+        let outcome = self
+            .guest
+            .finish(&[self.batch.as_bytes(), self.slots.as_bytes()])
+            .and_then(|output| {
+                let checked = check(output, ctx.expect(ctx.guest_ports, 0, windows.len()))?;
+                self.out.apply(ctx.name, output, &checked, ranks, |_, _| {});
+                Ok(())
+            });
         if let Err(failure) = outcome {
             for (window, key, _) in windows {
                 let raw = format!(

@@ -8,16 +8,17 @@ use super::partition::{Partition, within_state_limit};
 use crate::guest::{Call, GuestFailure};
 use crate::state::{Bytes, FiredAcc, WindowAcc};
 use crate::window::{SessionSet, WindowSpec};
-use flumen_sdk::abi::{BatchWriter, RecordRef, SlotWriter};
+use flumen_sdk::abi::{BatchWriter, RecordRef};
 use rustc_hash::FxHashMap;
+use smallvec::{SmallVec, smallvec};
 use std::collections::BTreeMap;
 
 /// A session being worked on during one call: the stored accumulators it merges, and the new
-/// records it takes.
+/// records it takes (most sessions of a batch: one stored accumulator or none, one record).
 #[derive(Default)]
 struct SessionWork {
-    accs: Vec<Bytes>,
-    records: Vec<usize>,
+    accs: SmallVec<[Bytes; 1]>,
+    records: SmallVec<[usize; 2]>,
     fired: bool,
 }
 
@@ -57,8 +58,8 @@ impl Partition {
                                 (
                                     *b,
                                     SessionWork {
-                                        accs: vec![w.acc.clone()],
-                                        records: Vec::new(),
+                                        accs: smallvec![Bytes::from_slice(&w.acc)],
+                                        records: SmallVec::new(),
                                         fired: w.fired,
                                     },
                                 )
@@ -91,39 +92,33 @@ impl Partition {
         }
 
         // Merge the stored accumulators of sessions a record bridged, then add the records. The
-        // add slots are the sessions that take records, numbered in `work` order.
-        let mut merge_slots = SlotWriter::default();
-        let mut merges = BatchWriter::new(encoding);
-        let mut adds = BatchWriter::new(encoding);
+        // add slots are the sessions that take records, numbered in `work` order. Both calls
+        // are written in the partition's writers, reused from call to call.
+        self.batch.clear(encoding);
+        self.slots.clear();
         let mut starts: Vec<(&[u8], Start)> = Vec::new();
+        let mut refs: Vec<u32> = Vec::new();
         for (key, sessions) in &work {
             for (window, session) in &sessions.sessions {
                 if session.records.is_empty() {
                     continue;
                 }
-                let slot = starts.len() as u32;
                 let start = if session.accs.len() >= 2 {
-                    let target = merge_slots.push(key, None);
-                    let sources = session
-                        .accs
-                        .iter()
-                        .map(|acc| merge_slots.push(key, Some(acc)));
-                    let refs: Vec<u32> = std::iter::once(target).chain(sources).collect();
-                    merges.push_with(key, window.end - 1, &refs, |_| {});
+                    let target = self.slots.push(key, None);
+                    refs.clear();
+                    refs.push(target);
+                    for acc in &session.accs {
+                        refs.push(self.slots.push(key, Some(acc)));
+                    }
+                    self.batch.push_with(key, window.end - 1, &refs, |_| {});
                     Start::Merged(target)
                 } else {
                     Start::Stored(session.accs.first().map(|acc| &acc[..]))
                 };
                 starts.push((key, start));
-                for &index in &session.records {
-                    let record = &records[index];
-                    adds.push_with(key, record.ts, &[slot], |b| {
-                        b.extend_from_slice(record.value)
-                    });
-                }
             }
         }
-        let (merged, _) = self.accumulate(ctx, Call::Merge, &merges, &merge_slots)?;
+        let (merged, _) = self.accumulate(ctx, Call::Merge)?;
         let asked = starts
             .iter()
             .filter(|(_, start)| matches!(start, Start::Merged(_)))
@@ -134,15 +129,31 @@ impl Partition {
             ));
         }
         // The add call starts from the stored or the merged accumulators.
-        let mut add_slots = SlotWriter::default();
+        self.batch.clear(encoding);
+        self.slots.clear();
         for &(key, start) in &starts {
             let stored = match start {
                 Start::Stored(acc) => acc,
                 Start::Merged(target) => merged.get(&target).map(|acc| &acc[..]),
             };
-            add_slots.push(key, stored);
+            self.slots.push(key, stored);
         }
-        let (mut new_accs, windowed) = self.accumulate(ctx, Call::Process, &adds, &add_slots)?;
+        let mut slot = 0;
+        for (key, sessions) in &work {
+            for (_, session) in &sessions.sessions {
+                if session.records.is_empty() {
+                    continue;
+                }
+                for &index in &session.records {
+                    let record = &records[index];
+                    self.batch.push_with(key, record.ts, &[slot], |b| {
+                        b.extend_from_slice(record.value)
+                    });
+                }
+                slot += 1;
+            }
+        }
+        let (mut new_accs, windowed) = self.accumulate(ctx, Call::Process)?;
 
         // The sessions the call leaves, measured before anything is applied.
         let mut bytes = self.state_bytes() as i64;
@@ -180,7 +191,11 @@ impl Partition {
                     let last = session.records.iter().map(|&i| globals.get(i).copied());
                     let position = last.max().flatten().unwrap_or(u64::MAX);
                     refire.push((
-                        (window, Bytes::from_slice(key), FiredAcc::Whole(acc.clone())),
+                        (
+                            window,
+                            Bytes::from_slice(key),
+                            FiredAcc::Whole(Bytes::from_slice(&acc)),
+                        ),
                         position,
                     ));
                 }
@@ -193,22 +208,20 @@ impl Partition {
         Ok(())
     }
 
-    /// Runs an aggregate's `call` (add or merge) over `batch` and its `slots`, unless the batch
-    /// is empty; the accumulators it returns, by slot, and how many records it took.
+    /// Runs an aggregate's `call` (add or merge) over the partition's batch and slots, unless
+    /// the batch is empty; the accumulators it returns, by slot, and how many records it took.
     fn accumulate(
         &mut self,
         ctx: &Ctx,
         call: Call,
-        batch: &BatchWriter,
-        slots: &SlotWriter,
     ) -> Result<(FxHashMap<u32, Bytes>, u64), GuestFailure> {
-        if batch.is_empty() {
+        if self.batch.is_empty() {
             return Ok((FxHashMap::default(), 0));
         }
         let output = self
             .guest
-            .call(call, &[batch.as_bytes(), slots.as_bytes()])?;
-        let expect = ctx.expect(0, slots.len(), batch.len());
+            .call(call, &[self.batch.as_bytes(), self.slots.as_bytes()])?;
+        let expect = ctx.expect(0, self.slots.len(), self.batch.len());
         let (contents, checked) = self.out.slot_contents(ctx.name, output, expect)?;
         let taken = checked.inputs.iter().filter(|f| *f & FAILED == 0).count();
         Ok((contents, taken as u64))

@@ -171,10 +171,11 @@ fn window_panes(panes: &WindowStore, ends: BTreeSet<i64>, (size, slide): (i64, i
         let from = end.saturating_sub(size).saturating_add(slide);
         for (&pane_end, keyed) in panes.range(from..=end) {
             for (key, pane) in keyed {
-                per_key
-                    .entry(key)
-                    .or_default()
-                    .push((pane.token, pane_end, pane.acc.clone()));
+                per_key.entry(key).or_default().push((
+                    pane.token,
+                    pane_end,
+                    Bytes::from_slice(&pane.acc),
+                ));
             }
         }
         let bounds = Bounds {

@@ -12,16 +12,62 @@ use hashbrown::{HashTable, hash_table};
 use serde::{Deserialize, Serialize};
 use std::hash::BuildHasher;
 
-/// The state of one key.
+/// The state of one key, in 48 bytes: a store may hold millions of keys, each in a bucket of a
+/// hash table that is up to half empty, so the bucket's size is most of what keyed state costs
+/// (an entry of its own key, value and expiry took 72).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
-    key: Bytes,
-    value: Bytes,
-    /// Event time from which the entry may be dropped (time-to-live).
-    expires: Option<i64>,
+    /// The key then the value, in one buffer: inline when both fit in 16 bytes (an id and a
+    /// flag, a sku and a count), else one allocation rather than two.
+    bytes: Bytes,
+    /// Event time from which the entry may be dropped (time-to-live), if `expiring`.
+    expires: i64,
     /// Where the key's latest change is in the log, if it is in the current one: the log's
     /// epoch, and the index of its entry plus one.
     logged: (u32, u32),
+    /// The key's length: framed as a `u32` wherever a key comes from (the batch ABI).
+    key_len: u32,
+    expiring: bool,
+}
+
+impl Entry {
+    fn new(key: &[u8], value: &[u8], expires: Option<i64>, logged: (u32, u32)) -> Entry {
+        let mut bytes = Bytes::with_capacity(key.len() + value.len());
+        bytes.extend_from_slice(key);
+        bytes.extend_from_slice(value);
+        Entry {
+            bytes,
+            expires: expires.unwrap_or_default(),
+            logged,
+            key_len: key.len() as u32,
+            expiring: expires.is_some(),
+        }
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.bytes[..self.key_len as usize]
+    }
+
+    fn value(&self) -> &[u8] {
+        &self.bytes[self.key_len as usize..]
+    }
+
+    fn expires(&self) -> Option<i64> {
+        self.expiring.then_some(self.expires)
+    }
+
+    /// The bytes the key and its value take.
+    fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Replaces the value and its expiry.
+    fn set(&mut self, value: &[u8], expires: Option<i64>) {
+        self.bytes.truncate(self.key_len as usize);
+        self.bytes.extend_from_slice(value);
+        self.expires = expires.unwrap_or_default();
+        self.expiring = expires.is_some();
+    }
 }
 
 /// Appends `change` to `log` (of `epoch`); where it is, for its key's entry.
@@ -137,13 +183,13 @@ impl KeyedStore {
 
     /// What `key` (of hash `hash`) holds at `watermark`.
     pub fn find(&self, key: &[u8], hash: u64, watermark: i64) -> Found<'_> {
-        match self.entries.find(hash, |e| e.key.as_slice() == key) {
+        match self.entries.find(hash, |e| e.key() == key) {
             Some(e) => Found {
                 live: e
-                    .expires
+                    .expires()
                     .is_none_or(|at| at > watermark)
-                    .then_some(e.value.as_slice()),
-                footprint: key.len() + e.value.len(),
+                    .then_some(e.value()),
+                footprint: e.len(),
             },
             None => Found {
                 live: None,
@@ -173,18 +219,14 @@ impl KeyedStore {
     /// Sets `key` (of hash `hash`) to `value`, to expire at `expires`.
     pub fn put_hashed(&mut self, key: &[u8], hash: u64, value: &[u8], expires: Option<i64>) {
         let hasher = &self.hasher;
-        let entry = self.entries.entry(
-            hash,
-            |e| e.key.as_slice() == key,
-            |e| hasher.hash_one(e.key.as_slice()),
-        );
+        let entry = self
+            .entries
+            .entry(hash, |e| e.key() == key, |e| hasher.hash_one(e.key()));
         match entry {
             hash_table::Entry::Occupied(mut occupied) => {
                 let entry = occupied.get_mut();
-                self.bytes = self.bytes - entry.value.len() + value.len();
-                entry.value.clear();
-                entry.value.extend_from_slice(value);
-                entry.expires = expires;
+                self.bytes = self.bytes - entry.len() + key.len() + value.len();
+                entry.set(value, expires);
                 if self.tracking {
                     let (epoch, at) = entry.logged;
                     let slot = (at as usize).checked_sub(1).filter(|_| epoch == self.epoch);
@@ -210,12 +252,7 @@ impl KeyedStore {
                 } else {
                     (0, 0)
                 };
-                vacant.insert(Entry {
-                    key: Bytes::from_slice(key),
-                    value: Bytes::from_slice(value),
-                    expires,
-                    logged,
-                });
+                vacant.insert(Entry::new(key, value, expires, logged));
             }
         }
     }
@@ -228,9 +265,9 @@ impl KeyedStore {
 
     /// Drops the state of `key`, of hash `hash`.
     pub fn remove_hashed(&mut self, key: &[u8], hash: u64) {
-        if let Ok(found) = self.entries.find_entry(hash, |e| e.key.as_slice() == key) {
+        if let Ok(found) = self.entries.find_entry(hash, |e| e.key() == key) {
             let (gone, _) = found.remove();
-            self.bytes -= key.len() + gone.value.len();
+            self.bytes -= gone.len();
             if self.tracking {
                 self.log.push((Blob::from(key), None));
             }
@@ -243,11 +280,11 @@ impl KeyedStore {
         let log = &mut self.log;
         let tracking = self.tracking;
         self.entries.retain(|e| {
-            let keep = e.expires.is_none_or(|at| at > watermark);
+            let keep = e.expires().is_none_or(|at| at > watermark);
             if !keep {
-                *bytes -= e.key.len() + e.value.len();
+                *bytes -= e.len();
                 if tracking {
-                    log.push((Blob(e.key.clone()), None));
+                    log.push((Blob::from(e.key()), None));
                 }
             }
             keep
@@ -301,11 +338,11 @@ impl KeyedStore {
 
     /// Adds an entry for a key it does not hold.
     fn insert_new(&mut self, entry: Entry) {
-        self.bytes += entry.key.len() + entry.value.len();
+        self.bytes += entry.len();
         let hasher = &self.hasher;
-        let hash = hasher.hash_one(entry.key.as_slice());
+        let hash = hasher.hash_one(entry.key());
         self.entries
-            .insert_unique(hash, entry, |e| hasher.hash_one(e.key.as_slice()));
+            .insert_unique(hash, entry, |e| hasher.hash_one(e.key()));
     }
 
     /// Puts every entry of `snapshot` in the store among `parts` its key hashes to; each part
@@ -317,18 +354,13 @@ impl KeyedStore {
             let hasher = &part.hasher;
             part.entries
                 .reserve(snapshot.entries.len() / count.max(1), |e| {
-                    hasher.hash_one(e.key.as_slice())
+                    hasher.hash_one(e.key())
                 });
             for (key, value, expires) in &snapshot.entries {
                 if partition_of(key, count) != at {
                     continue;
                 }
-                part.insert_new(Entry {
-                    key: Bytes::from_slice(key),
-                    value: Bytes::from_slice(value),
-                    expires: *expires,
-                    logged: (0, 0),
-                });
+                part.insert_new(Entry::new(key, value, *expires, (0, 0)));
             }
         };
         match parts {
@@ -345,7 +377,7 @@ impl Store for KeyedStore {
         let mut entries: Vec<_> = self
             .entries
             .iter()
-            .map(|e| (Blob(e.key.clone()), Blob(e.value.clone()), e.expires))
+            .map(|e| (Blob::from(e.key()), Blob::from(e.value()), e.expires()))
             .collect();
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         KeyedSnapshot { entries }
@@ -377,7 +409,7 @@ impl Store for KeyedStore {
         for part in parts {
             for mut entry in part.entries {
                 entry.logged = (0, 0);
-                spread[partition_of(&entry.key, count)].insert_new(entry);
+                spread[partition_of(entry.key(), count)].insert_new(entry);
             }
             for change in part.log {
                 spread[partition_of(&change.0, count)].log.push(change);
@@ -390,6 +422,30 @@ impl Store for KeyedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_entry_takes_48_bytes_and_keeps_its_key_value_and_expiry_apart() {
+        assert!(size_of::<Entry>() <= 48, "{} bytes", size_of::<Entry>());
+        let mut e = Entry::new(b"order-7", b"\x01", Some(-5), (0, 0));
+        assert_eq!(
+            (e.key(), e.value(), e.expires()),
+            (&b"order-7"[..], &b"\x01"[..], Some(-5))
+        );
+        let long = b"a longer value than the key, past 16 bytes";
+        e.set(long, None);
+        assert_eq!((e.key(), e.value()), (&b"order-7"[..], &long[..]));
+        assert_eq!((e.expires(), e.len()), (None, 7 + long.len()));
+        e.set(b"", Some(i64::MAX));
+        assert_eq!(
+            (e.key(), e.value(), e.expires()),
+            (&b"order-7"[..], &b""[..], Some(i64::MAX))
+        );
+        let empty = Entry::new(b"", b"v", Some(0), (0, 0));
+        assert_eq!(
+            (empty.key(), empty.value(), empty.expires()),
+            (&b""[..], &b"v"[..], Some(0))
+        );
+    }
 
     fn store(entries: &[(&str, &str, Option<i64>)]) -> KeyedStore {
         let mut store = KeyedStore::default();

@@ -53,11 +53,14 @@ impl SessionStore {
 
     /// Replaces `key`'s sessions with `sessions` (in start order).
     pub fn replace(&mut self, key: &[u8], sessions: Vec<(Bounds, WindowAcc)>) {
-        self.bytes -= self.footprint(key);
-        let key = Bytes::from_slice(key);
-        if let Some(old) = self.sessions.remove(&key) {
-            for (b, _) in &old.sessions {
-                self.ends.remove(&(b.end, key.clone(), b.start));
+        // One owned key for every probe of `ends`, copied once (a clone of a `Bytes` goes
+        // byte by byte).
+        let mut probe = (0, Bytes::from_slice(key), 0);
+        if let Some(old) = self.sessions.remove(key) {
+            for (b, w) in &old.sessions {
+                self.bytes -= key.len() + w.acc.len();
+                (probe.0, probe.2) = (b.end, b.start);
+                self.ends.remove(&probe);
             }
         }
         if sessions.is_empty() {
@@ -65,9 +68,9 @@ impl SessionStore {
         }
         for (b, w) in &sessions {
             self.bytes += key.len() + w.acc.len();
-            self.ends.insert((b.end, key.clone(), b.start));
+            self.ends.insert((b.end, Bytes::from_slice(key), b.start));
         }
-        self.sessions.insert(key, SessionSet { sessions });
+        self.sessions.insert(probe.1, SessionSet { sessions });
     }
 
     /// Marks the sessions whose last instant is at or before `watermark` fired, and drops those
@@ -75,12 +78,13 @@ impl SessionStore {
     pub fn fire(&mut self, watermark: i64, lateness: i64) -> Vec<Fired> {
         let mut due = Vec::new();
         let last_end = watermark.saturating_add(1);
-        let ends: Vec<(i64, Bytes, i64)> = self
+        // The sessions ending by then leave `ends` whole, their keys moved rather than copied;
+        // those kept for their lateness go back.
+        let later = self
             .ends
-            .range(..(last_end.saturating_add(1), Bytes::new(), i64::MIN))
-            .cloned()
-            .collect();
-        for (end, key, start) in ends {
+            .split_off(&(last_end.saturating_add(1), Bytes::new(), i64::MIN));
+        let ended = std::mem::replace(&mut self.ends, later);
+        for (end, key, start) in ended {
             let bounds = Bounds { start, end };
             let Some(set) = self.sessions.get_mut(&key) else {
                 continue;
@@ -88,19 +92,24 @@ impl SessionStore {
             let Some(at) = set.sessions.iter().position(|(b, _)| *b == bounds) else {
                 continue;
             };
-            let acc = &mut set.sessions[at].1;
-            if !acc.fired {
-                acc.fired = true;
-                due.push((bounds, key.clone(), FiredAcc::Whole(acc.acc.clone())));
-            }
             if bounds.is_fired(watermark, lateness) {
                 let (_, gone) = set.sessions.remove(at);
                 self.bytes -= key.len() + gone.acc.len();
-                self.ends.remove(&(end, key.clone(), start));
                 if set.sessions.is_empty() {
                     self.sessions.remove(&key);
                 }
+                if !gone.fired {
+                    due.push((bounds, key, FiredAcc::Whole(gone.acc)));
+                }
+                continue;
             }
+            let acc = &mut set.sessions[at].1;
+            if !acc.fired {
+                acc.fired = true;
+                let whole = FiredAcc::Whole(Bytes::from_slice(&acc.acc));
+                due.push((bounds, Bytes::from_slice(&key), whole));
+            }
+            self.ends.insert((end, key, start));
         }
         due
     }
@@ -194,6 +203,39 @@ mod tests {
         s.replace(b"b", Vec::new());
         assert_eq!(s.bytes(), 0);
         assert!(s.fire(100, 0).is_empty());
+    }
+
+    #[test]
+    fn a_session_kept_for_its_lateness_fires_once_and_leaves_when_it_has_passed() {
+        let ends = |fired: Vec<Fired>| -> Vec<(i64, Vec<u8>, Vec<u8>)> {
+            let whole = |acc: FiredAcc| match acc {
+                FiredAcc::Whole(acc) => acc.to_vec(),
+                FiredAcc::Panes(_) => unreachable!("sessions fire whole"),
+            };
+            fired
+                .into_iter()
+                .map(|(b, k, acc)| (b.end, k.to_vec(), whole(acc)))
+                .collect()
+        };
+        let mut s = SessionStore::default();
+        s.replace(b"a", vec![(Bounds { start: 0, end: 10 }, acc(b"1"))]);
+        s.replace(b"b", vec![(Bounds { start: 5, end: 30 }, acc(b"2"))]);
+        // `a` is complete at 9 and kept for 100 more.
+        assert_eq!(ends(s.fire(9, 100)), [(10, b"a".to_vec(), b"1".to_vec())]);
+        assert_eq!((s.len(), s.bytes()), (2, 4));
+        assert!(s.get(b"a").is_some_and(|set| set.sessions[0].1.fired));
+        // `a` does not fire again; `b` does.
+        assert_eq!(ends(s.fire(50, 100)), [(30, b"b".to_vec(), b"2".to_vec())]);
+        assert_eq!(s.len(), 2);
+        // Each leaves once its last instant + 100 has passed, neither fired again.
+        assert!(s.fire(108, 100).is_empty());
+        assert_eq!(s.len(), 2);
+        assert!(s.fire(109, 100).is_empty());
+        assert_eq!((s.len(), s.bytes()), (1, 2));
+        assert!(s.get(b"a").is_none());
+        assert!(s.fire(129, 100).is_empty());
+        assert_eq!((s.len(), s.bytes()), (0, 0));
+        assert!(s.get(b"a").is_none() && s.get(b"b").is_none());
     }
 
     #[test]

@@ -115,21 +115,28 @@ impl WindowStore {
                 start: end.saturating_sub(size),
                 end,
             };
-            let purge = bounds.is_fired(watermark, lateness);
+            if bounds.is_fired(watermark, lateness) {
+                // Dropped as it fires: its keys and accumulators move out, uncopied.
+                let Some(gone) = self.windows.remove(&end) else {
+                    continue;
+                };
+                for (key, window) in gone {
+                    self.bytes -= key.len() + window.acc.len();
+                    if !window.fired {
+                        due.push((bounds, key, FiredAcc::Whole(window.acc)));
+                    }
+                }
+                continue;
+            }
             let Some(keyed) = self.windows.get_mut(&end) else {
                 continue;
             };
             for (key, window) in keyed.iter_mut() {
                 if !window.fired {
                     window.fired = true;
-                    due.push((bounds, key.clone(), FiredAcc::Whole(window.acc.clone())));
+                    let acc = Bytes::from_slice(&window.acc);
+                    due.push((bounds, Bytes::from_slice(key), FiredAcc::Whole(acc)));
                 }
-            }
-            if purge && let Some(gone) = self.windows.remove(&end) {
-                self.bytes -= gone
-                    .iter()
-                    .map(|(k, w)| k.len() + w.acc.len())
-                    .sum::<usize>();
             }
         }
         due
