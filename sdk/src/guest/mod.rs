@@ -554,6 +554,90 @@ mod tests {
         );
     }
 
+    /// Appends each input to its key's list, then fails the inputs that are negative: a
+    /// failure after changing the state.
+    struct Appends;
+
+    impl Operator for Appends {
+        type Input<'a> = i64;
+        type Output = Vec<i64>;
+        type Params = crate::NoParams;
+        type State = crate::state::ValueState<Vec<i64>>;
+        const KIND: OperatorKind = OperatorKind::Process;
+
+        fn side_outputs() -> Vec<abi::SideOutput> {
+            Vec::new()
+        }
+        fn new(_: Self::Params) -> Result<Self, String> {
+            Ok(Appends)
+        }
+        fn process(
+            &mut self,
+            i: i64,
+            seen: &mut Self::State,
+            out: &mut Outputs<'_>,
+        ) -> Result<(), String> {
+            let seen = seen.get_or_insert_with(Vec::new);
+            seen.push(i);
+            if i < 0 {
+                return Err(format!("{i} is negative"));
+            }
+            out.emit_main(&*seen);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_record_leaves_its_keys_state_as_the_records_before_it_left_it() {
+        use serde_json::json;
+        let mut runner = Runner::<Appends>::default();
+        init(&mut runner);
+        let stored = bincode::serde::encode_to_vec(vec![7i64], abi::BINCODE).unwrap();
+        let mut slots = abi::SlotWriter::default();
+        let (a, b, c) = (
+            slots.push(b"a", Some(&stored)),
+            slots.push(b"b", Some(&stored)),
+            slots.push(b"c", None),
+        );
+        let mut batch = abi::BatchWriter::new(Encoding::Json);
+        // `a` fails first (its state is still its slot's bytes), then changes and fails again;
+        // `b` fails only after a change; `c`, with no state yet, only fails.
+        for (slot, value) in [(a, -1), (a, 1), (b, 2), (a, -2), (b, -3), (a, 3), (c, -4)] {
+            batch.push_with(b"", 0, &[slot], |v| {
+                v.extend_from_slice(value.to_string().as_bytes())
+            });
+        }
+        let request = [batch.as_bytes(), slots.as_bytes()].concat();
+        let (mut emitted, mut refused, mut states) = (Vec::new(), Vec::new(), Vec::new());
+        for entry in OutputReader::new(runner.native_call(native::PROCESS, &request)) {
+            match entry.unwrap() {
+                abi::OutputEntry::Record { value, .. } => {
+                    emitted.push(serde_json::from_slice::<serde_json::Value>(value).unwrap())
+                }
+                abi::OutputEntry::Error { input_index, .. } => refused.push(input_index),
+                abi::OutputEntry::State { slot, value } => {
+                    let value = value.map(|v| {
+                        bincode::serde::decode_from_slice::<Vec<i64>, _>(v, abi::BINCODE)
+                            .unwrap()
+                            .0
+                    });
+                    states.push((slot, value));
+                }
+            }
+        }
+        assert_eq!(
+            emitted,
+            [json!([7, 1]), json!([7, 2]), json!([7, 1, 3])],
+            "each failure's push was undone"
+        );
+        assert_eq!(refused, [0, 3, 4, 6]);
+        assert_eq!(
+            states,
+            [(a, Some(vec![7, 1, 3])), (b, Some(vec![7, 2]))],
+            "`c` stayed without state"
+        );
+    }
+
     #[test]
     fn a_borrowing_input_is_described_by_its_static_form() {
         let described = describe::<Borrows>();

@@ -84,8 +84,10 @@ impl<Op: Operator> GuestRunner for Runner<Op> {
                     }
                 };
             let mut no_state = Op::State::default();
-            let state = match record.slots.get(0).map(|s| s as usize) {
-                Some(slot) if slot < slots.len() => {
+            let slot = record.slots.get(0).map(|s| s as usize);
+            let slot = slot.filter(|&slot| slot < slots.len());
+            let state = match slot {
+                Some(slot) => {
                     if self.states[slot].is_none() {
                         match Op::State::load(slots[slot].value) {
                             Ok(state) => self.states[slot] = Some(state),
@@ -97,9 +99,12 @@ impl<Op: Operator> GuestRunner for Runner<Op> {
                     }
                     self.states[slot].get_or_insert_with(Default::default)
                 }
-                _ => &mut no_state,
+                None => &mut no_state,
             };
-            let before = state.clone();
+            // A failed record leaves its key's state as it was: copied first once a record of
+            // this batch may have changed it (it is dirty); until then it is what its slot's
+            // bytes say, read again on a failure (so a state is not copied for every record).
+            let before = state.is_dirty().then(|| state.clone());
             let mark = output.mark();
             let mut out = Outputs {
                 target: Target::Abi {
@@ -114,16 +119,23 @@ impl<Op: Operator> GuestRunner for Runner<Op> {
             };
             let result = op.process(input, state, &mut out);
             if let Some(message) = result.err().or(out.failure) {
-                *state = before;
+                *state = match (before, slot) {
+                    (Some(before), _) => before,
+                    // It loaded from these bytes above, so it loads again.
+                    (None, Some(slot)) => Op::State::load(slots[slot].value).unwrap_or_default(),
+                    (None, None) => Op::State::default(),
+                };
                 output.rollback(mark);
                 output.error(index, &message, &raw(self.input_is_struct));
             }
         }
+        // One buffer for every state saved, reused.
+        let mut bytes = Vec::new();
         for (slot, state) in self.states.iter().enumerate() {
             let Some(state) = state.as_ref().filter(|s| s.is_dirty()) else {
                 continue;
             };
-            let mut bytes = Vec::new();
+            bytes.clear();
             match state.save(&mut bytes) {
                 Ok(present) => {
                     let _ = output.state(

@@ -1,6 +1,7 @@
 //! `score`: keyed by `user_id`, scores each accepted order from the user's recent orders, the
 //! country of their first order, the amount and the quantity.
 
+use compact_str::CompactString;
 use flumen_sdk::state::ValueState;
 use orders_model::{Score, ValidOrder};
 use serde::{Deserialize, Serialize};
@@ -23,9 +24,94 @@ pub struct ScoreParams {
 /// the spec defines `recent`, so forgetting would change results.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct UserHistory {
-    pub first_country: String,
-    /// Event times of the user's accepted orders, sorted.
-    pub timestamps: Vec<i64>,
+    /// Inline: a country code is never allocated.
+    pub first_country: CompactString,
+    /// Event times of the user's accepted orders.
+    pub timestamps: Timestamps,
+}
+
+/// Event times, sorted, kept as the little-endian bytes of each `i64`: the state of a user with
+/// a long history is read and written with one copy, and searched where it lies, rather than
+/// decoded and encoded number by number every time the user orders (which made scoring an order
+/// cost in proportion to the user's history).
+#[derive(Debug, Clone, Default)]
+pub struct Timestamps(Vec<u8>);
+
+impl Serialize for Timestamps {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamps {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Timestamps;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("event times as bytes, 8 each")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<Timestamps, E> {
+                if !bytes.len().is_multiple_of(8) {
+                    return Err(E::invalid_length(bytes.len(), &self));
+                }
+                // Room for the one the order about to be scored adds.
+                let mut held = Vec::with_capacity(bytes.len() + 8);
+                held.extend_from_slice(bytes);
+                Ok(Timestamps(held))
+            }
+        }
+        deserializer.deserialize_bytes(Visitor)
+    }
+}
+
+impl Timestamps {
+    /// How many are held.
+    pub fn len(&self) -> usize {
+        self.0.len() / 8
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.0.len() < 8
+    }
+
+    /// The `i`-th, in order.
+    fn at(&self, i: usize) -> i64 {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(&self.0[i * 8..i * 8 + 8]);
+        i64::from_le_bytes(bytes)
+    }
+
+    /// How many come before the first for which `before` is false (`before` holds for a prefix).
+    fn partition_point(&self, before: impl Fn(i64) -> bool) -> usize {
+        let (mut low, mut high) = (0, self.len());
+        while low < high {
+            let mid = low + (high - low) / 2;
+            if before(self.at(mid)) {
+                low = mid + 1;
+            } else {
+                high = mid;
+            }
+        }
+        low
+    }
+
+    /// How many are in `[from, to]`.
+    pub fn count_within(&self, from: i64, to: i64) -> usize {
+        let first = self.partition_point(|t| t < from);
+        let end = self.partition_point(|t| t <= to);
+        end.saturating_sub(first)
+    }
+
+    /// Adds `ts`, after any equal to it.
+    pub fn insert(&mut self, ts: i64) {
+        let at = self.partition_point(|t| t <= ts) * 8;
+        let end = self.0.len();
+        self.0.extend_from_slice(&ts.to_le_bytes());
+        self.0.copy_within(at..end, at + 8);
+        self.0[at..at + 8].copy_from_slice(&ts.to_le_bytes());
+    }
 }
 
 #[flumen_sdk::process]
@@ -35,13 +121,12 @@ pub fn score(
     params: &ScoreParams,
 ) -> Score {
     let user = history.get_or_insert_with(|| UserHistory {
-        first_country: order.country.to_string(),
-        timestamps: Vec::new(),
+        first_country: CompactString::from(order.country.as_ref()),
+        timestamps: Timestamps::default(),
     });
-    let times = &user.timestamps;
-    let from = times.partition_point(|&t| t < order.ts - RECENT_MS);
-    let to = times.partition_point(|&t| t <= order.ts);
-    let recent = to - from;
+    let recent = user
+        .timestamps
+        .count_within(order.ts.saturating_sub(RECENT_MS), order.ts);
     let mut score = 0;
     if order.amount_cents > 50_000 {
         score += 40;
@@ -55,7 +140,7 @@ pub fn score(
     if order.qty >= 10 {
         score += 10;
     }
-    user.timestamps.insert(to, order.ts);
+    user.timestamps.insert(order.ts);
     Score {
         order_id: order.order_id,
         user_id: order.user_id,
@@ -124,6 +209,45 @@ mod tests {
             order(4, base, "FR", 1, 1),
         ];
         assert_eq!(scores(orders), vec![0, 0, 0, 30]);
+    }
+
+    #[test]
+    fn recent_reaches_back_ten_minutes_even_from_the_least_event_time() {
+        let orders = (0..4).map(|i| order(i, i64::MIN + i, "FR", 1, 1)).collect();
+        assert_eq!(scores(orders), vec![0, 0, 0, 30]);
+    }
+
+    #[test]
+    fn timestamps_read_back_only_in_whole_eights() {
+        // serde_json hands a string's bytes to `deserialize_bytes`.
+        let one: Timestamps =
+            serde_json::from_str("\"\\u0001\\u0000\\u0000\\u0000\\u0000\\u0000\\u0000\\u0000\"")
+                .unwrap();
+        assert_eq!((one.len(), one.at(0)), (1, 1));
+        let error = serde_json::from_str::<Timestamps>("\"1234567\"").unwrap_err();
+        assert!(error.to_string().contains("invalid length 7"), "{error}");
+    }
+
+    proptest::proptest! {
+        /// Held as bytes, the event times count and keep order as a sorted list does.
+        #[test]
+        fn timestamps_count_as_a_sorted_list_does(
+            times in proptest::collection::vec(-2_000_000i64..2_000_000, 0..200),
+            queries in proptest::collection::vec((-3_000_000i64..3_000_000, 0i64..700_000), 1..20),
+        ) {
+            let mut held = Timestamps::default();
+            let mut list: Vec<i64> = Vec::new();
+            for &ts in &times {
+                held.insert(ts);
+                list.insert(list.partition_point(|&t| t <= ts), ts);
+                proptest::prop_assert_eq!(held.len(), list.len());
+            }
+            for &(to, span) in &queries {
+                let naive = list.iter().filter(|&&t| to - span <= t && t <= to).count();
+                proptest::prop_assert_eq!(held.count_within(to - span, to), naive);
+            }
+            proptest::prop_assert_eq!((0..held.len()).map(|i| held.at(i)).collect::<Vec<_>>(), list);
+        }
     }
 
     #[test]
