@@ -17,13 +17,15 @@ pub struct ScoreParams {
     pub flag_threshold: i64,
 }
 
-/// What `score` remembers of a user.
+/// What `score` remembers of a user. Named anew when its layout changed (event times went from
+/// a list of numbers to bytes), so a swap from a module that keeps the old layout is refused by
+/// name rather than misreading it.
 ///
 /// Every timestamp is kept: the spec would allow forgetting those older than the newest minus
 /// 605 s, but a far-late order (more than 5 s behind the newest) needs older ones to be scored as
 /// the spec defines `recent`, so forgetting would change results.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct UserHistory {
+pub struct UserTimes {
     /// Inline: a country code is never allocated.
     pub first_country: CompactString,
     /// Event times of the user's accepted orders.
@@ -117,10 +119,10 @@ impl Timestamps {
 #[flumen_sdk::process]
 pub fn score(
     order: ValidOrder<'_>,
-    history: &mut ValueState<UserHistory>,
+    history: &mut ValueState<UserTimes>,
     params: &ScoreParams,
 ) -> Score {
-    let user = history.get_or_insert_with(|| UserHistory {
+    let user = history.get_or_insert_with(|| UserTimes {
         first_country: CompactString::from(order.country.as_ref()),
         timestamps: Timestamps::default(),
     });
