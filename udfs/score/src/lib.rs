@@ -68,35 +68,25 @@ impl<'de> Deserialize<'de> for Timestamps {
 }
 
 impl Timestamps {
+    /// Each, as a number, in order.
+    fn times(&self) -> &[[u8; 8]] {
+        self.0.as_chunks::<8>().0
+    }
+
     /// How many are held.
     pub fn len(&self) -> usize {
-        self.0.len() / 8
+        self.times().len()
     }
 
     /// Whether none is held.
     pub fn is_empty(&self) -> bool {
-        self.0.len() < 8
-    }
-
-    /// The `i`-th, in order.
-    fn at(&self, i: usize) -> i64 {
-        let mut bytes = [0; 8];
-        bytes.copy_from_slice(&self.0[i * 8..i * 8 + 8]);
-        i64::from_le_bytes(bytes)
+        self.times().is_empty()
     }
 
     /// How many come before the first for which `before` is false (`before` holds for a prefix).
     fn partition_point(&self, before: impl Fn(i64) -> bool) -> usize {
-        let (mut low, mut high) = (0, self.len());
-        while low < high {
-            let mid = low + (high - low) / 2;
-            if before(self.at(mid)) {
-                low = mid + 1;
-            } else {
-                high = mid;
-            }
-        }
-        low
+        self.times()
+            .partition_point(|t| before(i64::from_le_bytes(*t)))
     }
 
     /// How many are in `[from, to]`.
@@ -225,7 +215,7 @@ mod tests {
         let one: Timestamps =
             serde_json::from_str("\"\\u0001\\u0000\\u0000\\u0000\\u0000\\u0000\\u0000\\u0000\"")
                 .unwrap();
-        assert_eq!((one.len(), one.at(0)), (1, 1));
+        assert_eq!(one.times(), [1i64.to_le_bytes()]);
         let error = serde_json::from_str::<Timestamps>("\"1234567\"").unwrap_err();
         assert!(error.to_string().contains("invalid length 7"), "{error}");
     }
@@ -248,7 +238,8 @@ mod tests {
                 let naive = list.iter().filter(|&&t| to - span <= t && t <= to).count();
                 proptest::prop_assert_eq!(held.count_within(to - span, to), naive);
             }
-            proptest::prop_assert_eq!((0..held.len()).map(|i| held.at(i)).collect::<Vec<_>>(), list);
+            let read: Vec<i64> = held.times().iter().map(|t| i64::from_le_bytes(*t)).collect();
+            proptest::prop_assert_eq!(read, list);
         }
     }
 
