@@ -49,15 +49,7 @@ pub(crate) fn decode<'a, T: Deserialize<'a>>(
             Some((None, text)) => decode(Encoding::Json, text, object_only),
             None => Err("a value read by the host is shorter than its length".into()),
         },
-        Encoding::Bincode => {
-            let (value, used) =
-                bincode::serde::borrow_decode_from_slice(bytes, crate::abi::BINCODE)
-                    .map_err(|e| e.to_string())?;
-            if used != bytes.len() {
-                return Err(format!("{} trailing bytes", bytes.len() - used));
-            }
-            Ok(value)
-        }
+        Encoding::Bincode => crate::wire::from_slice(bytes).map_err(|e| e.to_string()),
     }
 }
 

@@ -79,6 +79,7 @@ pub mod shape;
 pub mod state;
 pub mod testing;
 pub mod transcode;
+mod wire;
 
 pub use flumen_sdk_macros::{aggregate, filter, filter_map, flat_map, map, process};
 pub use operator::{NoParams, Operator, Outputs};
