@@ -5,10 +5,10 @@
 //! serde reader spent about 550 instructions on an order of eight fields (its reader's
 //! bookkeeping per primitive, a general UTF-8 check of each short string). This reader reads the
 //! same bytes, and accepts and refuses exactly what bincode does (property tests hold it to
-//! bincode on random values and random bytes); it checks a short string's bytes for ASCII in one
-//! word before falling back to the general UTF-8 check. Values are still written by bincode: a
-//! writer of our own measured no faster (both spend their time growing the `Vec`).
-//! PERFORMANCE.md, tenth pass, has the figures.
+//! bincode on random values and random bytes); it checks a string of up to 8 bytes for ASCII in
+//! one word read where it starts, and leaves any other string to the standard library's check.
+//! Values are still written by bincode: a writer of our own measured no faster (both spend their
+//! time growing the `Vec`). PERFORMANCE.md, tenth pass, has the figures.
 
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
@@ -111,7 +111,7 @@ impl<'de> Reader<'de> {
 
     /// A `char`: its UTF-8 bytes, as many as the first says.
     fn char(&mut self) -> Result<char, Error> {
-        let first = self.rest.first().copied().unwrap_or_default();
+        let &first = self.rest.first().ok_or_else(ends_early)?;
         let width = match first {
             0x00..=0x7f => 1,
             0xc2..=0xdf => 2,
@@ -119,9 +119,6 @@ impl<'de> Reader<'de> {
             0xf0..=0xf4 => 4,
             _ => 0,
         };
-        if self.rest.is_empty() {
-            return Err(ends_early());
-        }
         if width == 0 {
             return Err(Error(format!("{first:#x} does not begin a char")));
         }
@@ -136,28 +133,11 @@ impl<'de> Reader<'de> {
 /// The high bit of each byte of a word: set in a byte that is not ASCII.
 const ASCII_HIGH_BITS: u64 = 0x8080_8080_8080_8080;
 
-/// `bytes` as text: ASCII checked a word at a time (most fields are), anything else by the
-/// standard library's UTF-8 check.
-#[inline]
-fn utf8(bytes: &[u8]) -> Result<&str, Error> {
-    let (words, tail) = bytes.as_chunks::<8>();
-    let mut any = tail.iter().fold(0u64, |any, &b| any | u64::from(b));
-    for word in words {
-        any |= u64::from_ne_bytes(*word);
-    }
-    if any & ASCII_HIGH_BITS == 0 {
-        // SAFETY: no byte has its high bit set, so every byte is an ASCII character, and ASCII
-        // text is UTF-8.
-        return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
-    }
-    not_ascii(bytes)
-}
-
-/// Text that is not all ASCII: checked by the standard library (out of the way of the usual
-/// case, whose code stays short).
+/// `bytes` as text, by the standard library's check (a short ASCII string never gets here: see
+/// [`Reader::str`]); out of the usual case's way, whose code stays short.
 #[cold]
 #[inline(never)]
-fn not_ascii(bytes: &[u8]) -> Result<&str, Error> {
+fn utf8(bytes: &[u8]) -> Result<&str, Error> {
     std::str::from_utf8(bytes).map_err(|e| Error(format!("a string is not UTF-8: {e}")))
 }
 
@@ -329,6 +309,18 @@ struct Items<'a, 'de> {
     len: usize,
 }
 
+impl<'de> Items<'_, 'de> {
+    /// The next item (of a map: the next key), if any is left.
+    #[inline]
+    fn next<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, Error> {
+        if self.len == 0 {
+            return Ok(None);
+        }
+        self.len -= 1;
+        seed.deserialize(&mut *self.reader).map(Some)
+    }
+}
+
 impl<'de> de::SeqAccess<'de> for Items<'_, 'de> {
     type Error = Error;
 
@@ -337,11 +329,7 @@ impl<'de> de::SeqAccess<'de> for Items<'_, 'de> {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, Error> {
-        if self.len == 0 {
-            return Ok(None);
-        }
-        self.len -= 1;
-        seed.deserialize(&mut *self.reader).map(Some)
+        self.next(seed)
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -356,11 +344,7 @@ impl<'de> de::MapAccess<'de> for Items<'_, 'de> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, Error> {
-        if self.len == 0 {
-            return Ok(None);
-        }
-        self.len -= 1;
-        seed.deserialize(&mut *self.reader).map(Some)
+        self.next(seed)
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Error> {

@@ -42,7 +42,7 @@ impl Partition {
             let slot = *slot_of.entry(record.key).or_insert_with(|| {
                 slot_keys.push(SlotKey {
                     key: record.key,
-                    hash: 0,
+                    hash: self.keyed.hash(record.key),
                     footprint: 0,
                     latest: record.ts,
                 });
@@ -59,11 +59,8 @@ impl Partition {
         // misses (PERFORMANCE.md, tenth pass).
         let state = &self.keyed;
         let found: Vec<Found> = slot_keys
-            .iter_mut()
-            .map(|slot| {
-                slot.hash = state.hash(slot.key);
-                state.find(slot.key, slot.hash, watermark)
-            })
+            .iter()
+            .map(|slot| state.find(slot.key, slot.hash, watermark))
             .collect();
         for (slot, found) in slot_keys.iter_mut().zip(found) {
             slot.footprint = found.footprint;
