@@ -195,11 +195,10 @@ mod tests {
             last_sweep: 7,
             partitions: vec![PartitionSnapshot::default()],
         };
-        state.partitions[0].keyed.entries.push((
-            Blob::from(&b"sku"[..]),
-            Blob::from(&b"12"[..]),
-            Some(99),
-        ));
+        state.partitions[0]
+            .keyed
+            .entries
+            .insert(Blob::from(&b"sku"[..]), (Blob::from(&b"12"[..]), Some(99)));
         let checkpoint = Checkpoint {
             pipeline: "orders".into(),
             taken_at_ms: now_ms(),
@@ -251,8 +250,8 @@ mod tests {
         // A length that claims far more than there is fails, without allocating it.
         // Many tiny entries (each claims far more than its few bytes) still decode.
         let mut many = checkpoint.clone();
-        many.stages[0].state.partitions[0].keyed.entries = (0..50_000)
-            .map(|_| (Blob::default(), Blob::default(), Some(1)))
+        many.stages[0].state.partitions[0].keyed.entries = (0..50_000u16)
+            .map(|i| (Blob::from(&i.to_le_bytes()[..]), (Blob::default(), Some(1))))
             .collect();
         assert_eq!(Checkpoint::decode(&many.encode()), Ok(many));
         for claim in [u64::MAX, 1 << 40, 1 << 30] {

@@ -78,7 +78,11 @@ impl PartitionSnapshot {
     }
 
     fn bytes(&self) -> usize {
-        let keyed = self.keyed.entries.iter().map(|(k, v, _)| k.len() + v.len());
+        let keyed = self
+            .keyed
+            .entries
+            .iter()
+            .map(|(k, (v, _))| k.len() + v.len());
         let windows = self
             .windows
             .windows
@@ -319,7 +323,7 @@ impl Stage {
     /// Takes the watermark of `snapshot` (of this stage, with any number of partitions) and, if
     /// `keep_state`, its state, spread over this stage's partitions by key (what to keep is
     /// decided as for a reload: [`crate::diff::state_conflict`]). Returns the keyed state it
-    /// took, in key order (what a checkpoint writer starts from).
+    /// took (what a checkpoint writer starts from).
     pub fn restore(&mut self, snapshot: StageSnapshot, keep_state: bool) -> Option<KeyedSnapshot> {
         self.watermark = snapshot.watermark;
         self.last_sweep = snapshot.last_sweep;

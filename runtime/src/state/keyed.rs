@@ -3,11 +3,12 @@
 //!
 //! Once a checkpointing pipeline asks ([`KeyedStore::track`]), the store also keeps a log of
 //! what changed since the last checkpoint took it ([`KeyedStore::take_changes`]): one entry per
-//! key changed (updated in place when the key changes again) or removed. Taking it is a move,
+//! key changed (updated in place when the key changes again) or removed, one per sweep of
+//! expired entries (not one per key it dropped). Taking it is a move,
 //! so a checkpoint costs the executor nearly nothing however large the state; the checkpoint
-//! writer, which holds the rest, merges it in.
+//! writer, which holds the rest, applies it.
 
-use super::{Blob, Bytes, Store, partition_of};
+use super::{Blob, Bytes, Map, Store, partition_of};
 use hashbrown::{HashTable, hash_table};
 use serde::{Deserialize, Serialize};
 use std::hash::BuildHasher;
@@ -94,12 +95,18 @@ pub(crate) struct KeyedStore {
     log: Vec<Change>,
     /// Which log `log` is: taking it starts the next epoch, so no entry points into it any more.
     epoch: u32,
+    /// Where the log's last sweep is, plus one (0: none): a change logged before it is not
+    /// updated in place, which would move the change before the sweep.
+    swept: usize,
 }
 
-/// A [`KeyedStore`]'s content: `(key, value, expires)` in key order.
+/// A [`KeyedStore`]'s content: each key's value and expiry. A hash table, in no order: the
+/// checkpoint writer holds one from checkpoint to checkpoint and applies each checkpoint's changes
+/// to it one by one, at a cost that follows the changes, not the state (no sort, no merge).
+/// Encoded as a sequence of `(key, value, expires)`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct KeyedSnapshot {
-    pub entries: Vec<(Blob, Blob, Option<i64>)>,
+    pub entries: Map<Blob, (Blob, Option<i64>)>,
 }
 
 /// What changed in keyed state since the last checkpoint, change by change in the order they
@@ -118,52 +125,55 @@ impl KeyedDelta {
     }
 }
 
-/// A key, and its value and expiry after a change (`None`: removed).
-pub(crate) type Change = (Blob, Option<(Blob, Option<i64>)>);
+/// One entry of the change log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// A key set to a value, to expire at a time (if any).
+    Put(Blob, Blob, Option<i64>),
+    /// A key's state dropped.
+    Remove(Blob),
+    /// The partition swept of every entry expired at this watermark ([`KeyedStore::expire`]):
+    /// one entry for the whole sweep, not one per key dropped, and applied to the keys of its
+    /// own partition only. A sweep drops half a day's keys at a time from a large state (with
+    /// a 24 h time to live): the writer drops them in one pass over what it holds, rather than
+    /// key by key, each a cache miss.
+    Sweep(i64),
+}
 
 impl KeyedSnapshot {
-    /// Applies `delta` to this snapshot (in key order): the snapshot of the state the delta led
-    /// to.
+    /// Applies `delta` to this snapshot: the snapshot of the state the delta led to.
     pub fn apply(&mut self, delta: KeyedDelta) {
-        let mut changes: Vec<Change> = delta.parts.into_iter().flatten().collect();
-        // Stable: each key's changes stay in the order they happened.
-        changes.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut changes = changes.into_iter().peekable();
-        let old = std::mem::take(&mut self.entries);
-        let mut merged = Vec::with_capacity(old.len() + changes.len());
-        let mut old = old.into_iter().peekable();
-        loop {
-            // The next key changed, with its last change.
-            let Some(mut change) = changes.next() else {
-                merged.extend(old);
-                break;
-            };
-            while let Some(later) = changes.next_if(|c| c.0 == change.0) {
-                change = later;
-            }
-            while let Some(kept) = old.next_if(|e| e.0 < change.0) {
-                merged.push(kept);
-            }
-            old.next_if(|e| e.0 == change.0);
-            if let (key, Some((value, expires))) = change {
-                merged.push((key, value, expires));
+        // A key's changes are all in one partition, in the order they happened (the last
+        // counts), and a partition's sweep drops only its own keys: partition by partition, each
+        // in order, is exact.
+        let count = delta.parts.len();
+        for (part, changes) in delta.parts.into_iter().enumerate() {
+            for change in changes {
+                match change {
+                    Change::Put(key, value, expires) => {
+                        self.entries.insert(key, (value, expires));
+                    }
+                    Change::Remove(key) => {
+                        self.entries.remove(&key);
+                    }
+                    Change::Sweep(watermark) => self.entries.retain(|key, (_, expires)| {
+                        expires.is_none_or(|at| at > watermark) || partition_of(key, count) != part
+                    }),
+                }
             }
         }
-        self.entries = merged;
     }
 
-    /// Merges snapshots of several partitions into one, in key order (one already in order is
-    /// taken as it is).
+    /// Merges snapshots of several partitions (whose keys are apart) into one.
     pub fn merge(parts: impl IntoIterator<Item = KeyedSnapshot>) -> KeyedSnapshot {
-        let mut parts = parts.into_iter();
-        let mut entries = parts.next().map(|p| p.entries).unwrap_or_default();
+        let mut parts: Vec<KeyedSnapshot> = parts.into_iter().collect();
+        // Into the largest: the fewest entries moved.
+        let largest = (0..parts.len()).max_by_key(|&i| parts[i].entries.len());
+        let mut merged = largest.map(|i| parts.swap_remove(i)).unwrap_or_default();
         for part in parts {
-            entries.extend(part.entries);
+            merged.entries.extend(part.entries);
         }
-        if !entries.is_sorted_by(|a, b| a.0 <= b.0) {
-            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        }
-        KeyedSnapshot { entries }
+        merged
     }
 }
 
@@ -229,16 +239,18 @@ impl KeyedStore {
                 entry.set(value, expires);
                 if self.tracking {
                     let (epoch, at) = entry.logged;
-                    let slot = (at as usize).checked_sub(1).filter(|_| epoch == self.epoch);
+                    let slot = (at as usize)
+                        .checked_sub(1)
+                        .filter(|&i| epoch == self.epoch && i >= self.swept);
                     match slot.and_then(|i| self.log.get_mut(i)) {
                         // Changed again: its entry in the log takes the new value.
-                        Some((_, Some((logged, logged_expires)))) => {
+                        Some(Change::Put(_, logged, logged_expires)) => {
                             logged.0.clear();
                             logged.0.extend_from_slice(value);
                             *logged_expires = expires;
                         }
                         _ => {
-                            let change = (Blob::from(key), Some((Blob::from(value), expires)));
+                            let change = Change::Put(Blob::from(key), Blob::from(value), expires);
                             entry.logged = log(&mut self.log, self.epoch, change);
                         }
                     }
@@ -247,7 +259,7 @@ impl KeyedStore {
             hash_table::Entry::Vacant(vacant) => {
                 self.bytes += key.len() + value.len();
                 let logged = if self.tracking {
-                    let change = (Blob::from(key), Some((Blob::from(value), expires)));
+                    let change = Change::Put(Blob::from(key), Blob::from(value), expires);
                     log(&mut self.log, self.epoch, change)
                 } else {
                     (0, 0)
@@ -269,7 +281,7 @@ impl KeyedStore {
             let (gone, _) = found.remove();
             self.bytes -= gone.len();
             if self.tracking {
-                self.log.push((Blob::from(key), None));
+                self.log.push(Change::Remove(Blob::from(key)));
             }
         }
     }
@@ -277,18 +289,17 @@ impl KeyedStore {
     /// Drops every entry expired at `watermark`.
     pub fn expire(&mut self, watermark: i64) {
         let bytes = &mut self.bytes;
-        let log = &mut self.log;
-        let tracking = self.tracking;
         self.entries.retain(|e| {
             let keep = e.expires().is_none_or(|at| at > watermark);
             if !keep {
                 *bytes -= e.len();
-                if tracking {
-                    log.push((Blob::from(e.key()), None));
-                }
             }
             keep
         });
+        if self.tracking {
+            self.log.push(Change::Sweep(watermark));
+            self.swept = self.log.len();
+        }
     }
 
     /// How many keys have state.
@@ -333,6 +344,7 @@ impl KeyedStore {
                 1
             }
         };
+        self.swept = 0;
         std::mem::take(&mut self.log)
     }
 
@@ -356,7 +368,7 @@ impl KeyedStore {
                 .reserve(snapshot.entries.len() / count.max(1), |e| {
                     hasher.hash_one(e.key())
                 });
-            for (key, value, expires) in &snapshot.entries {
+            for (key, (value, expires)) in &snapshot.entries {
                 if partition_of(key, count) != at {
                     continue;
                 }
@@ -374,12 +386,11 @@ impl Store for KeyedStore {
     type Snapshot = KeyedSnapshot;
 
     fn snapshot(&self) -> KeyedSnapshot {
-        let mut entries: Vec<_> = self
+        let entries = self
             .entries
             .iter()
-            .map(|e| (Blob::from(e.key()), Blob::from(e.value()), e.expires()))
+            .map(|e| (Blob::from(e.key()), (Blob::from(e.value()), e.expires())))
             .collect();
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         KeyedSnapshot { entries }
     }
 
@@ -396,9 +407,14 @@ impl Store for KeyedStore {
 
     /// Logged changes move with their keys, in order, so a checkpoint after a redistribution
     /// still gets every change (entries point into the new logs nowhere: a key changed again is
-    /// logged again, and its last change counts).
+    /// logged again, and its last change counts). A logged sweep cannot move (it drops the keys
+    /// of its old partition): where there is one, the stores stop logging and the next
+    /// checkpoint takes them whole.
     fn redistribute(parts: Vec<Self>, count: usize) -> Vec<Self> {
-        let tracking = parts.iter().any(|p| p.tracking);
+        let swept = parts
+            .iter()
+            .any(|p| p.log.iter().any(|c| matches!(c, Change::Sweep(_))));
+        let tracking = parts.iter().any(|p| p.tracking) && !swept;
         let mut spread: Vec<KeyedStore> = (0..count.max(1))
             .map(|_| KeyedStore {
                 tracking,
@@ -411,8 +427,14 @@ impl Store for KeyedStore {
                 entry.logged = (0, 0);
                 spread[partition_of(entry.key(), count)].insert_new(entry);
             }
+            if !tracking {
+                continue;
+            }
             for change in part.log {
-                spread[partition_of(&change.0, count)].log.push(change);
+                let (Change::Put(key, ..) | Change::Remove(key)) = &change else {
+                    unreachable!("a log with a sweep is not moved")
+                };
+                spread[partition_of(key, count)].log.push(change);
             }
         }
         spread
@@ -478,6 +500,54 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert_eq!(s.bytes(), 4);
         assert_eq!(s.live(b"c", 19), Some(&b"3"[..]));
+    }
+
+    #[test]
+    fn a_sweep_is_logged_once_and_drops_only_its_own_partitions_expired_keys() {
+        let keys: Vec<Vec<u8>> = (0..40u8).map(|k| vec![b'k', k]).collect();
+        let mut parts = vec![KeyedStore::default(), KeyedStore::default()];
+        parts.iter_mut().for_each(KeyedStore::track);
+        for (i, key) in keys.iter().enumerate() {
+            parts[partition_of(key, 2)].put(key, b"v", Some(i as i64));
+        }
+        let mut held = KeyedSnapshot::default();
+        held.apply(KeyedDelta {
+            parts: parts.iter_mut().map(KeyedStore::take_changes).collect(),
+        });
+        assert_eq!(held.entries.len(), 40);
+        // Partition 0 swept at 19, then a key of it put again, already expired at the sweep's
+        // watermark: the sweep does not drop it (the store keeps it until its next sweep).
+        parts[0].expire(19);
+        let late = keys.iter().find(|k| partition_of(k, 2) == 0).unwrap();
+        parts[0].put(late, b"again", Some(3));
+        let changes: Vec<Vec<Change>> = parts.iter_mut().map(KeyedStore::take_changes).collect();
+        assert_eq!(
+            changes[0][0],
+            Change::Sweep(19),
+            "one entry for the whole sweep"
+        );
+        assert_eq!(changes[0].len(), 2);
+        assert!(changes[1].is_empty());
+        held.apply(KeyedDelta { parts: changes });
+        assert_eq!(held, whole(&parts));
+        let (mut kept, mut dropped) = (0, 0);
+        for (i, key) in keys.iter().enumerate().filter(|&(i, _)| i <= 19) {
+            let held = held.entries.contains_key(&Blob::from(&key[..]));
+            match partition_of(key, 2) {
+                1 => kept += usize::from(held),
+                _ if key != late => dropped += usize::from(!held),
+                _ => {}
+            }
+            assert_eq!(held, partition_of(key, 2) == 1 || key == late, "key {i}");
+        }
+        assert!(
+            kept > 0 && dropped > 0,
+            "both partitions hold keys expired at 19"
+        );
+        assert_eq!(
+            held.entries[&Blob::from(&late[..])].0,
+            Blob::from(&b"again"[..])
+        );
     }
 
     #[test]
@@ -583,7 +653,15 @@ mod tests {
                         held.apply(delta);
                         proptest::prop_assert_eq!(&held, &whole(&parts));
                     }
-                    Op::Spread(n) => parts = KeyedStore::redistribute(parts, n),
+                    Op::Spread(n) => {
+                        parts = KeyedStore::redistribute(parts, n);
+                        // Stores that stopped logging (a sweep could not move) are taken whole
+                        // by the next checkpoint, as `Stage::capture` does.
+                        if !parts.iter().all(KeyedStore::is_tracking) {
+                            parts.iter_mut().for_each(KeyedStore::track);
+                            held = whole(&parts);
+                        }
+                    }
                 }
             }
         }

@@ -133,8 +133,8 @@ pub(crate) fn partition_of(key: &[u8], count: usize) -> usize {
 
 /// What every store of a partition can do.
 pub(crate) trait Store: Default + Sized {
-    /// The store's content, in a form that does not depend on hashing or partitioning (entries
-    /// in key order), to be written to disk.
+    /// The store's content, in a form that does not depend on partitioning, to be written to
+    /// disk.
     type Snapshot;
 
     /// The store's content.
