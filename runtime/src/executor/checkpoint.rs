@@ -628,3 +628,23 @@ pub(super) fn resume_source(
     runtime.finished = entry.finished;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_writer_runs_at_background_priority() {
+        // SAFETY: reads the nice value of the calling thread.
+        let nice =
+            || unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+        let before = nice();
+        let writer = std::thread::spawn(move || {
+            super::in_background();
+            nice()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(writer, before.max(10), "the writer's thread is lowered");
+        assert_eq!(nice(), before, "the thread that started it is not");
+    }
+}
