@@ -53,6 +53,10 @@ fn start(
     Live::start(&args[..1 + usize::from(watch)], &all, scenario.path(log))
 }
 
+/// What a run killed at a checkpoint is started with: it follows its input, so it never ends by
+/// itself before the checkpoint it is killed at, however fast the machine.
+const UNTIL_KILLED: &[(&str, &str)] = &[("FOLLOW", "true")];
+
 /// Kills `live` once the checkpoint folder of `out` holds one numbered `id` or later (or the
 /// run is over).
 fn kill_at_checkpoint(mut live: Live, out: &Path, id: u64) {
@@ -88,12 +92,14 @@ fn finish(scenario: &Scenario, orders: &Path, out: &Path, parallelism: &str) -> 
 
 #[test]
 fn killed_at_any_moment_a_run_resumes_to_exactly_the_output_of_one_never_killed() {
-    let (scenario, input, orders) = with_orders("120000", "31");
+    // Enough orders that the runs below are killed while they still read, on this VM at its
+    // fastest (≈ 600 k orders/s).
+    let (scenario, input, orders) = with_orders("600000", "31");
     let out = scenario.path("out");
     let pipeline = Path::new("pipelines/orders.toml");
 
     // One partition, killed once its third checkpoint is written.
-    let live = start(&scenario, "1.log", pipeline, &orders, &out, &[]);
+    let live = start(&scenario, "1.log", pipeline, &orders, &out, UNTIL_KILLED);
     kill_at_checkpoint(live, &out, 3);
     let first = newest(&out);
     assert!(first >= 3, "{:?}", ids(&out));
@@ -136,7 +142,7 @@ fn killed_at_any_moment_a_run_resumes_to_exactly_the_output_of_one_never_killed(
         pipeline,
         &orders,
         &out,
-        &[("FLUMEN_PARALLELISM", "2")],
+        &[("FLUMEN_PARALLELISM", "2"), UNTIL_KILLED[0]],
     );
     kill_at_checkpoint(live, &out, first + 2);
 
@@ -222,7 +228,7 @@ fn damaged_checkpoints_are_passed_over_and_foreign_ones_refused() {
     let (scenario, input, orders) = with_orders("60000", "32");
     let out = scenario.path("out");
     let pipeline = Path::new("pipelines/orders.toml");
-    let live = start(&scenario, "1.log", pipeline, &orders, &out, &[]);
+    let live = start(&scenario, "1.log", pipeline, &orders, &out, UNTIL_KILLED);
     kill_at_checkpoint(live, &out, 3);
 
     let inspect = text(
@@ -309,13 +315,15 @@ fn damaged_checkpoints_are_passed_over_and_foreign_ones_refused() {
         let mut bytes = std::fs::read(checkpoint_file(&out, last)).unwrap();
         spoil(&mut bytes);
         std::fs::write(checkpoint_file(&out, last), bytes).unwrap();
+        // The first run is killed at a checkpoint, the second runs to the end.
+        let envs = [UNTIL_KILLED, &[]][round];
         let live = start(
             &scenario,
             &format!("{damage}.log"),
             pipeline,
             &orders,
             &out,
-            &[],
+            envs,
         );
         let resumed = format!("resumed from checkpoint {previous} ");
         live.wait_for_log(&resumed, 1);

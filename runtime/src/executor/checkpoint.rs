@@ -147,10 +147,7 @@ impl Checkpointing {
         self.next_id += 1;
         let dir = self.dir.clone();
         let held = self.held.take().unwrap_or_default();
-        let job = move || {
-            in_background();
-            write(id, &dir, checkpoint, deltas, held, committed)
-        };
+        let job = move || write(id, &dir, checkpoint, deltas, held, committed);
         match std::thread::Builder::new()
             .name("flumen-checkpoint".into())
             .spawn(job)
@@ -163,24 +160,6 @@ impl Checkpointing {
                 self.stats.last_error = Some(format!("cannot start the checkpoint writer: {e}"));
                 tracing::error!("checkpoint {id} could not be written: cannot start a thread: {e}");
             }
-        }
-    }
-}
-
-/// Lowers the calling thread's scheduling priority to that of background work (nice 10): the
-/// checkpoint writer then takes what the executor and its workers leave of the cores, rather than
-/// an equal share of them, as RocksDB lowers its compaction threads. Under a load that leaves
-/// nothing, the writer still gets about a tenth of a core (the kernel's weight of nice 10 against
-/// nice 0), so a checkpoint is late, never starved.
-fn in_background() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: `gettid` has no preconditions; `setpriority` on the calling thread's own id
-        // changes only that thread's nice value (Linux schedules threads one by one) and reads
-        // no memory. A failure leaves the priority as it was, which is harmless.
-        unsafe {
-            let thread = libc::gettid() as libc::id_t;
-            libc::setpriority(libc::PRIO_PROCESS, thread, 10);
         }
     }
 }
@@ -627,24 +606,4 @@ pub(super) fn resume_source(
     runtime.batch.newest = entry.newest;
     runtime.finished = entry.finished;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn the_writer_runs_at_background_priority() {
-        // SAFETY: reads the nice value of the calling thread.
-        let nice =
-            || unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
-        let before = nice();
-        let writer = std::thread::spawn(move || {
-            super::in_background();
-            nice()
-        })
-        .join()
-        .unwrap();
-        assert_eq!(writer, before.max(10), "the writer's thread is lowered");
-        assert_eq!(nice(), before, "the thread that started it is not");
-    }
 }
