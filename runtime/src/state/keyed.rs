@@ -23,7 +23,7 @@ struct Entry {
     bytes: Bytes,
     /// Event time from which the entry may be dropped (time-to-live), if `expiring`.
     expires: i64,
-    /// Where the key's latest change is in the log, if it is in the current one: the log's
+    /// Where the key's latest change is in the log, if it was logged in the current epoch: the
     /// epoch, and the index of its entry plus one.
     logged: (u32, u32),
     /// The key's length: framed as a `u32` wherever a key comes from (the batch ABI).
@@ -93,11 +93,10 @@ pub(crate) struct KeyedStore {
     tracking: bool,
     /// What changed since the log was last taken, in order.
     log: Vec<Change>,
-    /// Which log `log` is: taking it starts the next epoch, so no entry points into it any more.
+    /// Which stretch of the log entries may point into: taking the log starts the next epoch,
+    /// so no entry points into it any more; so does logging a sweep, so that no change logged
+    /// before the sweep is updated in place (which would move it before the sweep).
     epoch: u32,
-    /// Where the log's last sweep is, plus one (0: none): a change logged before it is not
-    /// updated in place, which would move the change before the sweep.
-    swept: usize,
 }
 
 /// A [`KeyedStore`]'s content: each key's value and expiry. A hash table, in no order: the
@@ -239,9 +238,7 @@ impl KeyedStore {
                 entry.set(value, expires);
                 if self.tracking {
                     let (epoch, at) = entry.logged;
-                    let slot = (at as usize)
-                        .checked_sub(1)
-                        .filter(|&i| epoch == self.epoch && i >= self.swept);
+                    let slot = (at as usize).checked_sub(1).filter(|_| epoch == self.epoch);
                     match slot.and_then(|i| self.log.get_mut(i)) {
                         // Changed again: its entry in the log takes the new value.
                         Some(Change::Put(_, logged, logged_expires)) => {
@@ -298,7 +295,7 @@ impl KeyedStore {
         });
         if self.tracking {
             self.log.push(Change::Sweep(watermark));
-            self.swept = self.log.len();
+            self.next_epoch();
         }
     }
 
@@ -333,8 +330,15 @@ impl KeyedStore {
 
     /// Starts a new, empty log (no entry points into the old one any more); returns the old.
     fn next_log(&mut self) -> Vec<Change> {
+        self.next_epoch();
+        std::mem::take(&mut self.log)
+    }
+
+    /// Starts the next epoch: no entry points into the log written so far any more.
+    fn next_epoch(&mut self) {
         // Epoch 0 is never current, so a new entry's `(0, 0)` points nowhere. After 4 G epochs
-        // (a century of checkpoints) numbers start again, with every entry pointing nowhere.
+        // (a century of checkpoints and sweeps) numbers start again, with every entry pointing
+        // nowhere.
         self.epoch = match self.epoch.checked_add(1) {
             Some(next) => next,
             None => {
@@ -344,8 +348,6 @@ impl KeyedStore {
                 1
             }
         };
-        self.swept = 0;
-        std::mem::take(&mut self.log)
     }
 
     /// Adds an entry for a key it does not hold.
