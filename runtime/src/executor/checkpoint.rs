@@ -2,9 +2,10 @@
 //!
 //! A checkpoint is taken between two rounds, when nothing is in flight (see [`crate::checkpoint`]):
 //! sinks hand what they buffered to the OS and give their lengths, sources their positions,
-//! stages a snapshot of their state. That is the whole pause. A thread of its own then syncs the
-//! sinks' files, encodes the snapshot and writes it; one write is in flight at a time, and a
-//! checkpoint that comes due meanwhile waits for the next round after it.
+//! stages a snapshot of their state. That is the whole pause. A thread of its own then encodes
+//! the snapshot while another syncs the sinks' files, and writes it once both are done; one
+//! write is in flight at a time, and a checkpoint that comes due meanwhile waits for the next
+//! round after it.
 
 use super::{Pipeline, SourceRuntime};
 use crate::checkpoint::{Checkpoint, CheckpointDir, SinkEntry, SourceEntry, StageEntry, now_ms};
@@ -164,18 +165,90 @@ impl Checkpointing {
     }
 }
 
-/// The writer's work, on its own thread: brings each stage's keyed state up to date (a whole
-/// capture replaces what was held, changes are applied to it), syncs the sinks' files, encodes
-/// the checkpoint and writes it.
+/// The writer's work, on its own thread: brings each stage's keyed state up to date and encodes
+/// the checkpoint while a second thread syncs the sinks' files, then writes it.
 fn write(
     id: u64,
     dir: &CheckpointDir,
-    mut checkpoint: Checkpoint,
+    checkpoint: Checkpoint,
     deltas: Vec<Option<KeyedDelta>>,
-    mut held: Held,
+    held: Held,
     committed: Vec<Committed>,
 ) -> Outcome {
     let started = Instant::now();
+    let failed = |why: String| Failed { id, why };
+    // The two take the longer of their times, not the sum; both are done before the
+    // checkpoint file is written.
+    let (encoded, durable) = std::thread::scope(|scope| {
+        let syncing = std::thread::Builder::new()
+            .name("flumen-checkpoint-sync".into())
+            .spawn_scoped(scope, move || make_durable(committed));
+        let encoded = encode(checkpoint, deltas, held);
+        let durable = match syncing {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|_| Err("the thread syncing the sinks panicked".into())),
+            // This checkpoint fails like any write that fails; the next one tries again.
+            Err(e) => Err(format!("cannot start the thread syncing the sinks: {e}")),
+        };
+        (encoded, durable)
+    });
+    let Encoded {
+        checkpoint,
+        bytes,
+        held,
+        whole,
+    } = encoded;
+    let result = (|| {
+        let Some(bytes) = bytes else {
+            return Err(failed(
+                "the writer lost the state it held; the next checkpoint takes it whole".into(),
+            ));
+        };
+        durable.map_err(failed)?;
+        dir.write(id, &bytes).map_err(|e| failed(e.to_string()))?;
+        Ok(Written {
+            id,
+            positions: checkpoint
+                .sources
+                .iter()
+                .map(|s| s.position.clone())
+                .collect(),
+            taken_at_ms: checkpoint.taken_at_ms,
+            bytes: bytes.len() as u64,
+            took: started.elapsed(),
+        })
+    })();
+    Outcome {
+        held,
+        whole,
+        result,
+    }
+}
+
+/// Makes every sink's output up to the checkpoint durable.
+fn make_durable(committed: Vec<Committed>) -> Result<(), String> {
+    for mut sink in committed {
+        sink.make_durable()
+            .map_err(|e| format!("cannot make a sink's output durable: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A checkpoint with its keyed state brought up to date, encoded.
+struct Encoded {
+    checkpoint: Checkpoint,
+    /// Its bytes; `None` if the writer had lost the state a change log applies to.
+    bytes: Option<Vec<u8>>,
+    /// What the writer holds from now on.
+    held: Held,
+    /// Whether it holds it whole.
+    whole: bool,
+}
+
+/// Brings each stage's keyed state up to date (a whole capture replaces what was held, changes
+/// are applied to it) and encodes the checkpoint.
+fn encode(mut checkpoint: Checkpoint, deltas: Vec<Option<KeyedDelta>>, mut held: Held) -> Encoded {
     let mut whole = true;
     for (entry, delta) in checkpoint.stages.iter_mut().zip(deltas) {
         let parts = &mut entry.state.partitions;
@@ -198,7 +271,7 @@ fn write(
             }),
         }
     }
-    let encoded = whole.then(|| checkpoint.encode());
+    let bytes = whole.then(|| checkpoint.encode());
     // What the writer holds from now on: each stage's keyed state, taken back.
     let held: Held = checkpoint
         .stages
@@ -208,34 +281,11 @@ fn write(
             (e.name.clone(), keyed)
         })
         .collect();
-    let result = (|| {
-        let failed = |why: String| Failed { id, why };
-        let Some(bytes) = encoded else {
-            return Err(failed(
-                "the writer lost the state it held; the next checkpoint takes it whole".into(),
-            ));
-        };
-        for mut sink in committed {
-            sink.make_durable()
-                .map_err(|e| failed(format!("cannot make a sink's output durable: {e}")))?;
-        }
-        dir.write(id, &bytes).map_err(|e| failed(e.to_string()))?;
-        Ok(Written {
-            id,
-            positions: checkpoint
-                .sources
-                .iter()
-                .map(|s| s.position.clone())
-                .collect(),
-            taken_at_ms: checkpoint.taken_at_ms,
-            bytes: bytes.len() as u64,
-            took: started.elapsed(),
-        })
-    })();
-    Outcome {
+    Encoded {
+        checkpoint,
+        bytes,
         held,
         whole,
-        result,
     }
 }
 
@@ -606,4 +656,66 @@ pub(super) fn resume_source(
     runtime.batch.newest = entry.newest;
     runtime.finished = entry.finished;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    fn checkpoint() -> Checkpoint {
+        Checkpoint {
+            pipeline: "p".into(),
+            taken_at_ms: 1,
+            sources: Vec::new(),
+            stages: Vec::new(),
+            sinks: Vec::new(),
+        }
+    }
+
+    /// A sink whose sync notes, in `log`, which checkpoints the folder held when it ran.
+    fn sink(dir: &CheckpointDir, log: &Arc<Mutex<Vec<usize>>>, fails: bool) -> Committed {
+        let (dir, log) = (dir.clone(), Arc::clone(log));
+        Committed {
+            at: None,
+            durable: Some(Box::new(move || {
+                log.lock().unwrap().push(dir.list()?.len());
+                match fails {
+                    true => Err(std::io::Error::other("disk gone")),
+                    false => Ok(()),
+                }
+            })),
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_is_written_after_every_sink_is_durable() {
+        let folder = tempfile::tempdir().unwrap();
+        let dir = CheckpointDir::open(folder.path()).unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sinks = vec![sink(&dir, &log, false), sink(&dir, &log, false)];
+        let outcome = write(7, &dir, checkpoint(), Vec::new(), Held::new(), sinks);
+        assert_eq!(outcome.result.ok().map(|w| w.id), Some(7));
+        assert!(outcome.whole);
+        assert_eq!(*log.lock().unwrap(), [0, 0], "both synced before the file");
+        let ids: Vec<u64> = dir.list().unwrap().iter().map(|f| f.id).collect();
+        assert_eq!(ids, [7]);
+    }
+
+    #[test]
+    fn a_sink_that_cannot_sync_fails_the_checkpoint_and_writes_nothing() {
+        let folder = tempfile::tempdir().unwrap();
+        let dir = CheckpointDir::open(folder.path()).unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sinks = vec![sink(&dir, &log, true)];
+        let outcome = write(3, &dir, checkpoint(), Vec::new(), Held::new(), sinks);
+        let why = outcome.result.err().map(|f| f.why).unwrap_or_default();
+        assert!(
+            why.contains("cannot make a sink's output durable: disk gone"),
+            "{why}"
+        );
+        assert!(dir.list().unwrap().is_empty());
+        // The state the writer holds is not lost with the checkpoint.
+        assert!(outcome.whole);
+    }
 }
