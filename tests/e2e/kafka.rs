@@ -313,7 +313,7 @@ fn the_reference_pipeline_on_kafka_writes_what_the_file_pipeline_writes() {
     // Its sinks replay to deliver exactly once, so no level runs a round behind (which would
     // interleave the dead letters of two levels differently from run to run).
     assert!(
-        log.contains(", 0 rounds ran the last level a round behind"),
+        log.contains(", 0 rounds ran the last levels a round behind"),
         "{log}"
     );
     assert_accounted(&serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap());

@@ -476,16 +476,21 @@ fn output_does_not_depend_on_parallelism() {
     }
 }
 
-/// With two threads, stages of one level run side by side (here `stock` and a second `stock`
-/// reading `dedupe`) and the last level (the four readers of `stock`, feeding only sinks) runs
-/// a round behind, beside the others: every sink — dead letters included — gets the lines one
-/// thread writes, in the same order.
+/// With two threads the last levels run a round behind, beside the earlier ones (in the
+/// reference pipeline `stock` and its four readers, with the sinks only they feed); where no cut
+/// can be taken, stages of one level run side by side instead (here `stock` and a second `stock`
+/// reading `dedupe`, then the four readers of `stock`, in a pipeline whose `late` sink takes
+/// `dedupe`'s rejects too, so that every cut would feed a sink from both sides of it). Either
+/// way every sink — dead letters included — gets the lines one thread writes, in the same order.
 #[test]
-fn stages_side_by_side_and_a_round_behind_write_what_one_thread_writes() {
+fn stages_a_round_behind_or_side_by_side_write_what_one_thread_writes() {
     let (scenario, _, orders) = with_orders("20000", "6");
     let reference = std::fs::read_to_string(workspace().join("pipelines/orders.toml")).unwrap();
     let modules = workspace().join("target/flumen").display().to_string();
-    let pipeline = format!(
+    let reference = reference.replace("../target/flumen", &modules);
+    let late = r#"inputs = ["sales_per_sku.late", "trending.late", "sessions.late"]"#;
+    assert!(reference.contains(late));
+    let uncut = format!(
         r#"{}
 [operators.stock_again]
 module = "{modules}/stock.wasm"
@@ -493,43 +498,60 @@ inputs = ["dedupe"]
 key_by = "sku"
 params = {{ initial_stock = 1000, low_stock_threshold = 20 }}
 "#,
-        reference.replace("../target/flumen", &modules)
+        reference.replace(late, &late.replace("]", r#", "dedupe.rejected"]"#))
     );
-    let pipeline = scenario.write("two-stocks.toml", &pipeline);
     let limit = Duration::from_secs(600);
-    let (one, two) = (scenario.path("t1"), scenario.path("t2"));
-    assert_accounted(&run_file(
-        &pipeline,
-        &orders,
-        &one,
-        &[("FLUMEN_THREADS", "1")],
-        limit,
-    ));
-    let env = [
-        ("FLUMEN_THREADS", "2"),
-        ("FLUMEN_LOG", "warn,flumen::executor=debug"),
-    ];
-    assert_accounted(&run_file(&pipeline, &orders, &two, &env, limit));
-    let stderr = std::fs::read_to_string(two.with_extension("stderr.log")).unwrap();
-    // "… N half rounds ran stages of one level side by side, M rounds ran the last level …"
-    let line = stderr
-        .lines()
-        .find(|line| line.contains("rounds ran the last level a round behind"))
-        .unwrap_or_else(|| panic!("no counts of rounds run beside others: {stderr}"));
-    let number = |word: Option<&str>| -> u64 { word.and_then(|w| w.parse().ok()).unwrap_or(0) };
-    let side_by_side = number(
-        line.split_once(" half rounds")
-            .and_then(|(head, _)| head.split_whitespace().last()),
-    );
-    let behind = number(
-        line.split_once("side by side, ")
-            .and_then(|(_, tail)| tail.split_whitespace().next()),
-    );
-    assert!(side_by_side > 0 && behind > 0, "{line}");
-    for name in SINKS {
-        assert!(
-            sink(&two, name) == sink(&one, name),
-            "{name}: two threads changed the lines or their order"
+    // Half rounds run side by side and rounds run behind, from the executor's log.
+    let counts = |stderr: &str| -> (u64, u64) {
+        // "… N half rounds ran stages of one level side by side, M rounds ran the last levels …"
+        let line = stderr
+            .lines()
+            .find(|line| line.contains("rounds ran the last levels a round behind"))
+            .unwrap_or_else(|| panic!("no counts of rounds run beside others: {stderr}"));
+        let number = |word: Option<&str>| word.and_then(|w| w.parse().ok()).unwrap_or(0);
+        let side_by_side = line
+            .split_once(" half rounds")
+            .and_then(|(head, _)| head.split_whitespace().last());
+        let behind = line
+            .split_once("side by side, ")
+            .and_then(|(_, tail)| tail.split_whitespace().next());
+        (number(side_by_side), number(behind))
+    };
+    for (name, text) in [("cut", reference.clone()), ("uncut", uncut)] {
+        let pipeline = scenario.write(&format!("{name}.toml"), &text);
+        let (one, two) = (
+            scenario.path(&format!("{name}-t1")),
+            scenario.path(&format!("{name}-t2")),
         );
+        assert_accounted(&run_file(
+            &pipeline,
+            &orders,
+            &one,
+            &[("FLUMEN_THREADS", "1")],
+            limit,
+        ));
+        let env = [
+            ("FLUMEN_THREADS", "2"),
+            ("FLUMEN_LOG", "warn,flumen::executor=debug"),
+        ];
+        assert_accounted(&run_file(&pipeline, &orders, &two, &env, limit));
+        let stderr = std::fs::read_to_string(two.with_extension("stderr.log")).unwrap();
+        let (side_by_side, behind) = counts(&stderr);
+        match name {
+            "cut" => assert!(
+                behind > 0,
+                "{name}: {side_by_side} side by side, {behind} behind"
+            ),
+            _ => assert!(
+                side_by_side > 0 && behind == 0,
+                "{name}: {side_by_side} side by side, {behind} behind"
+            ),
+        }
+        for sink_name in SINKS {
+            assert!(
+                sink(&two, sink_name) == sink(&one, sink_name),
+                "{name}: {sink_name}: two threads changed the lines or their order"
+            );
+        }
     }
 }

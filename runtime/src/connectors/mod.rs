@@ -219,7 +219,7 @@ pub struct KafkaSplit {
 
 /// A destination of JSON values, one per line. Writes are buffered; the executor calls
 /// [`Sink::flush`] at least every [`FLUSH_INTERVAL`] and at the end, so files can be watched.
-pub trait Sink {
+pub trait Sink: Send {
     /// Writes one JSON value.
     fn write(&mut self, value: &[u8]) -> std::io::Result<()>;
     /// Pushes buffered lines to their destination.

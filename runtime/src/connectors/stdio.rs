@@ -25,7 +25,7 @@ pub(super) struct LineSink<W: Write> {
     pub out: BufWriter<W>,
 }
 
-impl<W: Write> Sink for LineSink<W> {
+impl<W: Write + Send> Sink for LineSink<W> {
     fn write(&mut self, value: &[u8]) -> std::io::Result<()> {
         self.out.write_all(value)?;
         self.out.write_all(b"\n")

@@ -204,7 +204,7 @@ impl Pipeline {
         }
         self.upstream = upstream_of(&plan);
         self.queues = self.stages.iter().map(|_| VecDeque::new()).collect();
-        self.plan = plan;
+        self.plan = std::sync::Arc::new(plan);
         self.graph = config.graph();
         let pause = started.elapsed();
         self.swap_pauses.push(pause);

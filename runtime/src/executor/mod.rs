@@ -21,7 +21,7 @@ use crate::dead_letter::DeadLetters;
 use crate::guest::{Guest, OperatorInstance};
 use crate::plan::{Consumer, NodeRef, Plan, PortPlan};
 use crate::reload::{Reloads, Version};
-use crate::stage::{KeyAt, Stage};
+use crate::stage::{KeyAt, Stage, learn_cost};
 use crate::telemetry::{CheckpointStats, StageKind, StageStats, Summary};
 use crate::telemetry::{ReloadOutcome, SharedStatus, StageStatus};
 use crate::window::{SplitMark, SplitWatermarks};
@@ -65,7 +65,8 @@ struct SourceRuntime {
 
 /// A pipeline ready to run.
 pub struct Pipeline {
-    plan: Plan,
+    /// Shared with the lagging stages' thread (`lag.rs`).
+    plan: Arc<Plan>,
     sources: Vec<SourceRuntime>,
     stages: Vec<Stage>,
     queues: Vec<VecDeque<Queued>>,
@@ -96,8 +97,16 @@ pub struct Pipeline {
     /// The last level's work put aside for the next round, when it runs a round behind
     /// (`lag.rs`).
     behind: Option<lag::Behind>,
-    /// How many rounds ran the last level's work a round behind, beside the others.
+    /// How many rounds ran the last levels' work a round behind, beside the others.
     rounds_behind: u64,
+    /// What reading the sources has cost a round, on average over recent rounds: work that
+    /// stays on the executor's thread (`lag.rs`).
+    reading_ns: f64,
+    /// The sources' busy time when `reading_ns` last learned.
+    reading_seen: Duration,
+    /// Per sink, its busy time when it last learned and what writing it has cost a round, on
+    /// average over recent rounds (`lag.rs`).
+    sink_ns: Vec<(Duration, f64)>,
 }
 
 /// What [`Pipeline::resume`] restored.
@@ -293,7 +302,7 @@ impl Pipeline {
                 .iter()
                 .map(|s| StageStats::new(&s.config.name, StageKind::Sink, &[]))
                 .collect(),
-            plan,
+            plan: Arc::new(plan),
             sources,
             stages,
             upstream,
@@ -311,6 +320,9 @@ impl Pipeline {
             side_by_side: 0,
             behind: None,
             rounds_behind: 0,
+            reading_ns: 0.0,
+            reading_seen: Duration::ZERO,
+            sink_ns: Vec::new(),
         })
     }
 
@@ -378,27 +390,7 @@ impl Pipeline {
                 if self.sources[s].finished || stopping {
                     continue;
                 }
-                let runtime = &mut self.sources[s];
-                runtime.batch.clear();
-                let reading = Instant::now();
-                let pulled = runtime.source.next_batch(&mut runtime.batch)?;
-                runtime.stats.busy += reading.elapsed();
-                runtime.marks.append(&mut runtime.batch.marks);
-                match pulled {
-                    Pull::Batch => {
-                        progressed = true;
-                        self.emit_source_batch(s)?;
-                    }
-                    Pull::Idle => {}
-                    Pull::Busy => progressed = true,
-                    Pull::Finished => {
-                        let source = &mut self.sources[s];
-                        source.finished = true;
-                        source.watermark = source.watermark.max(self.end_watermark);
-                        progressed = true;
-                    }
-                }
-                self.pump()?;
+                progressed |= self.pump(Some(s))?;
             }
             if last_flush.elapsed() >= FLUSH_INTERVAL {
                 self.flush()?;
@@ -414,10 +406,10 @@ impl Pipeline {
                 std::thread::sleep(IDLE_WAIT);
             }
         }
-        self.pump()?;
+        self.pump(None)?;
         self.settle()?;
         tracing::debug!(
-            "{} half rounds ran stages of one level side by side, {} rounds ran the last level \
+            "{} half rounds ran stages of one level side by side, {} rounds ran the last levels \
              a round behind",
             self.side_by_side,
             self.rounds_behind
@@ -441,6 +433,30 @@ impl Pipeline {
         })
     }
 
+    /// Reads the next batch of source `s` and hands it on; whether that made progress.
+    fn read_source(&mut self, s: usize) -> anyhow::Result<bool> {
+        let runtime = &mut self.sources[s];
+        runtime.batch.clear();
+        let reading = Instant::now();
+        let pulled = runtime.source.next_batch(&mut runtime.batch)?;
+        runtime.stats.busy += reading.elapsed();
+        runtime.marks.append(&mut runtime.batch.marks);
+        match pulled {
+            Pull::Batch => {
+                self.emit_source_batch(s)?;
+                Ok(true)
+            }
+            Pull::Idle => Ok(false),
+            Pull::Busy => Ok(true),
+            Pull::Finished => {
+                let source = &mut self.sources[s];
+                source.finished = true;
+                source.watermark = source.watermark.max(self.end_watermark);
+                Ok(true)
+            }
+        }
+    }
+
     /// Hands the source batch just read to the consumers of source `s` and moves its watermark.
     fn emit_source_batch(&mut self, s: usize) -> anyhow::Result<()> {
         let runtime = &mut self.sources[s];
@@ -458,7 +474,7 @@ impl Pipeline {
             return self.write_dead_letters();
         }
         let batch = Arc::new(runtime.batch.out.take());
-        self.deliver((NodeRef::Source(s), 0), batch, Some(s))
+        self.deliver((NodeRef::Source(s), 0), batch, Some(s), true)
     }
 
     /// Moves each source's watermark by the event times of the batch it just read, leaving out
@@ -487,13 +503,14 @@ impl Pipeline {
         }
     }
 
-    /// Hands a port's batch to every consumer of the port: the main port of source `s`
-    /// (`NodeRef::Source(s), 0`) or port `p` of operator `o` (`NodeRef::Operator(o), p`).
+    /// Hands the batch of port `from` (see [`port_of`]) to every consumer of the port (to its
+    /// sinks only, without `operators`).
     fn deliver(
         &mut self,
         from: (NodeRef, usize),
         batch: Arc<Vec<u8>>,
         origin: Option<usize>,
+        operators: bool,
     ) -> anyhow::Result<()> {
         let Pipeline {
             plan,
@@ -503,69 +520,24 @@ impl Pipeline {
             dead,
             ..
         } = self;
-        let (port, producer) = match from {
-            (NodeRef::Source(s), _) => (&plan.sources[s].port, &plan.sources[s].config.name),
-            (NodeRef::Operator(o), p) => {
-                (&plan.operators[o].ports[p], &plan.operators[o].config.name)
-            }
-            (NodeRef::Sink(_), _) => return Ok(()),
+        let Some((port, _)) = port_of(plan, from) else {
+            return Ok(());
         };
         let mut producing = Some(from.0);
         let now = Instant::now();
         for &Consumer { node, key } in &port.consumers {
             match node {
+                NodeRef::Operator(_) if !operators => {}
                 NodeRef::Operator(o) => queues[o].push_back(Queued {
                     batch: batch.clone(),
-                    key: key.map(|k| match &port.host_keys {
-                        Some(fields) => KeyAt::Field(fields[k]),
-                        None => KeyAt::Entry(k),
-                    }),
+                    key: key_at(port, key),
                     encoding: port.encoding,
                     origin,
                     produced: producing.take().map(|producer| (producer, now)),
                 }),
                 NodeRef::Sink(k) => {
-                    let writing = Instant::now();
-                    // A JSON Lines sink takes only what is one line of JSON: whatever a module
-                    // hands over, it cannot forge lines or write what is not JSON. A port in
-                    // bincode has its JSON written here, from its type's shape.
-                    let lines = plan.sinks[k].config.kind.writes_lines();
-                    let render = port.json.as_deref().filter(|_| lines);
-                    let check = lines && port.encoding == Encoding::Json;
-                    let sink = &plan.sinks[k].config.name;
-                    let mut line = Vec::new();
-                    for entry in OutputReader::new(&batch) {
-                        if let OutputEntry::Record { value, .. } = entry? {
-                            sink_stats[k].records_in += 1;
-                            let written = match render {
-                                Some(json) => {
-                                    line.clear();
-                                    json.render(value, &mut line)
-                                        .map(|()| line.as_slice())
-                                        .map_err(|error| {
-                                            format!(
-                                                "wrote a value for sink `{sink}` that does not \
-                                                 read as `{}`: {error}",
-                                                port.type_name
-                                            )
-                                        })
-                                }
-                                None if check && !is_json_line(value) => Err(format!(
-                                    "wrote a value for sink `{sink}` that is not one line of JSON"
-                                )),
-                                None => Ok(value),
-                            };
-                            match written {
-                                Ok(text) => sinks[k].write(text)?,
-                                Err(why) => {
-                                    sink_stats[k].dead_letters += 1;
-                                    let raw = &value[..value.len().min(1024)];
-                                    dead.push(producer, &why, raw);
-                                }
-                            }
-                        }
-                    }
-                    sink_stats[k].busy += writing.elapsed();
+                    let (sink, stats) = (&mut *sinks[k], &mut sink_stats[k]);
+                    write_sink(plan, from, k, &batch, sink, stats, dead)?;
                 }
                 NodeRef::Source(_) => {}
             }
@@ -573,18 +545,30 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Runs every stage, level by level in topological order (see `levels.rs`), over what is
-    /// queued for it; then moves each stage's watermark to the minimum of its inputs', handing
-    /// downstream what each step emits. The last level may run a round behind the others,
-    /// beside them (`lag.rs`).
-    fn pump(&mut self) -> anyhow::Result<()> {
+    /// A round: reads the next batch of source `read`, if any, then runs every stage, level by
+    /// level in topological order (see `levels.rs`), over what is queued for it; then moves
+    /// each stage's watermark to the minimum of its inputs', handing downstream what each step
+    /// emits. The last levels may run a round behind the others, beside the read and them
+    /// (`lag.rs`). Whether the read made progress.
+    fn pump(&mut self, read: Option<usize>) -> anyhow::Result<bool> {
+        self.learn_round();
         let levels = self.levels();
         match self.lag_from(&levels) {
-            Some(from) => self.pump_behind(&levels, from),
+            Some(from) => self.pump_behind(&levels, from, read),
             None => {
+                let progressed = self.read(read)?;
                 self.settle()?;
-                self.pump_levels(&levels)
+                self.pump_levels(&levels)?;
+                Ok(progressed)
             }
+        }
+    }
+
+    /// Reads the next batch of source `read`, if any (see [`Pipeline::read_source`]).
+    fn read(&mut self, read: Option<usize>) -> anyhow::Result<bool> {
+        match read {
+            Some(s) => self.read_source(s),
+            None => Ok(false),
         }
     }
 
@@ -598,6 +582,19 @@ impl Pipeline {
             self.run_level(level, true)?;
         }
         Ok(())
+    }
+
+    /// Learns what the round just over cost each stage and each sink, and the sources
+    /// together.
+    fn learn_round(&mut self) {
+        self.stages.iter_mut().for_each(Stage::learn_round);
+        let reading = self.sources.iter().map(|s| s.stats.busy).sum::<Duration>();
+        learn_cost(&mut self.reading_seen, &mut self.reading_ns, reading);
+        // A reload may change the sinks: what was learned of others is forgotten.
+        self.sink_ns.resize(self.sinks.len(), (Duration::ZERO, 0.0));
+        for ((seen, cost), stats) in self.sink_ns.iter_mut().zip(&self.sink_stats) {
+            learn_cost(seen, cost, stats.busy);
+        }
     }
 
     /// Counts the time `queued` waited, until `now`, as its producer's backpressure.
@@ -621,7 +618,7 @@ impl Pipeline {
                 continue;
             }
             let batch = Arc::new(writer.take());
-            self.deliver((NodeRef::Operator(o), port), batch, None)?;
+            self.deliver((NodeRef::Operator(o), port), batch, None, true)?;
         }
         self.write_dead_letters()
     }
@@ -684,6 +681,84 @@ fn new_source_runtime(
             .with_max_future(config.max_future_ms)
             .with_reader(port.parsed.clone()),
     }
+}
+
+/// Where a consumer of `port` whose key is the producer's key `key` finds it in each record.
+fn key_at(port: &PortPlan, key: Option<usize>) -> Option<KeyAt> {
+    key.map(|k| match &port.host_keys {
+        Some(fields) => KeyAt::Field(fields[k]),
+        None => KeyAt::Entry(k),
+    })
+}
+
+/// The port `from` names in `plan` — the main port of source `s` (`NodeRef::Source(s), 0`) or
+/// port `p` of operator `o` (`NodeRef::Operator(o), p`) — and its producer's name.
+fn port_of(plan: &Plan, from: (NodeRef, usize)) -> Option<(&PortPlan, &str)> {
+    match from {
+        (NodeRef::Source(s), _) => Some((&plan.sources[s].port, &plan.sources[s].config.name)),
+        (NodeRef::Operator(o), p) => {
+            Some((&plan.operators[o].ports[p], &plan.operators[o].config.name))
+        }
+        (NodeRef::Sink(_), _) => None,
+    }
+}
+
+/// Writes the records of `batch`, from port `from` (see [`port_of`]), to `sink` (sink `k` of
+/// `plan`, counted in `stats`); what it cannot take goes to `dead`.
+fn write_sink(
+    plan: &Plan,
+    from: (NodeRef, usize),
+    k: usize,
+    batch: &[u8],
+    sink: &mut dyn Sink,
+    stats: &mut StageStats,
+    dead: &mut DeadLetters,
+) -> anyhow::Result<()> {
+    let Some((port, producer)) = port_of(plan, from) else {
+        return Ok(());
+    };
+    let writing = Instant::now();
+    // A JSON Lines sink takes only what is one line of JSON: whatever a module hands over, it
+    // cannot forge lines or write what is not JSON. A port in bincode has its JSON written
+    // here, from its type's shape.
+    let lines = plan.sinks[k].config.kind.writes_lines();
+    let render = port.json.as_deref().filter(|_| lines);
+    let check = lines && port.encoding == Encoding::Json;
+    let name = &plan.sinks[k].config.name;
+    let mut line = Vec::new();
+    for entry in OutputReader::new(batch) {
+        if let OutputEntry::Record { value, .. } = entry? {
+            stats.records_in += 1;
+            let written = match render {
+                Some(json) => {
+                    line.clear();
+                    json.render(value, &mut line)
+                        .map(|()| line.as_slice())
+                        .map_err(|error| {
+                            format!(
+                                "wrote a value for sink `{name}` that does not read as `{}`: \
+                                 {error}",
+                                port.type_name
+                            )
+                        })
+                }
+                None if check && !is_json_line(value) => Err(format!(
+                    "wrote a value for sink `{name}` that is not one line of JSON"
+                )),
+                None => Ok(value),
+            };
+            match written {
+                Ok(text) => sink.write(text)?,
+                Err(why) => {
+                    stats.dead_letters += 1;
+                    let raw = &value[..value.len().min(1024)];
+                    dead.push(producer, &why, raw);
+                }
+            }
+        }
+    }
+    stats.busy += writing.elapsed();
+    Ok(())
 }
 
 /// For each operator, the stages it reads.

@@ -36,7 +36,7 @@ use flumen_sdk::abi::{
 };
 use partition::Partition;
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The shortest step (expected, in nanoseconds) whose partitions run on worker threads.
 const PARALLEL_STEP_NS: f64 = 300_000.0;
@@ -159,6 +159,12 @@ pub(crate) struct Stage {
     /// (firing windows). The executor balances the stages of a level over threads by it; the
     /// two differ by several times for a window stage.
     pub round_ns: [f64; 2],
+    /// What this stage has cost an executor round, all its work together, on average over
+    /// recent rounds: where the executor cuts the stages that run a round behind the others
+    /// (`executor/lag.rs`).
+    pub round_cost_ns: f64,
+    /// Its busy time when `round_cost_ns` last learned.
+    busy_seen: Duration,
     /// The hash of the module it runs.
     module_hash: String,
     rules: Rules,
@@ -216,6 +222,8 @@ impl Stage {
             // run in parallel), and learn.
             ns_per_record: PARALLEL_STEP_NS,
             round_ns: [0.0; 2],
+            round_cost_ns: 0.0,
+            busy_seen: Duration::ZERO,
             module_hash,
             health_base: GuestHealth::default(),
             partition_records: vec![0; plan.partitions.max(1)],
@@ -399,6 +407,15 @@ impl Stage {
         self.partitions
             .iter()
             .fold(self.health_base, |sum, p| sum + p.guest.health())
+    }
+
+    /// Learns what the round just over cost it, for [`Stage::round_cost_ns`].
+    pub fn learn_round(&mut self) {
+        learn_cost(
+            &mut self.busy_seen,
+            &mut self.round_cost_ns,
+            self.stats.busy,
+        );
     }
 
     /// Records each partition received (since the partition count last changed).
@@ -661,6 +678,14 @@ impl Stage {
             }
         }
     }
+}
+
+/// Folds the busy time spent since `seen` into the recent average `cost` (nanoseconds), and
+/// moves `seen` to `busy`.
+pub(crate) fn learn_cost(seen: &mut Duration, cost: &mut f64, busy: Duration) {
+    let spent = busy.saturating_sub(*seen);
+    *seen = busy;
+    *cost = 0.8 * *cost + 0.2 * spent.as_nanos() as f64;
 }
 
 /// Runs `task` on each of `items`: the first on this thread, the others on the worker pool, and
