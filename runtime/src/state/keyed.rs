@@ -147,20 +147,48 @@ impl KeyedSnapshot {
         // in order, is exact.
         let count = delta.parts.len();
         for (part, changes) in delta.parts.into_iter().enumerate() {
+            // Each sweep is applied ahead of the changes logged before it, which then leave out
+            // what it drops (a key put to expire by then is removed, not inserted): the same
+            // result, without inserting keys only to drop them — at the end of a run, the sweep
+            // to +∞ drops every key the last second's changes put.
+            let mut sweeps = (changes.iter())
+                .filter_map(|c| match c {
+                    Change::Sweep(watermark) => Some(*watermark),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .into_iter();
+            let mut ahead = sweeps.next();
+            if let Some(watermark) = ahead {
+                self.sweep(watermark, part, count);
+            }
             for change in changes {
                 match change {
+                    Change::Put(key, _, Some(at)) if ahead.is_some_and(|w| at <= w) => {
+                        self.entries.remove(&key);
+                    }
                     Change::Put(key, value, expires) => {
                         self.entries.insert(key, (value, expires));
                     }
                     Change::Remove(key) => {
                         self.entries.remove(&key);
                     }
-                    Change::Sweep(watermark) => self.entries.retain(|key, (_, expires)| {
-                        expires.is_none_or(|at| at > watermark) || partition_of(key, count) != part
-                    }),
+                    Change::Sweep(_) => {
+                        ahead = sweeps.next();
+                        if let Some(watermark) = ahead {
+                            self.sweep(watermark, part, count);
+                        }
+                    }
                 }
             }
         }
+    }
+
+    /// Drops the entries of partition `part` (of `count`) expired at `watermark`.
+    fn sweep(&mut self, watermark: i64, part: usize, count: usize) {
+        self.entries.retain(|key, (_, expires)| {
+            expires.is_none_or(|at| at > watermark) || partition_of(key, count) != part
+        });
     }
 
     /// Merges snapshots of several partitions (whose keys are apart) into one.
