@@ -1,16 +1,17 @@
 //! How long a hot swap holds a pipeline still, under full load: the reference pipeline runs on
 //! generated orders as fast as it can while another thread keeps preparing new versions (the
-//! `score` stage's threshold changes each time); each swap's pause is measured inside
-//! `Pipeline::apply`. Prints p50, p99 and max, and the throughput meanwhile.
+//! `score` stage's threshold changes each time), and stops once the last is applied; each swap's
+//! pause is measured inside `Pipeline::apply`. Prints p50, p99 and max, and the throughput
+//! meanwhile.
 //!
-//! Run: `make udfs && cargo bench -p flumen --bench swap_pause` (`SWAPS`, `ORDERS` to change the
-//! load).
+//! Run: `make udfs && cargo bench -p flumen --bench swap_pause` (`SWAPS` to change how many;
+//! `ORDERS` bounds the input, which the swaps should outlast on any machine).
 
 use flumen::executor::Pipeline;
 use flumen::guest::Sandbox;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 fn main() -> anyhow::Result<()> {
@@ -23,7 +24,7 @@ fn main() -> anyhow::Result<()> {
     let orders: u64 = std::env::var("ORDERS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3_000_000);
+        .unwrap_or(1_000_000_000);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let modules = root.join("target/flumen");
     anyhow::ensure!(
@@ -54,11 +55,21 @@ fn main() -> anyhow::Result<()> {
     let mut pipeline = Pipeline::build(prepared)?;
     let (link, reloads) = flumen::reload::link();
     let sender = link.versions;
+    // The run stops once the last version is applied; the preparer stops if the run ends first
+    // (versions it prepared meanwhile would hold their instances).
+    let (stop, ended) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
     let preparer = {
         let (sandbox, path, version) = (sandbox.clone(), path.clone(), version.clone());
+        let (stop, ended) = (stop.clone(), ended.clone());
         std::thread::spawn(move || -> anyhow::Result<()> {
             for i in 0..swaps {
                 std::thread::sleep(Duration::from_millis(40));
+                if ended.load(Ordering::Relaxed) {
+                    break;
+                }
                 std::fs::write(&path, version(51 + i % 40))?;
                 let next = flumen::prepare(&path, &sandbox, options)
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -69,11 +80,16 @@ fn main() -> anyhow::Result<()> {
                     break;
                 }
             }
+            // The executor takes a version at its next round: give it the time, then stop.
+            std::thread::sleep(Duration::from_millis(200));
+            stop.store(true, Ordering::Relaxed);
             Ok(())
         })
     };
     let started = Instant::now();
-    let summary = pipeline.run(&AtomicBool::new(false), Some(&reloads))?;
+    let summary = pipeline.run(&stop, Some(&reloads));
+    ended.store(true, Ordering::Relaxed);
+    let summary = summary?;
     let elapsed = started.elapsed();
     preparer
         .join()

@@ -75,6 +75,8 @@ fn assert_exact(out: &Path, input: &str) {
 /// The reference pipeline to the end, its log.
 fn finish(scenario: &Scenario, orders: &Path, out: &Path, parallelism: &str) -> String {
     let summary = scenario.path("summary.json");
+    // Each run writes its own (a finished run's too).
+    let _ = std::fs::remove_file(&summary);
     let output = flumen()
         .args(["run", "pipelines/orders.toml", "--summary-json"])
         .arg(&summary)
@@ -160,9 +162,14 @@ fn killed_at_any_moment_a_run_resumes_to_exactly_the_output_of_one_never_killed(
     );
     assert!(listing.contains("run finished"), "{listing}");
 
-    // Again: a finished run is not run twice.
+    // Again: a finished run is not run twice, and its summary says so.
     let log = finish(&scenario, &orders, &out, "2");
     assert!(log.contains("nothing to do"), "{log}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(scenario.path("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["records"], 0, "{summary}");
+    let why = summary["nothing_to_do"].as_str().unwrap_or_default();
+    assert!(why.contains("this run had finished"), "{summary}");
     assert_exact(&out, &input);
     // --fresh starts over, and ends the same.
     let output = flumen()

@@ -129,6 +129,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(Start::Run(running)) => *running,
         Ok(Start::Finished(why)) => {
             eprintln!("{why}");
+            if let Some(path) = summary_json {
+                // A script reading the summary finds it, with nothing read and why.
+                let mut report = flumen::telemetry::Summary::default().to_json(Duration::ZERO);
+                report["nothing_to_do"] = why.into();
+                std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
             return Ok(ExitCode::SUCCESS);
         }
         Err(e) => {

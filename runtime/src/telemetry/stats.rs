@@ -96,7 +96,7 @@ impl StageStats {
 }
 
 /// The counts of every stage at the end of a run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
     /// Every stage: sources, operators, sinks.
     pub stages: Vec<StageStats>,
