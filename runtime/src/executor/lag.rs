@@ -50,9 +50,10 @@ impl Pipeline {
     /// Where the stages that run a round behind start, if any: the first stage of a level
     /// whose stages and every deeper level's are the tail of the stages, each reading operators
     /// only (either only earlier ones, or one port of exactly one lagging one); no sink but the
-    /// dead letters is fed by stages on both sides; the earlier stages run as one partition
-    /// each, no sink replays, there is a thread to run on, and what lags has lately cost enough
-    /// to be worth it. Of those cuts, the one that best balances the two threads.
+    /// dead letters is fed by stages on both sides; no sink replays, there is a thread to run
+    /// on, and what lags has lately cost enough to be worth it. Of those cuts, the one that best
+    /// balances the two threads. (Meanwhile the earlier stages run their partitions in turn:
+    /// the lagging ones hold the workers, see [`beside`].)
     pub(super) fn lag_from(&self, levels: &[Vec<usize>]) -> Option<usize> {
         // The dead letters' lines are interleaved by a round, and where depends on when
         // checkpoints settle the lag: a sink that delivers exactly once by replaying (and
@@ -79,9 +80,6 @@ impl Pipeline {
                     (inputs.iter()).all(|n| matches!(n, NodeRef::Operator(u) if *u < from))
                 }
             });
-            // Partitions of the earlier stages want the workers too: with them, the lagging
-            // stages hold the pool and the partitions wait (measured: slower than not lagging).
-            let single = (0..from).all(|o| self.stages[o].partition_records().len() == 1);
             let fed = self.sinks_fed(from);
             let apart = (fed.iter().enumerate())
                 .all(|(k, f)| f != &[true, true] || self.plan.dead_letter == Some(k));
@@ -92,7 +90,7 @@ impl Pipeline {
                 .map(|(_, (_, (_, cost)))| cost)
                 .sum();
             let behind = stages + sinks;
-            if tail && reads && single && apart && stages >= LAG_MIN_NS {
+            if tail && reads && apart && stages >= LAG_MIN_NS {
                 cuts.push((from, behind.max(total - stages)));
             }
         }

@@ -697,7 +697,7 @@ pub(crate) fn in_parallel<T: Send>(
     task: impl Fn(T) + Sync,
 ) -> usize {
     let mut items = items;
-    let Some(workers) = workers() else {
+    let Some(workers) = workers().filter(|_| !POOL_TAKEN.get()) else {
         items.for_each(task);
         return 1;
     };
@@ -727,7 +727,12 @@ pub(crate) fn beside<T: Send, R>(
     let mut done = None;
     let result = workers.in_place_scope(|scope| {
         scope.spawn(|_| done = Some(task()));
-        here()
+        // The workers are busy with `task`: what `here` would hand them waits for it, so it
+        // runs on this thread.
+        let taken = POOL_TAKEN.replace(true);
+        let result = here();
+        POOL_TAKEN.set(taken);
+        result
     });
     // The scope returns once the spawned task has run, and it always sets `done`.
     let done = done.unwrap_or_else(|| unreachable!("a scoped task that did not run"));
@@ -736,7 +741,16 @@ pub(crate) fn beside<T: Send, R>(
 
 /// How many threads [`in_parallel`] runs tasks on at once: the calling one and the workers.
 pub(crate) fn parallel_threads() -> usize {
-    workers().map_or(1, |w| w.current_num_threads() + 1)
+    match POOL_TAKEN.get() {
+        true => 1,
+        false => workers().map_or(1, |w| w.current_num_threads() + 1),
+    }
+}
+
+thread_local! {
+    /// Whether this thread runs beside a task that holds the workers ([`beside`]): then
+    /// [`in_parallel`] runs its tasks here, in turn, rather than queue them behind that one.
+    static POOL_TAKEN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// How many threads a run may use, if set before the pool was made (see [`limit_threads`]).

@@ -796,3 +796,24 @@ fn a_pane_window_finish_reply_past_the_limits_dead_letters_its_windows_and_nothi
     assert_eq!(stage.stats.failed_windows, 6);
     assert_accounted(&stage);
 }
+
+#[test]
+fn beside_a_task_holding_the_workers_tasks_in_parallel_run_on_the_calling_thread() {
+    use super::{beside, in_parallel, parallel_threads};
+    let here = std::thread::current().id();
+    let (elsewhere, (threads, ran_on)) = beside(
+        || std::thread::current().id(),
+        || {
+            let ran_on = std::sync::Mutex::new(Vec::new());
+            let threads = in_parallel(0..4, |_| {
+                ran_on.lock().unwrap().push(std::thread::current().id())
+            });
+            (threads, ran_on.into_inner().unwrap())
+        },
+    );
+    assert_eq!(threads, 1);
+    assert_eq!(ran_on, vec![here; 4]);
+    // Afterwards the workers are free again (where the machine has any).
+    let workers = elsewhere != here;
+    assert_eq!(parallel_threads() > 1, workers);
+}
