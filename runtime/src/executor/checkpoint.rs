@@ -197,8 +197,8 @@ fn write(
         checkpoint,
         bytes,
         held,
-        whole,
     } = encoded;
+    let whole = bytes.is_some();
     let result = (|| {
         let Some(bytes) = bytes else {
             return Err(failed(
@@ -238,12 +238,11 @@ fn make_durable(committed: Vec<Committed>) -> Result<(), String> {
 /// A checkpoint with its keyed state brought up to date, encoded.
 struct Encoded {
     checkpoint: Checkpoint,
-    /// Its bytes; `None` if the writer had lost the state a change log applies to.
+    /// Its bytes; `None` if the writer had lost the state a change log applies to (it then
+    /// holds the state only in part, and the next checkpoint takes it whole).
     bytes: Option<Vec<u8>>,
     /// What the writer holds from now on.
     held: Held,
-    /// Whether it holds it whole.
-    whole: bool,
 }
 
 /// Brings each stage's keyed state up to date (a whole capture replaces what was held, changes
@@ -285,7 +284,6 @@ fn encode(mut checkpoint: Checkpoint, deltas: Vec<Option<KeyedDelta>>, mut held:
         checkpoint,
         bytes,
         held,
-        whole,
     }
 }
 

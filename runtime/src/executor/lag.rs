@@ -63,9 +63,9 @@ impl Pipeline {
             return None;
         }
         let count = self.stages.len();
-        let costs: Vec<f64> = self.stages.iter().map(|s| s.round_cost_ns).collect();
+        let costs: Vec<f64> = self.stages.iter().map(|s| s.round_cost.ns).collect();
         // Reading the sources runs beside the lagging stages, with the earlier ones.
-        let total = self.reading_ns + costs.iter().sum::<f64>();
+        let total = self.reading_cost.ns + costs.iter().sum::<f64>();
         // Each cut that may lag, with the longer of the two threads' rounds.
         let mut cuts: Vec<(usize, f64)> = Vec::new();
         for level in 1..levels.len() {
@@ -85,9 +85,9 @@ impl Pipeline {
                 .all(|(k, f)| f != &[true, true] || self.plan.dead_letter == Some(k));
             let stages: f64 = costs[from..].iter().sum();
             // The sinks only lagging stages feed are written on their thread too.
-            let sinks: f64 = (fed.iter().zip(&self.sink_ns).enumerate())
-                .filter(|(k, (f, _))| f[1] && self.plan.dead_letter != Some(*k))
-                .map(|(_, (_, (_, cost)))| cost)
+            let sinks: f64 = (fed.into_iter().zip(&self.sink_costs).enumerate())
+                .filter(|&(k, (fed, _))| self.written_behind(k, fed))
+                .map(|(_, (_, cost))| cost.ns)
                 .sum();
             let behind = stages + sinks;
             if tail && reads && apart && stages >= LAG_MIN_NS {
@@ -114,6 +114,12 @@ impl Pipeline {
                     .any(|c| c.node == NodeRef::Operator(o))
             })
             .count()
+    }
+
+    /// Whether sink `k`, fed as `fed` says ([`Pipeline::sinks_fed`]), is written on the lagging
+    /// stages' thread: only they feed it, and it is not the dead letters' (fed by every stage).
+    fn written_behind(&self, k: usize, fed: [bool; 2]) -> bool {
+        fed == [false, true] && self.plan.dead_letter != Some(k)
     }
 
     /// Per sink, whether stages before `from` (or sources) feed it, and whether stages from
@@ -154,15 +160,11 @@ impl Pipeline {
             .filter(|level: &Vec<usize>| !level.is_empty())
             .collect();
         let progressed = self.catch_up(from, behind, Some((&earlier, read)))?;
+        // (A stage reading a lagging one moves, instead, to where that one is once it has run.)
         let work = (from..self.stages.len())
             .map(|o| {
-                // A stage reading a lagging one moves to where that one is once it has run.
-                let reads_earlier = self.upstream[o]
-                    .iter()
-                    .all(|n| matches!(n, NodeRef::Operator(u) if *u < from));
                 let watermark = self.upstream_watermark(o);
-                let target =
-                    (reads_earlier && watermark > self.stages[o].watermark).then_some(watermark);
+                let target = (watermark > self.stages[o].watermark).then_some(watermark);
                 (std::mem::take(&mut self.queues[o]), target)
             })
             .collect();
@@ -201,11 +203,10 @@ impl Pipeline {
             })
             .collect();
         let plan = Arc::clone(&self.plan);
-        // The sinks only lagging stages feed are written on the lagging stages' thread: parked
-        // here meanwhile (the dead letters, fed by every stage, stay).
+        // The sinks written on the lagging stages' thread are parked here meanwhile.
         let mut parked: Vec<(usize, Box<dyn Sink>, StageStats)> = Vec::new();
         for (k, fed) in self.sinks_fed(from).into_iter().enumerate() {
-            if fed == [false, true] && plan.dead_letter != Some(k) {
+            if self.written_behind(k, fed) {
                 let sink = std::mem::replace(&mut self.sinks[k], Box::new(Parked));
                 let stats = StageStats::new("", StageKind::Sink, &[]);
                 parked.push((k, sink, std::mem::replace(&mut self.sink_stats[k], stats)));
@@ -231,38 +232,35 @@ impl Pipeline {
                 let mut share = Share::new(&mut back[i], queue, target, 1);
                 share.run();
                 dead.append(&mut share.dead);
-                let op = &plan.operators[from + i];
+                let o = from + i;
                 let outputs = back[i].outputs();
-                for (p, (writer, port)) in outputs.iter_mut().zip(&op.ports).enumerate() {
+                let ports = outputs.iter_mut().zip(&plan.operators[o].ports);
+                for (p, (writer, port)) in ports.enumerate() {
                     if writer.as_bytes().is_empty() {
                         continue;
                     }
                     let batch = Arc::new(writer.take());
                     for consumer in &port.consumers {
-                        match consumer.node {
-                            NodeRef::Operator(t) => work[t - from].0.push_back(Queued {
-                                batch: batch.clone(),
-                                key: key_at(port, consumer.key),
-                                encoding: port.encoding,
-                                origin: None,
-                                produced: None,
-                            }),
-                            NodeRef::Sink(k) => match parked.iter_mut().find(|(p, ..)| *p == k) {
-                                Some((_, sink, stats)) => {
-                                    let from = (NodeRef::Operator(from + i), p);
-                                    write_sink(
-                                        plan,
-                                        from,
-                                        k,
-                                        &batch,
-                                        &mut **sink,
-                                        stats,
-                                        &mut dead,
-                                    )?;
-                                }
-                                None => emitted.push((from + i, p, k, batch.clone())),
-                            },
-                            NodeRef::Source(_) => {}
+                        let k = match consumer.node {
+                            NodeRef::Operator(t) => {
+                                work[t - from].0.push_back(Queued {
+                                    batch: batch.clone(),
+                                    key: key_at(port, consumer.key),
+                                    encoding: port.encoding,
+                                    origin: None,
+                                    produced: None,
+                                });
+                                continue;
+                            }
+                            NodeRef::Sink(k) => k,
+                            NodeRef::Source(_) => continue,
+                        };
+                        match parked.iter_mut().find(|(held, ..)| *held == k) {
+                            Some((_, sink, stats)) => {
+                                let (sink, port) = (&mut **sink, (NodeRef::Operator(o), p));
+                                write_sink(plan, port, k, &batch, sink, stats, &mut dead)?;
+                            }
+                            None => emitted.push((o, p, k, batch.clone())),
                         }
                     }
                 }

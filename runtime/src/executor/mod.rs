@@ -21,7 +21,7 @@ use crate::dead_letter::DeadLetters;
 use crate::guest::{Guest, OperatorInstance};
 use crate::plan::{Consumer, NodeRef, Plan, PortPlan};
 use crate::reload::{Reloads, Version};
-use crate::stage::{KeyAt, Stage, learn_cost};
+use crate::stage::{KeyAt, RoundCost, Stage};
 use crate::telemetry::{CheckpointStats, StageKind, StageStats, Summary};
 use crate::telemetry::{ReloadOutcome, SharedStatus, StageStatus};
 use crate::window::{SplitMark, SplitWatermarks};
@@ -99,14 +99,11 @@ pub struct Pipeline {
     behind: Option<lag::Behind>,
     /// How many rounds ran the last levels' work a round behind, beside the others.
     rounds_behind: u64,
-    /// What reading the sources has cost a round, on average over recent rounds: work that
-    /// stays on the executor's thread (`lag.rs`).
-    reading_ns: f64,
-    /// The sources' busy time when `reading_ns` last learned.
-    reading_seen: Duration,
-    /// Per sink, its busy time when it last learned and what writing it has cost a round, on
-    /// average over recent rounds (`lag.rs`).
-    sink_ns: Vec<(Duration, f64)>,
+    /// What reading the sources has lately cost a round: work that stays on the executor's
+    /// thread (`lag.rs`).
+    reading_cost: RoundCost,
+    /// What writing each sink has lately cost a round (`lag.rs`).
+    sink_costs: Vec<RoundCost>,
 }
 
 /// What [`Pipeline::resume`] restored.
@@ -320,9 +317,8 @@ impl Pipeline {
             side_by_side: 0,
             behind: None,
             rounds_behind: 0,
-            reading_ns: 0.0,
-            reading_seen: Duration::ZERO,
-            sink_ns: Vec::new(),
+            reading_cost: RoundCost::default(),
+            sink_costs: Vec::new(),
         })
     }
 
@@ -474,7 +470,7 @@ impl Pipeline {
             return self.write_dead_letters();
         }
         let batch = Arc::new(runtime.batch.out.take());
-        self.deliver((NodeRef::Source(s), 0), batch, Some(s), true)
+        self.deliver((NodeRef::Source(s), 0), batch, Some(s))
     }
 
     /// Moves each source's watermark by the event times of the batch it just read, leaving out
@@ -503,14 +499,12 @@ impl Pipeline {
         }
     }
 
-    /// Hands the batch of port `from` (see [`port_of`]) to every consumer of the port (to its
-    /// sinks only, without `operators`).
+    /// Hands the batch of port `from` (see [`port_of`]) to every consumer of the port.
     fn deliver(
         &mut self,
         from: (NodeRef, usize),
         batch: Arc<Vec<u8>>,
         origin: Option<usize>,
-        operators: bool,
     ) -> anyhow::Result<()> {
         let Pipeline {
             plan,
@@ -527,7 +521,6 @@ impl Pipeline {
         let now = Instant::now();
         for &Consumer { node, key } in &port.consumers {
             match node {
-                NodeRef::Operator(_) if !operators => {}
                 NodeRef::Operator(o) => queues[o].push_back(Queued {
                     batch: batch.clone(),
                     key: key_at(port, key),
@@ -587,13 +580,15 @@ impl Pipeline {
     /// Learns what the round just over cost each stage and each sink, and the sources
     /// together.
     fn learn_round(&mut self) {
-        self.stages.iter_mut().for_each(Stage::learn_round);
-        let reading = self.sources.iter().map(|s| s.stats.busy).sum::<Duration>();
-        learn_cost(&mut self.reading_seen, &mut self.reading_ns, reading);
+        for stage in &mut self.stages {
+            stage.round_cost.learn(stage.stats.busy);
+        }
+        (self.reading_cost).learn(self.sources.iter().map(|s| s.stats.busy).sum());
         // A reload may change the sinks: what was learned of others is forgotten.
-        self.sink_ns.resize(self.sinks.len(), (Duration::ZERO, 0.0));
-        for ((seen, cost), stats) in self.sink_ns.iter_mut().zip(&self.sink_stats) {
-            learn_cost(seen, cost, stats.busy);
+        self.sink_costs
+            .resize(self.sinks.len(), RoundCost::default());
+        for (cost, stats) in self.sink_costs.iter_mut().zip(&self.sink_stats) {
+            cost.learn(stats.busy);
         }
     }
 
@@ -618,7 +613,7 @@ impl Pipeline {
                 continue;
             }
             let batch = Arc::new(writer.take());
-            self.deliver((NodeRef::Operator(o), port), batch, None, true)?;
+            self.deliver((NodeRef::Operator(o), port), batch, None)?;
         }
         self.write_dead_letters()
     }

@@ -159,12 +159,10 @@ pub(crate) struct Stage {
     /// (firing windows). The executor balances the stages of a level over threads by it; the
     /// two differ by several times for a window stage.
     pub round_ns: [f64; 2],
-    /// What this stage has cost an executor round, all its work together, on average over
-    /// recent rounds: where the executor cuts the stages that run a round behind the others
+    /// What this stage has cost an executor round, all its work together (both halves, or a
+    /// round behind): where the executor cuts the stages that run a round behind the others
     /// (`executor/lag.rs`).
-    pub round_cost_ns: f64,
-    /// Its busy time when `round_cost_ns` last learned.
-    busy_seen: Duration,
+    pub round_cost: RoundCost,
     /// The hash of the module it runs.
     module_hash: String,
     rules: Rules,
@@ -222,8 +220,7 @@ impl Stage {
             // run in parallel), and learn.
             ns_per_record: PARALLEL_STEP_NS,
             round_ns: [0.0; 2],
-            round_cost_ns: 0.0,
-            busy_seen: Duration::ZERO,
+            round_cost: RoundCost::default(),
             module_hash,
             health_base: GuestHealth::default(),
             partition_records: vec![0; plan.partitions.max(1)],
@@ -407,15 +404,6 @@ impl Stage {
         self.partitions
             .iter()
             .fold(self.health_base, |sum, p| sum + p.guest.health())
-    }
-
-    /// Learns what the round just over cost it, for [`Stage::round_cost_ns`].
-    pub fn learn_round(&mut self) {
-        learn_cost(
-            &mut self.busy_seen,
-            &mut self.round_cost_ns,
-            self.stats.busy,
-        );
     }
 
     /// Records each partition received (since the partition count last changed).
@@ -680,12 +668,23 @@ impl Stage {
     }
 }
 
-/// Folds the busy time spent since `seen` into the recent average `cost` (nanoseconds), and
-/// moves `seen` to `busy`.
-pub(crate) fn learn_cost(seen: &mut Duration, cost: &mut f64, busy: Duration) {
-    let spent = busy.saturating_sub(*seen);
-    *seen = busy;
-    *cost = 0.8 * *cost + 0.2 * spent.as_nanos() as f64;
+/// What something (a stage, the sources, a sink) has lately cost an executor round: the recent
+/// average of the busy time it spent from one round to the next.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RoundCost {
+    /// The busy time it had spent in all when it last learned.
+    seen: Duration,
+    /// The average, in nanoseconds.
+    pub ns: f64,
+}
+
+impl RoundCost {
+    /// Learns from `busy`, the busy time spent in all by now: what the round just over added.
+    pub fn learn(&mut self, busy: Duration) {
+        let spent = busy.saturating_sub(self.seen);
+        self.seen = busy;
+        self.ns = 0.8 * self.ns + 0.2 * spent.as_nanos() as f64;
+    }
 }
 
 /// Runs `task` on each of `items`: the first on this thread, the others on the worker pool, and
